@@ -1,0 +1,57 @@
+"""Exact linear algebra over the prime field Z_p, vectorised with numpy int64.
+
+p < 2^31 keeps every product below 2^62, so no intermediate overflows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PRIME = 2147483629  # the largest prime below 2^31
+
+
+def pivot_columns(matrix: np.ndarray, prime: int = PRIME, stop_after: int | None = None) -> list[int]:
+    """Columns that hold pivots in a row echelon form of `matrix` (columns taken left to right).
+
+    The input is not modified. `stop_after` ends the search once that column index is passed.
+    """
+    m = np.array(matrix, dtype=np.int64) % prime
+    rows, cols = m.shape
+    pivots: list[int] = []
+    r = 0
+    last = cols if stop_after is None else min(cols, stop_after + 1)
+    for c in range(last):
+        if r == rows:
+            break
+        nonzero = np.flatnonzero(m[r:, c])
+        if nonzero.size == 0:
+            continue
+        i = r + int(nonzero[0])
+        if i != r:
+            m[[r, i]] = m[[i, r]]
+        inv = pow(int(m[r, c]), -1, prime)
+        m[r, c:] = (m[r, c:] * inv) % prime
+        below = r + 1 + np.flatnonzero(m[r + 1 :, c])
+        if below.size:
+            m[below, c:] = (m[below, c:] - np.outer(m[below, c], m[r, c:])) % prime
+        pivots.append(c)
+        r += 1
+    return pivots
+
+
+def solve(a: np.ndarray, b: np.ndarray, prime: int = PRIME) -> np.ndarray | None:
+    """Solve a x = b for square a over Z_p; None if a is singular."""
+    n = a.shape[0]
+    m = np.concatenate([np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)], axis=1) % prime
+    for c in range(n):
+        nonzero = np.flatnonzero(m[c:, c])
+        if nonzero.size == 0:
+            return None
+        i = c + int(nonzero[0])
+        if i != c:
+            m[[c, i]] = m[[i, c]]
+        m[c] = (m[c] * pow(int(m[c, c]), -1, prime)) % prime
+        others = np.flatnonzero(m[:, c])
+        others = others[others != c]
+        if others.size:
+            m[others] = (m[others] - np.outer(m[others, c], m[c])) % prime
+    return m[:, n:]

@@ -1,0 +1,124 @@
+"""Print sympy expressions as batched torch code, after common-subexpression elimination.
+
+Every symbol is a tensor of the batch shape; numbers stay Python numbers so that dtype and
+device follow the inputs. sympy's Python printer is reused; what it prints badly for tensors
+is fixed here: small integer powers become products (torch.pow is slower and less exact),
+rationals become float literals.
+"""
+from __future__ import annotations
+
+import keyword
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+
+class TorchPrinter(PythonCodePrinter):
+    def __init__(self, names: dict[sp.Symbol, str]):
+        super().__init__({"fully_qualified_modules": False, "standard": "python3"})
+        self._names = names
+
+    def _print_Symbol(self, expr):
+        return self._names.get(expr, expr.name)
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.as_base_exp()
+        if exp.is_Integer and 2 <= exp <= 4:
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
+            return "*".join([b] * int(exp))
+        if exp.is_Integer and exp == -1:
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
+            return f"1/{b}"
+        return super()._print_Pow(expr, rational=rational)
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    def _print_Half(self, expr):
+        return "0.5"
+
+    def _print_Integer(self, expr):
+        return str(int(expr))
+
+
+def identifier(name: str, taken: set[str]) -> str:
+    """A readable Python identifier for a symbol name, unique within `taken`."""
+    out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in name)
+    if not out or out[0].isdigit() or out[0] == "_":  # leading "_" is kept for generated names
+        out = "s_" + out.lstrip("_")
+    if keyword.iskeyword(out) or out in {"torch", "math"}:
+        out += "_"
+    base, i = out, 1
+    while out in taken:
+        out = f"{base}_{i}"
+        i += 1
+    taken.add(out)
+    return out
+
+
+def print_with_cse(
+    outputs: list[sp.Expr], names: dict[sp.Symbol, str], temp_prefix: str
+) -> tuple[list[str], list[str]]:
+    """CSE the outputs; return assignment lines `t = ...` and the printed outputs."""
+    replacements, reduced = sp.cse(outputs, symbols=sp.numbered_symbols(temp_prefix))
+    return print_program(replacements, reduced, names)
+
+
+def print_program(
+    assignments: list[tuple[sp.Symbol, sp.Expr]], outputs: list[sp.Expr], names: dict[sp.Symbol, str]
+) -> tuple[list[str], list[str]]:
+    """Print straight-line code: assignment lines `t = ...` and the outputs."""
+    names = dict(names)
+    for sym, _ in assignments:
+        names.setdefault(sym, sym.name)
+    printer = TorchPrinter(names)
+    lines = [f"{printer.doprint(sym)} = {printer.doprint(expr)}" for sym, expr in assignments]
+    return lines, [printer.doprint(expr) for expr in outputs]
+
+
+def _split_top_level(rhs: str) -> list[str]:
+    """Split an expression at its top-level ' + ' / ' - ' operators (keeping the signs)."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(rhs):
+        ch = rhs[i]
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and rhs.startswith((" + ", " - "), i):
+            parts.append(rhs[start:i])
+            start = i + 1  # keep the sign with the next term
+            i += 3
+            continue
+        i += 1
+    parts.append(rhs[start:])
+    return parts
+
+
+def wrap_expression(text: str, indent: int, width: int = 100) -> list[str]:
+    """Lines for `text` (an expression) at `indent`, wrapped at top-level +/- inside parentheses."""
+    pad = " " * indent
+    if indent + len(text) <= width:
+        return [pad + text]
+    terms = _split_top_level(text)
+    if len(terms) == 1:
+        return [pad + text]
+    inner = " " * (indent + 4)
+    lines, current = [pad + "("], terms[0]
+    for term in terms[1:]:
+        if len(inner) + len(current) + 1 + len(term) > width:
+            lines.append(inner + current)
+            current = term
+        else:
+            current = f"{current} {term}"
+    lines.append(inner + current)
+    lines.append(pad + ")")
+    return lines
+
+
+def wrap_assignment(name: str, text: str, indent: int, width: int = 100) -> list[str]:
+    lines = wrap_expression(text, indent + len(name) + 3, width)
+    if len(lines) == 1:
+        return [" " * indent + f"{name} = {text}"]
+    body = wrap_expression(text, indent, width)
+    return [" " * indent + f"{name} = " + body[0].lstrip()] + body[1:]

@@ -1,0 +1,37 @@
+"""Shared fixtures: the committed generated modules, and paths."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import geometry`
+
+PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite generated/ from problems/ instead of comparing with it",
+    )
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+_modules = {}
+
+
+def generated_module(name: str):
+    """The committed generated module for problem `name` (imported once per session)."""
+    from solvergen.generate import import_generated
+
+    if name not in _modules:
+        _modules[name] = import_generated(ROOT / "generated" / f"{name}.py")
+    return _modules[name]

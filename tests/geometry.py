@@ -1,0 +1,145 @@
+"""Synthetic ground truth: random scenes and the parameters/unknowns of each shipped problem.
+
+Everything is numpy float64 and independent of solvergen (the null spaces come from numpy's
+SVD, the truth from the scene). Each `<problem>_instances(n, rng)` returns (params [n, M],
+truth [n, N]).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_rotation(rng, n):
+    q = rng.normal(size=(n, 4))
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    w, x, y, z = q.T
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        axis=1,
+    )
+
+
+def skew(t):
+    z = np.zeros(t.shape[:-1])
+    return np.stack(
+        [
+            np.stack([z, -t[..., 2], t[..., 1]], -1),
+            np.stack([t[..., 2], z, -t[..., 0]], -1),
+            np.stack([-t[..., 1], t[..., 0], z], -1),
+        ],
+        axis=-2,
+    )
+
+
+def two_view_scene(rng, n, points):
+    """Points in front of camera 1 (depth 2..6), camera 2 = (R, t) looking at them too.
+
+    Returns homogeneous normalised image points q1, q2 [n, points, 3] and E = [t]x R [n, 3, 3].
+    """
+    R = _small_rotation(rng, n)
+    t = rng.normal(size=(n, 3))
+    t /= np.linalg.norm(t, axis=1, keepdims=True)
+    X = np.concatenate([rng.uniform(-1.5, 1.5, size=(n, points, 2)), rng.uniform(2, 6, size=(n, points, 1))], -1)
+    X2 = np.einsum("nij,npj->npi", R, X) + t[:, None, :]
+    q1 = X / X[..., 2:3]
+    q2 = X2 / X2[..., 2:3]
+    return q1, q2, skew(t) @ R
+
+
+def _small_rotation(rng, n):
+    """Rotations up to about 30 degrees, so that both cameras see the points."""
+    axis = rng.normal(size=(n, 3))
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    angle = rng.uniform(-0.5, 0.5, size=(n, 1, 1))
+    K = skew(axis)
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * (K @ K)
+
+
+def epipolar_null_space(q1, q2, dim):
+    """Orthonormal basis [n, dim, 9] (row-major 3x3) of {F : q2^T F q1 = 0 for all points}."""
+    rows = np.einsum("npi,npj->npij", q2, q1).reshape(q1.shape[0], q1.shape[1], 9)
+    _, _, vt = np.linalg.svd(rows)
+    return vt[:, -dim:, :]
+
+
+def p3p_instances(n, rng):
+    R = random_rotation(rng, n)
+    t = rng.normal(size=(n, 3))
+    A = rng.normal(size=(n, 3, 3)) * 2  # world points
+    Xc = np.einsum("nij,npj->npi", R, A) + t[:, None, :]
+    Xc[..., 2] = np.abs(Xc[..., 2]) + 1.0  # in front of the camera
+    A = np.einsum("nji,npj->npi", R, Xc - t[:, None, :])  # world points consistent with Xc
+    depth = Xc[..., 2]
+    rays = Xc / depth[..., None]
+    params = np.concatenate([A.reshape(n, 9), rays.reshape(n, 9)], axis=1)
+    return params, depth
+
+
+def relpose_5pt_nullspace_instances(n, rng):
+    q1, q2, E = two_view_scene(rng, n, 5)
+    N = epipolar_null_space(q1, q2, 4)
+    c = np.einsum("nkj,nj->nk", N, E.reshape(n, 9))
+    return N.reshape(n, 36), c[:, :3] / c[:, 3:4]
+
+
+def fundamental_7pt_nullspace_instances(n, rng):
+    q1, q2, E = two_view_scene(rng, n, 7)
+    K1 = _random_calibration(rng, n)
+    K2 = _random_calibration(rng, n)
+    p1 = np.einsum("nij,npj->npi", K1, q1)
+    p2 = np.einsum("nij,npj->npi", K2, q2)
+    F = np.linalg.inv(K2).transpose(0, 2, 1) @ E @ np.linalg.inv(K1)
+    N = epipolar_null_space(p1, p2, 2)
+    c = np.einsum("nkj,nj->nk", N, F.reshape(n, 9))
+    return N.reshape(n, 18), c[:, :1] / c[:, 1:2]
+
+
+def _random_calibration(rng, n):
+    K = np.zeros((n, 3, 3))
+    K[:, 0, 0] = K[:, 1, 1] = rng.uniform(0.7, 1.5, size=n)
+    K[:, 0, 2], K[:, 1, 2] = rng.uniform(-0.1, 0.1, size=(2, n))
+    K[:, 2, 2] = 1
+    return K
+
+
+def relpose_6pt_shared_focal_instances(n, rng):
+    q1, q2, E = two_view_scene(rng, n, 6)
+    f = rng.uniform(0.5, 2.0, size=n)
+    K = np.zeros((n, 3, 3))
+    K[:, 0, 0] = K[:, 1, 1] = f
+    K[:, 2, 2] = 1
+    p1 = np.einsum("nij,npj->npi", K, q1)
+    p2 = np.einsum("nij,npj->npi", K, q2)
+    Kinv = np.linalg.inv(K)
+    F = Kinv.transpose(0, 2, 1) @ E @ Kinv
+    N = epipolar_null_space(p1, p2, 3)
+    c = np.einsum("nkj,nj->nk", N, F.reshape(n, 9))
+    truth = np.stack([c[:, 0] / c[:, 2], c[:, 1] / c[:, 2], 1 / f**2], axis=1)
+    return N.reshape(n, 27), truth
+
+
+def implicit_example_instances(n, rng):
+    x = rng.uniform(0.6, 1.8, size=n)
+    y1 = 1 / x
+    y2 = np.sqrt(4 - x**2 - y1**2)
+    return x[:, None], np.stack([y1, y2], axis=1)
+
+
+INSTANCES = {
+    "p3p": p3p_instances,
+    "relpose_5pt_nullspace": relpose_5pt_nullspace_instances,
+    "fundamental_7pt_nullspace": fundamental_7pt_nullspace_instances,
+    "relpose_6pt_shared_focal": relpose_6pt_shared_focal_instances,
+    "implicit_example": implicit_example_instances,
+}
+
+
+def relative_errors(solutions, valid, truth):
+    """Per instance: min over valid solutions of |x - truth| / |truth| (inf if none)."""
+    err = np.linalg.norm(solutions - truth[:, None, :], axis=-1) / np.linalg.norm(truth, axis=-1)[:, None]
+    err = np.where(valid, err, np.inf)
+    return err.min(axis=1)

@@ -1,0 +1,57 @@
+"""Every shipped solver on noise-free synthetic geometry (tests/geometry.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROBLEMS, generated_module
+
+import geometry
+
+EXPECTED_SOLUTIONS = {
+    "p3p": 8,
+    "relpose_5pt_nullspace": 10,
+    "fundamental_7pt_nullspace": 3,
+    "relpose_6pt_shared_focal": 15,
+    "implicit_example": 2,
+}
+
+
+def test_every_problem_has_ground_truth():
+    assert set(PROBLEMS) <= set(geometry.INSTANCES), "add a ground-truth generator to tests/geometry.py"
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_solution_count(name):
+    assert generated_module(name).Solver().num_solutions == EXPECTED_SOLUTIONS[name]
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_truth_among_valid_solutions(name):
+    solver = generated_module(name).Solver()
+    params, truth = geometry.INSTANCES[name](2000, np.random.default_rng(2026))
+    solutions, valid = solver(torch.from_numpy(params))
+    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth)
+    found = np.mean(err < 1e-6)
+    median = np.median(np.log10(np.maximum(err, 1e-18)))
+    assert found >= 0.995, f"truth found for {found:.2%} of instances"
+    assert median <= -11, f"median log10 relative error {median:.2f}"
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_float32_inputs(name):
+    """float32 in, float32 out; the solve itself runs in float64."""
+    solver = generated_module(name).Solver()
+    params, truth = geometry.INSTANCES[name](500, np.random.default_rng(7))
+    solutions, valid = solver(torch.from_numpy(params).float())
+    assert solutions.dtype == torch.float32 and valid.dtype == torch.bool
+    err = geometry.relative_errors(solutions.double().numpy(), valid.numpy(), truth)
+    # The inputs carry float32 rounding (1e-7 relative); the solutions should not add much.
+    assert np.mean(err < 1e-3) >= 0.98, np.mean(err < 1e-3)
+    assert np.median(np.log10(np.maximum(err, 1e-18))) <= -5
+
+
+def test_template_size_5pt():
+    """Nister / Stewenius: 10 x 20."""
+    rows, cols = generated_module("relpose_5pt_nullspace").TEMPLATE_SHAPE
+    assert rows <= 10 and cols <= 20

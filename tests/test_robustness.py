@@ -1,0 +1,75 @@
+"""Batches with garbage rows, shapes, dtypes and bad arguments of generated solvers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROBLEMS, generated_module
+
+import geometry
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_garbage_rows_are_masked_and_do_not_disturb_others(name):
+    module = generated_module(name)
+    solver = module.Solver()
+    params, _ = geometry.INSTANCES[name](6, np.random.default_rng(5))
+    params = torch.from_numpy(params)
+    clean, clean_valid = solver(params)
+
+    garbage = params.clone()
+    garbage[1] = float("nan")
+    garbage[3] = float("inf")
+    garbage[4] = 0.0
+    a = garbage.clone().requires_grad_(True)
+    solutions, valid = solver(a)
+    good = [0, 2, 5]
+    assert not valid[[1, 3, 4]].any()
+    assert torch.equal(valid[good], clean_valid[good])
+    assert torch.equal(solutions[good], clean[good])
+    assert torch.isfinite(solutions).all()
+
+    (solutions * valid.unsqueeze(-1)).sum().backward()
+    assert torch.isfinite(a.grad).all()
+    assert (a.grad[[1, 3, 4]] == 0).all()
+    assert a.grad[good].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_batch_shapes(name):
+    module = generated_module(name)
+    solver = module.Solver()
+    params, _ = geometry.INSTANCES[name](6, np.random.default_rng(8))
+    params = torch.from_numpy(params)
+    flat, flat_valid = solver(params)
+    s, n = module.NUM_SOLUTIONS, len(module.UNKNOWN_NAMES)
+    solutions, valid = solver(params.reshape(2, 3, -1))
+    assert solutions.shape == (2, 3, s, n) and valid.shape == (2, 3, s)
+    assert torch.equal(solutions.reshape(6, s, n), flat)
+    single, single_valid = solver(params[0])
+    assert single.shape == (s, n) and torch.equal(single, flat[0])
+    empty, empty_valid = solver(params[:0])
+    assert empty.shape == (0, s, n) and empty_valid.shape == (0, s)
+
+
+def test_bad_arguments_are_clear_errors():
+    module = generated_module("p3p")
+    solver = module.Solver()
+    with pytest.raises(ValueError, match=r"shape \[\.\.\., 18\]"):
+        solver(torch.zeros(4, 17, dtype=torch.float64))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        solver(torch.zeros(4, 18, dtype=torch.int64))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        solver([0.0] * 18)
+    with pytest.raises(ValueError, match="backward must be"):
+        module.Solver(backward="finite-differences")
+
+
+def test_attributes():
+    module = generated_module("p3p")
+    solver = module.Solver()
+    assert solver.num_solutions == 8
+    assert solver.unknown_names == ("x1", "x2", "x3")
+    assert solver.parameter_names[:3] == ("A1_x", "A1_y", "A1_z")
+    assert len(solver.parameter_names) == 18
+    assert isinstance(solver, torch.nn.Module)
