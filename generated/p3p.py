@@ -2,7 +2,7 @@
 # Regenerate with: solvergen generate problems/p3p.py
 # spec sha256: bc85ff513c57eae61a8bebcc2bfe7a06584312498cc332507bf2c2393e14b5c1
 # p3p: 3 unknowns, 18 parameters, 3 equations
-# 8 solutions; elimination template 25 x 33; action x1
+# 8 solutions; elimination template 25 x 33; action x2
 """Batched, differentiable solver for the problem `p3p` (8 solutions).
 
     solver = P3pSolver()
@@ -14,7 +14,7 @@ Parameters (last axis of `params`): A1_x, A1_y, A1_z, A2_x, A2_y, A2_z, A3_x, A3
 
 Forward: the 12 equation coefficients are evaluated from the parameters, the
 25 x 33 elimination template is filled and reduced, the eigenvectors of the
-8 x 8 action matrix of x1 give the solutions, which are polished by
+8 x 8 action matrix of x2 give the solutions, which are polished by
 Newton steps on the equations. Everything runs in float64 on the device of `params`.
 Backward (default "ift"): implicit function theorem on all 3 equations, per valid solution;
 the eigendecomposition is never differentiated.
@@ -78,35 +78,34 @@ def _coefficients(_a):
     )
 
 
-# Elimination template: columns are 19 eliminated monomials, 6 monomials reduced to
-# the basis, then the 8 basis monomials x3^3, x1*x3, x2*x3, x3^2, x1, x2, x3, 1.
+# Elimination template: columns are 20 eliminated monomials, 5 monomials reduced to
+# the basis, then the 8 basis monomials x2*x3^2, x1*x3, x2*x3, x3^2, x1, x2, x3, 1.
 _ROWS, _COLS = TEMPLATE_SHAPE
 _SQUARE = 25  # [eliminated | reduced] block, solved against the basis block
-_NUM_REDUCED = 6
+_NUM_REDUCED = 5
 # flat (row * _COLS + column) position of each template entry
 _TEMPLATE_POSITIONS = (
-    0, 1, 2, 23, 34, 35, 36, 57, 70, 71, 72, 92, 104, 105, 106, 126, 140, 141, 142, 160, 178, 179,
-    180, 194, 212, 213, 214, 228, 248, 251, 252, 262, 266, 269, 272, 287, 300, 303, 306, 321, 336,
-    339, 349, 356, 370, 373, 374, 390, 406, 407, 408, 424, 444, 450, 451, 458, 478, 479, 480, 492,
-    512, 513, 520, 526, 528, 532, 536, 551, 562, 566, 570, 585, 598, 602, 613, 620, 632, 636, 638,
-    654, 668, 672, 679, 688, 706, 713, 715, 722, 740, 744, 747, 756, 779, 781, 784, 790, 815, 818,
-    820, 824,
+    0, 1, 2, 23, 34, 35, 36, 57, 70, 71, 72, 92, 104, 105, 106, 126, 140, 141, 152, 160, 177, 178,
+    179, 194, 211, 212, 213, 228, 247, 252, 253, 262, 283, 287, 288, 296, 300, 304, 317, 321, 337,
+    341, 350, 357, 374, 383, 391, 410, 413, 417, 425, 444, 451, 454, 459, 480, 484, 487, 493, 519,
+    522, 523, 527, 528, 533, 537, 551, 562, 567, 581, 585, 598, 602, 604, 620, 632, 636, 638, 654,
+    668, 670, 688, 705, 709, 710, 722, 739, 747, 751, 756, 775, 776, 777, 790, 811, 818, 820, 824,
 )
 # coefficient index of each template entry
 _TEMPLATE_SOURCES = (
-    0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 2, 0, 1, 3,
-    4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7,
-    8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 10, 9, 11, 8, 9, 10, 11, 8, 10, 9,
-    11, 8, 9, 10, 11, 8, 9, 10, 11,
+    0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3,
+    0, 1, 2, 3, 4, 5, 6, 7, 4, 6, 5, 7, 5, 4, 7, 4, 6, 5, 7, 4, 5, 6, 7, 6, 4, 5, 7, 4, 5, 6, 7, 8,
+    9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9,
+    10, 11, 8, 9, 10, 11,
 )
 
 # Action matrix A (row j: the action times basis monomial j, in the basis) = constant entries
 # plus minus the reduced rows of the template solution.
 # (row, column, value)
-_ACTION_CONSTANT = ((6, 1, 1.0), (7, 4, 1.0))
-_ACTION_ROWS = (0, 1, 2, 3, 4, 5)
-_ACTION_REDUCED = (0, 1, 2, 3, 4, 5)
-_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+_ACTION_CONSTANT = ((3, 0, 1.0), (6, 2, 1.0), (7, 5, 1.0))
+_ACTION_ROWS = (0, 1, 2, 4, 5)
+_ACTION_REDUCED = (0, 1, 2, 3, 4)
+_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0)
 _BASIS_ONE = 7  # index of the monomial 1 in the basis
 
 
@@ -114,8 +113,8 @@ def _read_off(eigenvalues, vectors, reduced):
     """Unknowns from the eigenvectors (normalised so that the entry of monomial 1 is 1)."""
     return torch.stack(
         [
-            eigenvalues,  # x1: the eigenvalue of its action matrix
-            vectors[:, 5, :],  # x2: basis monomial
+            vectors[:, 4, :],  # x1: basis monomial
+            eigenvalues,  # x2: the eigenvalue of its action matrix
             vectors[:, 6, :],  # x3: basis monomial
         ],
         dim=-1,

@@ -55,3 +55,28 @@ def solve(a: np.ndarray, b: np.ndarray, prime: int = PRIME) -> np.ndarray | None
         if others.size:
             m[others] = (m[others] - np.outer(m[others, c], m[c])) % prime
     return m[:, n:]
+
+
+def independent_rows(matrix: np.ndarray, prime: int = PRIME) -> list[int]:
+    """Rows (in order) that are independent of the rows before them."""
+    return pivot_columns(np.asarray(matrix).T, prime)
+
+
+def left_solution_support(matrix: np.ndarray, num_excess: int, num_target: int,
+                          prime: int = PRIME) -> list[int] | None:
+    """For a matrix [E | T | ...] with independent rows whose span reduces T, the rows used by
+    the unique Y with Y E = 0 and Y T = I."""
+    a = np.asarray(matrix)[:, : num_excess + num_target] % prime
+    columns = pivot_columns(a, prime)
+    if len(columns) != a.shape[0]:
+        return None
+    rhs = np.zeros((len(columns), num_target), dtype=np.int64)
+    for i, c in enumerate(columns):
+        if c >= num_excess:
+            rhs[i, c - num_excess] = 1
+    # Y on the pivot columns; it satisfies the other columns too whenever such a Y exists
+    # (callers check that: the reduction condition holds for these rows).
+    y = solve(a[:, columns].T, rhs, prime)  # Y^T, one column per target monomial
+    if y is None:
+        return None
+    return [i for i in range(a.shape[0]) if y[i].any()]

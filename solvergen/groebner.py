@@ -7,7 +7,7 @@ that it is special is negligible, and two instances are compared as a check.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
@@ -43,13 +43,25 @@ class Quotient:
     basis: tuple[Exponent, ...]  # standard monomials, grevlex-descending (problem order)
     leading: tuple[Exponent, ...]  # leading monomials of the reduced Groebner basis
     groebner: object  # sympy GroebnerBasis over GF(p), in the permuted variables
+    _monomial_forms: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def num_solutions(self) -> int:
         return len(self.basis)
 
     def normal_form(self, poly: ZpPoly) -> np.ndarray:
-        """Coordinates of poly mod I in `basis`."""
+        """Coordinates of poly mod I in `basis` (the standard monomials)."""
+        if len(poly) == 1:
+            (monomial, coef), = poly.items()
+            return (coef * self._monomial_normal_form(monomial)) % ff.PRIME
+        return self._normal_form(poly)
+
+    def _monomial_normal_form(self, monomial: Exponent) -> np.ndarray:
+        if monomial not in self._monomial_forms:
+            self._monomial_forms[monomial] = self._normal_form({monomial: 1})
+        return self._monomial_forms[monomial]
+
+    def _normal_form(self, poly: ZpPoly) -> np.ndarray:
         gens = [self.unknowns[i] for i in self.order]
         permuted = {_permute(e, self.order): c for e, c in poly.items()}
         _, remainder = self.groebner.reduce(sp.Poly.from_dict(permuted, *gens, modulus=ff.PRIME))

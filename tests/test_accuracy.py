@@ -55,3 +55,9 @@ def test_template_size_5pt():
     """Nister / Stewenius: 10 x 20."""
     rows, cols = generated_module("relpose_5pt_nullspace").TEMPLATE_SHAPE
     assert rows <= 10 and cols <= 20
+
+
+def test_template_size_6pt_shared_focal():
+    """At most PoseLib's hand-made 31 x 46 (we find 21 x 36 with a non-standard basis)."""
+    rows, cols = generated_module("relpose_6pt_shared_focal").TEMPLATE_SHAPE
+    assert rows <= 31 and cols <= 46
