@@ -2,22 +2,23 @@
 # Regenerate with: solvergen generate problems/p3p.py
 # spec sha256: bc85ff513c57eae61a8bebcc2bfe7a06584312498cc332507bf2c2393e14b5c1
 # p3p: 3 unknowns, 18 parameters, 3 equations
-# 8 solutions; elimination template 25 x 33; action x2
+# 8 solutions, template 25x33 (action x2)
 """Batched, differentiable solver for the problem `p3p` (8 solutions).
 
     solver = P3pSolver()
-    solutions, valid = solver(params)  # params [..., 18] -> [..., 8, 3], [..., 8]
+    solutions, valid = solver(params)  # [..., 18] -> [..., 8, 3], [..., 8]
 
 Unknowns (last axis of `solutions`): x1, x2, x3
 Parameters (last axis of `params`): A1_x, A1_y, A1_z, A2_x, A2_y, A2_z, A3_x, A3_y, A3_z, a1_x, a1_y, a1_z, a2_x, a2_y,
     a2_z, a3_x, a3_y, a3_z
 
-Forward: the 12 equation coefficients are evaluated from the parameters, the
-25 x 33 elimination template is filled and reduced, the eigenvectors of the
-8 x 8 action matrix of x2 give the solutions, which are polished by
-Newton steps on the equations. Everything runs in float64 on the device of `params`.
-Backward (default "ift"): implicit function theorem on all 3 equations, per valid solution;
-the eigendecomposition is never differentiated.
+Forward: 8 solutions, template 25x33 (action x2).
+The coefficients fill the elimination template; the eigenvectors of the action matrix give
+the solutions.
+All solutions are polished by Newton steps on the 3 declared equations and checked on them.
+Everything runs in float64 on the device of `params`.
+Backward (default "ift"): implicit function theorem on the 3 declared equations, per valid
+solution; QR and the eigendecomposition are never differentiated.
 """
 import torch
 
@@ -31,6 +32,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 8
 TEMPLATE_SHAPE = (25, 33)
+SIGN_GAUGE = False  # solutions are defined up to sign
 
 _N = 3  # unknowns
 _M = 18  # parameters
@@ -38,11 +40,11 @@ _K = 3  # equations
 _S = NUM_SOLUTIONS
 
 # ---------------------------------------------------------------------------------------------
-# Problem-specific part: coefficients, template layout, action matrix, derivatives.
+# The declared equations h_k(x, a) = sum_p c_kp(a) x^p: coefficients, monomials, derivatives.
 # ---------------------------------------------------------------------------------------------
 
 def _coefficients(_a):
-    """The 12 equation coefficients c_j(a): [..., M] -> [..., 12]."""
+    """The 12 coefficients c(a) of the declared equations: [..., M] -> [..., 12]."""
     (
         A1_x, A1_y, A1_z, A2_x, A2_y, A2_z, A3_x, A3_y, A3_z, a1_x, a1_y, a1_z, a2_x, a2_y,
         a2_z, a3_x, a3_y, a3_z,
@@ -73,49 +75,6 @@ def _coefficients(_a):
             2*a1_x*a3_x + 2*a1_y*a3_y + 2*a1_z*a3_z,
             _t10,
             -2*A1_x*A3_x - 2*A1_y*A3_y - 2*A1_z*A3_z + _t11 + _t9,
-        ],
-        dim=-1,
-    )
-
-
-# Elimination template: columns are 20 eliminated monomials, 5 monomials reduced to
-# the basis, then the 8 basis monomials x2*x3^2, x1*x3, x2*x3, x3^2, x1, x2, x3, 1.
-_ROWS, _COLS = TEMPLATE_SHAPE
-_SQUARE = 25  # [eliminated | reduced] block, solved against the basis block
-_NUM_REDUCED = 5
-# flat (row * _COLS + column) position of each template entry
-_TEMPLATE_POSITIONS = (
-    0, 1, 2, 23, 34, 35, 36, 57, 70, 71, 72, 92, 104, 105, 106, 126, 140, 141, 152, 160, 177, 178,
-    179, 194, 211, 212, 213, 228, 247, 252, 253, 262, 283, 287, 288, 296, 300, 304, 317, 321, 337,
-    341, 350, 357, 374, 383, 391, 410, 413, 417, 425, 444, 451, 454, 459, 480, 484, 487, 493, 519,
-    522, 523, 527, 528, 533, 537, 551, 562, 567, 581, 585, 598, 602, 604, 620, 632, 636, 638, 654,
-    668, 670, 688, 705, 709, 710, 722, 739, 747, 751, 756, 775, 776, 777, 790, 811, 818, 820, 824,
-)
-# coefficient index of each template entry
-_TEMPLATE_SOURCES = (
-    0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3,
-    0, 1, 2, 3, 4, 5, 6, 7, 4, 6, 5, 7, 5, 4, 7, 4, 6, 5, 7, 4, 5, 6, 7, 6, 4, 5, 7, 4, 5, 6, 7, 8,
-    9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9,
-    10, 11, 8, 9, 10, 11,
-)
-
-# Action matrix A (row j: the action times basis monomial j, in the basis) = constant entries
-# plus minus the reduced rows of the template solution.
-# (row, column, value)
-_ACTION_CONSTANT = ((3, 0, 1.0), (6, 2, 1.0), (7, 5, 1.0))
-_ACTION_ROWS = (0, 1, 2, 4, 5)
-_ACTION_REDUCED = (0, 1, 2, 3, 4)
-_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0)
-_BASIS_ONE = 7  # index of the monomial 1 in the basis
-
-
-def _read_off(eigenvalues, vectors, reduced):
-    """Unknowns from the eigenvectors (normalised so that the entry of monomial 1 is 1)."""
-    return torch.stack(
-        [
-            vectors[:, 4, :],  # x1: basis monomial
-            eigenvalues,  # x2: the eigenvalue of its action matrix
-            vectors[:, 6, :],  # x3: basis monomial
         ],
         dim=-1,
     )
@@ -192,9 +151,52 @@ def _parameter_vjp(_x, _a, _w):
         dim=-1,
     )
 
+
 # ---------------------------------------------------------------------------------------------
-# Solver runtime: the same in every file generated by solvergen 0.1.0.
-# Shapes: B batch, S solutions, N unknowns, M parameters, K equations, P monomials.
+# Elimination template for x1, x2, x3: columns are 20 eliminated monomials,
+# 5 monomials reduced to the basis, then the 8 basis monomials
+# x2*x3^2, x1*x3, x2*x3, x3^2, x1, x2, x3, 1.
+# ---------------------------------------------------------------------------------------------
+
+_ROWS, _COLS = 25, 33
+_SQUARE = 25  # [eliminated | reduced] block, solved against the basis block
+_NUM_REDUCED = 5
+# flat (row * _COLS + column) position of each template entry
+_TEMPLATE_POSITIONS = (
+    0, 1, 2, 23, 34, 35, 36, 57, 70, 71, 72, 92, 104, 105, 106, 126, 140, 141, 152, 160, 177, 178,
+    179, 194, 211, 212, 213, 228, 247, 252, 253, 262, 283, 287, 288, 296, 300, 304, 317, 321, 337,
+    341, 350, 357, 374, 383, 391, 410, 413, 417, 425, 444, 451, 454, 459, 480, 484, 487, 493, 519,
+    522, 523, 527, 528, 533, 537, 551, 562, 567, 581, 585, 598, 602, 604, 620, 632, 636, 638, 654,
+    668, 670, 688, 705, 709, 710, 722, 739, 747, 751, 756, 775, 776, 777, 790, 811, 818, 820, 824,
+)
+# coefficient index of each template entry
+_TEMPLATE_SOURCES = (
+    0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3,
+    0, 1, 2, 3, 4, 5, 6, 7, 4, 6, 5, 7, 5, 4, 7, 4, 6, 5, 7, 4, 5, 6, 7, 6, 4, 5, 7, 4, 5, 6, 7, 8,
+    9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9,
+    10, 11, 8, 9, 10, 11,
+)
+
+# Action matrix of x2 (row j: the action times basis monomial j, in the basis) =
+# constant entries minus the reduced rows of the template solution.
+# (row, column, value)
+_ACTION_CONSTANT = ((3, 0, 1.0), (6, 2, 1.0), (7, 5, 1.0))
+_ACTION_ROWS = (0, 1, 2, 4, 5)
+_ACTION_REDUCED = (0, 1, 2, 3, 4)
+_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0)
+
+# Read-off: unknown n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over these pairs (m, x_n m) of the
+# eigenvector v (basis monomials, then the reduced ones); the action variable is the eigenvalue.
+_TEMPLATE_UNKNOWNS = 3
+_ACTION_VARIABLE = 1  # -1: the action is a linear form
+_READ_UNKNOWN = (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2)
+_READ_BASIS = (2, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 2, 4, 5, 6, 7)
+_READ_VALUE = (9, 11, 1, 4, 8, 9, 10, 0, 11, 12, 2, 5, 0, 1, 2, 3, 6)
+
+# ---------------------------------------------------------------------------------------------
+# Solver runtime: the same in every file generated by solvergen 0.1.0, but for the parts
+# that this problem does not need. Shapes: B batch, S solutions, N unknowns, M parameters,
+# K equations, P monomials.
 # ---------------------------------------------------------------------------------------------
 
 _TINY = torch.finfo(torch.float64).tiny
@@ -209,23 +211,31 @@ def _tables(device):
         def long(values):
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
-        for row, column, value in _ACTION_CONSTANT:
-            action[row, column] += value
+        def double(values):
+            return torch.tensor(values, dtype=torch.float64, device=device)
+
         tables = {
-            "template_positions": long(_TEMPLATE_POSITIONS),
-            "template_sources": long(_TEMPLATE_SOURCES),
-            "action": action,
-            "action_rows": long(_ACTION_ROWS),
-            "action_reduced": long(_ACTION_REDUCED),
-            "action_scale": torch.tensor(_ACTION_SCALE, dtype=torch.float64, device=device),
-            "fallback": torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
             "exponents": long(_EXPONENTS).reshape(-1, _N),
-            "exponent_values": torch.tensor(_EXPONENTS, dtype=torch.float64, device=device).reshape(-1, _N),
+            "exponent_values": double(_EXPONENTS).reshape(-1, _N),
             "lower": long(_LOWER).reshape(-1, _N),
             "equation_positions": long(_EQUATION_POSITIONS),
             "variables": torch.arange(_N, device=device),
         }
+        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
+        for row, column, value in _ACTION_CONSTANT:
+            action[row, column] += value
+        tables.update(
+            template_positions=long(_TEMPLATE_POSITIONS),
+            template_sources=long(_TEMPLATE_SOURCES),
+            action=action,
+            action_rows=long(_ACTION_ROWS),
+            action_reduced=long(_ACTION_REDUCED),
+            action_scale=double(_ACTION_SCALE),
+            fallback=torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
+            read_unknown=long(_READ_UNKNOWN),
+            read_basis=long(_READ_BASIS),
+            read_value=long(_READ_VALUE),
+        )
         _TABLES[device] = tables
     return tables
 
@@ -307,34 +317,59 @@ def _eig(matrix):
         return torch.stack(values), torch.stack(vectors)
 
 
-def _solve(a, newton_steps, residual_tol, imag_tol):
-    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
-
-    Rows with non-finite parameters or a singular template are returned all-invalid; they do
-    not affect the other rows.
-    """
-    tables = _tables(a.device)
-    batch = a.shape[0]
-    finite = torch.isfinite(a).all(dim=-1)
-    c = _coefficients(torch.where(finite.unsqueeze(-1), a, torch.ones_like(a)))
-
+def _template_candidates(c):
+    """Solutions of the template's system from its coefficients c [B, n]: [B, S, n_unknowns]
+    complex, and the rows [B] whose template and action matrix were usable."""
+    tables = _tables(c.device)
+    batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
     flat = c.new_zeros(batch, _ROWS * _COLS).index_copy(1, tables["template_positions"], entries)
     template = flat.view(batch, _ROWS, _COLS)
     solution, info = torch.linalg.solve_ex(template[:, :, :_SQUARE], template[:, :, _SQUARE:])
     reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
-
-    # Action matrix, eigenvectors, unknowns.
+    # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced[:, tables["action_reduced"], :]
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
-    ok = finite & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
+    ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     eigenvalues, vectors = _eig(action)
-    vectors = vectors / vectors[:, _BASIS_ONE : _BASIS_ONE + 1, :]
-    x = _read_off(eigenvalues, vectors, reduced.to(vectors.dtype))
+    return _read_off(eigenvalues, vectors, reduced, tables), ok
 
-    # Real candidates, polished on the original equations, then checked.
+
+def _read_off(eigenvalues, vectors, reduced, tables):
+    """Unknowns from the eigenvectors v (columns of `vectors`, the basis monomials evaluated at
+    a solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs,
+    which the large entries dominate (accurate also for solutions far from the origin)."""
+    values = torch.cat([vectors, -(reduced.to(vectors.dtype) @ vectors)], dim=1)
+    m = vectors[:, tables["read_basis"], :]
+    numerator = torch.zeros(
+        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=vectors.dtype, device=vectors.device
+    ).index_add(1, tables["read_unknown"], m.conj() * values[:, tables["read_value"], :])
+    denominator = torch.zeros(
+        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=eigenvalues.real.dtype, device=vectors.device
+    ).index_add(1, tables["read_unknown"], (m.conj() * m).real)
+    x = (numerator / denominator).transpose(1, 2)
+    if _ACTION_VARIABLE >= 0:
+        column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
+        x = torch.where(column, eigenvalues.unsqueeze(-1), x)
+    return x
+
+
+def _solve(a, newton_steps, residual_tol, imag_tol):
+    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
+
+    Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
+    do not affect the other rows.
+    """
+    tables = _tables(a.device)
+    finite = torch.isfinite(a).all(dim=-1)
+    a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
+    c = _coefficients(a)
+    x, ok = _template_candidates(c)
+    ok = ok & finite
+
+    # Real candidates, polished on the declared equations, then checked.
     magnitude = x.real.abs().amax(dim=-1).clamp_min(1.0)
     candidate = (
         ok.unsqueeze(-1)
@@ -348,7 +383,7 @@ def _solve(a, newton_steps, residual_tol, imag_tol):
     valid = candidate & (error <= residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 
-    # Valid solutions first, in the order the eigensolver returned them.
+    # Valid solutions first, in the order the solver found them.
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, _N))
     return x, valid.gather(1, order), c
@@ -432,6 +467,7 @@ class _SolverBase(torch.nn.Module):
     unknown_names = UNKNOWN_NAMES
     parameter_names = PARAMETER_NAMES
     template_shape = TEMPLATE_SHAPE
+    sign_gauge = SIGN_GAUGE
 
     def __init__(self, backward="ift", newton_steps=2, residual_tol=1e-8, imag_tol=1e-6, cond_max=1e10):
         super().__init__()
@@ -462,6 +498,39 @@ class _SolverBase(torch.nn.Module):
             x, valid, _ = _solve(flat.to(torch.float64), self.newton_steps, self.residual_tol, self.imag_tol)
             x = x.to(params.dtype)
         return x.reshape(*batch_shape, _S, _N), valid.reshape(*batch_shape, _S)
+
+    @staticmethod
+    def select(solutions, valid, reference=None, score=None, up_to_sign=SIGN_GAUGE):
+        """Pick one solution per instance, differentiably: [..., S, N], [..., S] -> [..., N], [...].
+
+        reference [..., N]: the valid solution closest to it; with `up_to_sign` (the default for
+            problems whose solutions are defined up to sign) distances are taken up to sign and
+            the pick is multiplied by the sign that aligns it with the reference.
+        score: [..., S] (higher is better), or a callable solutions -> score: the best valid one.
+        Gradients flow to the picked solution only. Instances without a valid solution get
+        zeros, zero gradient and found = False.
+        """
+        if (reference is None) == (score is None):
+            raise ValueError("give exactly one of reference= or score=")
+        with torch.no_grad():
+            sign = torch.ones(valid.shape, dtype=solutions.dtype, device=solutions.device)
+            if reference is not None:
+                reference = reference.to(solutions.dtype).unsqueeze(-2)
+                distance = (solutions - reference).norm(dim=-1)
+                if up_to_sign:
+                    flipped = (solutions + reference).norm(dim=-1)
+                    sign = torch.where(flipped < distance, -sign, sign)
+                    distance = torch.minimum(distance, flipped)
+                key = -distance
+            else:
+                key = score(solutions) if callable(score) else score
+            key = torch.where(valid & ~torch.isnan(key), key, torch.full_like(key, -float("inf")))
+            index = key.argmax(dim=-1, keepdim=True)
+            found = valid.gather(-1, index).squeeze(-1)
+            sign = sign.gather(-1, index)
+        picked = solutions.gather(-2, index.unsqueeze(-1).expand(*index.shape, solutions.shape[-1]))
+        picked = picked.squeeze(-2) * sign
+        return torch.where(found.unsqueeze(-1), picked, torch.zeros_like(picked)), found
 
 
 class P3pSolver(_SolverBase):

@@ -2,23 +2,24 @@
 # Regenerate with: solvergen generate problems/relpose_5pt_nullspace.py
 # spec sha256: 5461a66de9022206fbd6e3cc797466c40e1283566ba6716da6039cc598e2292a
 # relpose_5pt_nullspace: 3 unknowns, 36 parameters, 10 equations
-# 10 solutions; elimination template 10 x 20; action x
+# 10 solutions, template 10x20 (action x)
 """Batched, differentiable solver for the problem `relpose_5pt_nullspace` (10 solutions).
 
     solver = Relpose5ptNullspaceSolver()
-    solutions, valid = solver(params)  # params [..., 36] -> [..., 10, 3], [..., 10]
+    solutions, valid = solver(params)  # [..., 36] -> [..., 10, 3], [..., 10]
 
 Unknowns (last axis of `solutions`): x, y, z
 Parameters (last axis of `params`): E1_0, E1_1, E1_2, E1_3, E1_4, E1_5, E1_6, E1_7, E1_8, E2_0, E2_1, E2_2, E2_3, E2_4,
     E2_5, E2_6, E2_7, E2_8, E3_0, E3_1, E3_2, E3_3, E3_4, E3_5, E3_6, E3_7, E3_8, E4_0,
     E4_1, E4_2, E4_3, E4_4, E4_5, E4_6, E4_7, E4_8
 
-Forward: the 200 equation coefficients are evaluated from the parameters, the
-10 x 20 elimination template is filled and reduced, the eigenvectors of the
-10 x 10 action matrix of x give the solutions, which are polished by
-Newton steps on the equations. Everything runs in float64 on the device of `params`.
-Backward (default "ift"): implicit function theorem on all 10 equations, per valid solution;
-the eigendecomposition is never differentiated.
+Forward: 10 solutions, template 10x20 (action x).
+The coefficients fill the elimination template; the eigenvectors of the action matrix give
+the solutions.
+All solutions are polished by Newton steps on the 10 declared equations and checked on them.
+Everything runs in float64 on the device of `params`.
+Backward (default "ift"): implicit function theorem on the 10 declared equations, per valid
+solution; QR and the eigendecomposition are never differentiated.
 """
 import torch
 
@@ -33,6 +34,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 10
 TEMPLATE_SHAPE = (10, 20)
+SIGN_GAUGE = False  # solutions are defined up to sign
 
 _N = 3  # unknowns
 _M = 36  # parameters
@@ -40,11 +42,11 @@ _K = 10  # equations
 _S = NUM_SOLUTIONS
 
 # ---------------------------------------------------------------------------------------------
-# Problem-specific part: coefficients, template layout, action matrix, derivatives.
+# The declared equations h_k(x, a) = sum_p c_kp(a) x^p: coefficients, monomials, derivatives.
 # ---------------------------------------------------------------------------------------------
 
 def _coefficients(_a):
-    """The 200 equation coefficients c_j(a): [..., M] -> [..., 200]."""
+    """The 200 coefficients c(a) of the declared equations: [..., M] -> [..., 200]."""
     (
         E1_0, E1_1, E1_2, E1_3, E1_4, E1_5, E1_6, E1_7, E1_8, E2_0, E2_1, E2_2, E2_3, E2_4,
         E2_5, E2_6, E2_7, E2_8, E3_0, E3_1, E3_2, E3_3, E3_4, E3_5, E3_6, E3_7, E3_8, E4_0,
@@ -2112,60 +2114,6 @@ def _coefficients(_a):
     )
 
 
-# Elimination template: columns are 4 eliminated monomials, 6 monomials reduced to
-# the basis, then the 10 basis monomials x^2, x*y, y^2, x*z, y*z, z^2, x, y, z, 1.
-_ROWS, _COLS = TEMPLATE_SHAPE
-_SQUARE = 10  # [eliminated | reduced] block, solved against the basis block
-_NUM_REDUCED = 6
-# flat (row * _COLS + column) position of each template entry
-_TEMPLATE_POSITIONS = (
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-    26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49,
-    50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-    74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97,
-    98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116,
-    117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134, 135,
-    136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, 149, 150, 151, 152, 153, 154,
-    155, 156, 157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173,
-    174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192,
-    193, 194, 195, 196, 197, 198, 199,
-)
-# coefficient index of each template entry
-_TEMPLATE_SOURCES = (
-    3, 6, 8, 9, 0, 1, 2, 4, 5, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 23, 26, 28, 29, 20, 21,
-    22, 24, 25, 27, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 43, 46, 48, 49, 40, 41, 42, 44, 45, 47,
-    50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 63, 66, 68, 69, 60, 61, 62, 64, 65, 67, 70, 71, 72, 73,
-    74, 75, 76, 77, 78, 79, 83, 86, 88, 89, 80, 81, 82, 84, 85, 87, 90, 91, 92, 93, 94, 95, 96, 97,
-    98, 99, 103, 106, 108, 109, 100, 101, 102, 104, 105, 107, 110, 111, 112, 113, 114, 115, 116,
-    117, 118, 119, 123, 126, 128, 129, 120, 121, 122, 124, 125, 127, 130, 131, 132, 133, 134, 135,
-    136, 137, 138, 139, 143, 146, 148, 149, 140, 141, 142, 144, 145, 147, 150, 151, 152, 153, 154,
-    155, 156, 157, 158, 159, 163, 166, 168, 169, 160, 161, 162, 164, 165, 167, 170, 171, 172, 173,
-    174, 175, 176, 177, 178, 179, 183, 186, 188, 189, 180, 181, 182, 184, 185, 187, 190, 191, 192,
-    193, 194, 195, 196, 197, 198, 199,
-)
-
-# Action matrix A (row j: the action times basis monomial j, in the basis) = constant entries
-# plus minus the reduced rows of the template solution.
-# (row, column, value)
-_ACTION_CONSTANT = ((6, 0, 1.0), (7, 1, 1.0), (8, 3, 1.0), (9, 6, 1.0))
-_ACTION_ROWS = (0, 1, 2, 3, 4, 5)
-_ACTION_REDUCED = (0, 1, 2, 3, 4, 5)
-_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-_BASIS_ONE = 9  # index of the monomial 1 in the basis
-
-
-def _read_off(eigenvalues, vectors, reduced):
-    """Unknowns from the eigenvectors (normalised so that the entry of monomial 1 is 1)."""
-    return torch.stack(
-        [
-            eigenvalues,  # x: the eigenvalue of its action matrix
-            vectors[:, 7, :],  # y: basis monomial
-            vectors[:, 8, :],  # z: basis monomial
-        ],
-        dim=-1,
-    )
-
-
 # Monomials of the equations (and their one-step lowerings), as exponents of x, y, z.
 _EXPONENTS = (
     (3, 0, 0), (2, 1, 0), (1, 2, 0), (0, 3, 0), (2, 0, 1), (1, 1, 1), (0, 2, 1), (1, 0, 2),
@@ -2862,9 +2810,69 @@ def _parameter_vjp(_x, _a, _w):
         dim=-1,
     )
 
+
 # ---------------------------------------------------------------------------------------------
-# Solver runtime: the same in every file generated by solvergen 0.1.0.
-# Shapes: B batch, S solutions, N unknowns, M parameters, K equations, P monomials.
+# Elimination template for x, y, z: columns are 4 eliminated monomials,
+# 6 monomials reduced to the basis, then the 10 basis monomials
+# x^2, x*y, y^2, x*z, y*z, z^2, x, y, z, 1.
+# ---------------------------------------------------------------------------------------------
+
+_ROWS, _COLS = 10, 20
+_SQUARE = 10  # [eliminated | reduced] block, solved against the basis block
+_NUM_REDUCED = 6
+# flat (row * _COLS + column) position of each template entry
+_TEMPLATE_POSITIONS = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+    26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49,
+    50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
+    74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97,
+    98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116,
+    117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134, 135,
+    136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, 149, 150, 151, 152, 153, 154,
+    155, 156, 157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173,
+    174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192,
+    193, 194, 195, 196, 197, 198, 199,
+)
+# coefficient index of each template entry
+_TEMPLATE_SOURCES = (
+    3, 6, 8, 9, 0, 1, 2, 4, 5, 7, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 23, 26, 28, 29, 20, 21,
+    22, 24, 25, 27, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 43, 46, 48, 49, 40, 41, 42, 44, 45, 47,
+    50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 63, 66, 68, 69, 60, 61, 62, 64, 65, 67, 70, 71, 72, 73,
+    74, 75, 76, 77, 78, 79, 83, 86, 88, 89, 80, 81, 82, 84, 85, 87, 90, 91, 92, 93, 94, 95, 96, 97,
+    98, 99, 103, 106, 108, 109, 100, 101, 102, 104, 105, 107, 110, 111, 112, 113, 114, 115, 116,
+    117, 118, 119, 123, 126, 128, 129, 120, 121, 122, 124, 125, 127, 130, 131, 132, 133, 134, 135,
+    136, 137, 138, 139, 143, 146, 148, 149, 140, 141, 142, 144, 145, 147, 150, 151, 152, 153, 154,
+    155, 156, 157, 158, 159, 163, 166, 168, 169, 160, 161, 162, 164, 165, 167, 170, 171, 172, 173,
+    174, 175, 176, 177, 178, 179, 183, 186, 188, 189, 180, 181, 182, 184, 185, 187, 190, 191, 192,
+    193, 194, 195, 196, 197, 198, 199,
+)
+
+# Action matrix of x (row j: the action times basis monomial j, in the basis) =
+# constant entries minus the reduced rows of the template solution.
+# (row, column, value)
+_ACTION_CONSTANT = ((6, 0, 1.0), (7, 1, 1.0), (8, 3, 1.0), (9, 6, 1.0))
+_ACTION_ROWS = (0, 1, 2, 3, 4, 5)
+_ACTION_REDUCED = (0, 1, 2, 3, 4, 5)
+_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+# Read-off: unknown n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over these pairs (m, x_n m) of the
+# eigenvector v (basis monomials, then the reduced ones); the action variable is the eigenvalue.
+_TEMPLATE_UNKNOWNS = 3
+_ACTION_VARIABLE = 0  # -1: the action is a linear form
+_READ_UNKNOWN = (
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2,
+)
+_READ_BASIS = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 3, 6, 7, 8, 9, 0, 1, 3, 6, 7, 8, 9,
+)
+_READ_VALUE = (
+    10, 11, 12, 13, 14, 15, 0, 1, 3, 6, 11, 12, 14, 1, 2, 4, 7, 13, 14, 15, 3, 4, 5, 8,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Solver runtime: the same in every file generated by solvergen 0.1.0, but for the parts
+# that this problem does not need. Shapes: B batch, S solutions, N unknowns, M parameters,
+# K equations, P monomials.
 # ---------------------------------------------------------------------------------------------
 
 _TINY = torch.finfo(torch.float64).tiny
@@ -2879,23 +2887,31 @@ def _tables(device):
         def long(values):
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
-        for row, column, value in _ACTION_CONSTANT:
-            action[row, column] += value
+        def double(values):
+            return torch.tensor(values, dtype=torch.float64, device=device)
+
         tables = {
-            "template_positions": long(_TEMPLATE_POSITIONS),
-            "template_sources": long(_TEMPLATE_SOURCES),
-            "action": action,
-            "action_rows": long(_ACTION_ROWS),
-            "action_reduced": long(_ACTION_REDUCED),
-            "action_scale": torch.tensor(_ACTION_SCALE, dtype=torch.float64, device=device),
-            "fallback": torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
             "exponents": long(_EXPONENTS).reshape(-1, _N),
-            "exponent_values": torch.tensor(_EXPONENTS, dtype=torch.float64, device=device).reshape(-1, _N),
+            "exponent_values": double(_EXPONENTS).reshape(-1, _N),
             "lower": long(_LOWER).reshape(-1, _N),
             "equation_positions": long(_EQUATION_POSITIONS),
             "variables": torch.arange(_N, device=device),
         }
+        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
+        for row, column, value in _ACTION_CONSTANT:
+            action[row, column] += value
+        tables.update(
+            template_positions=long(_TEMPLATE_POSITIONS),
+            template_sources=long(_TEMPLATE_SOURCES),
+            action=action,
+            action_rows=long(_ACTION_ROWS),
+            action_reduced=long(_ACTION_REDUCED),
+            action_scale=double(_ACTION_SCALE),
+            fallback=torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
+            read_unknown=long(_READ_UNKNOWN),
+            read_basis=long(_READ_BASIS),
+            read_value=long(_READ_VALUE),
+        )
         _TABLES[device] = tables
     return tables
 
@@ -2977,34 +2993,59 @@ def _eig(matrix):
         return torch.stack(values), torch.stack(vectors)
 
 
-def _solve(a, newton_steps, residual_tol, imag_tol):
-    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
-
-    Rows with non-finite parameters or a singular template are returned all-invalid; they do
-    not affect the other rows.
-    """
-    tables = _tables(a.device)
-    batch = a.shape[0]
-    finite = torch.isfinite(a).all(dim=-1)
-    c = _coefficients(torch.where(finite.unsqueeze(-1), a, torch.ones_like(a)))
-
+def _template_candidates(c):
+    """Solutions of the template's system from its coefficients c [B, n]: [B, S, n_unknowns]
+    complex, and the rows [B] whose template and action matrix were usable."""
+    tables = _tables(c.device)
+    batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
     flat = c.new_zeros(batch, _ROWS * _COLS).index_copy(1, tables["template_positions"], entries)
     template = flat.view(batch, _ROWS, _COLS)
     solution, info = torch.linalg.solve_ex(template[:, :, :_SQUARE], template[:, :, _SQUARE:])
     reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
-
-    # Action matrix, eigenvectors, unknowns.
+    # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced[:, tables["action_reduced"], :]
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
-    ok = finite & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
+    ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     eigenvalues, vectors = _eig(action)
-    vectors = vectors / vectors[:, _BASIS_ONE : _BASIS_ONE + 1, :]
-    x = _read_off(eigenvalues, vectors, reduced.to(vectors.dtype))
+    return _read_off(eigenvalues, vectors, reduced, tables), ok
 
-    # Real candidates, polished on the original equations, then checked.
+
+def _read_off(eigenvalues, vectors, reduced, tables):
+    """Unknowns from the eigenvectors v (columns of `vectors`, the basis monomials evaluated at
+    a solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs,
+    which the large entries dominate (accurate also for solutions far from the origin)."""
+    values = torch.cat([vectors, -(reduced.to(vectors.dtype) @ vectors)], dim=1)
+    m = vectors[:, tables["read_basis"], :]
+    numerator = torch.zeros(
+        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=vectors.dtype, device=vectors.device
+    ).index_add(1, tables["read_unknown"], m.conj() * values[:, tables["read_value"], :])
+    denominator = torch.zeros(
+        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=eigenvalues.real.dtype, device=vectors.device
+    ).index_add(1, tables["read_unknown"], (m.conj() * m).real)
+    x = (numerator / denominator).transpose(1, 2)
+    if _ACTION_VARIABLE >= 0:
+        column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
+        x = torch.where(column, eigenvalues.unsqueeze(-1), x)
+    return x
+
+
+def _solve(a, newton_steps, residual_tol, imag_tol):
+    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
+
+    Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
+    do not affect the other rows.
+    """
+    tables = _tables(a.device)
+    finite = torch.isfinite(a).all(dim=-1)
+    a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
+    c = _coefficients(a)
+    x, ok = _template_candidates(c)
+    ok = ok & finite
+
+    # Real candidates, polished on the declared equations, then checked.
     magnitude = x.real.abs().amax(dim=-1).clamp_min(1.0)
     candidate = (
         ok.unsqueeze(-1)
@@ -3018,7 +3059,7 @@ def _solve(a, newton_steps, residual_tol, imag_tol):
     valid = candidate & (error <= residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 
-    # Valid solutions first, in the order the eigensolver returned them.
+    # Valid solutions first, in the order the solver found them.
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, _N))
     return x, valid.gather(1, order), c
@@ -3102,6 +3143,7 @@ class _SolverBase(torch.nn.Module):
     unknown_names = UNKNOWN_NAMES
     parameter_names = PARAMETER_NAMES
     template_shape = TEMPLATE_SHAPE
+    sign_gauge = SIGN_GAUGE
 
     def __init__(self, backward="ift", newton_steps=2, residual_tol=1e-8, imag_tol=1e-6, cond_max=1e10):
         super().__init__()
@@ -3132,6 +3174,39 @@ class _SolverBase(torch.nn.Module):
             x, valid, _ = _solve(flat.to(torch.float64), self.newton_steps, self.residual_tol, self.imag_tol)
             x = x.to(params.dtype)
         return x.reshape(*batch_shape, _S, _N), valid.reshape(*batch_shape, _S)
+
+    @staticmethod
+    def select(solutions, valid, reference=None, score=None, up_to_sign=SIGN_GAUGE):
+        """Pick one solution per instance, differentiably: [..., S, N], [..., S] -> [..., N], [...].
+
+        reference [..., N]: the valid solution closest to it; with `up_to_sign` (the default for
+            problems whose solutions are defined up to sign) distances are taken up to sign and
+            the pick is multiplied by the sign that aligns it with the reference.
+        score: [..., S] (higher is better), or a callable solutions -> score: the best valid one.
+        Gradients flow to the picked solution only. Instances without a valid solution get
+        zeros, zero gradient and found = False.
+        """
+        if (reference is None) == (score is None):
+            raise ValueError("give exactly one of reference= or score=")
+        with torch.no_grad():
+            sign = torch.ones(valid.shape, dtype=solutions.dtype, device=solutions.device)
+            if reference is not None:
+                reference = reference.to(solutions.dtype).unsqueeze(-2)
+                distance = (solutions - reference).norm(dim=-1)
+                if up_to_sign:
+                    flipped = (solutions + reference).norm(dim=-1)
+                    sign = torch.where(flipped < distance, -sign, sign)
+                    distance = torch.minimum(distance, flipped)
+                key = -distance
+            else:
+                key = score(solutions) if callable(score) else score
+            key = torch.where(valid & ~torch.isnan(key), key, torch.full_like(key, -float("inf")))
+            index = key.argmax(dim=-1, keepdim=True)
+            found = valid.gather(-1, index).squeeze(-1)
+            sign = sign.gather(-1, index)
+        picked = solutions.gather(-2, index.unsqueeze(-1).expand(*index.shape, solutions.shape[-1]))
+        picked = picked.squeeze(-2) * sign
+        return torch.where(found.unsqueeze(-1), picked, torch.zeros_like(picked)), found
 
 
 class Relpose5ptNullspaceSolver(_SolverBase):

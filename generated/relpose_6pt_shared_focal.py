@@ -2,22 +2,23 @@
 # Regenerate with: solvergen generate problems/relpose_6pt_shared_focal.py
 # spec sha256: f28de4e0598073a5130aeb33f608b7b56619ca88a0810bd57155cad958f6bded
 # relpose_6pt_shared_focal: 3 unknowns, 27 parameters, 10 equations
-# 15 solutions; elimination template 21 x 36; action x
+# 15 solutions, template 21x36 (action x)
 """Batched, differentiable solver for the problem `relpose_6pt_shared_focal` (15 solutions).
 
     solver = Relpose6ptSharedFocalSolver()
-    solutions, valid = solver(params)  # params [..., 27] -> [..., 15, 3], [..., 15]
+    solutions, valid = solver(params)  # [..., 27] -> [..., 15, 3], [..., 15]
 
 Unknowns (last axis of `solutions`): x, y, w
 Parameters (last axis of `params`): F1_0, F1_1, F1_2, F1_3, F1_4, F1_5, F1_6, F1_7, F1_8, F2_0, F2_1, F2_2, F2_3, F2_4,
     F2_5, F2_6, F2_7, F2_8, F3_0, F3_1, F3_2, F3_3, F3_4, F3_5, F3_6, F3_7, F3_8
 
-Forward: the 280 equation coefficients are evaluated from the parameters, the
-21 x 36 elimination template is filled and reduced, the eigenvectors of the
-15 x 15 action matrix of x give the solutions, which are polished by
-Newton steps on the equations. Everything runs in float64 on the device of `params`.
-Backward (default "ift"): implicit function theorem on all 10 equations, per valid solution;
-the eigendecomposition is never differentiated.
+Forward: 15 solutions, template 21x36 (action x).
+The coefficients fill the elimination template; the eigenvectors of the action matrix give
+the solutions.
+All solutions are polished by Newton steps on the 10 declared equations and checked on them.
+Everything runs in float64 on the device of `params`.
+Backward (default "ift"): implicit function theorem on the 10 declared equations, per valid
+solution; QR and the eigendecomposition are never differentiated.
 """
 import torch
 
@@ -32,6 +33,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 15
 TEMPLATE_SHAPE = (21, 36)
+SIGN_GAUGE = False  # solutions are defined up to sign
 
 _N = 3  # unknowns
 _M = 27  # parameters
@@ -39,11 +41,11 @@ _K = 10  # equations
 _S = NUM_SOLUTIONS
 
 # ---------------------------------------------------------------------------------------------
-# Problem-specific part: coefficients, template layout, action matrix, derivatives.
+# The declared equations h_k(x, a) = sum_p c_kp(a) x^p: coefficients, monomials, derivatives.
 # ---------------------------------------------------------------------------------------------
 
 def _coefficients(_a):
-    """The 280 equation coefficients c_j(a): [..., M] -> [..., 280]."""
+    """The 280 coefficients c(a) of the declared equations: [..., M] -> [..., 280]."""
     (
         F1_0, F1_1, F1_2, F1_3, F1_4, F1_5, F1_6, F1_7, F1_8, F2_0, F2_1, F2_2, F2_3, F2_4,
         F2_5, F2_6, F2_7, F2_8, F3_0, F3_1, F3_2, F3_3, F3_4, F3_5, F3_6, F3_7, F3_8,
@@ -1246,97 +1248,6 @@ def _coefficients(_a):
     )
 
 
-# Elimination template: columns are 13 eliminated monomials, 8 monomials reduced to
-# the basis, then the 15 basis monomials x^2*w^2, x*y*w, y^2*w, x*w^2, y*w^2, x^2, x*y, y^2, x*w, y*w, w^2, x,
-# y, w, 1.
-_ROWS, _COLS = TEMPLATE_SHAPE
-_SQUARE = 21  # [eliminated | reduced] block, solved against the basis block
-_NUM_REDUCED = 8
-# flat (row * _COLS + column) position of each template entry
-_TEMPLATE_POSITIONS = (
-    3, 4, 5, 10, 13, 16, 21, 24, 25, 31, 44, 45, 50, 51, 56, 58, 59, 65, 66, 70, 84, 89, 90, 91, 98,
-    99, 100, 104, 105, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 121, 122,
-    123, 124, 128, 129, 130, 131, 132, 133, 137, 138, 139, 142, 147, 148, 149, 152, 153, 154, 156,
-    157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173, 174, 175,
-    176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 193, 194, 195,
-    196, 200, 201, 202, 203, 204, 205, 209, 210, 211, 214, 219, 220, 221, 224, 225, 226, 228, 229,
-    230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241, 242, 243, 244, 245, 246, 247, 248,
-    249, 250, 251, 252, 253, 254, 255, 256, 257, 258, 259, 260, 261, 262, 263, 265, 266, 267, 268,
-    272, 273, 274, 275, 276, 277, 281, 282, 283, 286, 291, 292, 293, 296, 297, 298, 300, 301, 302,
-    303, 304, 305, 306, 307, 308, 309, 310, 311, 312, 313, 314, 315, 316, 317, 318, 319, 320, 321,
-    322, 323, 324, 325, 326, 327, 328, 329, 330, 331, 332, 333, 334, 335, 337, 338, 339, 340, 344,
-    345, 346, 347, 348, 349, 353, 354, 355, 358, 363, 364, 365, 368, 369, 370, 372, 373, 374, 375,
-    376, 377, 378, 379, 380, 381, 382, 383, 384, 385, 386, 387, 388, 389, 390, 391, 392, 393, 394,
-    395, 396, 397, 398, 399, 400, 401, 402, 403, 404, 405, 406, 407, 409, 410, 411, 412, 416, 417,
-    418, 419, 420, 421, 425, 426, 427, 430, 435, 436, 437, 440, 441, 442, 444, 445, 446, 447, 448,
-    449, 450, 451, 452, 453, 454, 455, 456, 457, 458, 459, 460, 461, 462, 463, 464, 465, 466, 467,
-    468, 469, 470, 471, 472, 473, 474, 475, 476, 477, 478, 479, 481, 482, 483, 484, 488, 489, 490,
-    491, 492, 493, 497, 498, 499, 502, 507, 508, 509, 512, 513, 514, 516, 517, 518, 519, 520, 521,
-    522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540,
-    541, 542, 543, 544, 545, 546, 547, 548, 549, 550, 551, 553, 554, 555, 556, 560, 561, 562, 563,
-    564, 565, 569, 570, 571, 574, 579, 580, 581, 584, 585, 586, 588, 589, 590, 591, 592, 593, 594,
-    595, 596, 597, 598, 599, 600, 601, 602, 603, 604, 605, 606, 607, 608, 609, 610, 611, 612, 613,
-    614, 615, 616, 617, 618, 619, 620, 621, 622, 623, 625, 626, 627, 628, 632, 633, 634, 635, 636,
-    637, 641, 642, 643, 646, 651, 652, 653, 656, 657, 658, 660, 661, 662, 663, 664, 665, 666, 667,
-    668, 669, 670, 671, 672, 673, 674, 675, 676, 677, 678, 679, 680, 681, 682, 683, 684, 685, 686,
-    687, 688, 689, 690, 691, 692, 693, 694, 695, 697, 698, 699, 700, 704, 705, 706, 707, 708, 709,
-    713, 714, 715, 718, 723, 724, 725, 728, 729, 730, 732, 733, 734, 735, 736, 737, 738, 739, 740,
-    741, 742, 743, 744, 745, 746, 747, 748, 749, 750, 751, 752, 753, 754, 755,
-)
-# coefficient index of each template entry
-_TEMPLATE_SOURCES = (
-    1, 2, 3, 6, 0, 5, 4, 7, 8, 9, 0, 3, 1, 2, 4, 5, 6, 7, 8, 9, 3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10,
-    11, 12, 15, 16, 17, 18, 19, 21, 24, 27, 28, 14, 22, 23, 26, 30, 25, 31, 32, 33, 34, 36, 37, 38,
-    39, 11, 12, 13, 14, 17, 20, 24, 10, 15, 16, 19, 21, 22, 23, 25, 18, 26, 27, 28, 29, 30, 31, 32,
-    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 45, 46, 47, 48, 49, 51, 54, 57, 58, 44, 52, 53, 56, 60,
-    55, 61, 62, 63, 64, 66, 67, 68, 69, 41, 42, 43, 44, 47, 50, 54, 40, 45, 46, 49, 51, 52, 53, 55,
-    48, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 75, 76, 77, 78, 79, 81,
-    84, 87, 88, 74, 82, 83, 86, 90, 85, 91, 92, 93, 94, 96, 97, 98, 99, 71, 72, 73, 74, 77, 80, 84,
-    70, 75, 76, 79, 81, 82, 83, 85, 78, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100,
-    101, 102, 105, 106, 107, 108, 109, 111, 114, 117, 118, 104, 112, 113, 116, 120, 115, 121, 122,
-    123, 124, 126, 127, 128, 129, 101, 102, 103, 104, 107, 110, 114, 100, 105, 106, 109, 111, 112,
-    113, 115, 108, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131,
-    132, 135, 136, 137, 138, 139, 141, 144, 147, 148, 134, 142, 143, 146, 150, 145, 151, 152, 153,
-    154, 156, 157, 158, 159, 131, 132, 133, 134, 137, 140, 144, 130, 135, 136, 139, 141, 142, 143,
-    145, 138, 146, 147, 148, 149, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160, 161, 162,
-    165, 166, 167, 168, 169, 171, 174, 177, 178, 164, 172, 173, 176, 180, 175, 181, 182, 183, 184,
-    186, 187, 188, 189, 161, 162, 163, 164, 167, 170, 174, 160, 165, 166, 169, 171, 172, 173, 175,
-    168, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 195,
-    196, 197, 198, 199, 201, 204, 207, 208, 194, 202, 203, 206, 210, 205, 211, 212, 213, 214, 216,
-    217, 218, 219, 191, 192, 193, 194, 197, 200, 204, 190, 195, 196, 199, 201, 202, 203, 205, 198,
-    206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218, 219, 220, 221, 222, 225, 226,
-    227, 228, 229, 231, 234, 237, 238, 224, 232, 233, 236, 240, 235, 241, 242, 243, 244, 246, 247,
-    248, 249, 221, 222, 223, 224, 227, 230, 234, 220, 225, 226, 229, 231, 232, 233, 235, 228, 236,
-    237, 238, 239, 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 255, 256, 257,
-    258, 259, 261, 264, 267, 268, 254, 262, 263, 266, 270, 265, 271, 272, 273, 274, 276, 277, 278,
-    279, 251, 252, 253, 254, 257, 260, 264, 250, 255, 256, 259, 261, 262, 263, 265, 258, 266, 267,
-    268, 269, 270, 271, 272, 273, 274, 275, 276, 277, 278, 279,
-)
-
-# Action matrix A (row j: the action times basis monomial j, in the basis) = constant entries
-# plus minus the reduced rows of the template solution.
-# (row, column, value)
-_ACTION_CONSTANT = (
-    (3, 0, 1.0), (9, 1, 1.0), (10, 3, 1.0), (11, 5, 1.0), (12, 6, 1.0), (13, 8, 1.0), (14, 11, 1.0),
-)
-_ACTION_ROWS = (0, 1, 2, 4, 5, 6, 7, 8)
-_ACTION_REDUCED = (0, 1, 2, 3, 4, 5, 6, 7)
-_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
-_BASIS_ONE = 14  # index of the monomial 1 in the basis
-
-
-def _read_off(eigenvalues, vectors, reduced):
-    """Unknowns from the eigenvectors (normalised so that the entry of monomial 1 is 1)."""
-    return torch.stack(
-        [
-            eigenvalues,  # x: the eigenvalue of its action matrix
-            vectors[:, 12, :],  # y: basis monomial
-            vectors[:, 13, :],  # w: basis monomial
-        ],
-        dim=-1,
-    )
-
-
 # Monomials of the equations (and their one-step lowerings), as exponents of x, y, w.
 _EXPONENTS = (
     (3, 0, 2), (2, 1, 2), (1, 2, 2), (0, 3, 2), (3, 0, 1), (2, 1, 1), (1, 2, 1), (0, 3, 1),
@@ -1707,9 +1618,108 @@ def _parameter_vjp(_x, _a, _w):
         dim=-1,
     )
 
+
 # ---------------------------------------------------------------------------------------------
-# Solver runtime: the same in every file generated by solvergen 0.1.0.
-# Shapes: B batch, S solutions, N unknowns, M parameters, K equations, P monomials.
+# Elimination template for x, y, w: columns are 13 eliminated monomials,
+# 8 monomials reduced to the basis, then the 15 basis monomials
+# x^2*w^2, x*y*w, y^2*w, x*w^2, y*w^2, x^2, x*y, y^2, x*w, y*w, w^2, x, y, w, 1.
+# ---------------------------------------------------------------------------------------------
+
+_ROWS, _COLS = 21, 36
+_SQUARE = 21  # [eliminated | reduced] block, solved against the basis block
+_NUM_REDUCED = 8
+# flat (row * _COLS + column) position of each template entry
+_TEMPLATE_POSITIONS = (
+    3, 4, 5, 10, 13, 16, 21, 24, 25, 31, 44, 45, 50, 51, 56, 58, 59, 65, 66, 70, 84, 89, 90, 91, 98,
+    99, 100, 104, 105, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 121, 122,
+    123, 124, 128, 129, 130, 131, 132, 133, 137, 138, 139, 142, 147, 148, 149, 152, 153, 154, 156,
+    157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173, 174, 175,
+    176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 193, 194, 195,
+    196, 200, 201, 202, 203, 204, 205, 209, 210, 211, 214, 219, 220, 221, 224, 225, 226, 228, 229,
+    230, 231, 232, 233, 234, 235, 236, 237, 238, 239, 240, 241, 242, 243, 244, 245, 246, 247, 248,
+    249, 250, 251, 252, 253, 254, 255, 256, 257, 258, 259, 260, 261, 262, 263, 265, 266, 267, 268,
+    272, 273, 274, 275, 276, 277, 281, 282, 283, 286, 291, 292, 293, 296, 297, 298, 300, 301, 302,
+    303, 304, 305, 306, 307, 308, 309, 310, 311, 312, 313, 314, 315, 316, 317, 318, 319, 320, 321,
+    322, 323, 324, 325, 326, 327, 328, 329, 330, 331, 332, 333, 334, 335, 337, 338, 339, 340, 344,
+    345, 346, 347, 348, 349, 353, 354, 355, 358, 363, 364, 365, 368, 369, 370, 372, 373, 374, 375,
+    376, 377, 378, 379, 380, 381, 382, 383, 384, 385, 386, 387, 388, 389, 390, 391, 392, 393, 394,
+    395, 396, 397, 398, 399, 400, 401, 402, 403, 404, 405, 406, 407, 409, 410, 411, 412, 416, 417,
+    418, 419, 420, 421, 425, 426, 427, 430, 435, 436, 437, 440, 441, 442, 444, 445, 446, 447, 448,
+    449, 450, 451, 452, 453, 454, 455, 456, 457, 458, 459, 460, 461, 462, 463, 464, 465, 466, 467,
+    468, 469, 470, 471, 472, 473, 474, 475, 476, 477, 478, 479, 481, 482, 483, 484, 488, 489, 490,
+    491, 492, 493, 497, 498, 499, 502, 507, 508, 509, 512, 513, 514, 516, 517, 518, 519, 520, 521,
+    522, 523, 524, 525, 526, 527, 528, 529, 530, 531, 532, 533, 534, 535, 536, 537, 538, 539, 540,
+    541, 542, 543, 544, 545, 546, 547, 548, 549, 550, 551, 553, 554, 555, 556, 560, 561, 562, 563,
+    564, 565, 569, 570, 571, 574, 579, 580, 581, 584, 585, 586, 588, 589, 590, 591, 592, 593, 594,
+    595, 596, 597, 598, 599, 600, 601, 602, 603, 604, 605, 606, 607, 608, 609, 610, 611, 612, 613,
+    614, 615, 616, 617, 618, 619, 620, 621, 622, 623, 625, 626, 627, 628, 632, 633, 634, 635, 636,
+    637, 641, 642, 643, 646, 651, 652, 653, 656, 657, 658, 660, 661, 662, 663, 664, 665, 666, 667,
+    668, 669, 670, 671, 672, 673, 674, 675, 676, 677, 678, 679, 680, 681, 682, 683, 684, 685, 686,
+    687, 688, 689, 690, 691, 692, 693, 694, 695, 697, 698, 699, 700, 704, 705, 706, 707, 708, 709,
+    713, 714, 715, 718, 723, 724, 725, 728, 729, 730, 732, 733, 734, 735, 736, 737, 738, 739, 740,
+    741, 742, 743, 744, 745, 746, 747, 748, 749, 750, 751, 752, 753, 754, 755,
+)
+# coefficient index of each template entry
+_TEMPLATE_SOURCES = (
+    1, 2, 3, 6, 0, 5, 4, 7, 8, 9, 0, 3, 1, 2, 4, 5, 6, 7, 8, 9, 3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10,
+    11, 12, 15, 16, 17, 18, 19, 21, 24, 27, 28, 14, 22, 23, 26, 30, 25, 31, 32, 33, 34, 36, 37, 38,
+    39, 11, 12, 13, 14, 17, 20, 24, 10, 15, 16, 19, 21, 22, 23, 25, 18, 26, 27, 28, 29, 30, 31, 32,
+    33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 45, 46, 47, 48, 49, 51, 54, 57, 58, 44, 52, 53, 56, 60,
+    55, 61, 62, 63, 64, 66, 67, 68, 69, 41, 42, 43, 44, 47, 50, 54, 40, 45, 46, 49, 51, 52, 53, 55,
+    48, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 75, 76, 77, 78, 79, 81,
+    84, 87, 88, 74, 82, 83, 86, 90, 85, 91, 92, 93, 94, 96, 97, 98, 99, 71, 72, 73, 74, 77, 80, 84,
+    70, 75, 76, 79, 81, 82, 83, 85, 78, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100,
+    101, 102, 105, 106, 107, 108, 109, 111, 114, 117, 118, 104, 112, 113, 116, 120, 115, 121, 122,
+    123, 124, 126, 127, 128, 129, 101, 102, 103, 104, 107, 110, 114, 100, 105, 106, 109, 111, 112,
+    113, 115, 108, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131,
+    132, 135, 136, 137, 138, 139, 141, 144, 147, 148, 134, 142, 143, 146, 150, 145, 151, 152, 153,
+    154, 156, 157, 158, 159, 131, 132, 133, 134, 137, 140, 144, 130, 135, 136, 139, 141, 142, 143,
+    145, 138, 146, 147, 148, 149, 150, 151, 152, 153, 154, 155, 156, 157, 158, 159, 160, 161, 162,
+    165, 166, 167, 168, 169, 171, 174, 177, 178, 164, 172, 173, 176, 180, 175, 181, 182, 183, 184,
+    186, 187, 188, 189, 161, 162, 163, 164, 167, 170, 174, 160, 165, 166, 169, 171, 172, 173, 175,
+    168, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192, 195,
+    196, 197, 198, 199, 201, 204, 207, 208, 194, 202, 203, 206, 210, 205, 211, 212, 213, 214, 216,
+    217, 218, 219, 191, 192, 193, 194, 197, 200, 204, 190, 195, 196, 199, 201, 202, 203, 205, 198,
+    206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216, 217, 218, 219, 220, 221, 222, 225, 226,
+    227, 228, 229, 231, 234, 237, 238, 224, 232, 233, 236, 240, 235, 241, 242, 243, 244, 246, 247,
+    248, 249, 221, 222, 223, 224, 227, 230, 234, 220, 225, 226, 229, 231, 232, 233, 235, 228, 236,
+    237, 238, 239, 240, 241, 242, 243, 244, 245, 246, 247, 248, 249, 250, 251, 252, 255, 256, 257,
+    258, 259, 261, 264, 267, 268, 254, 262, 263, 266, 270, 265, 271, 272, 273, 274, 276, 277, 278,
+    279, 251, 252, 253, 254, 257, 260, 264, 250, 255, 256, 259, 261, 262, 263, 265, 258, 266, 267,
+    268, 269, 270, 271, 272, 273, 274, 275, 276, 277, 278, 279,
+)
+
+# Action matrix of x (row j: the action times basis monomial j, in the basis) =
+# constant entries minus the reduced rows of the template solution.
+# (row, column, value)
+_ACTION_CONSTANT = (
+    (3, 0, 1.0), (9, 1, 1.0), (10, 3, 1.0), (11, 5, 1.0), (12, 6, 1.0), (13, 8, 1.0), (14, 11, 1.0),
+)
+_ACTION_ROWS = (0, 1, 2, 4, 5, 6, 7, 8)
+_ACTION_REDUCED = (0, 1, 2, 3, 4, 5, 6, 7)
+_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+# Read-off: unknown n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over these pairs (m, x_n m) of the
+# eigenvector v (basis monomials, then the reduced ones); the action variable is the eigenvalue.
+_TEMPLATE_UNKNOWNS = 3
+_ACTION_VARIABLE = 0  # -1: the action is a linear form
+_READ_UNKNOWN = (
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2,
+)
+_READ_BASIS = (
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1, 3, 5, 6, 8, 9, 10, 11, 12, 13, 14, 1, 5, 6,
+    7, 8, 9, 11, 12, 13, 14,
+)
+_READ_VALUE = (
+    15, 16, 17, 0, 18, 19, 20, 21, 22, 1, 3, 5, 6, 8, 11, 17, 18, 20, 21, 1, 2, 4, 6, 7, 9, 12, 18,
+    22, 1, 2, 3, 4, 8, 9, 10, 13,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Solver runtime: the same in every file generated by solvergen 0.1.0, but for the parts
+# that this problem does not need. Shapes: B batch, S solutions, N unknowns, M parameters,
+# K equations, P monomials.
 # ---------------------------------------------------------------------------------------------
 
 _TINY = torch.finfo(torch.float64).tiny
@@ -1724,23 +1734,31 @@ def _tables(device):
         def long(values):
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
-        for row, column, value in _ACTION_CONSTANT:
-            action[row, column] += value
+        def double(values):
+            return torch.tensor(values, dtype=torch.float64, device=device)
+
         tables = {
-            "template_positions": long(_TEMPLATE_POSITIONS),
-            "template_sources": long(_TEMPLATE_SOURCES),
-            "action": action,
-            "action_rows": long(_ACTION_ROWS),
-            "action_reduced": long(_ACTION_REDUCED),
-            "action_scale": torch.tensor(_ACTION_SCALE, dtype=torch.float64, device=device),
-            "fallback": torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
             "exponents": long(_EXPONENTS).reshape(-1, _N),
-            "exponent_values": torch.tensor(_EXPONENTS, dtype=torch.float64, device=device).reshape(-1, _N),
+            "exponent_values": double(_EXPONENTS).reshape(-1, _N),
             "lower": long(_LOWER).reshape(-1, _N),
             "equation_positions": long(_EQUATION_POSITIONS),
             "variables": torch.arange(_N, device=device),
         }
+        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
+        for row, column, value in _ACTION_CONSTANT:
+            action[row, column] += value
+        tables.update(
+            template_positions=long(_TEMPLATE_POSITIONS),
+            template_sources=long(_TEMPLATE_SOURCES),
+            action=action,
+            action_rows=long(_ACTION_ROWS),
+            action_reduced=long(_ACTION_REDUCED),
+            action_scale=double(_ACTION_SCALE),
+            fallback=torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
+            read_unknown=long(_READ_UNKNOWN),
+            read_basis=long(_READ_BASIS),
+            read_value=long(_READ_VALUE),
+        )
         _TABLES[device] = tables
     return tables
 
@@ -1822,34 +1840,59 @@ def _eig(matrix):
         return torch.stack(values), torch.stack(vectors)
 
 
-def _solve(a, newton_steps, residual_tol, imag_tol):
-    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
-
-    Rows with non-finite parameters or a singular template are returned all-invalid; they do
-    not affect the other rows.
-    """
-    tables = _tables(a.device)
-    batch = a.shape[0]
-    finite = torch.isfinite(a).all(dim=-1)
-    c = _coefficients(torch.where(finite.unsqueeze(-1), a, torch.ones_like(a)))
-
+def _template_candidates(c):
+    """Solutions of the template's system from its coefficients c [B, n]: [B, S, n_unknowns]
+    complex, and the rows [B] whose template and action matrix were usable."""
+    tables = _tables(c.device)
+    batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
     flat = c.new_zeros(batch, _ROWS * _COLS).index_copy(1, tables["template_positions"], entries)
     template = flat.view(batch, _ROWS, _COLS)
     solution, info = torch.linalg.solve_ex(template[:, :, :_SQUARE], template[:, :, _SQUARE:])
     reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
-
-    # Action matrix, eigenvectors, unknowns.
+    # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced[:, tables["action_reduced"], :]
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
-    ok = finite & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
+    ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     eigenvalues, vectors = _eig(action)
-    vectors = vectors / vectors[:, _BASIS_ONE : _BASIS_ONE + 1, :]
-    x = _read_off(eigenvalues, vectors, reduced.to(vectors.dtype))
+    return _read_off(eigenvalues, vectors, reduced, tables), ok
 
-    # Real candidates, polished on the original equations, then checked.
+
+def _read_off(eigenvalues, vectors, reduced, tables):
+    """Unknowns from the eigenvectors v (columns of `vectors`, the basis monomials evaluated at
+    a solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs,
+    which the large entries dominate (accurate also for solutions far from the origin)."""
+    values = torch.cat([vectors, -(reduced.to(vectors.dtype) @ vectors)], dim=1)
+    m = vectors[:, tables["read_basis"], :]
+    numerator = torch.zeros(
+        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=vectors.dtype, device=vectors.device
+    ).index_add(1, tables["read_unknown"], m.conj() * values[:, tables["read_value"], :])
+    denominator = torch.zeros(
+        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=eigenvalues.real.dtype, device=vectors.device
+    ).index_add(1, tables["read_unknown"], (m.conj() * m).real)
+    x = (numerator / denominator).transpose(1, 2)
+    if _ACTION_VARIABLE >= 0:
+        column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
+        x = torch.where(column, eigenvalues.unsqueeze(-1), x)
+    return x
+
+
+def _solve(a, newton_steps, residual_tol, imag_tol):
+    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
+
+    Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
+    do not affect the other rows.
+    """
+    tables = _tables(a.device)
+    finite = torch.isfinite(a).all(dim=-1)
+    a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
+    c = _coefficients(a)
+    x, ok = _template_candidates(c)
+    ok = ok & finite
+
+    # Real candidates, polished on the declared equations, then checked.
     magnitude = x.real.abs().amax(dim=-1).clamp_min(1.0)
     candidate = (
         ok.unsqueeze(-1)
@@ -1863,7 +1906,7 @@ def _solve(a, newton_steps, residual_tol, imag_tol):
     valid = candidate & (error <= residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 
-    # Valid solutions first, in the order the eigensolver returned them.
+    # Valid solutions first, in the order the solver found them.
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, _N))
     return x, valid.gather(1, order), c
@@ -1947,6 +1990,7 @@ class _SolverBase(torch.nn.Module):
     unknown_names = UNKNOWN_NAMES
     parameter_names = PARAMETER_NAMES
     template_shape = TEMPLATE_SHAPE
+    sign_gauge = SIGN_GAUGE
 
     def __init__(self, backward="ift", newton_steps=2, residual_tol=1e-8, imag_tol=1e-6, cond_max=1e10):
         super().__init__()
@@ -1977,6 +2021,39 @@ class _SolverBase(torch.nn.Module):
             x, valid, _ = _solve(flat.to(torch.float64), self.newton_steps, self.residual_tol, self.imag_tol)
             x = x.to(params.dtype)
         return x.reshape(*batch_shape, _S, _N), valid.reshape(*batch_shape, _S)
+
+    @staticmethod
+    def select(solutions, valid, reference=None, score=None, up_to_sign=SIGN_GAUGE):
+        """Pick one solution per instance, differentiably: [..., S, N], [..., S] -> [..., N], [...].
+
+        reference [..., N]: the valid solution closest to it; with `up_to_sign` (the default for
+            problems whose solutions are defined up to sign) distances are taken up to sign and
+            the pick is multiplied by the sign that aligns it with the reference.
+        score: [..., S] (higher is better), or a callable solutions -> score: the best valid one.
+        Gradients flow to the picked solution only. Instances without a valid solution get
+        zeros, zero gradient and found = False.
+        """
+        if (reference is None) == (score is None):
+            raise ValueError("give exactly one of reference= or score=")
+        with torch.no_grad():
+            sign = torch.ones(valid.shape, dtype=solutions.dtype, device=solutions.device)
+            if reference is not None:
+                reference = reference.to(solutions.dtype).unsqueeze(-2)
+                distance = (solutions - reference).norm(dim=-1)
+                if up_to_sign:
+                    flipped = (solutions + reference).norm(dim=-1)
+                    sign = torch.where(flipped < distance, -sign, sign)
+                    distance = torch.minimum(distance, flipped)
+                key = -distance
+            else:
+                key = score(solutions) if callable(score) else score
+            key = torch.where(valid & ~torch.isnan(key), key, torch.full_like(key, -float("inf")))
+            index = key.argmax(dim=-1, keepdim=True)
+            found = valid.gather(-1, index).squeeze(-1)
+            sign = sign.gather(-1, index)
+        picked = solutions.gather(-2, index.unsqueeze(-1).expand(*index.shape, solutions.shape[-1]))
+        picked = picked.squeeze(-2) * sign
+        return torch.where(found.unsqueeze(-1), picked, torch.zeros_like(picked)), found
 
 
 class Relpose6ptSharedFocalSolver(_SolverBase):

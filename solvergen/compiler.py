@@ -1,4 +1,5 @@
-"""The compile pipeline: Problem -> polynomial system -> algebra over Z_p -> template -> derivatives."""
+"""The compile pipeline: Problem -> polynomial system -> (linear elimination) -> algebra over Z_p
+-> elimination template -> derivatives."""
 from __future__ import annotations
 
 import random
@@ -7,24 +8,54 @@ from dataclasses import dataclass
 from .errors import SpecError
 from .groebner import analyze, random_instance
 from .jacobians import Derivatives, derive
+from .linear import LinearBlock, find_linear_block
 from .polynomials import PolynomialSystem, build_system
 from .problem import Problem
 from .template import Template, choose_template, variable_orders, verify_template
 
 
 @dataclass(frozen=True)
-class CompiledProblem:
+class Elimination:
+    """The template stage: the system whose coefficients fill the template, and the template."""
+
     problem: Problem
     system: PolynomialSystem
     num_solutions: int
     template: Template
-    variable_order: tuple[int, ...]  # the grevlex variable order whose basis the template uses
+    variable_order: tuple[int, ...]  # the grevlex variable order of the Groebner basis used
+
+
+@dataclass(frozen=True)
+class CompiledProblem:
+    problem: Problem
+    system: PolynomialSystem  # the declared equations: Newton, validity and the IFT use them
     derivatives: Derivatives
+    num_solutions: int
+    linear: LinearBlock | None  # the linear-elimination pass, when the system has linear equations
+    elimination: Elimination | None  # None when the linear pass leaves no unknowns
+
+    @property
+    def template_shape(self) -> tuple[int, int]:
+        return self.elimination.template.shape if self.elimination else (0, 0)
+
+    def describe(self) -> str:
+        parts = [f"{self.num_solutions} solution{'s' if self.num_solutions != 1 else ''}"]
+        if self.linear is not None:
+            parts.append(self.linear.describe())
+        if self.elimination is not None:
+            rows, cols = self.elimination.template.shape
+            unknowns = self.elimination.system.unknowns
+            action = " + ".join(
+                (f"{c}*" if c != 1 else "") + str(s)
+                for c, s in zip(self.elimination.template.action, unknowns)
+                if c
+            )
+            parts.append(f"template {rows}x{cols} (action {action})")
+        return ", ".join(parts)
 
 
-def compile_problem(problem: Problem, seed: int = 0) -> CompiledProblem:
-    """Run every symbolic pass. Deterministic for a given problem and seed."""
-    system = build_system(problem)
+def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0) -> Elimination:
+    """Groebner basis, solution count and the smallest template found, checked twice."""
     rng = random.Random(seed)
     instance = random_instance(problem, system, rng)
     n = len(system.unknowns)
@@ -43,6 +74,18 @@ def compile_problem(problem: Problem, seed: int = 0) -> CompiledProblem:
         )
     if not (verify_template(template, instance, quotient) and verify_template(template, check, other)):
         raise AssertionError("internal error: the template disagrees with Groebner normal forms")
-    return CompiledProblem(
-        problem, system, quotient.num_solutions, template, quotient.order, derive(system)
-    )
+    return Elimination(problem, system, quotient.num_solutions, template, quotient.order)
+
+
+def compile_problem(problem: Problem, seed: int = 0) -> CompiledProblem:
+    """Run every symbolic pass. Deterministic for a given problem and seed."""
+    system = build_system(problem)
+    linear = find_linear_block(problem, system, seed)
+    if linear is None:
+        elimination = eliminate(problem, system, seed)
+    elif linear.reduced_problem is None:
+        elimination = None
+    else:
+        elimination = eliminate(linear.reduced_problem, build_system(linear.reduced_problem), seed)
+    num_solutions = elimination.num_solutions if elimination else 1
+    return CompiledProblem(problem, system, derive(system), num_solutions, linear, elimination)

@@ -80,3 +80,41 @@ def left_solution_support(matrix: np.ndarray, num_excess: int, num_target: int,
     if y is None:
         return None
     return [i for i in range(a.shape[0]) if y[i].any()]
+
+
+def row_reduce(matrix: np.ndarray, prime: int = PRIME) -> tuple[np.ndarray, list[int]]:
+    """Reduced row echelon form over Z_p and its pivot columns."""
+    m = np.array(matrix, dtype=np.int64) % prime
+    rows, cols = m.shape
+    pivots: list[int] = []
+    r = 0
+    for c in range(cols):
+        if r == rows:
+            break
+        nonzero = np.flatnonzero(m[r:, c])
+        if nonzero.size == 0:
+            continue
+        i = r + int(nonzero[0])
+        if i != r:
+            m[[r, i]] = m[[i, r]]
+        m[r] = (m[r] * pow(int(m[r, c]), -1, prime)) % prime
+        others = np.flatnonzero(m[:, c])
+        others = others[others != r]
+        if others.size:
+            m[others] = (m[others] - np.outer(m[others, c], m[r])) % prime
+        pivots.append(c)
+        r += 1
+    return m[:r], pivots
+
+
+def null_space(matrix: np.ndarray, prime: int = PRIME) -> np.ndarray:
+    """A basis (columns) of {x : matrix x = 0} over Z_p."""
+    reduced, pivots = row_reduce(matrix, prime)
+    n = np.asarray(matrix).shape[1]
+    free = [c for c in range(n) if c not in pivots]
+    basis = np.zeros((n, len(free)), dtype=np.int64)
+    for j, f in enumerate(free):
+        basis[f, j] = 1
+        for i, p in enumerate(pivots):
+            basis[p, j] = (-reduced[i, f]) % prime
+    return basis

@@ -23,17 +23,11 @@ DEFAULT_OUT_DIR = "generated"
 class Generated:
     name: str
     path: Path
-    num_solutions: int
-    template_shape: tuple[int, int]
-    action: str
+    description: str  # solutions, linear elimination, template
     seconds: float
 
     def summary(self) -> str:
-        rows, cols = self.template_shape
-        return (
-            f"{self.name}: {self.num_solutions} solutions, template {rows}x{cols} "
-            f"(action {self.action}), {self.seconds:.1f} s -> {self.path}"
-        )
+        return f"{self.name}: {self.description}, {self.seconds:.1f} s -> {self.path}"
 
 
 def spec_label(path: Path) -> str:
@@ -70,15 +64,7 @@ def generate(spec_path, out_dir=DEFAULT_OUT_DIR) -> Generated:
     text = render(compiled, spec_label(spec_path), spec_hash(spec_path))
     target = Path(out_dir) / f"{problem.name}.py"
     _write_atomically(target, text)
-    action = " + ".join(
-        (f"{c}*" if c != 1 else "") + str(s)
-        for c, s in zip(compiled.template.action, compiled.system.unknowns)
-        if c
-    )
-    return Generated(
-        problem.name, target, compiled.num_solutions, compiled.template.shape, action,
-        time.perf_counter() - start,
-    )
+    return Generated(problem.name, target, compiled.describe(), time.perf_counter() - start)
 
 
 def _header_fields(path: Path) -> dict[str, str]:

@@ -1,18 +1,21 @@
 """Render a compiled problem into a self-contained Python module with the Jinja templates."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import jinja2
 import sympy as sp
 
 from . import __version__
-from .compiler import CompiledProblem
-from .monomials import name as monomial_name
+from .compiler import CompiledProblem, Elimination
+from .linear import LinearBlock
 from .monomials import multiply, unit
+from .monomials import name as monomial_name
+from .polynomials import PolynomialSystem
 from .printer import identifier, print_program, print_with_cse, wrap_assignment, wrap_expression
 
-RESERVED = {"torch", "_a", "_x", "_w", "_ones", "_zeros"}
+RESERVED = {"torch", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
 
 
 def templates_dir() -> Path:
@@ -78,9 +81,9 @@ def _unpack(names: list[str], source: str) -> list[str]:
     return out
 
 
-def _code(outputs, names, prefix, constant_name, assignments=None):
-    """Print straight-line code (CSE'd here unless `assignments` are given); constant outputs
-    become `constant_name * value` so that every output is a tensor."""
+def _code(outputs, names, prefix, assignments=None):
+    """Print straight-line code (CSE'd here unless `assignments` are given). Constant outputs
+    become `_ones * value` (`_zeros` for 0) so that every output is a tensor."""
     if assignments is None:
         lines, printed = print_with_cse(list(outputs), names, prefix)
     else:
@@ -88,37 +91,30 @@ def _code(outputs, names, prefix, constant_name, assignments=None):
     body = []
     for line in lines:
         lhs, rhs = line.split(" = ", 1)
-        body.extend(l[4:] for l in wrap_assignment(lhs, rhs, 4))
+        body.extend(segment[4:] for segment in wrap_assignment(lhs, rhs, 4))
     results = []
     for expr, text in zip(outputs, printed):
         if expr.is_Number:
-            text = constant_name if expr == 1 else f"{constant_name} * {text}"
-            if expr == 0:
-                text = "_zeros"
+            text = "_zeros" if expr == 0 else "_ones" if expr == 1 else f"_ones * {text}"
         wrapped = wrap_expression(text, 12)
         results.append("\n".join([wrapped[0][12:]] + wrapped[1:]))
     return body, results
 
 
-def render(compiled: CompiledProblem, spec: str, spec_hash: str) -> str:
-    problem, system, template = compiled.problem, compiled.system, compiled.template
-    derivatives = compiled.derivatives
-    taken = set(RESERVED)
-    names = {s: identifier(str(s), taken) for s in system.unknowns + system.parameters}
-    names.update({w: identifier(str(w), taken) for w in derivatives.weights})
-    unknown_ids = [names[s] for s in system.unknowns]
-    parameter_ids = [names[s] for s in system.parameters]
+def _coefficient_code(system: PolynomialSystem, names, source: str):
+    """The straight-line function c(params) of a system's coefficients."""
+    exprs = [c.expr() for c in system.coefficients]
+    lines, outputs = _code(exprs, names, "_t")
+    unpack = _unpack([names[s] if any(e.has(s) for e in exprs) else "_" for s in system.parameters], source)
+    if any(e.is_Number for e in exprs):
+        unpack.append(f"_ones = {source}.new_ones({source}.shape[:-1])")
+    return dict(unpack=unpack, lines=lines, outputs=outputs, count=len(exprs))
 
-    # Coefficients c_j(a).
-    coefficient_exprs = [c.expr() for c in system.coefficients]
-    coefficient_lines, coefficient_outputs = _code(coefficient_exprs, names, "_t", "_ones")
-    coefficient_unpack = _unpack(parameter_ids, "_a")
-    if any(e.is_Number for e in coefficient_exprs):
-        coefficient_unpack.append("_ones = _a.new_ones(_a.shape[:-1])")
 
-    # Parameter-side vector-Jacobian product.
+def _declared_context(compiled: CompiledProblem, names) -> dict:
+    system, derivatives = compiled.system, compiled.derivatives
     vjp_lines, vjp_outputs = _code(
-        derivatives.parameter_vjp, names, "", "_ones", derivatives.vjp_assignments
+        derivatives.parameter_vjp, names, "", derivatives.vjp_assignments
     )
     used = set().union(
         *(e.free_symbols for e in derivatives.parameter_vjp),
@@ -133,19 +129,34 @@ def render(compiled: CompiledProblem, spec: str, spec_hash: str) -> str:
         vjp_unpack.append(
             "_zeros = _w.new_zeros(torch.broadcast_shapes(_x.shape[:-1], _a.shape[:-1], _w.shape[:-1]))"
         )
+    return dict(
+        coefficients=_coefficient_code(system, names, "_a"),
+        exponents=list(derivatives.monomials),
+        max_degree=derivatives.max_degree,
+        lower=list(derivatives.lower),
+        equation_positions=list(derivatives.equation_positions),
+        vjp_unpack=vjp_unpack,
+        vjp_lines=vjp_lines,
+        vjp_outputs=vjp_outputs,
+    )
 
-    # Template layout: entry (row, column) <- coefficient j.
+
+def _action_name(action, unknowns) -> str:
+    return " + ".join((f"{c}*" if c != 1 else "") + str(s) for c, s in zip(action, unknowns) if c)
+
+
+def _template_context(elimination: Elimination) -> dict:
+    system, template = elimination.system, elimination.template
     columns = {m: i for i, m in enumerate(template.columns)}
-    rows_, cols_ = template.shape
+    rows, cols = template.shape
     entries = []
     for r, (k, multiplier) in enumerate(template.rows):
         for j, coef in system.equation_terms(k):
             col = columns.get(multiply(coef.exponent, multiplier))
             if col is not None:
-                entries.append((r * cols_ + col, j))
+                entries.append((r * cols + col, j))
     entries.sort()
 
-    # Action matrix.
     n = len(system.unknowns)
     basis = list(template.basis)
     basis_index = {b: i for i, b in enumerate(basis)}
@@ -163,60 +174,110 @@ def render(compiled: CompiledProblem, spec: str, spec_hash: str) -> str:
                 action_reduced.append(reduced_index[m])
                 action_scale.append(float(coef))
 
-    readoff = []
-    for i, s in enumerate(system.unknowns):
-        e = unit(n, i)
-        if template.action_variable == i:
-            readoff.append(("eigenvalues", f"{s}: the eigenvalue of its action matrix"))
-        elif e in basis_index:
-            readoff.append((f"vectors[:, {basis_index[e]}, :]", f"{s}: basis monomial"))
-        else:
-            t = reduced_index[e]
-            readoff.append(
-                (f"-(reduced[:, {t}, :].unsqueeze(1) @ vectors).squeeze(1)", f"{s}: reduced monomial")
-            )
-
+    # Read-off pairs (m, x_n * m) with m in the basis and x_n * m in the basis or reduced set:
+    # x_n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over the pairs of unknown n.
+    read_unknown, read_basis, read_value = [], [], []
+    for i in range(n):
+        for j, b in enumerate(basis):
+            m = multiply(b, unit(n, i))
+            if m in basis_index:
+                target = basis_index[m]
+            elif m in reduced_index:
+                target = len(basis) + reduced_index[m]
+            else:
+                continue
+            read_unknown.append(i)
+            read_basis.append(j)
+            read_value.append(target)
     unknown_names = [str(s) for s in system.unknowns]
-    action_name = " + ".join(
-        (f"{c}*" if c != 1 else "") + str(s) for c, s in zip(template.action, system.unknowns) if c
-    )
-    context = dict(
-        version=__version__,
-        spec=spec,
-        spec_hash=spec_hash,
-        name=problem.name,
-        class_name=class_name(problem.name),
-        num_unknowns=n,
-        num_parameters=len(system.parameters),
-        num_equations=len(system.equations),
-        num_solutions=compiled.num_solutions,
-        num_coefficients=len(system.coefficients),
-        rows=rows_,
-        cols=cols_,
+    return dict(
+        rows=rows,
+        cols=cols,
         square=len(template.excess) + len(template.reducible),
         num_excess=len(template.excess),
         num_reducible=len(template.reducible),
-        action_name=action_name,
-        unknown_names=unknown_names,
-        parameter_names=[str(s) for s in system.parameters],
+        action_name=_action_name(template.action, system.unknowns),
+        template_unknowns=unknown_names,
         basis_names=[monomial_name(b, unknown_names) for b in basis],
-        coefficient_unpack=coefficient_unpack,
-        coefficient_lines=coefficient_lines,
-        coefficient_outputs=coefficient_outputs,
         template_positions=[p for p, _ in entries],
         template_sources=[j for _, j in entries],
         action_constant=constant,
         action_rows=action_rows,
         action_reduced=action_reduced,
         action_scale=action_scale,
-        basis_one=basis_index[tuple([0] * n)],
-        readoff=readoff,
-        exponents=list(derivatives.monomials),
-        max_degree=derivatives.max_degree,
-        lower=list(derivatives.lower),
-        equation_positions=list(derivatives.equation_positions),
-        vjp_unpack=vjp_unpack,
-        vjp_lines=vjp_lines,
-        vjp_outputs=vjp_outputs,
+        read_unknown=read_unknown,
+        read_basis=read_basis,
+        read_value=read_value,
+        action_variable=-1 if template.action_variable is None else template.action_variable,
+        template_num_unknowns=n,
+    )
+
+
+def _linear_context(compiled: CompiledProblem, linear: LinearBlock, names) -> dict:
+    system = compiled.system
+    n = len(system.unknowns)
+    matrix_positions, matrix_sources, rhs_positions, rhs_sources = [], [], [], []
+    for i, k in enumerate(linear.rows):
+        for j, coef in system.equation_terms(k):
+            if sum(coef.exponent) == 0:
+                rhs_positions.append(i)
+                rhs_sources.append(j)
+            else:
+                matrix_positions.append(i * n + coef.exponent.index(1))
+                matrix_sources.append(j)
+    rng = random.Random(0)  # fixed: completes [L^T | G] to a square matrix for the QR
+    mix = [[round(rng.uniform(-1, 1), 6) for _ in range(linear.null_dim)] for _ in range(n)]
+    reduced = None
+    if linear.reduced_problem is not None:
+        reduced = _coefficient_code(compiled.elimination.system, names, "_p")
+    return dict(
+        rank=len(linear.rows),
+        null_dim=linear.null_dim,
+        homogeneous=linear.homogeneous,
+        chart=linear.chart,
+        gauge=linear.gauge,
+        gauge_degree=linear.gauge_degree,
+        description=linear.describe(),
+        rows=list(linear.rows),
+        matrix_positions=matrix_positions,
+        matrix_sources=matrix_sources,
+        rhs_positions=rhs_positions,
+        rhs_sources=rhs_sources,
+        mix=mix,
+        used_parameters=list(linear.used_parameters),
+        num_reduced_unknowns=len(linear.reduced_unknowns),
+        reduced_unknowns=[str(s) for s in linear.reduced_unknowns],
+        reduced=reduced,
+    )
+
+
+def render(compiled: CompiledProblem, spec: str, spec_hash: str) -> str:
+    problem, system = compiled.problem, compiled.system
+    taken = set(RESERVED)
+    symbols = list(system.unknowns) + list(system.parameters) + list(compiled.derivatives.weights)
+    if compiled.linear is not None and compiled.elimination is not None:
+        symbols += list(compiled.elimination.system.parameters) + list(compiled.elimination.system.unknowns)
+    names: dict[sp.Symbol, str] = {}
+    for s in symbols:
+        if s not in names:
+            names[s] = identifier(str(s), taken)
+
+    context = dict(
+        version=__version__,
+        spec=spec,
+        spec_hash=spec_hash,
+        name=problem.name,
+        class_name=class_name(problem.name),
+        num_unknowns=len(system.unknowns),
+        num_parameters=len(system.parameters),
+        num_equations=len(system.equations),
+        num_solutions=compiled.num_solutions,
+        unknown_names=[str(s) for s in system.unknowns],
+        parameter_names=[str(s) for s in system.parameters],
+        summary=compiled.describe(),
+        template_shape=compiled.template_shape,
+        declared=_declared_context(compiled, names),
+        template=_template_context(compiled.elimination) if compiled.elimination else None,
+        linear=_linear_context(compiled, compiled.linear, names) if compiled.linear else None,
     )
     return environment().get_template("solver.py.jinja").render(**context)

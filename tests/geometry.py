@@ -129,17 +129,51 @@ def implicit_example_instances(n, rng):
     return x[:, None], np.stack([y1, y2], axis=1)
 
 
+def relpose_5pt_instances(n, rng):
+    q1, q2, E = two_view_scene(rng, n, 5)
+    params = np.concatenate([q1[..., :2].reshape(n, 10), q2[..., :2].reshape(n, 10)], axis=1)
+    E = E.reshape(n, 9)
+    return params, E / np.linalg.norm(E, axis=1, keepdims=True)
+
+
+def fundamental_7pt_instances(n, rng):
+    q1, q2, E = two_view_scene(rng, n, 7)
+    K1, K2 = _random_calibration(rng, n), _random_calibration(rng, n)
+    p1 = np.einsum("nij,npj->npi", K1, q1)
+    p2 = np.einsum("nij,npj->npi", K2, q2)
+    F = (np.linalg.inv(K2).transpose(0, 2, 1) @ E @ np.linalg.inv(K1)).reshape(n, 9)
+    params = np.concatenate([p1[..., :2].reshape(n, 14), p2[..., :2].reshape(n, 14)], axis=1)
+    return params, F / np.linalg.norm(F, axis=1, keepdims=True)
+
+
+def homography_4pt_instances(n, rng):
+    H = np.eye(3) + 0.3 * rng.normal(size=(n, 3, 3))
+    p = np.concatenate([rng.uniform(-1, 1, size=(n, 4, 2)), np.ones((n, 4, 1))], -1)
+    p2 = np.einsum("nij,npj->npi", H, p)
+    p2 = p2 / p2[..., 2:3]
+    params = np.concatenate([p[..., :2].reshape(n, 8), p2[..., :2].reshape(n, 8)], axis=1)
+    H = H.reshape(n, 9)
+    return params, H / np.linalg.norm(H, axis=1, keepdims=True)
+
+
 INSTANCES = {
     "p3p": p3p_instances,
     "relpose_5pt_nullspace": relpose_5pt_nullspace_instances,
     "fundamental_7pt_nullspace": fundamental_7pt_nullspace_instances,
     "relpose_6pt_shared_focal": relpose_6pt_shared_focal_instances,
     "implicit_example": implicit_example_instances,
+    "relpose_5pt": relpose_5pt_instances,
+    "fundamental_7pt": fundamental_7pt_instances,
+    "homography_4pt": homography_4pt_instances,
 }
 
 
-def relative_errors(solutions, valid, truth):
-    """Per instance: min over valid solutions of |x - truth| / |truth| (inf if none)."""
-    err = np.linalg.norm(solutions - truth[:, None, :], axis=-1) / np.linalg.norm(truth, axis=-1)[:, None]
+def relative_errors(solutions, valid, truth, up_to_sign=False):
+    """Per instance: min over valid solutions of |x - truth| / |truth| (inf if none); with
+    `up_to_sign`, of min(|x - truth|, |x + truth|)."""
+    err = np.linalg.norm(solutions - truth[:, None, :], axis=-1)
+    if up_to_sign:
+        err = np.minimum(err, np.linalg.norm(solutions + truth[:, None, :], axis=-1))
+    err = err / np.linalg.norm(truth, axis=-1)[:, None]
     err = np.where(valid, err, np.inf)
     return err.min(axis=1)

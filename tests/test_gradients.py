@@ -22,7 +22,7 @@ def ift_jacobians(solver, params):
     return solutions.detach(), valid, out
 
 
-def fd_jacobians(solver, params, solutions, valid, step):
+def fd_jacobians(solver, params, solutions, valid, step, up_to_sign=False):
     """Central differences, each perturbed solution matched to the nearest base solution.
 
     Returns [B, S, N, M] and a mask [B, S] of slots whose match was unambiguous at every
@@ -39,11 +39,19 @@ def fd_jacobians(solver, params, solutions, valid, step):
             p[:, m] += sign * h
             sol, ok = solver(p)
             dist = torch.cdist(solutions, sol)  # [B, S(base), S(moved)]
+            if up_to_sign:  # match each moved solution with its sign aligned to the base
+                flipped = torch.cdist(solutions, -sol)
+                sol_sign = torch.where(flipped < dist, -1.0, 1.0).to(sol.dtype)
+                dist = torch.minimum(dist, flipped)
             dist = torch.where(ok.unsqueeze(1), dist, torch.full_like(dist, float("inf")))
+            dist = torch.cat([dist, torch.full_like(dist[..., :1], float("inf"))], dim=-1)  # S = 1
             two = dist.topk(2, dim=-1, largest=False)
             index = two.indices[..., 0]
             clear &= two.values[..., 0] * 100 < two.values[..., 1].clamp_max(1e300)
-            moved.append(sol.gather(1, index.unsqueeze(-1).expand(-1, -1, unknowns)))
+            picked = sol.gather(1, index.unsqueeze(-1).expand(-1, -1, unknowns))
+            if up_to_sign:
+                picked = picked * sol_sign.gather(2, index.unsqueeze(-1))
+            moved.append(picked)
         out[..., m] = (moved[0] - moved[1]) / (2 * h.view(-1, 1, 1))
     return out, clear
 
@@ -54,14 +62,18 @@ def relative_difference(a, b):
 
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_ift_matches_finite_differences(name):
-    solver = generated_module(name).Solver()
+    module = generated_module(name)
+    solver = module.Solver()
     params, truth = geometry.INSTANCES[name](120, np.random.default_rng(11))
     params = torch.from_numpy(params)
     solutions, valid, ift = ift_jacobians(solver, params)
-    distance = (solutions - torch.from_numpy(truth).unsqueeze(1)).norm(dim=-1)
+    truth = torch.from_numpy(truth).unsqueeze(1)
+    distance = (solutions - truth).norm(dim=-1)
+    if module.SIGN_GAUGE:
+        distance = torch.minimum(distance, (solutions + truth).norm(dim=-1))
     truth_slot = torch.where(valid, distance, torch.inf).argmin(dim=1)
-    fd1, clear1 = fd_jacobians(solver, params, solutions, valid, 1e-7)
-    fd2, clear2 = fd_jacobians(solver, params, solutions, valid, 2e-7)
+    fd1, clear1 = fd_jacobians(solver, params, solutions, valid, 1e-7, module.SIGN_GAUGE)
+    fd2, clear2 = fd_jacobians(solver, params, solutions, valid, 2e-7, module.SIGN_GAUGE)
     reference = (4 * fd1 - fd2) / 3  # Richardson: the h^2 error of central differences cancels
     # Well-conditioned: the solution is far from its neighbours (unambiguous matching) and
     # the function is smooth at the step size (the two central differences nearly agree).
