@@ -203,7 +203,8 @@ def test_p3p_matches_poselib():
     assert paired >= MIN_AGREEMENT * N_INSTANCES, f"our solutions come in +-x pairs on {paired} instances"
 
 
-def test_five_point_matches_poselib():
+@pytest.mark.parametrize("form", ["relpose_5pt_nullspace", "relpose_5pt"])
+def test_five_point_matches_poselib(form):
     """PoseLib does not polish its roots: ~4% of instances have a solution off by more than
     1e-6 (up to 10% on ~1%, where it may also miss roots, the true one included). So:
     1. every PoseLib solution that polishes to a root is one of ours;
@@ -211,7 +212,12 @@ def test_five_point_matches_poselib():
        solution sets agree (same count, each within 1e-6);
     3. we find the true essential matrix on >= 99%."""
     b1, b2, basis, E_true = five_point_scene(N_INSTANCES, np.random.default_rng(12))
-    solutions, valid = _solve_ours("relpose_5pt_nullspace", basis.reshape(N_INSTANCES, 36))
+    if form == "relpose_5pt":  # natural: E from the correspondences themselves
+        q1, q2 = b1 / b1[..., 2:], b2 / b2[..., 2:]
+        params = np.concatenate([q1[..., :2].reshape(N_INSTANCES, 10), q2[..., :2].reshape(N_INSTANCES, 10)], 1)
+    else:
+        params = basis.reshape(N_INSTANCES, 36)
+    solutions, valid = _solve_ours(form, params)
     essentials, us = _timed(poselib.essential_matrix_5pt, [(b1[i], b2[i]) for i in range(N_INSTANCES)])
 
     # PoseLib's convention must be ours: b2^T E b1 = 0 (not the transpose).
@@ -222,7 +228,10 @@ def test_five_point_matches_poselib():
     compared = agree = raw_agree = count_agree = accurate = accurate_agree = 0
     for i in range(N_INSTANCES):
         ours = solutions[i][valid[i]]
-        E_ours = _unit(np.einsum("kj,jm->km", ours, basis[i, :3]) + basis[i, 3])
+        if form == "relpose_5pt":
+            E_ours = _unit(ours)
+        else:
+            E_ours = _unit(np.einsum("kj,jm->km", ours, basis[i, :3]) + basis[i, 3])
         E_theirs = _unit(np.array(essentials[i]))
         truth = _unit(E_true[i])
         ours_truth += len(E_ours) > 0 and _up_to_sign(E_ours, truth).min() < TOL
@@ -248,7 +257,7 @@ def test_five_point_matches_poselib():
             accurate += 1
             accurate_agree += same
 
-    _report("5pt", compared=compared, agreement=f"{agree / max(compared, 1):.2%}",
+    _report(form, compared=compared, agreement=f"{agree / max(compared, 1):.2%}",
             raw_agreement=f"{raw_agree / max(compared, 1):.2%}",
             count_agreement=f"{count_agree / max(compared, 1):.2%}",
             accurate_poselib=accurate, agreement_there=f"{accurate_agree / max(accurate, 1):.2%}",
