@@ -44,7 +44,9 @@ _S = NUM_SOLUTIONS
 
 def _coefficients(_a):
     """The 82 coefficients c(a) of the declared equations: [..., M] -> [..., 82]."""
-    u0, v0, u1, v1, u2, v2, u3, v3, u0p, v0p, u1p, v1p, u2p, v2p, u3p, v3p = _a.unbind(-1)
+    (
+        u0, v0, u1, v1, u2, v2, u3, v3, u0p, v0p, u1p, v1p, u2p, v2p, u3p, v3p,
+    ) = _a.movedim(-1, 0).contiguous().unbind(0)
     _ones = _a.new_ones(_a.shape[:-1])
     _t0 = u0*v0p
     _t1 = v0*v0p
@@ -147,45 +149,68 @@ def _coefficients(_a):
             _ones,
             _ones * -1,
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
-# Monomials of the equations (and their one-step lowerings), as exponents of H0, H1, H2, H3, H4, H5, H6, H7, H8.
-_EXPONENTS = (
-    (2, 0, 0, 0, 0, 0, 0, 0, 0), (0, 2, 0, 0, 0, 0, 0, 0, 0), (0, 0, 2, 0, 0, 0, 0, 0, 0),
-    (0, 0, 0, 2, 0, 0, 0, 0, 0), (0, 0, 0, 0, 2, 0, 0, 0, 0), (0, 0, 0, 0, 0, 2, 0, 0, 0),
-    (0, 0, 0, 0, 0, 0, 2, 0, 0), (0, 0, 0, 0, 0, 0, 0, 2, 0), (0, 0, 0, 0, 0, 0, 0, 0, 2),
-    (1, 0, 0, 0, 0, 0, 0, 0, 0), (0, 1, 0, 0, 0, 0, 0, 0, 0), (0, 0, 1, 0, 0, 0, 0, 0, 0),
-    (0, 0, 0, 1, 0, 0, 0, 0, 0), (0, 0, 0, 0, 1, 0, 0, 0, 0), (0, 0, 0, 0, 0, 1, 0, 0, 0),
-    (0, 0, 0, 0, 0, 0, 1, 0, 0), (0, 0, 0, 0, 0, 0, 0, 1, 0), (0, 0, 0, 0, 0, 0, 0, 0, 1),
-    (0, 0, 0, 0, 0, 0, 0, 0, 0),
-)
-_MAX_DEGREE = 2
-# index of exponent - e_n, for dh/dx
-_LOWER = (
-    (9, 0, 0, 0, 0, 0, 0, 0, 0), (0, 10, 0, 0, 0, 0, 0, 0, 0), (0, 0, 11, 0, 0, 0, 0, 0, 0),
-    (0, 0, 0, 12, 0, 0, 0, 0, 0), (0, 0, 0, 0, 13, 0, 0, 0, 0), (0, 0, 0, 0, 0, 14, 0, 0, 0),
-    (0, 0, 0, 0, 0, 0, 15, 0, 0), (0, 0, 0, 0, 0, 0, 0, 16, 0), (0, 0, 0, 0, 0, 0, 0, 0, 17),
-    (18, 0, 0, 0, 0, 0, 0, 0, 0), (0, 18, 0, 0, 0, 0, 0, 0, 0), (0, 0, 18, 0, 0, 0, 0, 0, 0),
-    (0, 0, 0, 18, 0, 0, 0, 0, 0), (0, 0, 0, 0, 18, 0, 0, 0, 0), (0, 0, 0, 0, 0, 18, 0, 0, 0),
-    (0, 0, 0, 0, 0, 0, 18, 0, 0), (0, 0, 0, 0, 0, 0, 0, 18, 0), (0, 0, 0, 0, 0, 0, 0, 0, 18),
-    (0, 0, 0, 0, 0, 0, 0, 0, 0),
-)
-# coefficient j -> flat (equation * monomials + monomial)
-_EQUATION_POSITIONS = (
-    12, 13, 14, 15, 16, 17, 28, 29, 30, 34, 35, 36, 47, 48, 49, 50, 51, 52, 69, 70, 71, 72, 73, 74,
-    85, 86, 87, 91, 92, 93, 104, 105, 106, 107, 108, 109, 126, 127, 128, 129, 130, 131, 142, 143,
-    144, 148, 149, 150, 161, 162, 163, 164, 165, 166, 183, 184, 185, 186, 187, 188, 199, 200, 201,
-    205, 206, 207, 218, 219, 220, 221, 222, 223, 228, 229, 230, 231, 232, 233, 234, 235, 236, 246,
+# How h and dh/dx of the declared equations are evaluated from c (solvergen/jacobians.py).
+_DECLARED = dict(
+    unknowns=9,
+    equations=13,
+    # monomials by degree: per level, (parent in the previous level, unknown multiplied in)
+    levels=(
+        ((0, 0, 0, 0, 0, 0, 0, 0, 0), (0, 1, 2, 3, 4, 5, 6, 7, 8)),
+        ((0, 1, 2, 3, 4, 5, 6, 7, 8), (0, 1, 2, 3, 4, 5, 6, 7, 8)),
+    ),
+    # equation of each term (one term per coefficient)
+    term_equation=(
+        0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 5, 5,
+        5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 10, 10, 10,
+        10, 10, 10, 11, 11, 11, 11, 11, 11, 12, 12, 12, 12, 12, 12, 12, 12, 12, 12,
+    ),
+    # monomial of each term
+    term_monomial=(
+        4, 5, 6, 7, 8, 9, 1, 2, 3, 7, 8, 9, 1, 2, 3, 4, 5, 6, 4, 5, 6, 7, 8, 9, 1, 2, 3, 7, 8, 9, 1, 2,
+        3, 4, 5, 6, 4, 5, 6, 7, 8, 9, 1, 2, 3, 7, 8, 9, 1, 2, 3, 4, 5, 6, 4, 5, 6, 7, 8, 9, 1, 2, 3, 7,
+        8, 9, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13, 14, 15, 16, 17, 18, 0,
+    ),
+    # dh/dx terms: flat (equation * N + unknown)
+    derivative_position=(
+        3, 4, 5, 6, 7, 8, 9, 10, 11, 15, 16, 17, 18, 19, 20, 21, 22, 23, 30, 31, 32, 33, 34, 35, 36, 37,
+        38, 42, 43, 44, 45, 46, 47, 48, 49, 50, 57, 58, 59, 60, 61, 62, 63, 64, 65, 69, 70, 71, 72, 73,
+        74, 75, 76, 77, 84, 85, 86, 87, 88, 89, 90, 91, 92, 96, 97, 98, 99, 100, 101, 102, 103, 104,
+        108, 109, 110, 111, 112, 113, 114, 115, 116,
+    ),
+    # dh/dx terms: coefficient
+    derivative_coefficient=(
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
+        26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49,
+        50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
+        74, 75, 76, 77, 78, 79, 80,
+    ),
+    # dh/dx terms: exponent of the unknown
+    derivative_factor=(
+        1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+        1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+        1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0,
+        1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0,
+        2.0, 2.0, 2.0, 2.0, 2.0,
+    ),
+    # dh/dx terms: monomial x^(alpha - e_n)
+    derivative_monomial=(
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9,
+    ),
 )
 
 
 def _parameter_vjp(_x, _a, _w):
     """sum_k w_k dh_k/da_m for every parameter m: [..., N], [..., M], [..., K] -> [..., M]."""
-    H0, H1, H2, H3, H4, H5, H6, H7, H8 = _x.unbind(-1)
-    u0, v0, u1, v1, u2, v2, u3, v3, u0p, v0p, u1p, v1p, u2p, v2p, u3p, v3p = _a.unbind(-1)
-    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, _ = _w.unbind(-1)
+    H0, H1, H2, H3, H4, H5, H6, H7, H8 = _x.movedim(-1, 0).contiguous().unbind(0)
+    (
+        u0, v0, u1, v1, u2, v2, u3, v3, u0p, v0p, u1p, v1p, u2p, v2p, u3p, v3p,
+    ) = _a.movedim(-1, 0).contiguous().unbind(0)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, _ = _w.movedim(-1, 0).contiguous().unbind(0)
     _f0 = H6*u0 + H7*v0 + H8
     _f1 = H3*u0 + H4*v0 + H5
     _f2 = H0*u0 + H1*v0 + H2
@@ -229,8 +254,7 @@ def _parameter_vjp(_x, _a, _w):
             _f10*w11 - _f9*w10,
             -_f11*w11 + _f9*w9,
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +284,32 @@ _NULL_MIX = (
 )
 # declared parameters that the reduced equations use
 _USED_PARAMETERS = ()
-_GAUGE_EQUATION = 12  # rescale to satisfy it: q(x) = c with q homogeneous of degree 2
+# The gauge: declared equation 12, q(x) = c with q homogeneous of degree 2.
 _GAUGE_DEGREE = 2
+# its coefficients among c
+_GAUGE_COEFFICIENTS = (72, 73, 74, 75, 76, 77, 78, 79, 80, 81)
+_GAUGE_CONSTANT = 9  # index (among those) of its x^0 coefficient, -c
+_GAUGE = dict(
+    unknowns=9,
+    equations=1,
+    # monomials by degree: per level, (parent in the previous level, unknown multiplied in)
+    levels=(
+        ((0, 0, 0, 0, 0, 0, 0, 0, 0), (0, 1, 2, 3, 4, 5, 6, 7, 8)),
+        ((0, 1, 2, 3, 4, 5, 6, 7, 8), (0, 1, 2, 3, 4, 5, 6, 7, 8)),
+    ),
+    # equation of each term (one term per coefficient)
+    term_equation=(0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+    # monomial of each term
+    term_monomial=(10, 11, 12, 13, 14, 15, 16, 17, 18, 0),
+    # dh/dx terms: flat (equation * N + unknown)
+    derivative_position=(0, 1, 2, 3, 4, 5, 6, 7, 8),
+    # dh/dx terms: coefficient
+    derivative_coefficient=(0, 1, 2, 3, 4, 5, 6, 7, 8),
+    # dh/dx terms: exponent of the unknown
+    derivative_factor=(2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0),
+    # dh/dx terms: monomial x^(alpha - e_n)
+    derivative_monomial=(1, 2, 3, 4, 5, 6, 7, 8, 9),
+)
 
 # ---------------------------------------------------------------------------------------------
 # Solver runtime: the same in every file generated by solvergen 0.1.0, but for the parts
@@ -269,91 +317,168 @@ _GAUGE_DEGREE = 2
 # K equations, P monomials.
 # ---------------------------------------------------------------------------------------------
 
-_TINY = torch.finfo(torch.float64).tiny
 _TABLES = {}
+_POOL = None
 
 
-def _tables(device):
-    """The index tables above as tensors on `device` (built once per device)."""
-    tables = _TABLES.get(device)
+def _system_tensors(spec, device, dtype):
+    def long(values):
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    num_monomials = 1 + sum(len(parents) for parents, _ in spec["levels"])
+    size = spec["equations"] * num_monomials
+    system = {
+        "unknowns": spec["unknowns"],
+        "equations": spec["equations"],
+        "monomials": num_monomials,
+        # Dense (batched matrix products with C[k, p] and D[k * N + n, p]) unless that would be
+        # mostly zeros; sparse systems gather and scatter their terms instead.
+        "dense": size <= 4 * len(spec["term_equation"]),
+        "levels": [(long(parents), long(unknowns)) for parents, unknowns in spec["levels"]],
+        "term_equation": long(spec["term_equation"]),
+        "term_monomial": long(spec["term_monomial"]),
+        "derivative_position": long(spec["derivative_position"]),
+        "derivative_coefficient": long(spec["derivative_coefficient"]),
+        "derivative_factor": torch.tensor(spec["derivative_factor"], dtype=dtype, device=device),
+        "derivative_monomial": long(spec["derivative_monomial"]),
+    }
+    system["term_flat"] = system["term_equation"] * num_monomials + system["term_monomial"]
+    system["derivative_flat"] = system["derivative_position"] * num_monomials + system["derivative_monomial"]
+    return system
+
+
+def _tables(device, dtype):
+    """The tables above as tensors on `device` (built once per device and dtype)."""
+    key = (device, dtype)
+    tables = _TABLES.get(key)
     if tables is None:
 
         def long(values):
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        def double(values):
-            return torch.tensor(values, dtype=torch.float64, device=device)
+        def real(values):
+            return torch.tensor(values, dtype=dtype, device=device)
 
-        tables = {
-            "exponents": long(_EXPONENTS).reshape(-1, _N),
-            "exponent_values": double(_EXPONENTS).reshape(-1, _N),
-            "lower": long(_LOWER).reshape(-1, _N),
-            "equation_positions": long(_EQUATION_POSITIONS),
-            "variables": torch.arange(_N, device=device),
-        }
+        tables = {"declared": _system_tensors(_DECLARED, device, dtype)}
         tables.update(
             matrix_positions=long(_MATRIX_POSITIONS),
             matrix_sources=long(_MATRIX_SOURCES),
             rhs_positions=long(_RHS_POSITIONS),
             rhs_sources=long(_RHS_SOURCES),
-            null_mix=double(_NULL_MIX).reshape(_N, _NULL_DIM),
+            null_mix=real(_NULL_MIX).reshape(_N, _NULL_DIM),
             used_parameters=long(_USED_PARAMETERS),
         )
-        tables["one"] = _EXPONENTS.index(tuple([0] * _N))
-        _TABLES[device] = tables
+        tables["gauge"] = _system_tensors(_GAUGE, device, dtype)
+        tables["gauge_coefficients"] = long(_GAUGE_COEFFICIENTS)
+        _TABLES[key] = tables
     return tables
 
 
-def _equation_matrix(c, tables):
-    """C[k, p] = coefficient of monomial p in equation k: [B, n_coefficients] -> [B, K, P]."""
-    flat = c.new_zeros(c.shape[0], _K * len(_EXPONENTS))
-    return flat.index_copy(1, tables["equation_positions"], c).view(-1, _K, len(_EXPONENTS))
+# -- Evaluating the equations at a batch of points ------------------------------------------------
 
 
-def _monomials(x, tables):
-    """x^alpha for each exponent in _EXPONENTS: [..., N] -> [..., P]."""
-    ones = torch.ones_like(x).unsqueeze(-1)
-    powers = torch.cat([ones, x.unsqueeze(-1).expand(*x.shape, _MAX_DEGREE)], dim=-1).cumprod(dim=-1)
-    return powers[..., tables["variables"], tables["exponents"]].prod(dim=-1)
+def _monomials(x, system):
+    """The system's monomials at x, degree by degree: [..., N] -> [..., P]."""
+    level = torch.ones_like(x[..., :1])
+    out = [level]
+    for parents, unknowns in system["levels"]:
+        level = level[..., parents] * x[..., unknowns]
+        out.append(level)
+    return torch.cat(out, dim=-1)
 
 
-def _residuals(equations, x, tables):
-    """h(x), the size of its terms (sum |c| |x^alpha|), and the monomials at x: [B, S, ...]."""
-    monomials = _monomials(x, tables)
-    h = torch.einsum("bkp,bsp->bsk", equations, monomials)
-    scale = torch.einsum("bkp,bsp->bsk", equations.abs(), monomials.abs())
+def _residuals(c, x, system):
+    """h(x), the size of its terms (sum_j |c_j x^alpha_j|), and the monomials at x.
+
+    c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice, [B, S, P].
+    """
+    monomials = _monomials(x, system)
+    if system["dense"]:
+        batch, k, p = c.shape[0], system["equations"], system["monomials"]
+        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+        h = (matrix @ monomials.transpose(1, 2)).transpose(1, 2)
+        scale = (matrix.abs() @ monomials.abs().transpose(1, 2)).transpose(1, 2)
+        return h, scale, monomials
+    terms = c.unsqueeze(1) * monomials[..., system["term_monomial"]]
+    shape = (*terms.shape[:-1], system["equations"])
+    h = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms)
+    scale = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms.abs())
     return h, scale, monomials
 
 
-def _jacobian(equations, monomials, tables):
+def _jacobian(c, monomials, system):
     """dh/dx at the points whose monomials are given: [B, S, K, N]."""
-    lowered = monomials[..., tables["lower"]] * tables["exponent_values"]
-    return torch.einsum("bkp,bspn->bskn", equations, lowered)
+    factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
+    k, n = system["equations"], system["unknowns"]
+    if system["dense"]:
+        batch, p = c.shape[0], system["monomials"]
+        matrix = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        jacobian = matrix.view(batch, k * n, p) @ monomials.transpose(1, 2)
+        return jacobian.transpose(1, 2).unflatten(-1, (k, n))
+    terms = factor.unsqueeze(1) * monomials[..., system["derivative_monomial"]]
+    flat = terms.new_zeros(*terms.shape[:-1], k * n).index_add(-1, system["derivative_position"], terms)
+    return flat.unflatten(-1, (k, n))
 
 
 def _relative_error(h, scale):
-    return (h.abs() / scale.clamp_min(_TINY)).amax(dim=-1)
+    tiny = torch.finfo(scale.dtype).tiny
+    return (h.abs() / scale.clamp_min(tiny)).amax(dim=-1)
 
 
-def _polish(equations, x, active, steps, tables):
-    """Gauss-Newton steps on all equations (rows scaled by their size) for the `active`
-    solutions; a step is kept only where it lowers the relative residual."""
-    h, scale, monomials = _residuals(equations, x, tables)
+# -- Small dense linear algebra: closed form up to 3 x 3 (no LAPACK call per matrix) -------------
+
+
+def _adjugate(m):
+    """Adjugate and determinant of [..., n, n], n <= 3."""
+    n = m.shape[-1]
+    if n == 1:
+        return torch.ones_like(m), m[..., 0, 0]
+    if n == 2:
+        a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+        return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2), a * d - b * c
+    r0, r1, r2 = m[..., 0, :], m[..., 1, :], m[..., 2, :]
+    c0 = torch.linalg.cross(r1, r2)
+    adjugate = torch.stack([c0, torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -1)
+    return adjugate, (r0 * c0).sum(-1)
+
+
+def _small_solve(m, rhs):
+    """m x = rhs for [..., n, n], [..., n]; singular systems give non-finite x."""
+    if m.shape[-1] <= 3:
+        adjugate, determinant = _adjugate(m)
+        return (adjugate @ rhs.unsqueeze(-1)).squeeze(-1) / determinant.unsqueeze(-1)
+    return torch.linalg.solve_ex(m, rhs.unsqueeze(-1))[0].squeeze(-1)
+
+
+def _small_inverse(m):
+    """Inverse of [..., n, n] and whether it exists."""
+    if m.shape[-1] <= 3:
+        adjugate, determinant = _adjugate(m)
+        return adjugate / determinant[..., None, None], determinant != 0
+    inverse, info = torch.linalg.inv_ex(m)
+    return inverse, info == 0
+
+
+def _polish(c, x, active, steps, system):
+    """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
+    `active` points; a step is kept only where it lowers the relative residual.
+    Returns the points and their relative residual."""
+    h, scale, monomials = _residuals(c, x, system)
     error = _relative_error(h, scale)
-    identity = torch.eye(_K, _N, dtype=x.dtype, device=x.device)
+    identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
     for _ in range(steps):
-        row = scale.clamp_min(_TINY)
-        jacobian = _jacobian(equations, monomials, tables) / row.unsqueeze(-1)
+        row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
+        jacobian = _jacobian(c, monomials, system) / row
         # Inactive slots solve a harmless system (no NaN, not even in autograd's backward).
         jacobian = torch.where(active[..., None, None], jacobian, identity)
-        residual = torch.where(active.unsqueeze(-1), h / row, torch.zeros_like(h)).unsqueeze(-1)
-        if _K == _N:
-            delta, _ = torch.linalg.solve_ex(jacobian, residual)
+        residual = torch.where(active.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
+        if system["equations"] == system["unknowns"]:
+            delta = _small_solve(jacobian, residual)
         else:
             transposed = jacobian.transpose(-1, -2)
-            delta, _ = torch.linalg.solve_ex(transposed @ jacobian, transposed @ residual)
-        candidate = x - delta.squeeze(-1)
-        h1, scale1, monomials1 = _residuals(equations, candidate, tables)
+            delta = _small_solve(transposed @ jacobian, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
+        candidate = x - delta
+        h1, scale1, monomials1 = _residuals(c, candidate, system)
         error1 = _relative_error(h1, scale1)
         better = error1 < error  # False where error1 is NaN
         x = torch.where(better.unsqueeze(-1), candidate, x)
@@ -364,9 +489,13 @@ def _polish(equations, x, active, steps, tables):
     return x, error
 
 
-def _linear_candidates(a, c):
-    """Solutions through the linear elimination: [B, S, N] complex, and the usable rows [B]."""
-    tables = _tables(a.device)
+# -- Linear elimination ------------------------------------------------------------------------
+
+
+def _null_space(a, c, tables):
+    """The linear block L x = b ([B, r, N], [B, r]), a basis N [B, N, k] of its null space
+    (orthonormal), the particular solution x_p [B, N] (zeros for a homogeneous block), and the
+    rows [B] where L had full rank."""
     batch = a.shape[0]
     entries = c.index_select(1, tables["matrix_sources"])
     matrix = c.new_zeros(batch, _RANK * _N).index_copy(1, tables["matrix_positions"], entries)
@@ -376,48 +505,54 @@ def _linear_candidates(a, c):
     q, r = torch.linalg.qr(torch.cat([matrix.transpose(1, 2), tables["null_mix"].expand(batch, -1, -1)], dim=2))
     pivots = r.diagonal(dim1=-2, dim2=-1)[:, :_RANK].abs()
     ok = torch.isfinite(pivots).all(dim=-1) & (pivots.amin(dim=-1) > 1e-10 * pivots.amax(dim=-1))
-    null = q[:, :, _RANK:]  # [B, N, k]
-    x = null.transpose(1, 2).to(torch.complex128)  # the one-dimensional null space
-    x = _rescale_to_gauge(x, c)
-    return x, ok
+    rhs = c.new_zeros(batch, _RANK).index_copy(1, tables["rhs_positions"], -c.index_select(1, tables["rhs_sources"]))
+    particular = c.new_zeros(batch, _N)
+    return matrix, rhs, q[:, :, _RANK:], particular, ok
 
 
-def _rescale_to_gauge(x, c):
-    """Scale each solution so that the gauge equation q(x) = c holds (positive root: one representative of +-x)."""
-    tables = _tables(x.device)
-    row = _equation_matrix(c, tables)[:, _GAUGE_EQUATION, :].to(x.dtype)
-    value = torch.einsum("bp,bsp->bs", row, _monomials(x, tables))
-    constant = row[:, tables["one"]].unsqueeze(1)
-    ratio = -constant / (value - constant)  # c / q(x)
-    scale = ratio ** (1.0 / _GAUGE_DEGREE)
-    return x * scale.unsqueeze(-1)
+def _linear_error(matrix, rhs, x):
+    """Relative residual of the linear block at x [B, S, N]: [B, S]."""
+    h = x @ matrix.transpose(1, 2) - rhs.unsqueeze(1)
+    scale = x.abs() @ matrix.abs().transpose(1, 2) + rhs.abs().unsqueeze(1)
+    return _relative_error(h, scale)
 
 
-def _solve(a, newton_steps, residual_tol, imag_tol):
-    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
+def _rescale_to_gauge(x, c, tables):
+    """Scale each point so that the gauge equation q(x) = c holds (positive root: one representative of +-x).
+    Returns the points and where the scaling exists."""
+    c = c.index_select(1, tables["gauge_coefficients"])
+    h, _, _ = _residuals(c, x, tables["gauge"])
+    constant = c[:, _GAUGE_CONSTANT].unsqueeze(-1)  # the gauge is q(x) + constant = 0
+    ratio = -constant / (h[..., 0] - constant)  # c / q(x)
+    ok = ratio > 0
+    scale = ratio.clamp_min(torch.finfo(x.dtype).tiny) ** (1.0 / _GAUGE_DEGREE)
+    return x * scale.unsqueeze(-1), ok & torch.isfinite(scale)
+
+
+# -- The solver ------------------------------------------------------------------------------------
+
+
+def _solve(a, settings):
+    """a [B, M] (the compute dtype) -> solutions [B, S, N], valid [B, S], coefficients.
 
     Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
     do not affect the other rows.
     """
-    tables = _tables(a.device)
+    tables = _tables(a.device, a.dtype)
     finite = torch.isfinite(a).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
     c = _coefficients(a)
-    x, ok = _linear_candidates(a, c)
+    matrix, rhs, null, particular, ok = _null_space(a, c, tables)
     ok = ok & finite
+    candidate = ok.unsqueeze(-1)
 
-    # Real candidates, polished on the declared equations, then checked.
-    magnitude = x.real.abs().amax(dim=-1).clamp_min(1.0)
-    candidate = (
-        ok.unsqueeze(-1)
-        & torch.isfinite(x.real).all(dim=-1)
-        & torch.isfinite(x.imag).all(dim=-1)
-        & (x.imag.abs().amax(dim=-1) <= imag_tol * magnitude)
-    )
-    x = torch.where(candidate.unsqueeze(-1), x.real, torch.zeros_like(x.real))
-    equations = _equation_matrix(c, tables)
-    x, error = _polish(equations, x, candidate, newton_steps, tables)
-    valid = candidate & (error <= residual_tol) & torch.isfinite(x).all(dim=-1)
+    # Back to the declared unknowns: x = x_p + N z (chart: z = [z, 1]), then the gauge.
+    x = null.transpose(1, 2)
+    x, scalable = _rescale_to_gauge(x, c, tables)
+    candidate = candidate & scalable
+    h, scale, _ = _residuals(c, x, tables["declared"])
+    error = _relative_error(h, scale)
+    valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 
     # Valid solutions first, in the order the solver found them.
@@ -435,24 +570,24 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     Jacobian is singular or has condition number above `cond_max` contribute zero; their number
     is returned with the gradient.
     """
-    tables = _tables(a.device)
-    equations = _equation_matrix(c, tables)
-    h, scale, monomials = _residuals(equations, x, tables)
-    row = scale.clamp_min(_TINY)
-    jacobian = _jacobian(equations, monomials, tables) / row.unsqueeze(-1)
-    column = jacobian.norm(dim=-2).clamp_min(_TINY)
+    system = _tables(a.device, a.dtype)["declared"]
+    h, scale, monomials = _residuals(c, x, system)
+    tiny = torch.finfo(a.dtype).tiny
+    row = scale.clamp_min(tiny)
+    jacobian = _jacobian(c, monomials, system) / row.unsqueeze(-1)
+    column = jacobian.norm(dim=-2).clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)
     g = torch.where(valid.unsqueeze(-1), grad, torch.zeros_like(grad)) / column
     if _K == _N:
-        inverse, info = torch.linalg.inv_ex(jacobian)
+        inverse, invertible = _small_inverse(jacobian)
         condition = torch.linalg.matrix_norm(jacobian) * torch.linalg.matrix_norm(inverse)
         w = (inverse.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
     else:
         gram = jacobian.transpose(-1, -2) @ jacobian
-        inverse, info = torch.linalg.inv_ex(gram)
+        inverse, invertible = _small_inverse(gram)
         condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
         w = (jacobian @ (inverse @ g.unsqueeze(-1))).squeeze(-1)
-    good = valid & (info == 0) & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
+    good = valid & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
     skipped = (valid & ~good).sum()
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
     used = good.any(dim=-1, keepdim=True)  # rows without a usable solution get exactly zero
@@ -466,8 +601,8 @@ class _ImplicitFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, solver):
-        a = params.detach().to(torch.float64)
-        x, valid, c = _solve(a, solver.newton_steps, solver.residual_tol, solver.imag_tol)
+        a = params.detach().to(solver.compute_dtype)
+        x, valid, c = _solve(a, solver)
         ctx.save_for_backward(a, x, valid, c)
         ctx.solver = solver
         ctx.dtype = params.dtype
@@ -477,9 +612,7 @@ class _ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
         a, x, valid, c = ctx.saved_tensors
-        grad, skipped = _implicit_vjp(
-            a, x, valid, c, grad_solutions.to(torch.float64), ctx.solver.cond_max
-        )
+        grad, skipped = _implicit_vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
         ctx.solver.ill_conditioned = skipped
         return grad.to(ctx.dtype), None
 
@@ -498,6 +631,10 @@ class _SolverBase(torch.nn.Module):
     the gradient because their Jacobian was singular or worse conditioned than `cond_max`.
     backward="autograd" differentiates through the forward computation itself (template
     solve, eigendecomposition, Newton steps): the baseline to compare against.
+    precision="float64" (default) solves in float64 whatever the input dtype; "float32" solves
+    in float32 (faster on GPUs; about 1e-5 relative error after polishing).
+    eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
+    that never synchronizes with the host ("lapack" or "charpoly" to choose).
     """
 
     num_solutions = NUM_SOLUTIONS
@@ -506,19 +643,39 @@ class _SolverBase(torch.nn.Module):
     template_shape = TEMPLATE_SHAPE
     sign_gauge = SIGN_GAUGE
 
-    def __init__(self, backward="ift", newton_steps=2, residual_tol=1e-8, imag_tol=1e-6, cond_max=1e10):
+    def __init__(
+        self,
+        backward="ift",
+        newton_steps=2,
+        residual_tol=None,
+        imag_tol=1e-6,
+        cond_max=1e10,
+        precision="float64",
+        eig="auto",
+    ):
         super().__init__()
         if backward not in ("ift", "autograd"):
             raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
+        if precision not in ("float64", "float32"):
+            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if eig not in ("auto", "lapack", "charpoly"):
+            raise ValueError(f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}")
         self.backward = backward
         self.newton_steps = int(newton_steps)
-        self.residual_tol = float(residual_tol)
+        self.compute_dtype = torch.float64 if precision == "float64" else torch.float32
+        self.residual_tol = float(residual_tol if residual_tol is not None else (1e-8 if precision == "float64" else 1e-4))
         self.imag_tol = float(imag_tol)
         self.cond_max = float(cond_max)
+        self.eig = eig
         self.ill_conditioned = None
 
+    def resolved_eig(self, device):
+        if self.eig != "auto":
+            return self.eig
+        return "lapack" if device.type == "cpu" else "charpoly"
+
     def extra_repr(self):
-        return f"backward={self.backward!r}, newton_steps={self.newton_steps}"
+        return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}"
 
     def forward(self, params):
         if not isinstance(params, torch.Tensor):
@@ -532,7 +689,7 @@ class _SolverBase(torch.nn.Module):
         if self.backward == "ift":
             x, valid = _ImplicitFunction.apply(flat, self)
         else:
-            x, valid, _ = _solve(flat.to(torch.float64), self.newton_steps, self.residual_tol, self.imag_tol)
+            x, valid, _ = _solve(flat.to(self.compute_dtype), self)
             x = x.to(params.dtype)
         return x.reshape(*batch_shape, _S, _N), valid.reshape(*batch_shape, _S)
 

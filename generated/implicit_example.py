@@ -40,7 +40,7 @@ _S = NUM_SOLUTIONS
 
 def _coefficients(_a):
     """The 5 coefficients c(a) of the declared equations: [..., M] -> [..., 5]."""
-    x, = _a.unbind(-1)
+    x, = _a.movedim(-1, 0).contiguous().unbind(0)
     _ones = _a.new_ones(_a.shape[:-1])
     return torch.stack(
         [
@@ -50,30 +50,40 @@ def _coefficients(_a):
             x,
             _ones * -1,
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
-# Monomials of the equations (and their one-step lowerings), as exponents of y1, y2.
-_EXPONENTS = ((2, 0), (0, 2), (1, 0), (0, 1), (0, 0))
-_MAX_DEGREE = 2
-# index of exponent - e_n, for dh/dx
-_LOWER = ((2, 0), (0, 3), (4, 0), (0, 4), (0, 0))
-# coefficient j -> flat (equation * monomials + monomial)
-_EQUATION_POSITIONS = (0, 1, 4, 7, 9)
+# How h and dh/dx of the declared equations are evaluated from c (solvergen/jacobians.py).
+_DECLARED = dict(
+    unknowns=2,
+    equations=2,
+    # monomials by degree: per level, (parent in the previous level, unknown multiplied in)
+    levels=(((0, 0), (0, 1)), ((0, 1), (0, 1))),
+    # equation of each term (one term per coefficient)
+    term_equation=(0, 0, 0, 1, 1),
+    # monomial of each term
+    term_monomial=(3, 4, 0, 1, 0),
+    # dh/dx terms: flat (equation * N + unknown)
+    derivative_position=(0, 1, 2),
+    # dh/dx terms: coefficient
+    derivative_coefficient=(0, 1, 3),
+    # dh/dx terms: exponent of the unknown
+    derivative_factor=(2.0, 2.0, 1.0),
+    # dh/dx terms: monomial x^(alpha - e_n)
+    derivative_monomial=(1, 2, 0),
+)
 
 
 def _parameter_vjp(_x, _a, _w):
     """sum_k w_k dh_k/da_m for every parameter m: [..., N], [..., M], [..., K] -> [..., M]."""
-    y1, _ = _x.unbind(-1)
-    x, = _a.unbind(-1)
-    w0, w1 = _w.unbind(-1)
+    y1, _ = _x.movedim(-1, 0).contiguous().unbind(0)
+    x, = _a.movedim(-1, 0).contiguous().unbind(0)
+    w0, w1 = _w.movedim(-1, 0).contiguous().unbind(0)
     return torch.stack(
         [
             2*w0*x + w1*y1,
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,17 +106,37 @@ _NULL_MIX = ((0.688844,), (0.515909,))
 _USED_PARAMETERS = (0,)
 
 
+# The equations in the null-space coordinates (the template's system; Newton runs on it).
+_REDUCED = dict(
+    unknowns=1,
+    equations=1,
+    # monomials by degree: per level, (parent in the previous level, unknown multiplied in)
+    levels=(((0,), (0,)), ((0,), (0,))),
+    # equation of each term (one term per coefficient)
+    term_equation=(0, 0, 0),
+    # monomial of each term
+    term_monomial=(2, 1, 0),
+    # dh/dx terms: flat (equation * N + unknown)
+    derivative_position=(0, 0),
+    # dh/dx terms: coefficient
+    derivative_coefficient=(0, 1),
+    # dh/dx terms: exponent of the unknown
+    derivative_factor=(2.0, 1.0),
+    # dh/dx terms: monomial x^(alpha - e_n)
+    derivative_monomial=(1, 0),
+)
+
+
 def _reduced_coefficients(_p):
     """Coefficients of the equations in the null-space coordinates z0: [..., 2 + ...] -> [..., 3]."""
-    null0_0, null1_0, particular0, particular1, x = _p.unbind(-1)
+    null0_0, null1_0, particular0, particular1, x = _p.movedim(-1, 0).contiguous().unbind(0)
     return torch.stack(
         [
             null0_0*null0_0 + null1_0*null1_0,
             2*null0_0*particular0 + 2*null1_0*particular1,
             particular0*particular0 + particular1*particular1 + x*x - 4,
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,29 +175,50 @@ _READ_VALUE = (2, 0)
 # K equations, P monomials.
 # ---------------------------------------------------------------------------------------------
 
-_TINY = torch.finfo(torch.float64).tiny
 _TABLES = {}
+_POOL = None
 
 
-def _tables(device):
-    """The index tables above as tensors on `device` (built once per device)."""
-    tables = _TABLES.get(device)
+def _system_tensors(spec, device, dtype):
+    def long(values):
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    num_monomials = 1 + sum(len(parents) for parents, _ in spec["levels"])
+    size = spec["equations"] * num_monomials
+    system = {
+        "unknowns": spec["unknowns"],
+        "equations": spec["equations"],
+        "monomials": num_monomials,
+        # Dense (batched matrix products with C[k, p] and D[k * N + n, p]) unless that would be
+        # mostly zeros; sparse systems gather and scatter their terms instead.
+        "dense": size <= 4 * len(spec["term_equation"]),
+        "levels": [(long(parents), long(unknowns)) for parents, unknowns in spec["levels"]],
+        "term_equation": long(spec["term_equation"]),
+        "term_monomial": long(spec["term_monomial"]),
+        "derivative_position": long(spec["derivative_position"]),
+        "derivative_coefficient": long(spec["derivative_coefficient"]),
+        "derivative_factor": torch.tensor(spec["derivative_factor"], dtype=dtype, device=device),
+        "derivative_monomial": long(spec["derivative_monomial"]),
+    }
+    system["term_flat"] = system["term_equation"] * num_monomials + system["term_monomial"]
+    system["derivative_flat"] = system["derivative_position"] * num_monomials + system["derivative_monomial"]
+    return system
+
+
+def _tables(device, dtype):
+    """The tables above as tensors on `device` (built once per device and dtype)."""
+    key = (device, dtype)
+    tables = _TABLES.get(key)
     if tables is None:
 
         def long(values):
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        def double(values):
-            return torch.tensor(values, dtype=torch.float64, device=device)
+        def real(values):
+            return torch.tensor(values, dtype=dtype, device=device)
 
-        tables = {
-            "exponents": long(_EXPONENTS).reshape(-1, _N),
-            "exponent_values": double(_EXPONENTS).reshape(-1, _N),
-            "lower": long(_LOWER).reshape(-1, _N),
-            "equation_positions": long(_EQUATION_POSITIONS),
-            "variables": torch.arange(_N, device=device),
-        }
-        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
+        tables = {"declared": _system_tensors(_DECLARED, device, dtype)}
+        action = torch.zeros(_S, _S, dtype=dtype, device=device)
         for row, column, value in _ACTION_CONSTANT:
             action[row, column] += value
         tables.update(
@@ -176,74 +227,128 @@ def _tables(device):
             action=action,
             action_rows=long(_ACTION_ROWS),
             action_reduced=long(_ACTION_REDUCED),
-            action_scale=double(_ACTION_SCALE),
-            fallback=torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
-            read_unknown=long(_READ_UNKNOWN),
-            read_basis=long(_READ_BASIS),
-            read_value=long(_READ_VALUE),
+            action_scale=real(_ACTION_SCALE),
+            fallback=torch.diag(torch.arange(1, _S + 1, dtype=dtype, device=device)),
+            read_pairs=_read_pairs(device, dtype),
         )
         tables.update(
             matrix_positions=long(_MATRIX_POSITIONS),
             matrix_sources=long(_MATRIX_SOURCES),
             rhs_positions=long(_RHS_POSITIONS),
             rhs_sources=long(_RHS_SOURCES),
-            null_mix=double(_NULL_MIX).reshape(_N, _NULL_DIM),
+            null_mix=real(_NULL_MIX).reshape(_N, _NULL_DIM),
             used_parameters=long(_USED_PARAMETERS),
         )
-        _TABLES[device] = tables
+        tables["reduced"] = _system_tensors(_REDUCED, device, dtype)
+        _TABLES[key] = tables
     return tables
 
 
-def _equation_matrix(c, tables):
-    """C[k, p] = coefficient of monomial p in equation k: [B, n_coefficients] -> [B, K, P]."""
-    flat = c.new_zeros(c.shape[0], _K * len(_EXPONENTS))
-    return flat.index_copy(1, tables["equation_positions"], c).view(-1, _K, len(_EXPONENTS))
+# -- Evaluating the equations at a batch of points ------------------------------------------------
 
 
-def _monomials(x, tables):
-    """x^alpha for each exponent in _EXPONENTS: [..., N] -> [..., P]."""
-    ones = torch.ones_like(x).unsqueeze(-1)
-    powers = torch.cat([ones, x.unsqueeze(-1).expand(*x.shape, _MAX_DEGREE)], dim=-1).cumprod(dim=-1)
-    return powers[..., tables["variables"], tables["exponents"]].prod(dim=-1)
+def _monomials(x, system):
+    """The system's monomials at x, degree by degree: [..., N] -> [..., P]."""
+    level = torch.ones_like(x[..., :1])
+    out = [level]
+    for parents, unknowns in system["levels"]:
+        level = level[..., parents] * x[..., unknowns]
+        out.append(level)
+    return torch.cat(out, dim=-1)
 
 
-def _residuals(equations, x, tables):
-    """h(x), the size of its terms (sum |c| |x^alpha|), and the monomials at x: [B, S, ...]."""
-    monomials = _monomials(x, tables)
-    h = torch.einsum("bkp,bsp->bsk", equations, monomials)
-    scale = torch.einsum("bkp,bsp->bsk", equations.abs(), monomials.abs())
+def _residuals(c, x, system):
+    """h(x), the size of its terms (sum_j |c_j x^alpha_j|), and the monomials at x.
+
+    c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice, [B, S, P].
+    """
+    monomials = _monomials(x, system)
+    if system["dense"]:
+        batch, k, p = c.shape[0], system["equations"], system["monomials"]
+        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+        h = (matrix @ monomials.transpose(1, 2)).transpose(1, 2)
+        scale = (matrix.abs() @ monomials.abs().transpose(1, 2)).transpose(1, 2)
+        return h, scale, monomials
+    terms = c.unsqueeze(1) * monomials[..., system["term_monomial"]]
+    shape = (*terms.shape[:-1], system["equations"])
+    h = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms)
+    scale = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms.abs())
     return h, scale, monomials
 
 
-def _jacobian(equations, monomials, tables):
+def _jacobian(c, monomials, system):
     """dh/dx at the points whose monomials are given: [B, S, K, N]."""
-    lowered = monomials[..., tables["lower"]] * tables["exponent_values"]
-    return torch.einsum("bkp,bspn->bskn", equations, lowered)
+    factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
+    k, n = system["equations"], system["unknowns"]
+    if system["dense"]:
+        batch, p = c.shape[0], system["monomials"]
+        matrix = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        jacobian = matrix.view(batch, k * n, p) @ monomials.transpose(1, 2)
+        return jacobian.transpose(1, 2).unflatten(-1, (k, n))
+    terms = factor.unsqueeze(1) * monomials[..., system["derivative_monomial"]]
+    flat = terms.new_zeros(*terms.shape[:-1], k * n).index_add(-1, system["derivative_position"], terms)
+    return flat.unflatten(-1, (k, n))
 
 
 def _relative_error(h, scale):
-    return (h.abs() / scale.clamp_min(_TINY)).amax(dim=-1)
+    tiny = torch.finfo(scale.dtype).tiny
+    return (h.abs() / scale.clamp_min(tiny)).amax(dim=-1)
 
 
-def _polish(equations, x, active, steps, tables):
-    """Gauss-Newton steps on all equations (rows scaled by their size) for the `active`
-    solutions; a step is kept only where it lowers the relative residual."""
-    h, scale, monomials = _residuals(equations, x, tables)
+# -- Small dense linear algebra: closed form up to 3 x 3 (no LAPACK call per matrix) -------------
+
+
+def _adjugate(m):
+    """Adjugate and determinant of [..., n, n], n <= 3."""
+    n = m.shape[-1]
+    if n == 1:
+        return torch.ones_like(m), m[..., 0, 0]
+    if n == 2:
+        a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+        return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2), a * d - b * c
+    r0, r1, r2 = m[..., 0, :], m[..., 1, :], m[..., 2, :]
+    c0 = torch.linalg.cross(r1, r2)
+    adjugate = torch.stack([c0, torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -1)
+    return adjugate, (r0 * c0).sum(-1)
+
+
+def _small_solve(m, rhs):
+    """m x = rhs for [..., n, n], [..., n]; singular systems give non-finite x."""
+    if m.shape[-1] <= 3:
+        adjugate, determinant = _adjugate(m)
+        return (adjugate @ rhs.unsqueeze(-1)).squeeze(-1) / determinant.unsqueeze(-1)
+    return torch.linalg.solve_ex(m, rhs.unsqueeze(-1))[0].squeeze(-1)
+
+
+def _small_inverse(m):
+    """Inverse of [..., n, n] and whether it exists."""
+    if m.shape[-1] <= 3:
+        adjugate, determinant = _adjugate(m)
+        return adjugate / determinant[..., None, None], determinant != 0
+    inverse, info = torch.linalg.inv_ex(m)
+    return inverse, info == 0
+
+
+def _polish(c, x, active, steps, system):
+    """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
+    `active` points; a step is kept only where it lowers the relative residual.
+    Returns the points and their relative residual."""
+    h, scale, monomials = _residuals(c, x, system)
     error = _relative_error(h, scale)
-    identity = torch.eye(_K, _N, dtype=x.dtype, device=x.device)
+    identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
     for _ in range(steps):
-        row = scale.clamp_min(_TINY)
-        jacobian = _jacobian(equations, monomials, tables) / row.unsqueeze(-1)
+        row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
+        jacobian = _jacobian(c, monomials, system) / row
         # Inactive slots solve a harmless system (no NaN, not even in autograd's backward).
         jacobian = torch.where(active[..., None, None], jacobian, identity)
-        residual = torch.where(active.unsqueeze(-1), h / row, torch.zeros_like(h)).unsqueeze(-1)
-        if _K == _N:
-            delta, _ = torch.linalg.solve_ex(jacobian, residual)
+        residual = torch.where(active.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
+        if system["equations"] == system["unknowns"]:
+            delta = _small_solve(jacobian, residual)
         else:
             transposed = jacobian.transpose(-1, -2)
-            delta, _ = torch.linalg.solve_ex(transposed @ jacobian, transposed @ residual)
-        candidate = x - delta.squeeze(-1)
-        h1, scale1, monomials1 = _residuals(equations, candidate, tables)
+            delta = _small_solve(transposed @ jacobian, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
+        candidate = x - delta
+        h1, scale1, monomials1 = _residuals(c, candidate, system)
         error1 = _relative_error(h1, scale1)
         better = error1 < error  # False where error1 is NaN
         x = torch.where(better.unsqueeze(-1), candidate, x)
@@ -254,27 +359,128 @@ def _polish(equations, x, active, steps, tables):
     return x, error
 
 
-def _eig(matrix):
-    """Batched eigendecomposition; a matrix LAPACK cannot decompose gets NaN eigenpairs."""
+# -- Eigenvectors of the action matrix ------------------------------------------------------------
+
+
+def _eig_lapack(matrix):
+    """LAPACK, one matrix at a time; on the CPU the batch is split over the intra-op threads
+    (ATen releases the GIL). A matrix LAPACK cannot decompose gets NaN eigenpairs."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if matrix.device.type == "cpu" and threads > 1 and matrix.shape[0] >= 256 and not matrix.requires_grad:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(threads)
+        parts = list(_POOL.map(_eig_lapack_serial, matrix.chunk(threads)))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _eig_lapack_serial(matrix)
+
+
+def _eig_lapack_serial(matrix):
     try:
         return torch.linalg.eig(matrix)
     except RuntimeError:
+        complex_dtype = (matrix[:1, :1, :1] * 1j).dtype
         values, vectors = [], []
         for single in matrix:
             try:
                 value, vector = torch.linalg.eig(single)
             except RuntimeError:
-                value = torch.full((_S,), float("nan"), dtype=torch.complex128, device=matrix.device)
-                vector = torch.full((_S, _S), float("nan"), dtype=torch.complex128, device=matrix.device)
+                value = torch.full((_S,), float("nan"), dtype=complex_dtype, device=matrix.device)
+                vector = torch.full((_S, _S), float("nan"), dtype=complex_dtype, device=matrix.device)
             values.append(value)
             vectors.append(vector)
         return torch.stack(values), torch.stack(vectors)
 
 
-def _template_candidates(c):
+def _hessenberg(a):
+    """Householder reduction a = q h q^T with h upper Hessenberg: [B, S, S] -> h, q."""
+    n = a.shape[-1]
+    h = a
+    q = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
+    for k in range(n - 2):
+        x = h[:, k + 1 :, k]
+        norm = x.norm(dim=-1)
+        first = x[:, 0] + torch.where(x[:, 0] >= 0, norm, -norm)
+        v = torch.cat([first.unsqueeze(-1), x[:, 1:]], dim=-1)
+        length = v.norm(dim=-1, keepdim=True)
+        v = torch.where(length > 0, v / length.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(v))
+        top, bottom = h[:, : k + 1, :], h[:, k + 1 :, :]
+        h = torch.cat([top, bottom - 2 * v.unsqueeze(-1) * (v.unsqueeze(1) @ bottom)], dim=1)
+        left, right = h[:, :, : k + 1], h[:, :, k + 1 :]
+        h = torch.cat([left, right - 2 * (right @ v.unsqueeze(-1)) * v.unsqueeze(1)], dim=2)
+        left, right = q[:, :, : k + 1], q[:, :, k + 1 :]
+        q = torch.cat([left, right - 2 * (right @ v.unsqueeze(-1)) * v.unsqueeze(1)], dim=2)
+    return h, q
+
+
+def _characteristic_polynomial(h):
+    """det(lambda I - h) of upper Hessenberg h, ascending coefficients [B, S + 1] (monic)."""
+    batch, n = h.shape[0], h.shape[-1]
+    one = torch.zeros(batch, n + 1, dtype=h.dtype, device=h.device)
+    one[:, 0] = 1
+    polynomials = [one]  # polynomials[k] = characteristic polynomial of h[:k, :k]
+    for k in range(n):
+        previous = polynomials[k]
+        p = torch.roll(previous, 1, dims=-1) - h[:, k, k].unsqueeze(-1) * previous
+        product = torch.ones_like(h[:, 0, 0])
+        for i in range(k - 1, -1, -1):
+            product = product * h[:, i + 1, i]
+            p = p - (h[:, i, k] * product).unsqueeze(-1) * polynomials[i]
+        polynomials.append(p)
+    return polynomials[n]
+
+
+def _polynomial_roots(coefficients, iterations=60):
+    """All complex roots of monic polynomials [B, S + 1] (ascending) by Aberth-Ehrlich iteration:
+    fixed iteration count, no host synchronization."""
+    n = coefficients.shape[-1] - 1
+    complex_dtype = (coefficients[:1, :1] * 1j).dtype
+    c = coefficients.to(complex_dtype)
+    radius = coefficients[:, 0].abs().clamp_min(torch.finfo(coefficients.dtype).tiny) ** (1.0 / n)
+    angles = torch.arange(n, dtype=coefficients.dtype, device=coefficients.device) * (2 * torch.pi / n) + 0.4
+    z = radius.unsqueeze(-1) * torch.exp(1j * angles).to(complex_dtype)
+    eye = torch.eye(n, dtype=complex_dtype, device=coefficients.device)
+    for _ in range(iterations):
+        p = c[:, n : n + 1].expand_as(z)
+        dp = torch.zeros_like(z)
+        for k in range(n - 1, -1, -1):
+            dp = dp * z + p
+            p = p * z + c[:, k : k + 1]
+        ratio = p / dp
+        repulsion = (1 / (z.unsqueeze(-1) - z.unsqueeze(-2) + eye)).sum(-1) - 1
+        step = ratio / (1 - ratio * repulsion)
+        z = z - torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+    return z
+
+
+def _eig_charpoly(matrix):
+    """Eigenvalues (all, complex) and real eigenvectors (for the real part of each eigenvalue)
+    without LAPACK and without host synchronization: Hessenberg form, its characteristic
+    polynomial, Aberth-Ehrlich roots, eigenvectors by substitution in the Hessenberg matrix."""
+    scale = matrix.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny)
+    h, q = _hessenberg(matrix / scale)
+    roots = _polynomial_roots(_characteristic_polynomial(h))
+    n = h.shape[-1]
+    shift = roots.real
+    vector = [None] * n
+    vector[n - 1] = torch.ones_like(shift)
+    for k in range(n - 1, 0, -1):  # row k of (h - shift I) y = 0 gives y[k - 1]
+        total = -shift * vector[k]
+        for j in range(k, n):
+            total = total + h[:, k, j].unsqueeze(-1) * vector[j]
+        sub = h[:, k, k - 1].unsqueeze(-1)
+        vector[k - 1] = -total / torch.where(sub == 0, torch.full_like(sub, torch.finfo(h.dtype).eps), sub)
+    vectors = q @ torch.stack(vector, dim=1)
+    vectors = vectors / vectors.norm(dim=1, keepdim=True)
+    return roots * scale.squeeze(-1), vectors
+
+
+def _template_candidates(c, tables, method):
     """Solutions of the template's system from its coefficients c [B, n]: [B, S, n_unknowns]
-    complex, and the rows [B] whose template and action matrix were usable."""
-    tables = _tables(c.device)
+    (read off the real parts of the eigenvectors), the eigenvalues [B, S] (complex: the caller
+    keeps the real ones), and the rows [B] whose template and action matrix were usable."""
     batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
@@ -287,32 +493,47 @@ def _template_candidates(c):
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
     ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
-    eigenvalues, vectors = _eig(action)
-    return _read_off(eigenvalues, vectors, reduced, tables), ok
+    if method == "charpoly":
+        eigenvalues, vectors = _eig_charpoly(action)
+    else:
+        eigenvalues, vectors = _eig_lapack(action)
+        # Real solutions have real eigenvalues, whose LAPACK eigenvectors are real; complex
+        # eigenvalues are rejected by the caller, so the read-off can stay in real arithmetic.
+        vectors = vectors.real
+    return _read_off(eigenvalues, vectors, reduced, tables), eigenvalues, ok
+
+
+def _read_pairs(device, dtype):
+    """P[n] (S x (S + reduced)): P[n][i, j] = 1 for each read-off pair (basis i, monomial j)."""
+    pairs = torch.zeros(_TEMPLATE_UNKNOWNS, _S, _S + _NUM_REDUCED, dtype=dtype, device=device)
+    for n, i, j in zip(_READ_UNKNOWN, _READ_BASIS, _READ_VALUE):
+        pairs[n, i, j] = 1
+    return pairs
 
 
 def _read_off(eigenvalues, vectors, reduced, tables):
-    """Unknowns from the eigenvectors v (columns of `vectors`, the basis monomials evaluated at
-    a solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs,
-    which the large entries dominate (accurate also for solutions far from the origin)."""
-    values = torch.cat([vectors, -(reduced.to(vectors.dtype) @ vectors)], dim=1)
-    m = vectors[:, tables["read_basis"], :]
-    numerator = torch.zeros(
-        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=vectors.dtype, device=vectors.device
-    ).index_add(1, tables["read_unknown"], m.conj() * values[:, tables["read_value"], :])
-    denominator = torch.zeros(
-        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=eigenvalues.real.dtype, device=vectors.device
-    ).index_add(1, tables["read_unknown"], (m.conj() * m).real)
-    x = (numerator / denominator).transpose(1, 2)
+    """Unknowns from the real eigenvectors v (columns of `vectors`, the basis monomials at a
+    solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs, which
+    the large entries dominate (accurate also for solutions far from the origin)."""
+    values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, S + T, S]
+    pairs = tables["read_pairs"]
+    numerator = torch.stack([(vectors * (pairs[n] @ values)).sum(1) for n in range(_TEMPLATE_UNKNOWNS)], -1)
+    weight = vectors * vectors  # v_i^2, once for every pair (i, j) of an unknown
+    denominator = torch.stack([(pairs[n].sum(-1).unsqueeze(-1) * weight).sum(1) for n in range(_TEMPLATE_UNKNOWNS)], -1)
+    x = numerator / denominator
     if _ACTION_VARIABLE >= 0:
         column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
-        x = torch.where(column, eigenvalues.unsqueeze(-1), x)
+        x = torch.where(column, eigenvalues.real.unsqueeze(-1), x)
     return x
 
 
-def _linear_candidates(a, c):
-    """Solutions through the linear elimination: [B, S, N] complex, and the usable rows [B]."""
-    tables = _tables(a.device)
+# -- Linear elimination ------------------------------------------------------------------------
+
+
+def _null_space(a, c, tables):
+    """The linear block L x = b ([B, r, N], [B, r]), a basis N [B, N, k] of its null space
+    (orthonormal), the particular solution x_p [B, N] (zeros for a homogeneous block), and the
+    rows [B] where L had full rank."""
     batch = a.shape[0]
     entries = c.index_select(1, tables["matrix_sources"])
     matrix = c.new_zeros(batch, _RANK * _N).index_copy(1, tables["matrix_positions"], entries)
@@ -322,44 +543,55 @@ def _linear_candidates(a, c):
     q, r = torch.linalg.qr(torch.cat([matrix.transpose(1, 2), tables["null_mix"].expand(batch, -1, -1)], dim=2))
     pivots = r.diagonal(dim1=-2, dim2=-1)[:, :_RANK].abs()
     ok = torch.isfinite(pivots).all(dim=-1) & (pivots.amin(dim=-1) > 1e-10 * pivots.amax(dim=-1))
-    null = q[:, :, _RANK:]  # [B, N, k]
     rhs = c.new_zeros(batch, _RANK).index_copy(1, tables["rhs_positions"], -c.index_select(1, tables["rhs_sources"]))
     # L x = b with L^T = Q1 R1: the least-norm solution x_p = Q1 R1^-T b.
     y = torch.linalg.solve_triangular(r[:, :_RANK, :_RANK].transpose(1, 2), rhs.unsqueeze(-1), upper=False)
     particular = (q[:, :, :_RANK] @ y).squeeze(-1)
-    reduced_parameters = [null.reshape(batch, _N * _NULL_DIM), particular, a.index_select(1, tables["used_parameters"])]
-    z, found = _template_candidates(_reduced_coefficients(torch.cat(reduced_parameters, dim=1)))
-    ok = ok & found
-    x = z @ null.transpose(1, 2).to(z.dtype)
-    x = x + particular.unsqueeze(1)
-    return x, ok
+    return matrix, rhs, q[:, :, _RANK:], particular, ok
 
 
-def _solve(a, newton_steps, residual_tol, imag_tol):
-    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
+def _linear_error(matrix, rhs, x):
+    """Relative residual of the linear block at x [B, S, N]: [B, S]."""
+    h = x @ matrix.transpose(1, 2) - rhs.unsqueeze(1)
+    scale = x.abs() @ matrix.abs().transpose(1, 2) + rhs.abs().unsqueeze(1)
+    return _relative_error(h, scale)
+
+
+# -- The solver ------------------------------------------------------------------------------------
+
+
+def _solve(a, settings):
+    """a [B, M] (the compute dtype) -> solutions [B, S, N], valid [B, S], coefficients.
 
     Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
     do not affect the other rows.
     """
-    tables = _tables(a.device)
+    tables = _tables(a.device, a.dtype)
     finite = torch.isfinite(a).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
     c = _coefficients(a)
-    x, ok = _linear_candidates(a, c)
+    matrix, rhs, null, particular, ok = _null_space(a, c, tables)
+    reduced_parameters = [null.reshape(-1, _N * _NULL_DIM), particular, a.index_select(1, tables["used_parameters"])]
+    c_template = _reduced_coefficients(torch.cat(reduced_parameters, dim=1))
+    polish_system = tables["reduced"]
     ok = ok & finite
 
-    # Real candidates, polished on the declared equations, then checked.
-    magnitude = x.real.abs().amax(dim=-1).clamp_min(1.0)
+    # Candidates from the template, real ones polished by Newton in the template's unknowns.
+    z, eigenvalues, found = _template_candidates(c_template, tables, settings.resolved_eig(a.device))
     candidate = (
-        ok.unsqueeze(-1)
-        & torch.isfinite(x.real).all(dim=-1)
-        & torch.isfinite(x.imag).all(dim=-1)
-        & (x.imag.abs().amax(dim=-1) <= imag_tol * magnitude)
+        (ok & found).unsqueeze(-1)
+        & torch.isfinite(z).all(dim=-1)
+        & (eigenvalues.imag.abs() <= settings.imag_tol * eigenvalues.real.abs().clamp_min(1.0))
     )
-    x = torch.where(candidate.unsqueeze(-1), x.real, torch.zeros_like(x.real))
-    equations = _equation_matrix(c, tables)
-    x, error = _polish(equations, x, candidate, newton_steps, tables)
-    valid = candidate & (error <= residual_tol) & torch.isfinite(x).all(dim=-1)
+    z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
+    x, error = _polish(c_template, z, candidate, settings.newton_steps, polish_system)
+
+    # Back to the declared unknowns: x = x_p + N z.
+    x = x @ null.transpose(1, 2) + particular.unsqueeze(1)
+    # The remaining declared equations are the template's (already checked, scale-invariant);
+    # check the linear block too.
+    error = torch.maximum(error, _linear_error(matrix, rhs, x))
+    valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 
     # Valid solutions first, in the order the solver found them.
@@ -377,24 +609,24 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     Jacobian is singular or has condition number above `cond_max` contribute zero; their number
     is returned with the gradient.
     """
-    tables = _tables(a.device)
-    equations = _equation_matrix(c, tables)
-    h, scale, monomials = _residuals(equations, x, tables)
-    row = scale.clamp_min(_TINY)
-    jacobian = _jacobian(equations, monomials, tables) / row.unsqueeze(-1)
-    column = jacobian.norm(dim=-2).clamp_min(_TINY)
+    system = _tables(a.device, a.dtype)["declared"]
+    h, scale, monomials = _residuals(c, x, system)
+    tiny = torch.finfo(a.dtype).tiny
+    row = scale.clamp_min(tiny)
+    jacobian = _jacobian(c, monomials, system) / row.unsqueeze(-1)
+    column = jacobian.norm(dim=-2).clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)
     g = torch.where(valid.unsqueeze(-1), grad, torch.zeros_like(grad)) / column
     if _K == _N:
-        inverse, info = torch.linalg.inv_ex(jacobian)
+        inverse, invertible = _small_inverse(jacobian)
         condition = torch.linalg.matrix_norm(jacobian) * torch.linalg.matrix_norm(inverse)
         w = (inverse.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
     else:
         gram = jacobian.transpose(-1, -2) @ jacobian
-        inverse, info = torch.linalg.inv_ex(gram)
+        inverse, invertible = _small_inverse(gram)
         condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
         w = (jacobian @ (inverse @ g.unsqueeze(-1))).squeeze(-1)
-    good = valid & (info == 0) & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
+    good = valid & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
     skipped = (valid & ~good).sum()
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
     used = good.any(dim=-1, keepdim=True)  # rows without a usable solution get exactly zero
@@ -408,8 +640,8 @@ class _ImplicitFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, solver):
-        a = params.detach().to(torch.float64)
-        x, valid, c = _solve(a, solver.newton_steps, solver.residual_tol, solver.imag_tol)
+        a = params.detach().to(solver.compute_dtype)
+        x, valid, c = _solve(a, solver)
         ctx.save_for_backward(a, x, valid, c)
         ctx.solver = solver
         ctx.dtype = params.dtype
@@ -419,9 +651,7 @@ class _ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
         a, x, valid, c = ctx.saved_tensors
-        grad, skipped = _implicit_vjp(
-            a, x, valid, c, grad_solutions.to(torch.float64), ctx.solver.cond_max
-        )
+        grad, skipped = _implicit_vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
         ctx.solver.ill_conditioned = skipped
         return grad.to(ctx.dtype), None
 
@@ -440,6 +670,10 @@ class _SolverBase(torch.nn.Module):
     the gradient because their Jacobian was singular or worse conditioned than `cond_max`.
     backward="autograd" differentiates through the forward computation itself (template
     solve, eigendecomposition, Newton steps): the baseline to compare against.
+    precision="float64" (default) solves in float64 whatever the input dtype; "float32" solves
+    in float32 (faster on GPUs; about 1e-5 relative error after polishing).
+    eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
+    that never synchronizes with the host ("lapack" or "charpoly" to choose).
     """
 
     num_solutions = NUM_SOLUTIONS
@@ -448,19 +682,39 @@ class _SolverBase(torch.nn.Module):
     template_shape = TEMPLATE_SHAPE
     sign_gauge = SIGN_GAUGE
 
-    def __init__(self, backward="ift", newton_steps=2, residual_tol=1e-8, imag_tol=1e-6, cond_max=1e10):
+    def __init__(
+        self,
+        backward="ift",
+        newton_steps=2,
+        residual_tol=None,
+        imag_tol=1e-6,
+        cond_max=1e10,
+        precision="float64",
+        eig="auto",
+    ):
         super().__init__()
         if backward not in ("ift", "autograd"):
             raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
+        if precision not in ("float64", "float32"):
+            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if eig not in ("auto", "lapack", "charpoly"):
+            raise ValueError(f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}")
         self.backward = backward
         self.newton_steps = int(newton_steps)
-        self.residual_tol = float(residual_tol)
+        self.compute_dtype = torch.float64 if precision == "float64" else torch.float32
+        self.residual_tol = float(residual_tol if residual_tol is not None else (1e-8 if precision == "float64" else 1e-4))
         self.imag_tol = float(imag_tol)
         self.cond_max = float(cond_max)
+        self.eig = eig
         self.ill_conditioned = None
 
+    def resolved_eig(self, device):
+        if self.eig != "auto":
+            return self.eig
+        return "lapack" if device.type == "cpu" else "charpoly"
+
     def extra_repr(self):
-        return f"backward={self.backward!r}, newton_steps={self.newton_steps}"
+        return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}"
 
     def forward(self, params):
         if not isinstance(params, torch.Tensor):
@@ -474,7 +728,7 @@ class _SolverBase(torch.nn.Module):
         if self.backward == "ift":
             x, valid = _ImplicitFunction.apply(flat, self)
         else:
-            x, valid, _ = _solve(flat.to(torch.float64), self.newton_steps, self.residual_tol, self.imag_tol)
+            x, valid, _ = _solve(flat.to(self.compute_dtype), self)
             x = x.to(params.dtype)
         return x.reshape(*batch_shape, _S, _N), valid.reshape(*batch_shape, _S)
 

@@ -51,7 +51,7 @@ def _coefficients(_a):
         E1_0, E1_1, E1_2, E1_3, E1_4, E1_5, E1_6, E1_7, E1_8, E2_0, E2_1, E2_2, E2_3, E2_4,
         E2_5, E2_6, E2_7, E2_8, E3_0, E3_1, E3_2, E3_3, E3_4, E3_5, E3_6, E3_7, E3_8, E4_0,
         E4_1, E4_2, E4_3, E4_4, E4_5, E4_6, E4_7, E4_8,
-    ) = _a.unbind(-1)
+    ) = _a.movedim(-1, 0).contiguous().unbind(0)
     _t0 = E1_0*E1_4
     _t1 = E1_1*E1_5
     _t2 = E1_2*E1_3
@@ -2110,47 +2110,115 @@ def _coefficients(_a):
                 + E4_8*_t243
             ),
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
-# Monomials of the equations (and their one-step lowerings), as exponents of x, y, z.
-_EXPONENTS = (
-    (3, 0, 0), (2, 1, 0), (1, 2, 0), (0, 3, 0), (2, 0, 1), (1, 1, 1), (0, 2, 1), (1, 0, 2),
-    (0, 1, 2), (0, 0, 3), (2, 0, 0), (1, 1, 0), (0, 2, 0), (1, 0, 1), (0, 1, 1), (0, 0, 2),
-    (1, 0, 0), (0, 1, 0), (0, 0, 1), (0, 0, 0),
-)
-_MAX_DEGREE = 3
-# index of exponent - e_n, for dh/dx
-_LOWER = (
-    (10, 0, 0), (11, 10, 0), (12, 11, 0), (0, 12, 0), (13, 0, 10), (14, 13, 11), (0, 14, 12),
-    (15, 0, 13), (0, 15, 14), (0, 0, 15), (16, 0, 0), (17, 16, 0), (0, 17, 0), (18, 0, 16),
-    (0, 18, 17), (0, 0, 18), (19, 0, 0), (0, 19, 0), (0, 0, 19), (0, 0, 0),
-)
-# coefficient j -> flat (equation * monomials + monomial)
-_EQUATION_POSITIONS = (
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-    26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49,
-    50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73,
-    74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95, 96, 97,
-    98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113, 114, 115, 116,
-    117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127, 128, 129, 130, 131, 132, 133, 134, 135,
-    136, 137, 138, 139, 140, 141, 142, 143, 144, 145, 146, 147, 148, 149, 150, 151, 152, 153, 154,
-    155, 156, 157, 158, 159, 160, 161, 162, 163, 164, 165, 166, 167, 168, 169, 170, 171, 172, 173,
-    174, 175, 176, 177, 178, 179, 180, 181, 182, 183, 184, 185, 186, 187, 188, 189, 190, 191, 192,
-    193, 194, 195, 196, 197, 198, 199,
+# How h and dh/dx of the declared equations are evaluated from c (solvergen/jacobians.py).
+_DECLARED = dict(
+    unknowns=3,
+    equations=10,
+    # monomials by degree: per level, (parent in the previous level, unknown multiplied in)
+    levels=(
+        ((0, 0, 0), (0, 1, 2)), ((0, 0, 1, 0, 1, 2), (0, 1, 1, 2, 2, 2)),
+        ((0, 0, 1, 2, 0, 1, 2, 3, 4, 5), (0, 1, 1, 1, 2, 2, 2, 2, 2, 2)),
+    ),
+    # equation of each term (one term per coefficient)
+    term_equation=(
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+        1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+        3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4,
+        4, 4, 4, 4, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6,
+        6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7,
+        8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+        9, 9, 9, 9, 9, 9, 9, 9,
+    ),
+    # monomial of each term
+    term_monomial=(
+        10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15,
+        16, 17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 4, 5, 6,
+        7, 8, 9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10,
+        11, 12, 13, 14, 15, 16, 17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15, 16,
+        17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 4, 5, 6, 7, 8,
+        9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10, 11, 12,
+        13, 14, 15, 16, 17, 18, 19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+        19, 4, 5, 6, 7, 8, 9, 1, 2, 3, 0,
+    ),
+    # dh/dx terms: flat (equation * N + unknown)
+    derivative_position=(
+        0, 0, 1, 0, 1, 1, 0, 2, 0, 1, 2, 1, 2, 0, 2, 1, 2, 2, 0, 0, 1, 1, 0, 2, 1, 2, 2, 0, 1, 2, 3, 3,
+        4, 3, 4, 4, 3, 5, 3, 4, 5, 4, 5, 3, 5, 4, 5, 5, 3, 3, 4, 4, 3, 5, 4, 5, 5, 3, 4, 5, 6, 6, 7, 6,
+        7, 7, 6, 8, 6, 7, 8, 7, 8, 6, 8, 7, 8, 8, 6, 6, 7, 7, 6, 8, 7, 8, 8, 6, 7, 8, 9, 9, 10, 9, 10,
+        10, 9, 11, 9, 10, 11, 10, 11, 9, 11, 10, 11, 11, 9, 9, 10, 10, 9, 11, 10, 11, 11, 9, 10, 11, 12,
+        12, 13, 12, 13, 13, 12, 14, 12, 13, 14, 13, 14, 12, 14, 13, 14, 14, 12, 12, 13, 13, 12, 14, 13,
+        14, 14, 12, 13, 14, 15, 15, 16, 15, 16, 16, 15, 17, 15, 16, 17, 16, 17, 15, 17, 16, 17, 17, 15,
+        15, 16, 16, 15, 17, 16, 17, 17, 15, 16, 17, 18, 18, 19, 18, 19, 19, 18, 20, 18, 19, 20, 19, 20,
+        18, 20, 19, 20, 20, 18, 18, 19, 19, 18, 20, 19, 20, 20, 18, 19, 20, 21, 21, 22, 21, 22, 22, 21,
+        23, 21, 22, 23, 22, 23, 21, 23, 22, 23, 23, 21, 21, 22, 22, 21, 23, 22, 23, 23, 21, 22, 23, 24,
+        24, 25, 24, 25, 25, 24, 26, 24, 25, 26, 25, 26, 24, 26, 25, 26, 26, 24, 24, 25, 25, 24, 26, 25,
+        26, 26, 24, 25, 26, 27, 27, 28, 27, 28, 28, 27, 29, 27, 28, 29, 28, 29, 27, 29, 28, 29, 29, 27,
+        27, 28, 28, 27, 29, 28, 29, 29, 27, 28, 29,
+    ),
+    # dh/dx terms: coefficient
+    derivative_coefficient=(
+        0, 1, 1, 2, 2, 3, 4, 4, 5, 5, 5, 6, 6, 7, 7, 8, 8, 9, 10, 11, 11, 12, 13, 13, 14, 14, 15, 16,
+        17, 18, 20, 21, 21, 22, 22, 23, 24, 24, 25, 25, 25, 26, 26, 27, 27, 28, 28, 29, 30, 31, 31, 32,
+        33, 33, 34, 34, 35, 36, 37, 38, 40, 41, 41, 42, 42, 43, 44, 44, 45, 45, 45, 46, 46, 47, 47, 48,
+        48, 49, 50, 51, 51, 52, 53, 53, 54, 54, 55, 56, 57, 58, 60, 61, 61, 62, 62, 63, 64, 64, 65, 65,
+        65, 66, 66, 67, 67, 68, 68, 69, 70, 71, 71, 72, 73, 73, 74, 74, 75, 76, 77, 78, 80, 81, 81, 82,
+        82, 83, 84, 84, 85, 85, 85, 86, 86, 87, 87, 88, 88, 89, 90, 91, 91, 92, 93, 93, 94, 94, 95, 96,
+        97, 98, 100, 101, 101, 102, 102, 103, 104, 104, 105, 105, 105, 106, 106, 107, 107, 108, 108,
+        109, 110, 111, 111, 112, 113, 113, 114, 114, 115, 116, 117, 118, 120, 121, 121, 122, 122, 123,
+        124, 124, 125, 125, 125, 126, 126, 127, 127, 128, 128, 129, 130, 131, 131, 132, 133, 133, 134,
+        134, 135, 136, 137, 138, 140, 141, 141, 142, 142, 143, 144, 144, 145, 145, 145, 146, 146, 147,
+        147, 148, 148, 149, 150, 151, 151, 152, 153, 153, 154, 154, 155, 156, 157, 158, 160, 161, 161,
+        162, 162, 163, 164, 164, 165, 165, 165, 166, 166, 167, 167, 168, 168, 169, 170, 171, 171, 172,
+        173, 173, 174, 174, 175, 176, 177, 178, 180, 181, 181, 182, 182, 183, 184, 184, 185, 185, 185,
+        186, 186, 187, 187, 188, 188, 189, 190, 191, 191, 192, 193, 193, 194, 194, 195, 196, 197, 198,
+    ),
+    # dh/dx terms: exponent of the unknown
+    derivative_factor=(
+        3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0, 2.0,
+        1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0,
+        1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0,
+        1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0,
+        2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0,
+        3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0,
+        1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0,
+        1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 2.0,
+        1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0,
+        2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0,
+        1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0,
+        1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0,
+        2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0,
+        1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0,
+        2.0, 1.0, 1.0, 1.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 2.0,
+        1.0, 2.0, 3.0, 2.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0,
+    ),
+    # dh/dx terms: monomial x^(alpha - e_n)
+    derivative_monomial=(
+        4, 5, 4, 6, 5, 6, 7, 4, 8, 7, 5, 8, 6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5,
+        4, 6, 5, 6, 7, 4, 8, 7, 5, 8, 6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6,
+        5, 6, 7, 4, 8, 7, 5, 8, 6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6,
+        7, 4, 8, 7, 5, 8, 6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4,
+        8, 7, 5, 8, 6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4, 8, 7,
+        5, 8, 6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4, 8, 7, 5, 8,
+        6, 9, 7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4, 8, 7, 5, 8, 6, 9,
+        7, 9, 8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4, 8, 7, 5, 8, 6, 9, 7, 9,
+        8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4, 8, 7, 5, 8, 6, 9, 7, 9, 8, 9,
+        1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0,
+    ),
 )
 
 
 def _parameter_vjp(_x, _a, _w):
     """sum_k w_k dh_k/da_m for every parameter m: [..., N], [..., M], [..., K] -> [..., M]."""
-    x, y, z = _x.unbind(-1)
+    x, y, z = _x.movedim(-1, 0).contiguous().unbind(0)
     (
         E1_0, E1_1, E1_2, E1_3, E1_4, E1_5, E1_6, E1_7, E1_8, E2_0, E2_1, E2_2, E2_3, E2_4,
         E2_5, E2_6, E2_7, E2_8, E3_0, E3_1, E3_2, E3_3, E3_4, E3_5, E3_6, E3_7, E3_8, E4_0,
         E4_1, E4_2, E4_3, E4_4, E4_5, E4_6, E4_7, E4_8,
-    ) = _a.unbind(-1)
-    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9 = _w.unbind(-1)
+    ) = _a.movedim(-1, 0).contiguous().unbind(0)
+    w0, w1, w2, w3, w4, w5, w6, w7, w8, w9 = _w.movedim(-1, 0).contiguous().unbind(0)
     _f0 = E4_4*E4_8
     _f1 = E4_5*E4_6
     _f2 = E4_3*E4_7
@@ -2807,8 +2875,7 @@ def _parameter_vjp(_x, _a, _w):
                 + w0*(-_f161 - _f165 + _f63 + _f71)
             ),
         ],
-        dim=-1,
-    )
+    ).movedim(0, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2875,29 +2942,50 @@ _READ_VALUE = (
 # K equations, P monomials.
 # ---------------------------------------------------------------------------------------------
 
-_TINY = torch.finfo(torch.float64).tiny
 _TABLES = {}
+_POOL = None
 
 
-def _tables(device):
-    """The index tables above as tensors on `device` (built once per device)."""
-    tables = _TABLES.get(device)
+def _system_tensors(spec, device, dtype):
+    def long(values):
+        return torch.tensor(values, dtype=torch.long, device=device)
+
+    num_monomials = 1 + sum(len(parents) for parents, _ in spec["levels"])
+    size = spec["equations"] * num_monomials
+    system = {
+        "unknowns": spec["unknowns"],
+        "equations": spec["equations"],
+        "monomials": num_monomials,
+        # Dense (batched matrix products with C[k, p] and D[k * N + n, p]) unless that would be
+        # mostly zeros; sparse systems gather and scatter their terms instead.
+        "dense": size <= 4 * len(spec["term_equation"]),
+        "levels": [(long(parents), long(unknowns)) for parents, unknowns in spec["levels"]],
+        "term_equation": long(spec["term_equation"]),
+        "term_monomial": long(spec["term_monomial"]),
+        "derivative_position": long(spec["derivative_position"]),
+        "derivative_coefficient": long(spec["derivative_coefficient"]),
+        "derivative_factor": torch.tensor(spec["derivative_factor"], dtype=dtype, device=device),
+        "derivative_monomial": long(spec["derivative_monomial"]),
+    }
+    system["term_flat"] = system["term_equation"] * num_monomials + system["term_monomial"]
+    system["derivative_flat"] = system["derivative_position"] * num_monomials + system["derivative_monomial"]
+    return system
+
+
+def _tables(device, dtype):
+    """The tables above as tensors on `device` (built once per device and dtype)."""
+    key = (device, dtype)
+    tables = _TABLES.get(key)
     if tables is None:
 
         def long(values):
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        def double(values):
-            return torch.tensor(values, dtype=torch.float64, device=device)
+        def real(values):
+            return torch.tensor(values, dtype=dtype, device=device)
 
-        tables = {
-            "exponents": long(_EXPONENTS).reshape(-1, _N),
-            "exponent_values": double(_EXPONENTS).reshape(-1, _N),
-            "lower": long(_LOWER).reshape(-1, _N),
-            "equation_positions": long(_EQUATION_POSITIONS),
-            "variables": torch.arange(_N, device=device),
-        }
-        action = torch.zeros(_S, _S, dtype=torch.float64, device=device)
+        tables = {"declared": _system_tensors(_DECLARED, device, dtype)}
+        action = torch.zeros(_S, _S, dtype=dtype, device=device)
         for row, column, value in _ACTION_CONSTANT:
             action[row, column] += value
         tables.update(
@@ -2906,66 +2994,119 @@ def _tables(device):
             action=action,
             action_rows=long(_ACTION_ROWS),
             action_reduced=long(_ACTION_REDUCED),
-            action_scale=double(_ACTION_SCALE),
-            fallback=torch.diag(torch.arange(1, _S + 1, dtype=torch.float64, device=device)),
-            read_unknown=long(_READ_UNKNOWN),
-            read_basis=long(_READ_BASIS),
-            read_value=long(_READ_VALUE),
+            action_scale=real(_ACTION_SCALE),
+            fallback=torch.diag(torch.arange(1, _S + 1, dtype=dtype, device=device)),
+            read_pairs=_read_pairs(device, dtype),
         )
-        _TABLES[device] = tables
+        _TABLES[key] = tables
     return tables
 
 
-def _equation_matrix(c, tables):
-    """C[k, p] = coefficient of monomial p in equation k: [B, n_coefficients] -> [B, K, P]."""
-    flat = c.new_zeros(c.shape[0], _K * len(_EXPONENTS))
-    return flat.index_copy(1, tables["equation_positions"], c).view(-1, _K, len(_EXPONENTS))
+# -- Evaluating the equations at a batch of points ------------------------------------------------
 
 
-def _monomials(x, tables):
-    """x^alpha for each exponent in _EXPONENTS: [..., N] -> [..., P]."""
-    ones = torch.ones_like(x).unsqueeze(-1)
-    powers = torch.cat([ones, x.unsqueeze(-1).expand(*x.shape, _MAX_DEGREE)], dim=-1).cumprod(dim=-1)
-    return powers[..., tables["variables"], tables["exponents"]].prod(dim=-1)
+def _monomials(x, system):
+    """The system's monomials at x, degree by degree: [..., N] -> [..., P]."""
+    level = torch.ones_like(x[..., :1])
+    out = [level]
+    for parents, unknowns in system["levels"]:
+        level = level[..., parents] * x[..., unknowns]
+        out.append(level)
+    return torch.cat(out, dim=-1)
 
 
-def _residuals(equations, x, tables):
-    """h(x), the size of its terms (sum |c| |x^alpha|), and the monomials at x: [B, S, ...]."""
-    monomials = _monomials(x, tables)
-    h = torch.einsum("bkp,bsp->bsk", equations, monomials)
-    scale = torch.einsum("bkp,bsp->bsk", equations.abs(), monomials.abs())
+def _residuals(c, x, system):
+    """h(x), the size of its terms (sum_j |c_j x^alpha_j|), and the monomials at x.
+
+    c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice, [B, S, P].
+    """
+    monomials = _monomials(x, system)
+    if system["dense"]:
+        batch, k, p = c.shape[0], system["equations"], system["monomials"]
+        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+        h = (matrix @ monomials.transpose(1, 2)).transpose(1, 2)
+        scale = (matrix.abs() @ monomials.abs().transpose(1, 2)).transpose(1, 2)
+        return h, scale, monomials
+    terms = c.unsqueeze(1) * monomials[..., system["term_monomial"]]
+    shape = (*terms.shape[:-1], system["equations"])
+    h = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms)
+    scale = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms.abs())
     return h, scale, monomials
 
 
-def _jacobian(equations, monomials, tables):
+def _jacobian(c, monomials, system):
     """dh/dx at the points whose monomials are given: [B, S, K, N]."""
-    lowered = monomials[..., tables["lower"]] * tables["exponent_values"]
-    return torch.einsum("bkp,bspn->bskn", equations, lowered)
+    factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
+    k, n = system["equations"], system["unknowns"]
+    if system["dense"]:
+        batch, p = c.shape[0], system["monomials"]
+        matrix = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        jacobian = matrix.view(batch, k * n, p) @ monomials.transpose(1, 2)
+        return jacobian.transpose(1, 2).unflatten(-1, (k, n))
+    terms = factor.unsqueeze(1) * monomials[..., system["derivative_monomial"]]
+    flat = terms.new_zeros(*terms.shape[:-1], k * n).index_add(-1, system["derivative_position"], terms)
+    return flat.unflatten(-1, (k, n))
 
 
 def _relative_error(h, scale):
-    return (h.abs() / scale.clamp_min(_TINY)).amax(dim=-1)
+    tiny = torch.finfo(scale.dtype).tiny
+    return (h.abs() / scale.clamp_min(tiny)).amax(dim=-1)
 
 
-def _polish(equations, x, active, steps, tables):
-    """Gauss-Newton steps on all equations (rows scaled by their size) for the `active`
-    solutions; a step is kept only where it lowers the relative residual."""
-    h, scale, monomials = _residuals(equations, x, tables)
+# -- Small dense linear algebra: closed form up to 3 x 3 (no LAPACK call per matrix) -------------
+
+
+def _adjugate(m):
+    """Adjugate and determinant of [..., n, n], n <= 3."""
+    n = m.shape[-1]
+    if n == 1:
+        return torch.ones_like(m), m[..., 0, 0]
+    if n == 2:
+        a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+        return torch.stack([torch.stack([d, -b], -1), torch.stack([-c, a], -1)], -2), a * d - b * c
+    r0, r1, r2 = m[..., 0, :], m[..., 1, :], m[..., 2, :]
+    c0 = torch.linalg.cross(r1, r2)
+    adjugate = torch.stack([c0, torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -1)
+    return adjugate, (r0 * c0).sum(-1)
+
+
+def _small_solve(m, rhs):
+    """m x = rhs for [..., n, n], [..., n]; singular systems give non-finite x."""
+    if m.shape[-1] <= 3:
+        adjugate, determinant = _adjugate(m)
+        return (adjugate @ rhs.unsqueeze(-1)).squeeze(-1) / determinant.unsqueeze(-1)
+    return torch.linalg.solve_ex(m, rhs.unsqueeze(-1))[0].squeeze(-1)
+
+
+def _small_inverse(m):
+    """Inverse of [..., n, n] and whether it exists."""
+    if m.shape[-1] <= 3:
+        adjugate, determinant = _adjugate(m)
+        return adjugate / determinant[..., None, None], determinant != 0
+    inverse, info = torch.linalg.inv_ex(m)
+    return inverse, info == 0
+
+
+def _polish(c, x, active, steps, system):
+    """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
+    `active` points; a step is kept only where it lowers the relative residual.
+    Returns the points and their relative residual."""
+    h, scale, monomials = _residuals(c, x, system)
     error = _relative_error(h, scale)
-    identity = torch.eye(_K, _N, dtype=x.dtype, device=x.device)
+    identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
     for _ in range(steps):
-        row = scale.clamp_min(_TINY)
-        jacobian = _jacobian(equations, monomials, tables) / row.unsqueeze(-1)
+        row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
+        jacobian = _jacobian(c, monomials, system) / row
         # Inactive slots solve a harmless system (no NaN, not even in autograd's backward).
         jacobian = torch.where(active[..., None, None], jacobian, identity)
-        residual = torch.where(active.unsqueeze(-1), h / row, torch.zeros_like(h)).unsqueeze(-1)
-        if _K == _N:
-            delta, _ = torch.linalg.solve_ex(jacobian, residual)
+        residual = torch.where(active.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
+        if system["equations"] == system["unknowns"]:
+            delta = _small_solve(jacobian, residual)
         else:
             transposed = jacobian.transpose(-1, -2)
-            delta, _ = torch.linalg.solve_ex(transposed @ jacobian, transposed @ residual)
-        candidate = x - delta.squeeze(-1)
-        h1, scale1, monomials1 = _residuals(equations, candidate, tables)
+            delta = _small_solve(transposed @ jacobian, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
+        candidate = x - delta
+        h1, scale1, monomials1 = _residuals(c, candidate, system)
         error1 = _relative_error(h1, scale1)
         better = error1 < error  # False where error1 is NaN
         x = torch.where(better.unsqueeze(-1), candidate, x)
@@ -2976,27 +3117,128 @@ def _polish(equations, x, active, steps, tables):
     return x, error
 
 
-def _eig(matrix):
-    """Batched eigendecomposition; a matrix LAPACK cannot decompose gets NaN eigenpairs."""
+# -- Eigenvectors of the action matrix ------------------------------------------------------------
+
+
+def _eig_lapack(matrix):
+    """LAPACK, one matrix at a time; on the CPU the batch is split over the intra-op threads
+    (ATen releases the GIL). A matrix LAPACK cannot decompose gets NaN eigenpairs."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if matrix.device.type == "cpu" and threads > 1 and matrix.shape[0] >= 256 and not matrix.requires_grad:
+        if _POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(threads)
+        parts = list(_POOL.map(_eig_lapack_serial, matrix.chunk(threads)))
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    return _eig_lapack_serial(matrix)
+
+
+def _eig_lapack_serial(matrix):
     try:
         return torch.linalg.eig(matrix)
     except RuntimeError:
+        complex_dtype = (matrix[:1, :1, :1] * 1j).dtype
         values, vectors = [], []
         for single in matrix:
             try:
                 value, vector = torch.linalg.eig(single)
             except RuntimeError:
-                value = torch.full((_S,), float("nan"), dtype=torch.complex128, device=matrix.device)
-                vector = torch.full((_S, _S), float("nan"), dtype=torch.complex128, device=matrix.device)
+                value = torch.full((_S,), float("nan"), dtype=complex_dtype, device=matrix.device)
+                vector = torch.full((_S, _S), float("nan"), dtype=complex_dtype, device=matrix.device)
             values.append(value)
             vectors.append(vector)
         return torch.stack(values), torch.stack(vectors)
 
 
-def _template_candidates(c):
+def _hessenberg(a):
+    """Householder reduction a = q h q^T with h upper Hessenberg: [B, S, S] -> h, q."""
+    n = a.shape[-1]
+    h = a
+    q = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
+    for k in range(n - 2):
+        x = h[:, k + 1 :, k]
+        norm = x.norm(dim=-1)
+        first = x[:, 0] + torch.where(x[:, 0] >= 0, norm, -norm)
+        v = torch.cat([first.unsqueeze(-1), x[:, 1:]], dim=-1)
+        length = v.norm(dim=-1, keepdim=True)
+        v = torch.where(length > 0, v / length.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(v))
+        top, bottom = h[:, : k + 1, :], h[:, k + 1 :, :]
+        h = torch.cat([top, bottom - 2 * v.unsqueeze(-1) * (v.unsqueeze(1) @ bottom)], dim=1)
+        left, right = h[:, :, : k + 1], h[:, :, k + 1 :]
+        h = torch.cat([left, right - 2 * (right @ v.unsqueeze(-1)) * v.unsqueeze(1)], dim=2)
+        left, right = q[:, :, : k + 1], q[:, :, k + 1 :]
+        q = torch.cat([left, right - 2 * (right @ v.unsqueeze(-1)) * v.unsqueeze(1)], dim=2)
+    return h, q
+
+
+def _characteristic_polynomial(h):
+    """det(lambda I - h) of upper Hessenberg h, ascending coefficients [B, S + 1] (monic)."""
+    batch, n = h.shape[0], h.shape[-1]
+    one = torch.zeros(batch, n + 1, dtype=h.dtype, device=h.device)
+    one[:, 0] = 1
+    polynomials = [one]  # polynomials[k] = characteristic polynomial of h[:k, :k]
+    for k in range(n):
+        previous = polynomials[k]
+        p = torch.roll(previous, 1, dims=-1) - h[:, k, k].unsqueeze(-1) * previous
+        product = torch.ones_like(h[:, 0, 0])
+        for i in range(k - 1, -1, -1):
+            product = product * h[:, i + 1, i]
+            p = p - (h[:, i, k] * product).unsqueeze(-1) * polynomials[i]
+        polynomials.append(p)
+    return polynomials[n]
+
+
+def _polynomial_roots(coefficients, iterations=60):
+    """All complex roots of monic polynomials [B, S + 1] (ascending) by Aberth-Ehrlich iteration:
+    fixed iteration count, no host synchronization."""
+    n = coefficients.shape[-1] - 1
+    complex_dtype = (coefficients[:1, :1] * 1j).dtype
+    c = coefficients.to(complex_dtype)
+    radius = coefficients[:, 0].abs().clamp_min(torch.finfo(coefficients.dtype).tiny) ** (1.0 / n)
+    angles = torch.arange(n, dtype=coefficients.dtype, device=coefficients.device) * (2 * torch.pi / n) + 0.4
+    z = radius.unsqueeze(-1) * torch.exp(1j * angles).to(complex_dtype)
+    eye = torch.eye(n, dtype=complex_dtype, device=coefficients.device)
+    for _ in range(iterations):
+        p = c[:, n : n + 1].expand_as(z)
+        dp = torch.zeros_like(z)
+        for k in range(n - 1, -1, -1):
+            dp = dp * z + p
+            p = p * z + c[:, k : k + 1]
+        ratio = p / dp
+        repulsion = (1 / (z.unsqueeze(-1) - z.unsqueeze(-2) + eye)).sum(-1) - 1
+        step = ratio / (1 - ratio * repulsion)
+        z = z - torch.where(torch.isfinite(step), step, torch.zeros_like(step))
+    return z
+
+
+def _eig_charpoly(matrix):
+    """Eigenvalues (all, complex) and real eigenvectors (for the real part of each eigenvalue)
+    without LAPACK and without host synchronization: Hessenberg form, its characteristic
+    polynomial, Aberth-Ehrlich roots, eigenvectors by substitution in the Hessenberg matrix."""
+    scale = matrix.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny)
+    h, q = _hessenberg(matrix / scale)
+    roots = _polynomial_roots(_characteristic_polynomial(h))
+    n = h.shape[-1]
+    shift = roots.real
+    vector = [None] * n
+    vector[n - 1] = torch.ones_like(shift)
+    for k in range(n - 1, 0, -1):  # row k of (h - shift I) y = 0 gives y[k - 1]
+        total = -shift * vector[k]
+        for j in range(k, n):
+            total = total + h[:, k, j].unsqueeze(-1) * vector[j]
+        sub = h[:, k, k - 1].unsqueeze(-1)
+        vector[k - 1] = -total / torch.where(sub == 0, torch.full_like(sub, torch.finfo(h.dtype).eps), sub)
+    vectors = q @ torch.stack(vector, dim=1)
+    vectors = vectors / vectors.norm(dim=1, keepdim=True)
+    return roots * scale.squeeze(-1), vectors
+
+
+def _template_candidates(c, tables, method):
     """Solutions of the template's system from its coefficients c [B, n]: [B, S, n_unknowns]
-    complex, and the rows [B] whose template and action matrix were usable."""
-    tables = _tables(c.device)
+    (read off the real parts of the eigenvectors), the eigenvalues [B, S] (complex: the caller
+    keeps the real ones), and the rows [B] whose template and action matrix were usable."""
     batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
@@ -3009,54 +3251,68 @@ def _template_candidates(c):
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
     ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
-    eigenvalues, vectors = _eig(action)
-    return _read_off(eigenvalues, vectors, reduced, tables), ok
+    if method == "charpoly":
+        eigenvalues, vectors = _eig_charpoly(action)
+    else:
+        eigenvalues, vectors = _eig_lapack(action)
+        # Real solutions have real eigenvalues, whose LAPACK eigenvectors are real; complex
+        # eigenvalues are rejected by the caller, so the read-off can stay in real arithmetic.
+        vectors = vectors.real
+    return _read_off(eigenvalues, vectors, reduced, tables), eigenvalues, ok
+
+
+def _read_pairs(device, dtype):
+    """P[n] (S x (S + reduced)): P[n][i, j] = 1 for each read-off pair (basis i, monomial j)."""
+    pairs = torch.zeros(_TEMPLATE_UNKNOWNS, _S, _S + _NUM_REDUCED, dtype=dtype, device=device)
+    for n, i, j in zip(_READ_UNKNOWN, _READ_BASIS, _READ_VALUE):
+        pairs[n, i, j] = 1
+    return pairs
 
 
 def _read_off(eigenvalues, vectors, reduced, tables):
-    """Unknowns from the eigenvectors v (columns of `vectors`, the basis monomials evaluated at
-    a solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs,
-    which the large entries dominate (accurate also for solutions far from the origin)."""
-    values = torch.cat([vectors, -(reduced.to(vectors.dtype) @ vectors)], dim=1)
-    m = vectors[:, tables["read_basis"], :]
-    numerator = torch.zeros(
-        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=vectors.dtype, device=vectors.device
-    ).index_add(1, tables["read_unknown"], m.conj() * values[:, tables["read_value"], :])
-    denominator = torch.zeros(
-        vectors.shape[0], _TEMPLATE_UNKNOWNS, _S, dtype=eigenvalues.real.dtype, device=vectors.device
-    ).index_add(1, tables["read_unknown"], (m.conj() * m).real)
-    x = (numerator / denominator).transpose(1, 2)
+    """Unknowns from the real eigenvectors v (columns of `vectors`, the basis monomials at a
+    solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs, which
+    the large entries dominate (accurate also for solutions far from the origin)."""
+    values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, S + T, S]
+    pairs = tables["read_pairs"]
+    numerator = torch.stack([(vectors * (pairs[n] @ values)).sum(1) for n in range(_TEMPLATE_UNKNOWNS)], -1)
+    weight = vectors * vectors  # v_i^2, once for every pair (i, j) of an unknown
+    denominator = torch.stack([(pairs[n].sum(-1).unsqueeze(-1) * weight).sum(1) for n in range(_TEMPLATE_UNKNOWNS)], -1)
+    x = numerator / denominator
     if _ACTION_VARIABLE >= 0:
         column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
-        x = torch.where(column, eigenvalues.unsqueeze(-1), x)
+        x = torch.where(column, eigenvalues.real.unsqueeze(-1), x)
     return x
 
 
-def _solve(a, newton_steps, residual_tol, imag_tol):
-    """a [B, M] float64 -> solutions [B, S, N], valid [B, S], coefficients [B, n_coefficients].
+# -- The solver ------------------------------------------------------------------------------------
+
+
+def _solve(a, settings):
+    """a [B, M] (the compute dtype) -> solutions [B, S, N], valid [B, S], coefficients.
 
     Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
     do not affect the other rows.
     """
-    tables = _tables(a.device)
+    tables = _tables(a.device, a.dtype)
     finite = torch.isfinite(a).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
     c = _coefficients(a)
-    x, ok = _template_candidates(c)
+    ok = torch.ones_like(finite)
+    c_template = c
+    polish_system = tables["declared"]
     ok = ok & finite
 
-    # Real candidates, polished on the declared equations, then checked.
-    magnitude = x.real.abs().amax(dim=-1).clamp_min(1.0)
+    # Candidates from the template, real ones polished by Newton in the template's unknowns.
+    z, eigenvalues, found = _template_candidates(c_template, tables, settings.resolved_eig(a.device))
     candidate = (
-        ok.unsqueeze(-1)
-        & torch.isfinite(x.real).all(dim=-1)
-        & torch.isfinite(x.imag).all(dim=-1)
-        & (x.imag.abs().amax(dim=-1) <= imag_tol * magnitude)
+        (ok & found).unsqueeze(-1)
+        & torch.isfinite(z).all(dim=-1)
+        & (eigenvalues.imag.abs() <= settings.imag_tol * eigenvalues.real.abs().clamp_min(1.0))
     )
-    x = torch.where(candidate.unsqueeze(-1), x.real, torch.zeros_like(x.real))
-    equations = _equation_matrix(c, tables)
-    x, error = _polish(equations, x, candidate, newton_steps, tables)
-    valid = candidate & (error <= residual_tol) & torch.isfinite(x).all(dim=-1)
+    z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
+    x, error = _polish(c_template, z, candidate, settings.newton_steps, polish_system)
+    valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 
     # Valid solutions first, in the order the solver found them.
@@ -3074,24 +3330,24 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     Jacobian is singular or has condition number above `cond_max` contribute zero; their number
     is returned with the gradient.
     """
-    tables = _tables(a.device)
-    equations = _equation_matrix(c, tables)
-    h, scale, monomials = _residuals(equations, x, tables)
-    row = scale.clamp_min(_TINY)
-    jacobian = _jacobian(equations, monomials, tables) / row.unsqueeze(-1)
-    column = jacobian.norm(dim=-2).clamp_min(_TINY)
+    system = _tables(a.device, a.dtype)["declared"]
+    h, scale, monomials = _residuals(c, x, system)
+    tiny = torch.finfo(a.dtype).tiny
+    row = scale.clamp_min(tiny)
+    jacobian = _jacobian(c, monomials, system) / row.unsqueeze(-1)
+    column = jacobian.norm(dim=-2).clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)
     g = torch.where(valid.unsqueeze(-1), grad, torch.zeros_like(grad)) / column
     if _K == _N:
-        inverse, info = torch.linalg.inv_ex(jacobian)
+        inverse, invertible = _small_inverse(jacobian)
         condition = torch.linalg.matrix_norm(jacobian) * torch.linalg.matrix_norm(inverse)
         w = (inverse.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
     else:
         gram = jacobian.transpose(-1, -2) @ jacobian
-        inverse, info = torch.linalg.inv_ex(gram)
+        inverse, invertible = _small_inverse(gram)
         condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
         w = (jacobian @ (inverse @ g.unsqueeze(-1))).squeeze(-1)
-    good = valid & (info == 0) & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
+    good = valid & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
     skipped = (valid & ~good).sum()
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
     used = good.any(dim=-1, keepdim=True)  # rows without a usable solution get exactly zero
@@ -3105,8 +3361,8 @@ class _ImplicitFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, params, solver):
-        a = params.detach().to(torch.float64)
-        x, valid, c = _solve(a, solver.newton_steps, solver.residual_tol, solver.imag_tol)
+        a = params.detach().to(solver.compute_dtype)
+        x, valid, c = _solve(a, solver)
         ctx.save_for_backward(a, x, valid, c)
         ctx.solver = solver
         ctx.dtype = params.dtype
@@ -3116,9 +3372,7 @@ class _ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
         a, x, valid, c = ctx.saved_tensors
-        grad, skipped = _implicit_vjp(
-            a, x, valid, c, grad_solutions.to(torch.float64), ctx.solver.cond_max
-        )
+        grad, skipped = _implicit_vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
         ctx.solver.ill_conditioned = skipped
         return grad.to(ctx.dtype), None
 
@@ -3137,6 +3391,10 @@ class _SolverBase(torch.nn.Module):
     the gradient because their Jacobian was singular or worse conditioned than `cond_max`.
     backward="autograd" differentiates through the forward computation itself (template
     solve, eigendecomposition, Newton steps): the baseline to compare against.
+    precision="float64" (default) solves in float64 whatever the input dtype; "float32" solves
+    in float32 (faster on GPUs; about 1e-5 relative error after polishing).
+    eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
+    that never synchronizes with the host ("lapack" or "charpoly" to choose).
     """
 
     num_solutions = NUM_SOLUTIONS
@@ -3145,19 +3403,39 @@ class _SolverBase(torch.nn.Module):
     template_shape = TEMPLATE_SHAPE
     sign_gauge = SIGN_GAUGE
 
-    def __init__(self, backward="ift", newton_steps=2, residual_tol=1e-8, imag_tol=1e-6, cond_max=1e10):
+    def __init__(
+        self,
+        backward="ift",
+        newton_steps=2,
+        residual_tol=None,
+        imag_tol=1e-6,
+        cond_max=1e10,
+        precision="float64",
+        eig="auto",
+    ):
         super().__init__()
         if backward not in ("ift", "autograd"):
             raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
+        if precision not in ("float64", "float32"):
+            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if eig not in ("auto", "lapack", "charpoly"):
+            raise ValueError(f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}")
         self.backward = backward
         self.newton_steps = int(newton_steps)
-        self.residual_tol = float(residual_tol)
+        self.compute_dtype = torch.float64 if precision == "float64" else torch.float32
+        self.residual_tol = float(residual_tol if residual_tol is not None else (1e-8 if precision == "float64" else 1e-4))
         self.imag_tol = float(imag_tol)
         self.cond_max = float(cond_max)
+        self.eig = eig
         self.ill_conditioned = None
 
+    def resolved_eig(self, device):
+        if self.eig != "auto":
+            return self.eig
+        return "lapack" if device.type == "cpu" else "charpoly"
+
     def extra_repr(self):
-        return f"backward={self.backward!r}, newton_steps={self.newton_steps}"
+        return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}"
 
     def forward(self, params):
         if not isinstance(params, torch.Tensor):
@@ -3171,7 +3449,7 @@ class _SolverBase(torch.nn.Module):
         if self.backward == "ift":
             x, valid = _ImplicitFunction.apply(flat, self)
         else:
-            x, valid, _ = _solve(flat.to(torch.float64), self.newton_steps, self.residual_tol, self.imag_tol)
+            x, valid, _ = _solve(flat.to(self.compute_dtype), self)
             x = x.to(params.dtype)
         return x.reshape(*batch_shape, _S, _N), valid.reshape(*batch_shape, _S)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import jinja2
@@ -9,6 +10,7 @@ import sympy as sp
 
 from . import __version__
 from .compiler import CompiledProblem, Elimination
+from .jacobians import EvaluationTables, evaluation_tables
 from .linear import LinearBlock
 from .monomials import multiply, unit
 from .monomials import name as monomial_name
@@ -64,10 +66,13 @@ def class_name(problem_name: str) -> str:
 
 
 def _unpack(names: list[str], source: str) -> list[str]:
+    """Unpack the last axis of `source` into names, as contiguous tensors (elementwise torch ops
+    on contiguous memory are about twice as fast as on strided columns)."""
     if not names:
         return []
     target = ", ".join(names) + ("," if len(names) == 1 else "")
-    line = f"{target} = {source}.unbind(-1)"
+    unbind = f"{source}.movedim(-1, 0).contiguous().unbind(0)"
+    line = f"{target} = {unbind}"
     if len(line) <= 96:
         return [line]
     out, current = ["("], ""
@@ -77,7 +82,7 @@ def _unpack(names: list[str], source: str) -> list[str]:
             current = ""
         current += n + ", "
     out.append("    " + current.rstrip())
-    out.append(f") = {source}.unbind(-1)")
+    out.append(f") = {unbind}")
     return out
 
 
@@ -131,13 +136,26 @@ def _declared_context(compiled: CompiledProblem, names) -> dict:
         )
     return dict(
         coefficients=_coefficient_code(system, names, "_a"),
-        exponents=list(derivatives.monomials),
-        max_degree=derivatives.max_degree,
-        lower=list(derivatives.lower),
-        equation_positions=list(derivatives.equation_positions),
+        evaluation=_evaluation_context(derivatives.evaluation),
         vjp_unpack=vjp_unpack,
         vjp_lines=vjp_lines,
         vjp_outputs=vjp_outputs,
+    )
+
+
+def _evaluation_context(tables: EvaluationTables) -> dict:
+    return dict(
+        unknowns=tables.num_unknowns,
+        equations=tables.num_equations,
+        levels=[list(level) for level in tables.levels],
+        fields=[
+            ("term_equation", tables.term_equation, "equation of each term (one term per coefficient)"),
+            ("term_monomial", tables.term_monomial, "monomial of each term"),
+            ("derivative_position", tables.derivative_position, "dh/dx terms: flat (equation * N + unknown)"),
+            ("derivative_coefficient", tables.derivative_coefficient, "dh/dx terms: coefficient"),
+            ("derivative_factor", tables.derivative_factor, "dh/dx terms: exponent of the unknown"),
+            ("derivative_monomial", tables.derivative_monomial, "dh/dx terms: monomial x^(alpha - e_n)"),
+        ],
     )
 
 
@@ -227,10 +245,25 @@ def _linear_context(compiled: CompiledProblem, linear: LinearBlock, names) -> di
                 matrix_sources.append(j)
     rng = random.Random(0)  # fixed: completes [L^T | G] to a square matrix for the QR
     mix = [[round(rng.uniform(-1, 1), 6) for _ in range(linear.null_dim)] for _ in range(n)]
-    reduced = None
+    reduced = reduced_evaluation = None
     if linear.reduced_problem is not None:
         reduced = _coefficient_code(compiled.elimination.system, names, "_p")
+        reduced_evaluation = _evaluation_context(evaluation_tables(compiled.elimination.system))
+    gauge = None
+    if linear.chart:
+        # The gauge equation alone, as a one-equation system over its own coefficients.
+        terms = system.equation_terms(linear.gauge)
+        only = PolynomialSystem(
+            system.unknowns, system.parameters, system.param_ring,
+            tuple(replace(coef, equation=0) for _, coef in terms), (system.equations[linear.gauge],),
+        )
+        gauge = dict(
+            coefficients=[j for j, _ in terms],
+            constant=next(i for i, (_, coef) in enumerate(terms) if sum(coef.exponent) == 0),
+            evaluation=_evaluation_context(evaluation_tables(only)),
+        )
     return dict(
+        gauge_system=gauge,
         rank=len(linear.rows),
         null_dim=linear.null_dim,
         homogeneous=linear.homogeneous,
@@ -248,6 +281,7 @@ def _linear_context(compiled: CompiledProblem, linear: LinearBlock, names) -> di
         num_reduced_unknowns=len(linear.reduced_unknowns),
         reduced_unknowns=[str(s) for s in linear.reduced_unknowns],
         reduced=reduced,
+        reduced_evaluation=reduced_evaluation,
     )
 
 
