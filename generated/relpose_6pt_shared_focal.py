@@ -1903,37 +1903,44 @@ def _monomials(x, system):
     return torch.cat(out, dim=-1)
 
 
-def _residuals(c, x, system):
-    """h(x), the size of its terms (sum_j |c_j x^alpha_j|), and the monomials at x.
+def _evaluate(c, x, system, jacobian=False):
+    """h(x), the size of its terms (sum_j |c_j x^alpha_j|) and, if asked, dh/dx.
 
-    c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice, [B, S, P].
+    c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice and
+    [B, S, K, N]. Dense systems use batched matrix products with C[k, p] and D[k * N + n, p];
+    sparse ones gather their terms in an entry-major layout (rows of [terms, points]).
     """
-    monomials = _monomials(x, system)
+    batch, slots = x.shape[:2]
+    k, n, p = system["equations"], system["unknowns"], system["monomials"]
     if system["dense"]:
-        batch, k, p = c.shape[0], system["equations"], system["monomials"]
+        monomials = _monomials(x, system).transpose(1, 2)  # [B, P, S]
         matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
-        h = (matrix @ monomials.transpose(1, 2)).transpose(1, 2)
-        scale = (matrix.abs() @ monomials.abs().transpose(1, 2)).transpose(1, 2)
-        return h, scale, monomials
-    terms = c.unsqueeze(1) * monomials[..., system["term_monomial"]]
-    shape = (*terms.shape[:-1], system["equations"])
-    h = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms)
-    scale = terms.new_zeros(shape).index_add(-1, system["term_equation"], terms.abs())
-    return h, scale, monomials
-
-
-def _jacobian(c, monomials, system):
-    """dh/dx at the points whose monomials are given: [B, S, K, N]."""
-    factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
-    k, n = system["equations"], system["unknowns"]
-    if system["dense"]:
-        batch, p = c.shape[0], system["monomials"]
-        matrix = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
-        jacobian = matrix.view(batch, k * n, p) @ monomials.transpose(1, 2)
-        return jacobian.transpose(1, 2).unflatten(-1, (k, n))
-    terms = factor.unsqueeze(1) * monomials[..., system["derivative_monomial"]]
-    flat = terms.new_zeros(*terms.shape[:-1], k * n).index_add(-1, system["derivative_position"], terms)
-    return flat.unflatten(-1, (k, n))
+        h = (matrix @ monomials).transpose(1, 2)
+        scale = (matrix.abs() @ monomials.abs()).transpose(1, 2)
+        if not jacobian:
+            return h, scale, None
+        factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
+        derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        dh = (derivative.view(batch, k * n, p) @ monomials).transpose(1, 2)
+        return h, scale, dh.unflatten(-1, (k, n))
+    points = x.reshape(-1, n).t()  # [N, B * S]
+    level = torch.ones_like(points[:1])
+    levels = [level]
+    for parents, unknowns in system["levels"]:
+        level = level.index_select(0, parents) * points.index_select(0, unknowns)
+        levels.append(level)
+    monomials = torch.cat(levels, dim=0)  # [P, B * S]
+    coefficients = c.t().repeat_interleave(slots, dim=1) if slots > 1 else c.t()  # [n_c, B * S]
+    terms = coefficients * monomials.index_select(0, system["term_monomial"])
+    h = terms.new_zeros(k, terms.shape[1]).index_add(0, system["term_equation"], terms)
+    scale = terms.new_zeros(k, terms.shape[1]).index_add(0, system["term_equation"], terms.abs())
+    h, scale = h.t().reshape(batch, slots, k), scale.t().reshape(batch, slots, k)
+    if not jacobian:
+        return h, scale, None
+    factor = coefficients.index_select(0, system["derivative_coefficient"]) * system["derivative_factor"].unsqueeze(-1)
+    terms = factor * monomials.index_select(0, system["derivative_monomial"])
+    dh = terms.new_zeros(k * n, terms.shape[1]).index_add(0, system["derivative_position"], terms)
+    return h, scale, dh.t().reshape(batch, slots, k, n)
 
 
 def _relative_error(h, scale):
@@ -1979,29 +1986,31 @@ def _polish(c, x, active, steps, system):
     """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
     `active` points; a step is kept only where it lowers the relative residual.
     Returns the points and their relative residual."""
-    h, scale, monomials = _residuals(c, x, system)
+    h, scale, jacobian = _evaluate(c, x, system, jacobian=True)
     error = _relative_error(h, scale)
     identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
-    for _ in range(steps):
+    for step in range(steps):
         row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
-        jacobian = _jacobian(c, monomials, system) / row
+        scaled = jacobian / row
         # Inactive slots solve a harmless system (no NaN, not even in autograd's backward).
-        jacobian = torch.where(active[..., None, None], jacobian, identity)
+        scaled = torch.where(active[..., None, None], scaled, identity)
         residual = torch.where(active.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
         if system["equations"] == system["unknowns"]:
-            delta = _small_solve(jacobian, residual)
+            delta = _small_solve(scaled, residual)
         else:
-            transposed = jacobian.transpose(-1, -2)
-            delta = _small_solve(transposed @ jacobian, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
+            transposed = scaled.transpose(-1, -2).contiguous()  # (bmm copies strided operands per matrix)
+            delta = _small_solve(transposed @ scaled, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
         candidate = x - delta
-        h1, scale1, monomials1 = _residuals(c, candidate, system)
+        last = step == steps - 1
+        h1, scale1, jacobian1 = _evaluate(c, candidate, system, jacobian=not last)
         error1 = _relative_error(h1, scale1)
         better = error1 < error  # False where error1 is NaN
         x = torch.where(better.unsqueeze(-1), candidate, x)
         h = torch.where(better.unsqueeze(-1), h1, h)
         scale = torch.where(better.unsqueeze(-1), scale1, scale)
-        monomials = torch.where(better.unsqueeze(-1), monomials1, monomials)
         error = torch.where(better, error1, error)
+        if not last:
+            jacobian = torch.where(better[..., None, None], jacobian1, jacobian)
     return x, error
 
 
@@ -2219,29 +2228,48 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     is returned with the gradient.
     """
     system = _tables(a.device, a.dtype)["declared"]
-    h, scale, monomials = _residuals(c, x, system)
+    batch, slots = valid.shape
+    # The (instance, solution) pairs to differentiate: on the CPU only the valid ones (a host
+    # synchronization costs nothing there); elsewhere all of them, masked, to avoid one.
+    if a.device.type == "cpu":
+        pairs = valid.reshape(-1).nonzero().squeeze(-1)
+    else:
+        pairs = torch.arange(batch * slots, device=a.device)
+    instance = pairs // slots
+    g = grad.reshape(-1, _N).index_select(0, pairs)
+    usable = valid.reshape(-1).index_select(0, pairs)
     tiny = torch.finfo(a.dtype).tiny
-    row = scale.clamp_min(tiny)
-    jacobian = _jacobian(c, monomials, system) / row.unsqueeze(-1)
+    if system["dense"]:  # matrix products per instance, then the pairs
+        _, scale, jacobian = _evaluate(c, x, system, jacobian=True)
+        jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
+        scale = scale.flatten(0, 1).index_select(0, pairs)
+        x = x.reshape(-1, _N).index_select(0, pairs)
+    else:  # term gathers per point anyway: only the pairs
+        x = x.reshape(-1, _N).index_select(0, pairs)
+        _, scale, jacobian = _evaluate(c.index_select(0, instance), x.unsqueeze(1), system, jacobian=True)
+        jacobian, scale = jacobian.squeeze(1), scale.squeeze(1)
+    a = a.index_select(0, instance)
+    row = scale.clamp_min(tiny)  # [P, K]
+    jacobian = jacobian / row.unsqueeze(-1)  # [P, K, N]
     column = jacobian.norm(dim=-2).clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)
-    g = torch.where(valid.unsqueeze(-1), grad, torch.zeros_like(grad)) / column
+    g = torch.where(usable.unsqueeze(-1), g, torch.zeros_like(g)) / column
     if _K == _N:
         inverse, invertible = _small_inverse(jacobian)
         condition = torch.linalg.matrix_norm(jacobian) * torch.linalg.matrix_norm(inverse)
-        w = (inverse.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)
+        w = (inverse.transpose(-1, -2).contiguous() @ g.unsqueeze(-1)).squeeze(-1)
     else:
-        gram = jacobian.transpose(-1, -2) @ jacobian
+        gram = jacobian.transpose(-1, -2).contiguous() @ jacobian
         inverse, invertible = _small_inverse(gram)
         condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
         w = (jacobian @ (inverse @ g.unsqueeze(-1))).squeeze(-1)
-    good = valid & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
-    skipped = (valid & ~good).sum()
+    good = usable & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
+    skipped = (usable & ~good).sum()
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
-    used = good.any(dim=-1, keepdim=True)  # rows without a usable solution get exactly zero
-    a = torch.where(used, a, torch.zeros_like(a))
-    grad_a = -_parameter_vjp(x, a.unsqueeze(1), w).sum(dim=1)
-    return torch.where(used, grad_a, torch.zeros_like(grad_a)), skipped
+    a = torch.where(good.unsqueeze(-1), a, torch.zeros_like(a))  # unused pairs give exactly zero
+    contribution = -_parameter_vjp(x, a, w)
+    contribution = torch.where(good.unsqueeze(-1), contribution, torch.zeros_like(contribution))
+    return contribution.new_zeros(batch, _M).index_add(0, instance, contribution), skipped
 
 
 class _ImplicitFunction(torch.autograd.Function):

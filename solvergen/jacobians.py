@@ -114,7 +114,6 @@ def derive(system: PolynomialSystem) -> Derivatives:
 def reverse_mode_vjp(equations, weights, parameters):
     """Straight-line code for d/da (sum_k w_k h_k): assignments and one output per parameter."""
     forward, reduced = sp.cse(list(equations), symbols=sp.numbered_symbols("_f"))
-    definition = dict(forward)
     varying = set(parameters)  # symbols that depend on the parameters
     for symbol, expr in forward:
         if expr.free_symbols & varying:

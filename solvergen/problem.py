@@ -7,7 +7,7 @@ polynomial or rational in parameters a. The flattened order of `unknowns` and `p
 from __future__ import annotations
 
 import keyword
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 
 import sympy as sp
 
@@ -138,7 +138,3 @@ class Problem:
             f"Problem({self.name!r}, {len(self.unknowns)} unknowns, "
             f"{len(self.parameters)} parameters, {len(self.equations)} equations)"
         )
-
-
-def as_sequence(values: Iterable) -> Sequence:
-    return values if isinstance(values, Sequence) else tuple(values)
