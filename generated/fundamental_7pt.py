@@ -186,6 +186,12 @@ _DECLARED = dict(
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24,
         23, 17, 25, 22, 20, 29, 28, 14, 30, 27, 19, 34, 33, 13, 35, 32, 16, 1, 2, 3, 4, 5, 6, 7, 8, 9,
     ),
+    # (coefficient, value) of the coefficients that are numbers
+    constants=(
+        (8, 1.0), (17, 1.0), (26, 1.0), (35, 1.0), (44, 1.0), (53, 1.0), (62, 1.0), (63, -1.0),
+        (64, 1.0), (65, 1.0), (66, -1.0), (67, -1.0), (68, 1.0), (69, 1.0), (70, 1.0), (71, 1.0),
+        (72, 1.0), (73, 1.0), (74, 1.0), (75, 1.0), (76, 1.0), (77, 1.0), (78, -1.0),
+    ),
 )
 
 
@@ -286,6 +292,11 @@ _GAUGE = dict(
     derivative_factor=(2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0),
     # dh/dx terms: monomial x^(alpha - e_n)
     derivative_monomial=(1, 2, 3, 4, 5, 6, 7, 8, 9),
+    # (coefficient, value) of the coefficients that are numbers
+    constants=(
+        (0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (8, 1.0),
+        (9, -1.0),
+    ),
 )
 
 
@@ -307,6 +318,8 @@ _REDUCED = dict(
     derivative_factor=(3.0, 2.0, 1.0),
     # dh/dx terms: monomial x^(alpha - e_n)
     derivative_monomial=(2, 1, 0),
+    # (coefficient, value) of the coefficients that are numbers
+    constants=(),
 )
 
 
@@ -423,6 +436,26 @@ def _system_tensors(spec, device, dtype):
     }
     system["term_flat"] = system["term_equation"] * num_monomials + system["term_monomial"]
     system["derivative_flat"] = system["derivative_position"] * num_monomials + system["derivative_monomial"]
+    if not system["dense"]:
+        # Sparse systems: the terms with constant coefficients become constant matrices (one
+        # matrix product for all points); only the others are gathered per point.
+        k, n = spec["equations"], spec["unknowns"]
+        values = dict(spec["constants"])
+        constant = torch.zeros(len(spec["term_equation"]), dtype=torch.bool)
+        constant[list(values)] = True
+        value = torch.zeros(len(spec["term_equation"]), dtype=dtype)
+        value[list(values)] = torch.tensor(list(values.values()), dtype=dtype)
+        h = torch.zeros(k * num_monomials, dtype=dtype).index_add(0, system["term_flat"].cpu()[constant], value[constant])
+        system["constant_h"] = h.view(k, num_monomials).to(device)
+        system["constant_scale"] = system["constant_h"].abs()
+        d_constant = constant[system["derivative_coefficient"].cpu()]
+        d_value = value[system["derivative_coefficient"].cpu()] * system["derivative_factor"].cpu()
+        d = torch.zeros(k * n * num_monomials, dtype=dtype).index_add(0, system["derivative_flat"].cpu()[d_constant], d_value[d_constant])
+        system["constant_jacobian"] = d.view(k * n, num_monomials).to(device)
+        varying = (~constant).nonzero().squeeze(-1).to(device)
+        d_varying = (~d_constant).nonzero().squeeze(-1).to(device)
+        system["varying_terms"] = varying
+        system["varying_derivatives"] = d_varying
     return system
 
 
@@ -507,17 +540,30 @@ def _evaluate(c, x, system, jacobian=False):
         level = level.index_select(0, parents) * points.index_select(0, unknowns)
         levels.append(level)
     monomials = torch.cat(levels, dim=0)  # [P, B * S]
-    coefficients = c.t().repeat_interleave(slots, dim=1) if slots > 1 else c.t()  # [n_c, B * S]
-    terms = coefficients * monomials.index_select(0, system["term_monomial"])
-    h = terms.new_zeros(k, terms.shape[1]).index_add(0, system["term_equation"], terms)
-    scale = terms.new_zeros(k, terms.shape[1]).index_add(0, system["term_equation"], terms.abs())
-    h, scale = h.t().reshape(batch, slots, k), scale.t().reshape(batch, slots, k)
+    # Constant coefficients: matrix products; the others: gathered terms.
+    h = system["constant_h"] @ monomials
+    scale = system["constant_scale"] @ monomials.abs()
+    varying = system["varying_terms"]
+    coefficients = c.index_select(1, varying).t()  # [n_varying, B]
+    if slots > 1:
+        coefficients = coefficients.repeat_interleave(slots, dim=1)  # [n_varying, B * S]
+    terms = coefficients * monomials.index_select(0, system["term_monomial"].index_select(0, varying))
+    equation = system["term_equation"].index_select(0, varying)
+    h = h.index_add(0, equation, terms)
+    scale = scale.index_add(0, equation, terms.abs())
+    # Back to point-major, contiguous (strided results would make later matmuls loop per matrix).
+    h = h.t().contiguous().view(batch, slots, k)
+    scale = scale.t().contiguous().view(batch, slots, k)
     if not jacobian:
         return h, scale, None
-    factor = coefficients.index_select(0, system["derivative_coefficient"]) * system["derivative_factor"].unsqueeze(-1)
-    terms = factor * monomials.index_select(0, system["derivative_monomial"])
-    dh = terms.new_zeros(k * n, terms.shape[1]).index_add(0, system["derivative_position"], terms)
-    return h, scale, dh.t().reshape(batch, slots, k, n)
+    derivatives = system["varying_derivatives"]
+    factor = c.index_select(1, system["derivative_coefficient"].index_select(0, derivatives)).t()
+    factor = factor * system["derivative_factor"].index_select(0, derivatives).unsqueeze(-1)
+    if slots > 1:
+        factor = factor.repeat_interleave(slots, dim=1)
+    terms = factor * monomials.index_select(0, system["derivative_monomial"].index_select(0, derivatives))
+    dh = (system["constant_jacobian"] @ monomials).index_add(0, system["derivative_position"].index_select(0, derivatives), terms)
+    return h, scale, dh.t().contiguous().view(batch, slots, k, n)
 
 
 def _relative_error(h, scale):
@@ -878,7 +924,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     a = a.index_select(0, instance)
     row = scale.clamp_min(tiny)  # [P, K]
     jacobian = jacobian / row.unsqueeze(-1)  # [P, K, N]
-    column = jacobian.norm(dim=-2).clamp_min(tiny)
+    column = (jacobian * jacobian).sum(dim=-2).sqrt().clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)
     g = torch.where(usable.unsqueeze(-1), g, torch.zeros_like(g)) / column
     if _K == _N:

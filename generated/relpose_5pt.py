@@ -340,6 +340,28 @@ _DECLARED = dict(
         51, 30, 52, 37, 53, 45, 54, 35, 33, 22, 36, 32, 26, 41, 40, 18, 43, 38, 25, 49, 47, 17, 50, 46,
         20, 1, 2, 3, 4, 5, 6, 7, 8, 9,
     ),
+    # (coefficient, value) of the coefficients that are numbers
+    constants=(
+        (8, 1.0), (17, 1.0), (26, 1.0), (35, 1.0), (44, 1.0), (45, 1.0), (46, 1.0), (47, 1.0),
+        (48, 1.0), (49, 2.0), (50, -1.0), (51, 2.0), (52, -1.0), (53, 1.0), (54, 2.0), (55, -1.0),
+        (56, 2.0), (57, -1.0), (58, 1.0), (59, 1.0), (60, 1.0), (61, -1.0), (62, 2.0), (63, 1.0),
+        (64, 2.0), (65, -1.0), (66, -1.0), (67, 2.0), (68, 1.0), (69, 2.0), (70, -1.0), (71, 1.0),
+        (72, 1.0), (73, 1.0), (74, -1.0), (75, -1.0), (76, 2.0), (77, 2.0), (78, 1.0), (79, -1.0),
+        (80, -1.0), (81, 2.0), (82, 2.0), (83, 1.0), (84, 1.0), (85, -1.0), (86, -1.0), (87, 1.0),
+        (88, 2.0), (89, 1.0), (90, 2.0), (91, 1.0), (92, 1.0), (93, 2.0), (94, -1.0), (95, 2.0),
+        (96, -1.0), (97, 2.0), (98, -1.0), (99, 1.0), (100, -1.0), (101, 1.0), (102, 1.0), (103, 2.0),
+        (104, 1.0), (105, -1.0), (106, 2.0), (107, 1.0), (108, 2.0), (109, -1.0), (110, 2.0),
+        (111, 2.0), (112, -1.0), (113, -1.0), (114, 1.0), (115, 1.0), (116, 1.0), (117, 1.0),
+        (118, -1.0), (119, -1.0), (120, 2.0), (121, 2.0), (122, 1.0), (123, 1.0), (124, -1.0),
+        (125, -1.0), (126, 1.0), (127, -1.0), (128, -1.0), (129, 1.0), (130, 2.0), (131, 2.0),
+        (132, 1.0), (133, 2.0), (134, 2.0), (135, 1.0), (136, 2.0), (137, 2.0), (138, -1.0), (139, 1.0),
+        (140, -1.0), (141, -1.0), (142, 1.0), (143, -1.0), (144, 1.0), (145, 1.0), (146, 2.0),
+        (147, 2.0), (148, 1.0), (149, 2.0), (150, 2.0), (151, 2.0), (152, 2.0), (153, -1.0),
+        (154, -1.0), (155, 1.0), (156, -1.0), (157, -1.0), (158, 1.0), (159, 1.0), (160, 1.0),
+        (161, 1.0), (162, -1.0), (163, 1.0), (164, 1.0), (165, -1.0), (166, -1.0), (167, 1.0),
+        (168, 1.0), (169, 1.0), (170, 1.0), (171, 1.0), (172, 1.0), (173, 1.0), (174, 1.0), (175, 1.0),
+        (176, 1.0), (177, -1.0),
+    ),
 )
 
 
@@ -432,6 +454,11 @@ _GAUGE = dict(
     derivative_factor=(2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0),
     # dh/dx terms: monomial x^(alpha - e_n)
     derivative_monomial=(1, 2, 3, 4, 5, 6, 7, 8, 9),
+    # (coefficient, value) of the coefficients that are numbers
+    constants=(
+        (0, 1.0), (1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 1.0), (6, 1.0), (7, 1.0), (8, 1.0),
+        (9, -1.0),
+    ),
 )
 
 
@@ -529,6 +556,8 @@ _REDUCED = dict(
         8, 9, 1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0, 4, 5, 4, 6, 5, 6, 7, 4, 8, 7, 5, 8, 6, 9, 7, 9, 8, 9,
         1, 2, 1, 2, 3, 1, 3, 2, 3, 0, 0, 0,
     ),
+    # (coefficient, value) of the coefficients that are numbers
+    constants=(),
 )
 
 
@@ -2845,6 +2874,26 @@ def _system_tensors(spec, device, dtype):
     }
     system["term_flat"] = system["term_equation"] * num_monomials + system["term_monomial"]
     system["derivative_flat"] = system["derivative_position"] * num_monomials + system["derivative_monomial"]
+    if not system["dense"]:
+        # Sparse systems: the terms with constant coefficients become constant matrices (one
+        # matrix product for all points); only the others are gathered per point.
+        k, n = spec["equations"], spec["unknowns"]
+        values = dict(spec["constants"])
+        constant = torch.zeros(len(spec["term_equation"]), dtype=torch.bool)
+        constant[list(values)] = True
+        value = torch.zeros(len(spec["term_equation"]), dtype=dtype)
+        value[list(values)] = torch.tensor(list(values.values()), dtype=dtype)
+        h = torch.zeros(k * num_monomials, dtype=dtype).index_add(0, system["term_flat"].cpu()[constant], value[constant])
+        system["constant_h"] = h.view(k, num_monomials).to(device)
+        system["constant_scale"] = system["constant_h"].abs()
+        d_constant = constant[system["derivative_coefficient"].cpu()]
+        d_value = value[system["derivative_coefficient"].cpu()] * system["derivative_factor"].cpu()
+        d = torch.zeros(k * n * num_monomials, dtype=dtype).index_add(0, system["derivative_flat"].cpu()[d_constant], d_value[d_constant])
+        system["constant_jacobian"] = d.view(k * n, num_monomials).to(device)
+        varying = (~constant).nonzero().squeeze(-1).to(device)
+        d_varying = (~d_constant).nonzero().squeeze(-1).to(device)
+        system["varying_terms"] = varying
+        system["varying_derivatives"] = d_varying
     return system
 
 
@@ -2929,17 +2978,30 @@ def _evaluate(c, x, system, jacobian=False):
         level = level.index_select(0, parents) * points.index_select(0, unknowns)
         levels.append(level)
     monomials = torch.cat(levels, dim=0)  # [P, B * S]
-    coefficients = c.t().repeat_interleave(slots, dim=1) if slots > 1 else c.t()  # [n_c, B * S]
-    terms = coefficients * monomials.index_select(0, system["term_monomial"])
-    h = terms.new_zeros(k, terms.shape[1]).index_add(0, system["term_equation"], terms)
-    scale = terms.new_zeros(k, terms.shape[1]).index_add(0, system["term_equation"], terms.abs())
-    h, scale = h.t().reshape(batch, slots, k), scale.t().reshape(batch, slots, k)
+    # Constant coefficients: matrix products; the others: gathered terms.
+    h = system["constant_h"] @ monomials
+    scale = system["constant_scale"] @ monomials.abs()
+    varying = system["varying_terms"]
+    coefficients = c.index_select(1, varying).t()  # [n_varying, B]
+    if slots > 1:
+        coefficients = coefficients.repeat_interleave(slots, dim=1)  # [n_varying, B * S]
+    terms = coefficients * monomials.index_select(0, system["term_monomial"].index_select(0, varying))
+    equation = system["term_equation"].index_select(0, varying)
+    h = h.index_add(0, equation, terms)
+    scale = scale.index_add(0, equation, terms.abs())
+    # Back to point-major, contiguous (strided results would make later matmuls loop per matrix).
+    h = h.t().contiguous().view(batch, slots, k)
+    scale = scale.t().contiguous().view(batch, slots, k)
     if not jacobian:
         return h, scale, None
-    factor = coefficients.index_select(0, system["derivative_coefficient"]) * system["derivative_factor"].unsqueeze(-1)
-    terms = factor * monomials.index_select(0, system["derivative_monomial"])
-    dh = terms.new_zeros(k * n, terms.shape[1]).index_add(0, system["derivative_position"], terms)
-    return h, scale, dh.t().reshape(batch, slots, k, n)
+    derivatives = system["varying_derivatives"]
+    factor = c.index_select(1, system["derivative_coefficient"].index_select(0, derivatives)).t()
+    factor = factor * system["derivative_factor"].index_select(0, derivatives).unsqueeze(-1)
+    if slots > 1:
+        factor = factor.repeat_interleave(slots, dim=1)
+    terms = factor * monomials.index_select(0, system["derivative_monomial"].index_select(0, derivatives))
+    dh = (system["constant_jacobian"] @ monomials).index_add(0, system["derivative_position"].index_select(0, derivatives), terms)
+    return h, scale, dh.t().contiguous().view(batch, slots, k, n)
 
 
 def _relative_error(h, scale):
@@ -3300,7 +3362,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     a = a.index_select(0, instance)
     row = scale.clamp_min(tiny)  # [P, K]
     jacobian = jacobian / row.unsqueeze(-1)  # [P, K, N]
-    column = jacobian.norm(dim=-2).clamp_min(tiny)
+    column = (jacobian * jacobian).sum(dim=-2).sqrt().clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)
     g = torch.where(usable.unsqueeze(-1), g, torch.zeros_like(g)) / column
     if _K == _N:

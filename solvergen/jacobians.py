@@ -39,6 +39,7 @@ class EvaluationTables:
     derivative_coefficient: tuple[int, ...]  # per derivative term: j
     derivative_factor: tuple[float, ...]  # per derivative term: alpha_jn
     derivative_monomial: tuple[int, ...]  # per derivative term: flat index of x^(alpha_j - e_n)
+    constants: tuple[tuple[int, float], ...]  # (j, c_j) for the coefficients that are numbers
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,7 @@ def evaluation_tables(system: PolynomialSystem) -> EvaluationTables:
         tuple(source),
         tuple(factor),
         tuple(monomial),
+        tuple((j, float(c.poly.LC)) for j, c in enumerate(system.coefficients) if c.poly.is_ground),
     )
 
 

@@ -155,6 +155,7 @@ def _evaluation_context(tables: EvaluationTables) -> dict:
             ("derivative_coefficient", tables.derivative_coefficient, "dh/dx terms: coefficient"),
             ("derivative_factor", tables.derivative_factor, "dh/dx terms: exponent of the unknown"),
             ("derivative_monomial", tables.derivative_monomial, "dh/dx terms: monomial x^(alpha - e_n)"),
+            ("constants", tables.constants, "(coefficient, value) of the coefficients that are numbers"),
         ],
     )
 
