@@ -349,20 +349,23 @@ def _monomials(x, system):
     return torch.cat(out, dim=-1)
 
 
-def _evaluate(c, x, system, jacobian=False):
-    """h(x), the size of its terms (sum_j |c_j x^alpha_j|) and, if asked, dh/dx.
+def _evaluate(c, x, system, jacobian=False, residual=True):
+    """h(x) and the size of its terms (sum_j |c_j x^alpha_j|) unless `residual` is False, and
+    dh/dx if `jacobian`.
 
     c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice and
-    [B, S, K, N]. Dense systems use batched matrix products with C[k, p] and D[k * N + n, p];
+    [B, S, K, N] (None for what is not asked). Dense systems use batched matrix products with C[k, p] and D[k * N + n, p];
     sparse ones gather their terms in an entry-major layout (rows of [terms, points]).
     """
     batch, slots = x.shape[:2]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
     if system["dense"]:
         monomials = _monomials(x, system).transpose(1, 2)  # [B, P, S]
-        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
-        h = (matrix @ monomials).transpose(1, 2)
-        scale = (matrix.abs() @ monomials.abs()).transpose(1, 2)
+        h = scale = None
+        if residual:
+            matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+            h = (matrix @ monomials).transpose(1, 2)
+            scale = (matrix.abs() @ monomials.abs()).transpose(1, 2)
         if not jacobian:
             return h, scale, None
         factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
@@ -377,19 +380,19 @@ def _evaluate(c, x, system, jacobian=False):
         levels.append(level)
     monomials = torch.cat(levels, dim=0)  # [P, B * S]
     # Constant coefficients: matrix products; the others: gathered terms.
-    h = system["constant_h"] @ monomials
-    scale = system["constant_scale"] @ monomials.abs()
-    varying = system["varying_terms"]
-    coefficients = c.index_select(1, varying).t()  # [n_varying, B]
-    if slots > 1:
-        coefficients = coefficients.repeat_interleave(slots, dim=1)  # [n_varying, B * S]
-    terms = coefficients * monomials.index_select(0, system["term_monomial"].index_select(0, varying))
-    equation = system["term_equation"].index_select(0, varying)
-    h = h.index_add(0, equation, terms)
-    scale = scale.index_add(0, equation, terms.abs())
-    # Back to point-major, contiguous (strided results would make later matmuls loop per matrix).
-    h = h.t().contiguous().view(batch, slots, k)
-    scale = scale.t().contiguous().view(batch, slots, k)
+    h = scale = None
+    if residual:
+        varying = system["varying_terms"]
+        coefficients = c.index_select(1, varying).t()  # [n_varying, B]
+        if slots > 1:
+            coefficients = coefficients.repeat_interleave(slots, dim=1)  # [n_varying, B * S]
+        terms = coefficients * monomials.index_select(0, system["term_monomial"].index_select(0, varying))
+        equation = system["term_equation"].index_select(0, varying)
+        h = (system["constant_h"] @ monomials).index_add(0, equation, terms)
+        scale = (system["constant_scale"] @ monomials.abs()).index_add(0, equation, terms.abs())
+        # Back to point-major, contiguous (strided results make later matmuls loop per matrix).
+        h = h.t().contiguous().view(batch, slots, k)
+        scale = scale.t().contiguous().view(batch, slots, k)
     if not jacobian:
         return h, scale, None
     derivatives = system["varying_derivatives"]
@@ -680,7 +683,7 @@ def _solve(a, settings):
 def _implicit_vjp(a, x, valid, c, grad, cond_max):
     """Gradient wrt the parameters of <grad, solutions> by the implicit function theorem.
 
-    Per valid solution, with J = dh/dx (K x N, rows and columns equilibrated):
+    Per valid solution, with J = dh/dx (K x N, rows and columns scaled to unit norm):
     w = (J^+)^T grad, i.e. J^T w = grad when K == N and w = J (J^T J)^-1 grad when K > N
     (Theorem 1 of MinBackProp); then d<grad, x>/da = -sum_k w_k dh_k/da. Solutions whose
     Jacobian is singular or has condition number above `cond_max` contribute zero; their number
@@ -699,16 +702,16 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     usable = valid.reshape(-1).index_select(0, pairs)
     tiny = torch.finfo(a.dtype).tiny
     if system["dense"]:  # matrix products per instance, then the pairs
-        _, scale, jacobian = _evaluate(c, x, system, jacobian=True)
+        _, _, jacobian = _evaluate(c, x, system, jacobian=True, residual=False)
         jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
-        scale = scale.flatten(0, 1).index_select(0, pairs)
         x = x.reshape(-1, _N).index_select(0, pairs)
     else:  # term gathers per point anyway: only the pairs
         x = x.reshape(-1, _N).index_select(0, pairs)
-        _, scale, jacobian = _evaluate(c.index_select(0, instance), x.unsqueeze(1), system, jacobian=True)
-        jacobian, scale = jacobian.squeeze(1), scale.squeeze(1)
+        _, _, jacobian = _evaluate(c.index_select(0, instance), x.unsqueeze(1), system, jacobian=True, residual=False)
+        jacobian = jacobian.squeeze(1)
     a = a.index_select(0, instance)
-    row = scale.clamp_min(tiny)  # [P, K]
+    # Equilibrate rows and columns of J (this scales w, not the result).
+    row = (jacobian * jacobian).sum(dim=-1).sqrt().clamp_min(tiny)  # [P, K]
     jacobian = jacobian / row.unsqueeze(-1)  # [P, K, N]
     column = (jacobian * jacobian).sum(dim=-2).sqrt().clamp_min(tiny)
     jacobian = jacobian / column.unsqueeze(-2)

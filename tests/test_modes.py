@@ -1,0 +1,47 @@
+"""Solver options: the device-independent eigen path, float32 precision, and their accuracy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import PROBLEMS, generated_module
+
+import geometry
+
+WITH_TEMPLATE = [name for name in PROBLEMS if generated_module(name).TEMPLATE_SHAPE != (0, 0)]
+
+
+@pytest.mark.parametrize("name", WITH_TEMPLATE)
+def test_charpoly_eigen_path_matches_lapack(name):
+    """eig="charpoly" (Hessenberg, characteristic polynomial, Aberth roots: the path used on
+    GPUs, without host synchronization) meets the accuracy bars on the CPU too."""
+    module = generated_module(name)
+    params, truth = geometry.INSTANCES[name](1000, np.random.default_rng(21))
+    solutions, valid = module.Solver(eig="charpoly")(torch.from_numpy(params))
+    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
+    assert np.mean(err < 1e-6) >= 0.99, np.mean(err < 1e-6)
+    assert np.median(np.log10(np.maximum(err, 1e-18))) <= -11
+    lapack, lapack_valid = module.Solver(eig="lapack")(torch.from_numpy(params))
+    same_count = (valid.sum(-1) == lapack_valid.sum(-1)).double().mean().item()
+    assert same_count >= 0.98, same_count
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_float32_precision(name):
+    """precision="float32" solves in float32: median log10 error <= -5 after polishing."""
+    module = generated_module(name)
+    params, truth = geometry.INSTANCES[name](1000, np.random.default_rng(22))
+    solver = module.Solver(precision="float32", newton_steps=3)
+    solutions, valid = solver(torch.from_numpy(params).float())
+    assert solutions.dtype == torch.float32
+    err = geometry.relative_errors(solutions.double().numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
+    assert np.median(np.log10(np.maximum(err, 1e-18))) <= -5
+    assert np.mean(err < 1e-3) >= 0.95, np.mean(err < 1e-3)
+
+
+def test_bad_options():
+    module = generated_module("p3p")
+    with pytest.raises(ValueError, match="precision"):
+        module.Solver(precision="float16")
+    with pytest.raises(ValueError, match="eig must be"):
+        module.Solver(eig="qr")
