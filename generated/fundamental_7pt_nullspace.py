@@ -266,10 +266,13 @@ def _system_tensors(spec, device, dtype):
 
     num_monomials = 1 + sum(len(parents) for parents, _ in spec["levels"])
     size = spec["equations"] * num_monomials
+    # dh/dx only needs the monomials below the top degree: a prefix (monomials are in degree order).
+    below_top = num_monomials - (len(spec["levels"][-1][0]) if spec["levels"] else 0)
     system = {
         "unknowns": spec["unknowns"],
         "equations": spec["equations"],
         "monomials": num_monomials,
+        "below_top": below_top,
         # Dense (batched matrix products with C[k, p] and D[k * N + n, p]) unless that would be
         # mostly zeros; sparse systems gather and scatter their terms instead.
         "dense": size <= 4 * len(spec["term_equation"]),
@@ -298,7 +301,7 @@ def _system_tensors(spec, device, dtype):
         d_constant = constant[system["derivative_coefficient"].cpu()]
         d_value = value[system["derivative_coefficient"].cpu()] * system["derivative_factor"].cpu()
         d = torch.zeros(k * n * num_monomials, dtype=dtype).index_add(0, system["derivative_flat"].cpu()[d_constant], d_value[d_constant])
-        system["constant_jacobian"] = d.view(k * n, num_monomials).to(device)
+        system["constant_jacobian"] = d.view(k * n, num_monomials)[:, :below_top].contiguous().to(device)
         varying = (~constant).nonzero().squeeze(-1).to(device)
         d_varying = (~d_constant).nonzero().squeeze(-1).to(device)
         system["varying_terms"] = varying
@@ -339,11 +342,12 @@ def _tables(device, dtype):
 # -- Evaluating the equations at a batch of points ------------------------------------------------
 
 
-def _monomials(x, system):
-    """The system's monomials at x, degree by degree: [..., N] -> [..., P]."""
+def _monomials(x, system, below_top=False):
+    """The system's monomials at x, degree by degree: [..., N] -> [..., P] (only those below the
+    top degree if `below_top`)."""
     level = torch.ones_like(x[..., :1])
     out = [level]
-    for parents, unknowns in system["levels"]:
+    for parents, unknowns in system["levels"][:-1] if below_top else system["levels"]:
         level = level[..., parents] * x[..., unknowns]
         out.append(level)
     return torch.cat(out, dim=-1)
@@ -360,7 +364,7 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
     batch, slots = x.shape[:2]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
     if system["dense"]:
-        monomials = _monomials(x, system).transpose(1, 2)  # [B, P, S]
+        monomials = _monomials(x, system, below_top=not residual).transpose(1, 2)  # [B, P, S]
         h = scale = None
         if residual:
             matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
@@ -370,12 +374,12 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
             return h, scale, None
         factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
         derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
-        dh = (derivative.view(batch, k * n, p) @ monomials).transpose(1, 2)
+        dh = (derivative.view(batch, k * n, p)[:, :, : monomials.shape[1]] @ monomials).transpose(1, 2)
         return h, scale, dh.unflatten(-1, (k, n))
     points = x.reshape(-1, n).t()  # [N, B * S]
     level = torch.ones_like(points[:1])
     levels = [level]
-    for parents, unknowns in system["levels"]:
+    for parents, unknowns in system["levels"] if residual else system["levels"][:-1]:
         level = level.index_select(0, parents) * points.index_select(0, unknowns)
         levels.append(level)
     monomials = torch.cat(levels, dim=0)  # [P, B * S]
@@ -401,7 +405,8 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
     if slots > 1:
         factor = factor.repeat_interleave(slots, dim=1)
     terms = factor * monomials.index_select(0, system["derivative_monomial"].index_select(0, derivatives))
-    dh = (system["constant_jacobian"] @ monomials).index_add(0, system["derivative_position"].index_select(0, derivatives), terms)
+    below = monomials[: system["below_top"]]
+    dh = (system["constant_jacobian"] @ below).index_add(0, system["derivative_position"].index_select(0, derivatives), terms)
     return h, scale, dh.t().contiguous().view(batch, slots, k, n)
 
 
