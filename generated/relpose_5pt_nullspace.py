@@ -2948,9 +2948,13 @@ _TABLES = {}
 _POOL = None
 
 
+def _long(values, device):
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
 def _system_tensors(spec, device, dtype):
     def long(values):
-        return torch.tensor(values, dtype=torch.long, device=device)
+        return _long(values, device)
 
     num_monomials = 1 + sum(len(parents) for parents, _ in spec["levels"])
     size = spec["equations"] * num_monomials
@@ -3004,7 +3008,7 @@ def _tables(device, dtype):
     if tables is None:
 
         def long(values):
-            return torch.tensor(values, dtype=torch.long, device=device)
+            return _long(values, device)
 
         def real(values):
             return torch.tensor(values, dtype=dtype, device=device)
