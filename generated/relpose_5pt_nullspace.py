@@ -3034,15 +3034,19 @@ def _tables(device, dtype):
 # -- Evaluating the equations at a batch of points ------------------------------------------------
 
 
-def _monomials(x, system, below_top=False):
-    """The system's monomials at x, degree by degree: [..., N] -> [..., P] (only those below the
-    top degree if `below_top`)."""
-    level = torch.ones_like(x[..., :1])
+def _monomials(x, system, below_top=False, entry_major=False):
+    """The system's monomials at x, degree by degree (only those below the top degree if
+    `below_top`): [..., N] -> [..., P], or [N, points] -> [P, points] if `entry_major` (gathering
+    rows of that layout is much faster for long monomial lists)."""
+    if entry_major:
+        axis, take, level = 0, lambda t, index: t.index_select(0, index), torch.ones_like(x[:1])
+    else:
+        axis, take, level = -1, lambda t, index: t[..., index], torch.ones_like(x[..., :1])
     out = [level]
     for parents, unknowns in system["levels"][:-1] if below_top else system["levels"]:
-        level = level[..., parents] * x[..., unknowns]
+        level = take(level, parents) * take(x, unknowns)
         out.append(level)
-    return torch.cat(out, dim=-1)
+    return torch.cat(out, dim=axis)
 
 
 def _evaluate(c, x, system, jacobian=False, residual=True):
@@ -3050,8 +3054,9 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
     dh/dx if `jacobian`.
 
     c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice and
-    [B, S, K, N] (None for what is not asked). Dense systems use batched matrix products with C[k, p] and D[k * N + n, p];
-    sparse ones gather their terms in an entry-major layout (rows of [terms, points]).
+    [B, S, K, N] (None for what is not asked). Dense systems use batched matrix products with
+    C[k, p] and D[k * N + n, p]; sparse ones gather their terms in an entry-major layout (rows of
+    [terms, points]).
     """
     batch, slots = x.shape[:2]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
@@ -3068,13 +3073,7 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
         derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
         dh = (derivative.view(batch, k * n, p)[:, :, : monomials.shape[1]] @ monomials).transpose(1, 2)
         return h, scale, dh.unflatten(-1, (k, n))
-    points = x.reshape(-1, n).t()  # [N, B * S]
-    level = torch.ones_like(points[:1])
-    levels = [level]
-    for parents, unknowns in system["levels"] if residual else system["levels"][:-1]:
-        level = level.index_select(0, parents) * points.index_select(0, unknowns)
-        levels.append(level)
-    monomials = torch.cat(levels, dim=0)  # [P, B * S]
+    monomials = _monomials(x.reshape(-1, n).t(), system, below_top=not residual, entry_major=True)  # [P, B * S]
     # Constant coefficients: matrix products; the others: gathered terms.
     h = scale = None
     if residual:

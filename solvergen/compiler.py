@@ -43,14 +43,9 @@ class CompiledProblem:
         if self.linear is not None:
             parts.append(self.linear.describe())
         if self.elimination is not None:
-            rows, cols = self.elimination.template.shape
-            unknowns = self.elimination.system.unknowns
-            action = " + ".join(
-                (f"{c}*" if c != 1 else "") + str(s)
-                for c, s in zip(self.elimination.template.action, unknowns)
-                if c
-            )
-            parts.append(f"template {rows}x{cols} (action {action})")
+            template = self.elimination.template
+            rows, cols = template.shape
+            parts.append(f"template {rows}x{cols} (action {template.action_name(self.elimination.system.unknowns)})")
         return ", ".join(parts)
 
 

@@ -160,10 +160,6 @@ def _evaluation_context(tables: EvaluationTables) -> dict:
     )
 
 
-def _action_name(action, unknowns) -> str:
-    return " + ".join((f"{c}*" if c != 1 else "") + str(s) for c, s in zip(action, unknowns) if c)
-
-
 def _template_context(elimination: Elimination) -> dict:
     system, template = elimination.system, elimination.template
     columns = {m: i for i, m in enumerate(template.columns)}
@@ -215,7 +211,7 @@ def _template_context(elimination: Elimination) -> dict:
         square=len(template.excess) + len(template.reducible),
         num_excess=len(template.excess),
         num_reducible=len(template.reducible),
-        action_name=_action_name(template.action, system.unknowns),
+        action_name=template.action_name(system.unknowns),
         template_unknowns=unknown_names,
         basis_names=[monomial_name(b, unknown_names) for b in basis],
         template_positions=[p for p, _ in entries],

@@ -60,6 +60,10 @@ class Template:
         rows, cols = self.shape
         return rows * cols, rows
 
+    def action_name(self, unknowns) -> str:
+        """The action form written with the given unknowns, e.g. "x" or "2*x + y"."""
+        return " + ".join((f"{c}*" if c != 1 else "") + str(s) for c, s in zip(self.action, unknowns) if c)
+
     @property
     def action_variable(self) -> int | None:
         """Index of the unknown used as action, or None for a general linear form."""
