@@ -2896,11 +2896,15 @@ def _system_tensors(spec, device, dtype):
         d_constant = constant[system["derivative_coefficient"].cpu()]
         d_value = value[system["derivative_coefficient"].cpu()] * system["derivative_factor"].cpu()
         d = torch.zeros(k * n * num_monomials, dtype=dtype).index_add(0, system["derivative_flat"].cpu()[d_constant], d_value[d_constant])
-        system["constant_jacobian"] = d.view(k * n, num_monomials)[:, :below_top].contiguous().to(device)
+        # Transposed: dh/dx = monomials^T @ this ([points, P_below] @ [P_below, K * N]).
+        system["constant_jacobian"] = d.view(k * n, num_monomials)[:, :below_top].t().contiguous().to(device)
         varying = (~constant).nonzero().squeeze(-1).to(device)
         d_varying = (~d_constant).nonzero().squeeze(-1).to(device)
         system["varying_terms"] = varying
-        system["varying_derivatives"] = d_varying
+        system["varying_derivative_coefficient"] = system["derivative_coefficient"].index_select(0, d_varying)
+        system["varying_derivative_factor"] = system["derivative_factor"].index_select(0, d_varying)
+        system["varying_derivative_monomial"] = system["derivative_monomial"].index_select(0, d_varying)
+        system["varying_derivative_position"] = system["derivative_position"].index_select(0, d_varying)
     return system
 
 
@@ -3004,15 +3008,25 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
         scale = scale.t().contiguous().view(batch, slots, k)
     if not jacobian:
         return h, scale, None
-    derivatives = system["varying_derivatives"]
-    factor = c.index_select(1, system["derivative_coefficient"].index_select(0, derivatives)).t()
-    factor = factor * system["derivative_factor"].index_select(0, derivatives).unsqueeze(-1)
+    factor = _derivative_factors(c, system)
     if slots > 1:
-        factor = factor.repeat_interleave(slots, dim=1)
-    terms = factor * monomials.index_select(0, system["derivative_monomial"].index_select(0, derivatives))
-    below = monomials[: system["below_top"]]
-    dh = (system["constant_jacobian"] @ below).index_add(0, system["derivative_position"].index_select(0, derivatives), terms)
-    return h, scale, dh.t().contiguous().view(batch, slots, k, n)
+        factor = factor.repeat_interleave(slots, dim=0)
+    return h, scale, _sparse_jacobian(monomials, factor, system).view(batch, slots, k, n)
+
+
+def _derivative_factors(c, system):
+    """The coefficients of a sparse system's derivative terms that vary: [B, n_coefficients] ->
+    [B, V]."""
+    return c.index_select(1, system["varying_derivative_coefficient"]) * system["varying_derivative_factor"]
+
+
+def _sparse_jacobian(monomials, factor, system):
+    """dh/dx [points, K * N] of a sparse system from its monomials, entry-major [P, points] (at
+    least those below the top degree), and the varying derivative factors per point [points, V]:
+    one matrix product for the constant terms, a gather for the others."""
+    dh = monomials[: system["below_top"]].t() @ system["constant_jacobian"]
+    terms = factor * monomials.index_select(0, system["varying_derivative_monomial"]).t()
+    return dh.index_add_(1, system["varying_derivative_position"], terms)
 
 
 def _relative_error(h, scale):
@@ -3343,48 +3357,61 @@ def _solve(a, settings):
 def _implicit_vjp(a, x, valid, c, grad, cond_max):
     """Gradient wrt the parameters of <grad, solutions> by the implicit function theorem.
 
-    Per valid solution, with J = dh/dx (K x N, rows and columns scaled to unit norm):
-    w = (J^+)^T grad, i.e. J^T w = grad when K == N and w = J (J^T J)^-1 grad when K > N
-    (Theorem 1 of MinBackProp); then d<grad, x>/da = -sum_k w_k dh_k/da. Solutions whose
-    Jacobian is singular or has condition number above `cond_max` contribute zero; their number
-    is returned with the gradient.
+    Per valid solution that receives a non-zero gradient, with J = dh/dx (K x N, rows scaled to
+    unit norm): w = J^-T grad when K == N, and w = J (J^T J)^-1 grad when K > N (Theorem 1 of
+    MinBackProp; a Cholesky factorization of the column-equilibrated J^T J); then
+    d<grad, x>/da = -sum_k w_k dh_k/da. Solutions whose Jacobian is singular or whose estimated
+    condition number exceeds `cond_max` contribute zero; their number is returned with the
+    gradient.
     """
     system = _tables(a.device, a.dtype)["declared"]
     batch, slots = valid.shape
-    # The (instance, solution) pairs to differentiate: on the CPU only the valid ones (a host
-    # synchronization costs nothing there); elsewhere all of them, masked, to avoid one.
+    grad = grad.reshape(-1, _N)
+    usable = valid.reshape(-1) & (grad != 0).any(dim=-1)
+    # The (instance, solution) pairs to differentiate: on the CPU only the usable ones (after
+    # `select`, one per instance; a host synchronization costs nothing there); elsewhere all of
+    # them, masked, to avoid one.
     if a.device.type == "cpu":
-        pairs = valid.reshape(-1).nonzero().squeeze(-1)
+        pairs = usable.nonzero().squeeze(-1)
     else:
         pairs = torch.arange(batch * slots, device=a.device)
     instance = pairs // slots
-    g = grad.reshape(-1, _N).index_select(0, pairs)
-    usable = valid.reshape(-1).index_select(0, pairs)
+    usable = usable.index_select(0, pairs)
+    g = torch.where(usable.unsqueeze(-1), grad.index_select(0, pairs), torch.zeros_like(grad[:1]))
     tiny = torch.finfo(a.dtype).tiny
     if system["dense"]:  # matrix products per instance, then the pairs
         _, _, jacobian = _evaluate(c, x, system, jacobian=True, residual=False)
         jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
         x = x.reshape(-1, _N).index_select(0, pairs)
-    else:  # term gathers per point anyway: only the pairs
+    else:  # terms per point anyway: only the pairs
         x = x.reshape(-1, _N).index_select(0, pairs)
-        _, _, jacobian = _evaluate(c.index_select(0, instance), x.unsqueeze(1), system, jacobian=True, residual=False)
-        jacobian = jacobian.squeeze(1)
+        monomials = _monomials(x.t(), system, below_top=True, entry_major=True)
+        factor = _derivative_factors(c, system).index_select(0, instance)
+        jacobian = _sparse_jacobian(monomials, factor, system).view(-1, _K, _N)
     a = a.index_select(0, instance)
-    # Equilibrate rows and columns of J (this scales w, not the result).
-    row = (jacobian * jacobian).sum(dim=-1).sqrt().clamp_min(tiny)  # [P, K]
-    jacobian = jacobian / row.unsqueeze(-1)  # [P, K, N]
-    column = (jacobian * jacobian).sum(dim=-2).sqrt().clamp_min(tiny)
-    jacobian = jacobian / column.unsqueeze(-2)
-    g = torch.where(usable.unsqueeze(-1), g, torch.zeros_like(g)) / column
+    # Rows of J scaled to unit norm (this scales w, not the result), then columns.
+    row = torch.linalg.vector_norm(jacobian, dim=-1).clamp_min(tiny)  # [P, K]
+    jacobian = jacobian.div_(row.unsqueeze(-1))  # (a fresh tensor in both branches)
     if _K == _N:
-        inverse, invertible = _small_inverse(jacobian)
-        condition = torch.linalg.matrix_norm(jacobian) * torch.linalg.matrix_norm(inverse)
-        w = (inverse.transpose(-1, -2).contiguous() @ g.unsqueeze(-1)).squeeze(-1)
+        column = jacobian.square().sum(dim=-2).sqrt().clamp_min(tiny)
+        scaled = jacobian / column.unsqueeze(-2)
+        inverse, invertible = _small_inverse(scaled)
+        condition = torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(inverse)
+        w = (inverse.transpose(-1, -2) @ (g / column).unsqueeze(-1)).squeeze(-1)
     else:
-        gram = jacobian.transpose(-1, -2).contiguous() @ jacobian
-        inverse, invertible = _small_inverse(gram)
-        condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
-        w = (jacobian @ (inverse @ g.unsqueeze(-1))).squeeze(-1)
+        # G = J^T J = D^-1 L L^T D^-1 with D = diag(G)^-1/2; u = G^-1 g = D L^-T L^-1 D g.
+        gram = jacobian.transpose(-1, -2) @ jacobian
+        column = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(tiny).rsqrt()  # D
+        gram = gram * column.unsqueeze(-1) * column.unsqueeze(-2)
+        factor, info = torch.linalg.cholesky_ex(gram)
+        eye = torch.eye(_N, dtype=a.dtype, device=a.device).expand_as(factor)
+        inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # L^-1
+        u = (inverse.transpose(-1, -2) @ (inverse @ (g * column).unsqueeze(-1))).squeeze(-1) * column
+        w = (jacobian @ u.unsqueeze(-1)).squeeze(-1)
+        invertible = info == 0
+        # cond(J D)^2 = cond(D G D), estimated by ||D G D||_F trace((D G D)^-1) = ||.||_F ||L^-1||_F^2
+        # (an upper bound of the Frobenius estimate, within a factor N^(1/4)).
+        condition = torch.linalg.matrix_norm(gram).sqrt() * torch.linalg.matrix_norm(inverse)
     good = usable & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
     skipped = (usable & ~good).sum()
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
@@ -3425,8 +3452,10 @@ class _SolverBase(torch.nn.Module):
         `residual_tol` after `newton_steps` Newton steps).
 
     backward="ift" (default) differentiates by the implicit function theorem; after each
-    backward, `ill_conditioned` holds (as a tensor) the number of valid solutions left out of
-    the gradient because their Jacobian was singular or worse conditioned than `cond_max`.
+    backward, `ill_conditioned` holds (as a tensor) the number of valid solutions with a
+    non-zero incoming gradient left out of the gradient because their Jacobian was singular or
+    worse conditioned than `cond_max`. Solutions whose incoming gradient is zero (all but the
+    picked one after `select`) cost nothing in the backward.
     backward="autograd" differentiates through the forward computation itself (template
     solve, eigendecomposition, Newton steps): the baseline to compare against.
     precision="float64" (default) solves in float64 whatever the input dtype; "float32" solves

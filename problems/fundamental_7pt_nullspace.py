@@ -12,4 +12,7 @@ x = sp.Symbol("x")
 basis = [sp.Matrix(3, 3, sp.symbols(f"F{k}_0:9")) for k in (1, 2)]
 F = x * basis[0] + basis[1]
 
-problem = Problem("fundamental_7pt_nullspace", unknowns=[x], parameters=basis, equations=[F.det()])
+# det(F) as the triple product of its rows: sympy's F.det() returns the expanded polynomial,
+# and the generated backward follows the structure of the equations as written.
+det = F.row(0).dot(F.row(1).cross(F.row(2)))
+problem = Problem("fundamental_7pt_nullspace", unknowns=[x], parameters=basis, equations=[det])

@@ -13,6 +13,9 @@ x, y, z = sp.symbols("x y z")
 basis = [sp.Matrix(3, 3, sp.symbols(f"E{k}_0:9")) for k in (1, 2, 3, 4)]
 E = x * basis[0] + y * basis[1] + z * basis[2] + basis[3]
 
-equations = [E.det()] + list(2 * E * E.T * E - (E * E.T).trace() * E)
+# det(E) as the triple product of its rows: sympy's E.det() returns the expanded polynomial,
+# and the generated backward follows the structure of the equations as written.
+det = E.row(0).dot(E.row(1).cross(E.row(2)))
+equations = [det] + list(2 * E * E.T * E - (E * E.T).trace() * E)
 
 problem = Problem("relpose_5pt_nullspace", unknowns=[x, y, z], parameters=basis, equations=equations)

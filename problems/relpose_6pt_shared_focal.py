@@ -14,6 +14,9 @@ basis = [sp.Matrix(3, 3, sp.symbols(f"F{k}_0:9")) for k in (1, 2, 3)]
 F = x * basis[0] + y * basis[1] + basis[2]
 Q = sp.diag(1, 1, w)
 
-equations = [F.det()] + list(2 * F * Q * F.T * Q * F - (F * Q * F.T * Q).trace() * F)
+# det(F) as the triple product of its rows: sympy's F.det() returns the expanded polynomial,
+# and the generated backward follows the structure of the equations as written.
+det = F.row(0).dot(F.row(1).cross(F.row(2)))
+equations = [det] + list(2 * F * Q * F.T * Q * F - (F * Q * F.T * Q).trace() * F)
 
 problem = Problem("relpose_6pt_shared_focal", unknowns=[x, y, w], parameters=basis, equations=equations)

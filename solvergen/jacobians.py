@@ -115,7 +115,11 @@ def derive(system: PolynomialSystem) -> Derivatives:
 
 def reverse_mode_vjp(equations, weights, parameters):
     """Straight-line code for d/da (sum_k w_k h_k): assignments and one output per parameter."""
-    forward, reduced = sp.cse(list(equations), symbols=sp.numbered_symbols("_f"))
+    # sympy distributes numbers over sums (2 (a + b) becomes 2 a + 2 b), which hides shared
+    # sums from CSE; factor_terms pulls them out again (a third fewer operations for the
+    # trace constraints of the essential matrix).
+    equations = [sp.factor_terms(h) for h in equations]
+    forward, reduced = sp.cse(equations, symbols=sp.numbered_symbols("_f"))
     varying = set(parameters)  # symbols that depend on the parameters
     for symbol, expr in forward:
         if expr.free_symbols & varying:
