@@ -46,9 +46,9 @@ def _coefficients(_a):
         [
             _ones,
             _ones,
-            x*x - 4,
+            x*x - 4.0,
             x,
-            _ones * -1,
+            _ones * -1.0,
         ],
     ).movedim(0, -1)
 
@@ -83,7 +83,7 @@ def _parameter_vjp(_x, _a, _w):
     w0, w1 = _w.movedim(-1, 0).contiguous().unbind(0)
     return torch.stack(
         [
-            2*w0*x + w1*y1,
+            2.0*w0*x + w1*y1,
         ],
     ).movedim(0, -1)
 
@@ -137,8 +137,8 @@ def _reduced_coefficients(_p):
     return torch.stack(
         [
             null0_0*null0_0 + null1_0*null1_0,
-            2*null0_0*particular0 + 2*null1_0*particular1,
-            particular0*particular0 + particular1*particular1 + x*x - 4,
+            2.0*null0_0*particular0 + 2.0*null1_0*particular1,
+            particular0*particular0 + particular1*particular1 + x*x - 4.0,
         ],
     ).movedim(0, -1)
 

@@ -101,126 +101,124 @@ def _coefficients(_a):
             _ones,
             _ones,
             _ones,
-            _ones * 2,
-            _ones * -1,
-            _ones * 2,
-            _ones * -1,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * -1.0,
             _ones,
-            _ones * 2,
-            _ones * -1,
-            _ones * 2,
-            _ones * -1,
-            _ones,
-            _ones,
-            _ones,
-            _ones * -1,
-            _ones * 2,
-            _ones,
-            _ones * 2,
-            _ones * -1,
-            _ones * -1,
-            _ones * 2,
-            _ones,
-            _ones * 2,
-            _ones * -1,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * -1.0,
             _ones,
             _ones,
             _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones * 2,
-            _ones * 2,
+            _ones * -1.0,
+            _ones * 2.0,
             _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones * 2,
-            _ones * 2,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones * 2.0,
             _ones,
-            _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones,
-            _ones * 2,
-            _ones,
-            _ones * 2,
-            _ones,
-            _ones,
-            _ones * 2,
-            _ones * -1,
-            _ones * 2,
-            _ones * -1,
-            _ones * 2,
-            _ones * -1,
-            _ones,
-            _ones * -1,
-            _ones,
-            _ones,
-            _ones * 2,
-            _ones,
-            _ones * -1,
-            _ones * 2,
-            _ones,
-            _ones * 2,
-            _ones * -1,
-            _ones * 2,
-            _ones * 2,
-            _ones * -1,
-            _ones * -1,
+            _ones * 2.0,
+            _ones * -1.0,
             _ones,
             _ones,
             _ones,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * 2.0,
             _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones * 2,
-            _ones * 2,
-            _ones,
-            _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones,
-            _ones * 2,
-            _ones * 2,
-            _ones,
-            _ones * 2,
-            _ones * 2,
-            _ones,
-            _ones * 2,
-            _ones * 2,
-            _ones * -1,
-            _ones,
-            _ones * -1,
-            _ones * -1,
-            _ones,
-            _ones * -1,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * 2.0,
             _ones,
             _ones,
-            _ones * 2,
-            _ones * 2,
+            _ones * -1.0,
+            _ones * -1.0,
             _ones,
-            _ones * 2,
-            _ones * 2,
-            _ones * 2,
-            _ones * 2,
-            _ones * -1,
-            _ones * -1,
+            _ones * 2.0,
             _ones,
-            _ones * -1,
-            _ones * -1,
+            _ones * 2.0,
+            _ones,
+            _ones,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones,
+            _ones * -1.0,
+            _ones,
+            _ones,
+            _ones * 2.0,
+            _ones,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * -1.0,
             _ones,
             _ones,
             _ones,
             _ones,
-            _ones * -1,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones * 2.0,
+            _ones * 2.0,
             _ones,
             _ones,
-            _ones * -1,
-            _ones * -1,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones,
+            _ones * -1.0,
             _ones,
             _ones,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones * 2.0,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones,
+            _ones * -1.0,
+            _ones * -1.0,
+            _ones,
+            _ones,
+            _ones,
+            _ones,
+            _ones * -1.0,
+            _ones,
+            _ones,
+            _ones * -1.0,
+            _ones * -1.0,
             _ones,
             _ones,
             _ones,
@@ -229,7 +227,9 @@ def _coefficients(_a):
             _ones,
             _ones,
             _ones,
-            _ones * -1,
+            _ones,
+            _ones,
+            _ones * -1.0,
         ],
     ).movedim(0, -1)
 
@@ -574,45 +574,45 @@ def _reduced_coefficients(_p):
     _t2 = null3_0*null3_0
     _t3 = null6_0*null6_0
     _t4 = null1_0*null3_0
-    _t5 = 2*_t4
-    _t6 = 2*null6_0
+    _t5 = 2.0*_t4
+    _t6 = 2.0*null6_0
     _t7 = _t6*null1_0
     _t8 = null2_0*null3_0
-    _t9 = 2*_t8
+    _t9 = 2.0*_t8
     _t10 = _t6*null2_0
     _t11 = null4_0*null4_0
     _t12 = null5_0*null5_0
     _t13 = null7_0*null7_0
     _t14 = null8_0*null8_0
-    _t15 = 2*null0_0
+    _t15 = 2.0*null0_0
     _t16 = null1_0*null1_1
     _t17 = null2_0*null2_1
     _t18 = null3_0*null3_1
     _t19 = null0_0*null4_0
-    _t20 = 2*null4_1
+    _t20 = 2.0*null4_1
     _t21 = null0_0*null5_0
-    _t22 = 2*null5_1
+    _t22 = 2.0*null5_1
     _t23 = _t6*null6_1
     _t24 = null7_0*null7_1
     _t25 = null8_0*null8_1
     _t26 = null1_0*null3_1
-    _t27 = 2*null4_0
-    _t28 = 2*null6_1
+    _t27 = 2.0*null4_0
+    _t28 = 2.0*null6_1
     _t29 = null1_0*null7_0
     _t30 = null1_1*null3_0
     _t31 = _t6*null1_1
     _t32 = null2_0*null3_1
-    _t33 = 2*null5_0
+    _t33 = 2.0*null5_0
     _t34 = _t28*null2_0
     _t35 = null2_1*null3_0
     _t36 = _t6*null2_1
     _t37 = null0_0*null0_0
-    _t38 = 3*_t37
+    _t38 = 3.0*_t37
     _t39 = null1_1*null1_1
     _t40 = null2_1*null2_1
     _t41 = null3_1*null3_1
     _t42 = null6_1*null6_1
-    _t43 = 2*null0_1
+    _t43 = 2.0*null0_1
     _t44 = null0_1*null4_0
     _t45 = null0_1*null5_0
     _t46 = _t28*null7_1
@@ -621,7 +621,7 @@ def _reduced_coefficients(_p):
     _t49 = null2_1*null3_1
     _t50 = _t28*null2_1
     _t51 = null0_1*null0_1
-    _t52 = 3*_t51
+    _t52 = 3.0*_t51
     _t53 = null4_1*null4_1
     _t54 = null5_1*null5_1
     _t55 = null7_1*null7_1
@@ -629,13 +629,13 @@ def _reduced_coefficients(_p):
     _t57 = _t15*null1_2
     _t58 = _t15*null2_2
     _t59 = _t15*null3_2
-    _t60 = 2*null4_2
-    _t61 = 2*null5_2
+    _t60 = 2.0*null4_2
+    _t61 = 2.0*null5_2
     _t62 = _t6*null6_2
     _t63 = _t15*null7_2
     _t64 = _t15*null8_2
     _t65 = null1_0*null3_2
-    _t66 = 2*null6_2
+    _t66 = 2.0*null6_2
     _t67 = null1_2*null3_0
     _t68 = _t6*null1_2
     _t69 = null2_0*null3_2
@@ -643,7 +643,7 @@ def _reduced_coefficients(_p):
     _t71 = null2_2*null3_0
     _t72 = _t6*null2_2
     _t73 = null0_0*null0_1
-    _t74 = 6*_t73
+    _t74 = 6.0*_t73
     _t75 = null0_0*null4_1
     _t76 = null0_0*null5_1
     _t77 = _t15*null6_1
@@ -652,7 +652,7 @@ def _reduced_coefficients(_p):
     _t80 = _t43*null3_2
     _t81 = _t43*null7_2
     _t82 = _t43*null8_2
-    _t83 = 2*null0_2
+    _t83 = 2.0*null0_2
     _t84 = null0_2*null4_0
     _t85 = null0_2*null5_0
     _t86 = _t28*null7_2
@@ -681,7 +681,7 @@ def _reduced_coefficients(_p):
     _t109 = null2_2*null3_2
     _t110 = _t66*null2_2
     _t111 = null0_2*null0_2
-    _t112 = 3*_t111
+    _t112 = 3.0*_t111
     _t113 = null4_2*null4_2
     _t114 = null5_2*null5_2
     _t115 = null7_2*null7_2
@@ -691,13 +691,13 @@ def _reduced_coefficients(_p):
     _t119 = _t15*null1_3
     _t120 = _t15*null2_3
     _t121 = _t15*null3_3
-    _t122 = 2*null4_3
-    _t123 = 2*null5_3
+    _t122 = 2.0*null4_3
+    _t123 = 2.0*null5_3
     _t124 = _t6*null6_3
     _t125 = _t15*null7_3
     _t126 = _t15*null8_3
     _t127 = null1_0*null3_3
-    _t128 = 2*null6_3
+    _t128 = 2.0*null6_3
     _t129 = null1_3*null3_0
     _t130 = _t6*null1_3
     _t131 = null2_0*null3_3
@@ -709,7 +709,7 @@ def _reduced_coefficients(_p):
     _t137 = _t43*null3_3
     _t138 = _t43*null7_3
     _t139 = _t43*null8_3
-    _t140 = 2*null0_3
+    _t140 = 2.0*null0_3
     _t141 = null0_3*null4_0
     _t142 = null0_3*null5_0
     _t143 = _t28*null7_3
@@ -723,7 +723,7 @@ def _reduced_coefficients(_p):
     _t151 = _t28*null2_3
     _t152 = _t28*null6_3
     _t153 = null0_0*null0_2
-    _t154 = 6*null0_3
+    _t154 = 6.0*null0_3
     _t155 = null0_0*null4_2
     _t156 = null0_0*null5_2
     _t157 = null6_2*null6_3
@@ -767,58 +767,58 @@ def _reduced_coefficients(_p):
     _t195 = null2_3*null3_3
     _t196 = _t128*null2_3
     _t197 = null0_3*null0_3
-    _t198 = 3*_t197
+    _t198 = 3.0*_t197
     _t199 = null4_3*null4_3
     _t200 = null5_3*null5_3
     _t201 = null7_3*null7_3
     _t202 = null8_3*null8_3
     _t203 = null0_3*null4_2
     _t204 = null0_3*null5_2
-    _t205 = 2*null3_0
+    _t205 = 2.0*null3_0
     _t206 = _t6*null0_0
     _t207 = null2_0*null4_0
-    _t208 = 2*null2_0
+    _t208 = 2.0*null2_0
     _t209 = null7_0*null8_0
     _t210 = _t15*null0_1
-    _t211 = 2*null3_1
+    _t211 = 2.0*null3_1
     _t212 = _t6*null0_1
-    _t213 = 2*null1_0
+    _t213 = 2.0*null1_0
     _t214 = _t20*null4_0
     _t215 = null1_0*null5_0
     _t216 = null2_0*null4_1
     _t217 = _t208*null8_1
     _t218 = null7_1*null8_0
     _t219 = null2_1*null4_0
-    _t220 = 2*null2_1
-    _t221 = 3*_t0
+    _t220 = 2.0*null2_1
+    _t221 = 3.0*_t0
     _t222 = _t28*null7_0
-    _t223 = 2*null1_1
+    _t223 = 2.0*null1_1
     _t224 = null1_1*null5_0
     _t225 = null2_1*null4_1
     _t226 = _t220*null8_1
-    _t227 = 3*_t39
+    _t227 = 3.0*_t39
     _t228 = _t15*null0_2
-    _t229 = 2*null3_2
+    _t229 = 2.0*null3_2
     _t230 = _t15*null6_2
     _t231 = _t6*null0_2
     _t232 = _t208*null2_2
     _t233 = null1_0*null4_2
-    _t234 = 2*null7_2
+    _t234 = 2.0*null7_2
     _t235 = _t213*null8_2
     _t236 = null2_0*null4_2
     _t237 = _t208*null8_2
     _t238 = null7_2*null8_0
     _t239 = null2_2*null4_0
-    _t240 = 2*null2_2
+    _t240 = 2.0*null2_2
     _t241 = _t43*null0_2
     _t242 = _t43*null6_2
-    _t243 = 6*_t16
+    _t243 = 6.0*_t16
     _t244 = _t213*null2_1
     _t245 = null1_0*null5_1
     _t246 = null7_1*null7_2
     _t247 = null1_1*null4_2
     _t248 = _t223*null8_2
-    _t249 = 2*null1_2
+    _t249 = 2.0*null1_2
     _t250 = null1_2*null5_0
     _t251 = null2_1*null4_2
     _t252 = _t220*null8_2
@@ -832,30 +832,30 @@ def _reduced_coefficients(_p):
     _t260 = null2_2*null4_2
     _t261 = _t240*null8_2
     _t262 = _t234*null2_2
-    _t263 = 3*_t98
+    _t263 = 3.0*_t98
     _t264 = null1_2*null5_1
     _t265 = _t234*null7_1
     _t266 = _t15*null0_3
     _t267 = null0_0*null4_3
-    _t268 = 2*null3_3
+    _t268 = 2.0*null3_3
     _t269 = _t15*null6_3
     _t270 = _t6*null0_3
     _t271 = _t208*null2_3
     _t272 = null1_0*null4_3
-    _t273 = 2*null7_3
+    _t273 = 2.0*null7_3
     _t274 = _t213*null8_3
     _t275 = null2_0*null4_3
     _t276 = _t208*null8_3
     _t277 = null7_3*null8_0
     _t278 = null2_3*null4_0
-    _t279 = 2*null2_3
+    _t279 = 2.0*null2_3
     _t280 = _t43*null0_3
     _t281 = null0_1*null4_3
     _t282 = _t43*null6_3
     _t283 = null7_1*null7_3
     _t284 = null1_1*null4_3
     _t285 = _t223*null8_3
-    _t286 = 2*null1_3
+    _t286 = 2.0*null1_3
     _t287 = null1_3*null5_0
     _t288 = null2_1*null4_3
     _t289 = _t220*null8_3
@@ -866,7 +866,7 @@ def _reduced_coefficients(_p):
     _t294 = null0_2*null4_3
     _t295 = _t83*null6_3
     _t296 = null1_0*null1_2
-    _t297 = 6*null1_3
+    _t297 = 6.0*null1_3
     _t298 = null2_2*null2_3
     _t299 = null1_0*null5_2
     _t300 = null7_2*null7_3
@@ -892,32 +892,32 @@ def _reduced_coefficients(_p):
     _t320 = null2_3*null4_3
     _t321 = _t279*null8_3
     _t322 = _t273*null2_3
-    _t323 = 3*_t184
+    _t323 = 3.0*_t184
     _t324 = _t273*null1_3
     _t325 = null1_3*null5_2
-    _t326 = 2*_t29
-    _t327 = 2*_t48
+    _t326 = 2.0*_t29
+    _t327 = 2.0*_t48
     _t328 = _t22*null5_0
-    _t329 = 3*_t1
+    _t329 = 3.0*_t1
     _t330 = _t28*null0_1
     _t331 = null7_1*null8_1
-    _t332 = 3*_t40
-    _t333 = 2*_t90
+    _t332 = 3.0*_t40
+    _t333 = 2.0*_t90
     _t334 = null2_0*null5_2
     _t335 = null7_0*null7_2
     _t336 = _t28*null0_2
     _t337 = null7_2*null8_1
-    _t338 = 6*_t17
+    _t338 = 6.0*_t17
     _t339 = null2_1*null5_2
     _t340 = _t66*null0_2
     _t341 = null1_2*null2_2
     _t342 = _t234*null1_2
     _t343 = null2_2*null5_2
-    _t344 = 3*_t99
+    _t344 = 3.0*_t99
     _t345 = null0_0*null5_3
     _t346 = _t208*null1_3
     _t347 = null1_0*null5_3
-    _t348 = 2*_t147
+    _t348 = 2.0*_t147
     _t349 = null2_0*null5_3
     _t350 = null7_0*null7_3
     _t351 = null0_1*null5_3
@@ -932,7 +932,7 @@ def _reduced_coefficients(_p):
     _t360 = null1_3*null2_2
     _t361 = null1_2*null5_3
     _t362 = _t234*null1_3
-    _t363 = 6*_t298
+    _t363 = 6.0*_t298
     _t364 = null2_2*null5_3
     _t365 = null2_3*null5_2
     _t366 = null1_2*null1_3
@@ -940,17 +940,17 @@ def _reduced_coefficients(_p):
     _t368 = null1_3*null2_3
     _t369 = null1_3*null5_3
     _t370 = null2_3*null5_3
-    _t371 = 3*_t185
+    _t371 = 3.0*_t185
     _t372 = _t6*null4_0
     _t373 = _t6*null5_0
     _t374 = _t27*null6_1
     _t375 = _t6*null4_1
     _t376 = _t28*null5_0
     _t377 = _t6*null5_1
-    _t378 = 3*_t2
+    _t378 = 3.0*_t2
     _t379 = _t20*null6_1
     _t380 = _t22*null6_1
-    _t381 = 3*_t41
+    _t381 = 3.0*_t41
     _t382 = null3_0*null4_2
     _t383 = null3_0*null5_2
     _t384 = _t205*null8_2
@@ -958,7 +958,7 @@ def _reduced_coefficients(_p):
     _t386 = _t6*null4_2
     _t387 = _t33*null6_2
     _t388 = _t6*null5_2
-    _t389 = 6*_t18
+    _t389 = 6.0*_t18
     _t390 = null3_1*null4_2
     _t391 = null3_1*null5_2
     _t392 = _t211*null8_2
@@ -970,7 +970,7 @@ def _reduced_coefficients(_p):
     _t398 = _t229*null8_2
     _t399 = _t60*null6_2
     _t400 = _t61*null6_2
-    _t401 = 3*_t100
+    _t401 = 3.0*_t100
     _t402 = null3_0*null4_3
     _t403 = null3_0*null5_3
     _t404 = _t205*null8_3
@@ -985,7 +985,7 @@ def _reduced_coefficients(_p):
     _t413 = _t22*null6_3
     _t414 = _t28*null5_3
     _t415 = null3_0*null3_2
-    _t416 = 6*null3_3
+    _t416 = 6.0*null3_3
     _t417 = null3_2*null4_3
     _t418 = null3_2*null5_3
     _t419 = _t229*null8_3
@@ -1002,19 +1002,19 @@ def _reduced_coefficients(_p):
     _t430 = _t268*null8_3
     _t431 = _t122*null6_3
     _t432 = _t123*null6_3
-    _t433 = 3*_t186
+    _t433 = 3.0*_t186
     _t434 = _t6*null3_0
     _t435 = _t6*null3_1
     _t436 = null7_0*null8_1
-    _t437 = 3*_t11
+    _t437 = 3.0*_t11
     _t438 = _t20*null5_0
-    _t439 = 3*_t53
+    _t439 = 3.0*_t53
     _t440 = _t6*null3_2
     _t441 = _t27*null5_0
     _t442 = _t27*null8_2
     _t443 = _t33*null8_2
     _t444 = null4_0*null4_2
-    _t445 = 6*null4_1
+    _t445 = 6.0*null4_1
     _t446 = _t22*null5_2
     _t447 = _t20*null8_2
     _t448 = _t22*null8_2
@@ -1022,7 +1022,7 @@ def _reduced_coefficients(_p):
     _t450 = _t33*null4_2
     _t451 = _t60*null8_2
     _t452 = _t61*null8_2
-    _t453 = 3*_t113
+    _t453 = 3.0*_t113
     _t454 = null1_0*null1_3
     _t455 = null3_0*null3_3
     _t456 = _t128*null7_0
@@ -1044,22 +1044,22 @@ def _reduced_coefficients(_p):
     _t472 = _t123*null8_2
     _t473 = _t122*null8_3
     _t474 = _t123*null8_3
-    _t475 = 3*_t199
+    _t475 = 3.0*_t199
     _t476 = null4_3*null5_3
     _t477 = _t28*null3_0
-    _t478 = 3*_t12
+    _t478 = 3.0*_t12
     _t479 = _t28*null3_1
-    _t480 = 3*_t54
+    _t480 = 3.0*_t54
     _t481 = null2_0*null2_2
     _t482 = _t66*null3_0
     _t483 = null2_1*null2_2
     _t484 = _t66*null3_1
     _t485 = _t28*null3_2
-    _t486 = 6*null5_0
+    _t486 = 6.0*null5_0
     _t487 = _t486*null5_1
     _t488 = _t66*null3_2
     _t489 = null4_2*null5_2
-    _t490 = 3*_t114
+    _t490 = 3.0*_t114
     _t491 = null2_0*null2_3
     _t492 = _t128*null3_0
     _t493 = null2_1*null2_3
@@ -1071,7 +1071,7 @@ def _reduced_coefficients(_p):
     _t499 = null4_2*null5_3
     _t500 = null4_3*null5_2
     _t501 = _t128*null3_3
-    _t502 = 3*_t200
+    _t502 = 3.0*_t200
     _t503 = _t15*null2_0
     _t504 = _t27*null3_0
     _t505 = _t33*null3_0
@@ -1082,12 +1082,12 @@ def _reduced_coefficients(_p):
     _t510 = _t22*null3_0
     _t511 = _t27*null3_1
     _t512 = _t33*null3_1
-    _t513 = 3*_t3
+    _t513 = 3.0*_t3
     _t514 = _t43*null7_1
     _t515 = _t43*null2_1
     _t516 = _t20*null3_1
     _t517 = _t22*null3_1
-    _t518 = 3*_t42
+    _t518 = 3.0*_t42
     _t519 = _t83*null2_0
     _t520 = _t60*null3_0
     _t521 = _t61*null3_0
@@ -1100,13 +1100,13 @@ def _reduced_coefficients(_p):
     _t528 = _t61*null3_1
     _t529 = _t20*null3_2
     _t530 = _t22*null3_2
-    _t531 = 6*null6_0
+    _t531 = 6.0*null6_0
     _t532 = _t531*null6_1
     _t533 = _t28*null8_2
     _t534 = _t60*null3_2
     _t535 = _t61*null3_2
     _t536 = _t66*null8_2
-    _t537 = 3*_t101
+    _t537 = 3.0*_t101
     _t538 = _t140*null2_0
     _t539 = _t122*null3_0
     _t540 = _t123*null3_0
@@ -1128,37 +1128,37 @@ def _reduced_coefficients(_p):
     _t556 = null3_3*null7_3
     _t557 = _t123*null3_3
     _t558 = _t128*null8_3
-    _t559 = 3*_t187
+    _t559 = 3.0*_t187
     _t560 = _t208*null8_0
-    _t561 = 2*null7_0
+    _t561 = 2.0*null7_0
     _t562 = _t22*null4_0
-    _t563 = 3*_t13
-    _t564 = 2*null7_1
+    _t563 = 3.0*_t13
+    _t564 = 2.0*null7_1
     _t565 = _t220*null8_0
-    _t566 = 3*_t55
+    _t566 = 3.0*_t55
     _t567 = _t213*null2_2
     _t568 = _t205*null3_2
     _t569 = _t27*null4_2
     _t570 = _t27*null5_2
     _t571 = _t33*null5_2
-    _t572 = 2*null8_2
+    _t572 = 2.0*null8_2
     _t573 = null1_2*null7_1
     _t574 = _t223*null2_2
     _t575 = _t211*null3_2
     _t576 = _t20*null4_2
     _t577 = _t20*null5_2
     _t578 = _t22*null4_2
-    _t579 = 6*_t24
+    _t579 = 6.0*_t24
     _t580 = null1_2*null7_2
     _t581 = _t240*null8_0
     _t582 = _t60*null5_2
     _t583 = _t234*null8_2
-    _t584 = 3*_t115
+    _t584 = 3.0*_t115
     _t585 = _t213*null2_3
     _t586 = _t27*null4_3
     _t587 = _t27*null5_3
     _t588 = _t33*null5_3
-    _t589 = 2*null8_3
+    _t589 = 2.0*null8_3
     _t590 = null1_3*null7_1
     _t591 = _t223*null2_3
     _t592 = _t20*null4_3
@@ -1177,25 +1177,25 @@ def _reduced_coefficients(_p):
     _t605 = null1_3*null8_0
     _t606 = _t122*null5_3
     _t607 = _t273*null8_3
-    _t608 = 3*_t201
-    _t609 = 2*null8_0
+    _t608 = 3.0*_t201
+    _t609 = 2.0*null8_0
     _t610 = _t208*null7_1
-    _t611 = 3*_t14
-    _t612 = 2*null8_1
-    _t613 = 3*_t56
+    _t611 = 3.0*_t14
+    _t612 = 2.0*null8_1
+    _t613 = 3.0*_t56
     _t614 = _t220*null1_1
     _t615 = _t213*null1_2
     _t616 = _t208*null7_2
     _t617 = _t223*null1_2
-    _t618 = 6*_t25
-    _t619 = 3*_t116
+    _t618 = 6.0*_t25
+    _t619 = 3.0*_t116
     _t620 = _t208*null7_3
     _t621 = _t205*null3_3
     _t622 = null1_3*null8_1
     _t623 = _t211*null3_3
     _t624 = _t229*null3_3
-    _t625 = 6*_t601
-    _t626 = 3*_t202
+    _t625 = 6.0*_t601
+    _t626 = 3.0*_t202
     return torch.stack(
         [
             (
@@ -1951,7 +1951,7 @@ def _reduced_coefficients(_p):
                 + _t208*_t361 - _t236*_t279 - _t239*_t279 - _t240*_t275 + _t240*_t287 + _t240*_t347
                 + _t250*_t279 + _t257*null3_3 - _t267*_t83 + _t27*_t300 + _t27*_t366 + _t27*_t466
                 + _t27*_t467 + _t277*_t61 + _t279*_t299 + _t350*_t60 + _t440*null7_3 - _t442*null8_3
-                + _t443*null7_3 + 6*_t444*null4_3 + _t450*null5_3 + _t454*_t60 + _t455*_t60
+                + _t443*null7_3 + 6.0*_t444*null4_3 + _t450*null5_3 + _t454*_t60 + _t455*_t60
                 + _t456*null3_2 + _t458*null7_2 + _t461*null7_2 - _t468*null8_0 + _t469*null5_2
                 - _t470*null8_0 + _t471*null7_0 + _t472*null7_0 - _t62*null4_3
             ),
@@ -2121,7 +2121,7 @@ def _reduced_coefficients(_p):
                 + _t22*_t466 + _t223*_t305 + _t223*_t307 + _t249*_t288 + _t249*_t290 - _t249*_t354
                 + _t251*_t286 + _t253*_t286 - _t264*_t286 - _t283*_t61 - _t286*_t311 - _t351*_t83
                 + _t353*_t60 + _t447*null7_3 + _t448*null8_3 + _t460*_t61 + _t464*null7_2
-                + 6*_t467*null5_1 + _t468*null7_1 + _t470*null7_1 + _t471*null8_1 + _t472*null8_1
+                + 6.0*_t467*null5_1 + _t468*null7_1 + _t470*null7_1 + _t471*null8_1 + _t472*null8_1
                 + _t484*null8_3 + _t485*null8_3 + _t493*_t61 + _t494*null8_2 + _t495*null8_2
                 + _t496*null4_2 + _t497*null8_1 + _t498*null8_1 - _t97*null5_3
             ),
@@ -2278,7 +2278,7 @@ def _reduced_coefficients(_p):
                 - _t68*null1_3 - _t70*null2_3 - _t72*null2_3
             ),
             (
-                -_t128*_t310 + _t128*_t427 + _t144*null7_2 - _t149*null2_2 + 6*_t157*null6_1
+                -_t128*_t310 + _t128*_t427 + _t144*null7_2 - _t149*null2_2 + 6.0*_t157*null6_1
                 + _t158*null7_1 + _t159*null8_1 + _t161*null1_1 + _t162*null2_1 + _t163*null7_1
                 + _t164*null8_1 + _t166*null1_1 + _t167*null2_1 + _t20*_t552 + _t241*null6_3
                 + _t242*null0_3 - _t28*_t366 + _t28*_t466 - _t28*null4_2*null4_3 + _t336*null0_3
@@ -2433,7 +2433,7 @@ def _reduced_coefficients(_p):
                 _t119*null6_2 + _t124*null7_2 - _t125*null0_2 + _t130*null0_2 + _t183*null7_0
                 - _t205*_t552 + _t213*_t594 + _t213*_t595 - _t229*_t422 - _t232*null7_3
                 + _t235*null2_3 + _t237*null1_3 - _t271*null7_2 + _t274*null2_2 + _t276*null1_2
-                + _t286*_t90 - _t293*null7_0 + _t295*null1_0 + 6*_t300*null7_0 - _t313*null7_0
+                + _t286*_t90 - _t293*null7_0 + _t295*null1_0 + 6.0*_t300*null7_0 - _t313*null7_0
                 + _t358*null1_0 + _t385*null3_3 + _t386*null3_3 + _t402*_t66 + _t405*null3_2
                 + _t406*null3_2 + _t424*null3_0 + _t442*null5_3 + _t443*null4_3 + _t450*null8_3
                 + _t457*null5_2 + _t561*_t601 - _t568*null7_3 + _t569*null7_3 + _t57*null6_3
@@ -2443,7 +2443,7 @@ def _reduced_coefficients(_p):
             ),
             (
                 _t135*null6_2 - _t138*null0_2 - _t211*_t552 + _t223*_t594 + _t223*_t595
-                - _t229*_t547 + 6*_t246*null7_3 + _t248*null2_3 + _t249*_t590 + _t252*null1_3
+                - _t229*_t547 + 6.0*_t246*null7_3 + _t248*null2_3 + _t249*_t590 + _t252*null1_3
                 + _t254*null1_3 - _t255*null7_3 + _t28*_t417 + _t28*_t420 + _t285*null2_2
                 + _t289*null1_2 - _t292*null7_2 - _t293*null7_1 + _t295*null1_1 - _t313*null7_1
                 + _t336*null1_3 + _t352*null1_2 + _t358*null1_1 + _t393*null3_3 + _t409*_t66

@@ -141,6 +141,8 @@ def reverse_mode_vjp(equations, weights, parameters):
             backward.append((adjoint, sp.Add(*terms.pop(symbol))))
             accumulate(expr, adjoint)
     outputs = [sp.Add(*terms.get(a, [])) for a in parameters]
+    backward = [(symbol, sp.factor_terms(expr)) for symbol, expr in backward]  # 2 a - 2 b -> 2 (a - b)
+    outputs = [sp.factor_terms(expr) for expr in outputs]
 
     # Keep the forward assignments that the backward pass reads.
     needed = set().union(*(e.free_symbols for _, e in backward), *(e.free_symbols for e in outputs))
