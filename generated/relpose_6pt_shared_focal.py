@@ -1699,19 +1699,17 @@ def _tables(device, dtype):
 # -- Evaluating the equations at a batch of points ------------------------------------------------
 
 
-def _monomials(x, system, below_top=False, entry_major=False):
-    """The system's monomials at x, degree by degree (only those below the top degree if
-    `below_top`): [..., N] -> [..., P], or [N, points] -> [P, points] if `entry_major` (gathering
-    rows of that layout is much faster for long monomial lists)."""
-    if entry_major:
-        axis, take, level = 0, lambda t, index: t.index_select(0, index), torch.ones_like(x[:1])
-    else:
-        axis, take, level = -1, lambda t, index: t[..., index], torch.ones_like(x[..., :1])
+def _monomials(x, system, below_top=False):
+    """The system's monomials at points x [points, N], degree by degree (only those below the
+    top degree if `below_top`), entry-major: [P, points] (gathering rows of that layout is much
+    faster than gathering columns of [points, P])."""
+    x = x.t().contiguous()
+    level = torch.ones_like(x[:1])
     out = [level]
     for parents, unknowns in system["levels"][:-1] if below_top else system["levels"]:
-        level = take(level, parents) * take(x, unknowns)
+        level = level.index_select(0, parents) * x.index_select(0, unknowns)
         out.append(level)
-    return torch.cat(out, dim=axis)
+    return torch.cat(out, dim=0)
 
 
 def _evaluate(c, x, system, jacobian=False, residual=True):
@@ -1726,7 +1724,9 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
     batch, slots = x.shape[:2]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
     if system["dense"]:
-        monomials = _monomials(x, system, below_top=not residual).transpose(1, 2)  # [B, P, S]
+        # Built entry-major (row gathers), then [B, P, S] for the matrix products.
+        monomials = _monomials(x.reshape(-1, n), system, below_top=not residual)
+        monomials = monomials.view(len(monomials), batch, slots).permute(1, 0, 2).contiguous()  # [B, P, S]
         h = scale = None
         if residual:
             matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
@@ -1738,7 +1738,7 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
         derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
         dh = (derivative.view(batch, k * n, p)[:, :, : monomials.shape[1]] @ monomials).transpose(1, 2)
         return h, scale, dh.unflatten(-1, (k, n))
-    monomials = _monomials(x.reshape(-1, n).t(), system, below_top=not residual, entry_major=True)  # [P, B * S]
+    monomials = _monomials(x.reshape(-1, n), system, below_top=not residual)  # [P, B * S]
     # Constant coefficients: matrix products; the others: gathered terms.
     h = scale = None
     if residual:
@@ -2051,12 +2051,32 @@ def _solve(a, settings):
     return x, valid.gather(1, order), c
 
 
+def _gram_solve(gram, rhs):
+    """gram^-1 rhs for symmetric positive definite [P, N, N], [P, N]; whether gram is invertible,
+    and an estimate of sqrt(cond(gram)) (the condition number of the matrix whose Gram it is).
+
+    Up to 3 x 3 in closed form, with the estimate sqrt(||G||_F ||G^-1||_F). Larger: Cholesky
+    G = L L^T and L^-1, with the estimate sqrt(||G||_F trace(G^-1)) = sqrt(||G||_F) ||L^-1||_F (an
+    upper bound of the former, within a factor N^(1/4)).
+    """
+    if gram.shape[-1] <= 3:
+        inverse, invertible = _small_inverse(gram)
+        condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
+        return (inverse @ rhs.unsqueeze(-1)).squeeze(-1), invertible, condition
+    factor, info = torch.linalg.cholesky_ex(gram)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device).expand_as(factor)
+    inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # L^-1
+    solution = (inverse.transpose(-1, -2) @ (inverse @ rhs.unsqueeze(-1))).squeeze(-1)
+    condition = torch.linalg.matrix_norm(gram).sqrt() * torch.linalg.matrix_norm(inverse)
+    return solution, info == 0, condition
+
+
 def _implicit_vjp(a, x, valid, c, grad, cond_max):
     """Gradient wrt the parameters of <grad, solutions> by the implicit function theorem.
 
     Per valid solution that receives a non-zero gradient, with J = dh/dx (K x N, rows scaled to
     unit norm): w = J^-T grad when K == N, and w = J (J^T J)^-1 grad when K > N (Theorem 1 of
-    MinBackProp; a Cholesky factorization of the column-equilibrated J^T J); then
+    MinBackProp, with the column-equilibrated J^T J: `_gram_solve`); then
     d<grad, x>/da = -sum_k w_k dh_k/da. Solutions whose Jacobian is singular or whose estimated
     condition number exceeds `cond_max` contribute zero; their number is returned with the
     gradient.
@@ -2082,7 +2102,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
         x = x.reshape(-1, _N).index_select(0, pairs)
     else:  # terms per point anyway: only the pairs
         x = x.reshape(-1, _N).index_select(0, pairs)
-        monomials = _monomials(x.t(), system, below_top=True, entry_major=True)
+        monomials = _monomials(x, system, below_top=True)
         factor = _derivative_factors(c, system).index_select(0, instance)
         jacobian = _sparse_jacobian(monomials, factor, system).view(-1, _K, _N)
     a = a.index_select(0, instance)
@@ -2096,19 +2116,12 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
         condition = torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(inverse)
         w = (inverse.transpose(-1, -2) @ (g / column).unsqueeze(-1)).squeeze(-1)
     else:
-        # G = J^T J = D^-1 L L^T D^-1 with D = diag(G)^-1/2; u = G^-1 g = D L^-T L^-1 D g.
+        # G = J^T J = D^-1 G' D^-1 with D = diag(G)^-1/2 (G' has a unit diagonal); u = G^-1 g.
         gram = jacobian.transpose(-1, -2) @ jacobian
         column = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(tiny).rsqrt()  # D
         gram = gram * column.unsqueeze(-1) * column.unsqueeze(-2)
-        factor, info = torch.linalg.cholesky_ex(gram)
-        eye = torch.eye(_N, dtype=a.dtype, device=a.device).expand_as(factor)
-        inverse = torch.linalg.solve_triangular(factor, eye, upper=False)  # L^-1
-        u = (inverse.transpose(-1, -2) @ (inverse @ (g * column).unsqueeze(-1))).squeeze(-1) * column
-        w = (jacobian @ u.unsqueeze(-1)).squeeze(-1)
-        invertible = info == 0
-        # cond(J D)^2 = cond(D G D), estimated by ||D G D||_F trace((D G D)^-1) = ||.||_F ||L^-1||_F^2
-        # (an upper bound of the Frobenius estimate, within a factor N^(1/4)).
-        condition = torch.linalg.matrix_norm(gram).sqrt() * torch.linalg.matrix_norm(inverse)
+        u, invertible, condition = _gram_solve(gram, g * column)
+        w = (jacobian @ (u * column).unsqueeze(-1)).squeeze(-1)
     good = usable & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
     skipped = (usable & ~good).sum()
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
