@@ -2125,7 +2125,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     row = torch.linalg.vector_norm(jacobian, dim=-1).clamp_min(tiny)  # [P, K]
     jacobian = jacobian.div_(row.unsqueeze(-1))  # (a fresh tensor in both branches)
     if _K == _N:
-        column = jacobian.square().sum(dim=-2).sqrt().clamp_min(tiny)
+        column = torch.linalg.vector_norm(jacobian, dim=-2).clamp_min(tiny)
         scaled = jacobian / column.unsqueeze(-2)
         inverse, invertible = _small_inverse(scaled)
         condition = torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(inverse)
