@@ -128,6 +128,7 @@ class AccuracyRow:
 @dataclass
 class BackwardRow:
     problem: str
+    loss: str  # a key of BACKWARD_LOSSES
     mode: str  # "ift" or "autograd"
     batch: int
     forward_backward_ms: float  # median
@@ -143,9 +144,12 @@ class BackwardRow:
 @dataclass
 class BackwardRatio:
     problem: str
+    loss: str
     batch: int
     forward_backward: float  # autograd / ift: > 1 means IFT is faster
-    backward: float
+    backward: float  # of the medians
+    backward_paired_p25: float  # quartiles of autograd / ift over the alternating backward calls
+    backward_paired_p75: float
     saved_bytes: float  # autograd / ift: > 1 means IFT saves less
     cuda_backward_peak: float | None
 
@@ -403,93 +407,115 @@ def saved_bytes_of(fn) -> int:
     return sum(storages.values())
 
 
-def bench_backward_mode(case: Case, mode: str, config: Config) -> BackwardRow:
+BACKWARD_LOSSES = {
+    "all": "sum over all valid solutions of fixed random weights times the solutions",
+    "selected": "fixed random weights times the valid solution closest to the ground truth (`Solver.select`, "
+                "up to sign where the problem has a sign gauge): MinBackProp's training setting",
+}
+
+
+def bench_backward(case: Case, config: Config, results: Results) -> None:
+    """IFT vs autograd for each loss in BACKWARD_LOSSES ("selected" needs ground truth). The two
+    modes are timed alternately, call by call, so that machine noise hits both alike."""
     device, batch = config.device, config.backward_batch
     sync = synchronizer(device)
-    solver = case.module.Solver(backward=mode)
     base = torch.from_numpy(case.params[:batch]).to(device)
     generator = torch.Generator().manual_seed(config.seed)
     weights = torch.randn(case.module.NUM_SOLUTIONS, len(case.module.UNKNOWN_NAMES), generator=generator,
                           dtype=torch.float64).to(device)
+    reference = torch.from_numpy(case.truth[:batch]).to(device) if case.truth is not None else None
+    solvers = {mode: case.module.Solver(backward=mode) for mode in ("ift", "autograd")}
+    for loss_name in BACKWARD_LOSSES:
+        if loss_name == "selected" and reference is None:
+            continue
 
-    def forward():
-        params = base.clone().requires_grad_(True)
-        solutions, valid = solver(params)
-        loss = (solutions * weights * valid.unsqueeze(-1)).sum()  # valid solutions, fixed weights
-        return params, loss
+        def forward(solver):
+            params = base.clone().requires_grad_(True)
+            solutions, valid = solver(params)
+            if loss_name == "all":
+                loss = (solutions * weights * valid.unsqueeze(-1)).sum()
+            else:
+                picked, found = solver.select(solutions, valid, reference=reference)
+                loss = (picked * weights[0]).sum()
+            return params, loss
 
-    nonfinite_runs = nonfinite_instances = runs = 0
+        counts = {mode: [0, 0, 0] for mode in solvers}  # runs, runs with a non-finite entry, instances
 
-    def check(params):
-        nonlocal nonfinite_runs, nonfinite_instances, runs
-        bad = ~torch.isfinite(params.grad).all(dim=-1)
-        count = int(bad.sum())
-        runs += 1
-        nonfinite_runs += count > 0
-        nonfinite_instances += count
+        def check(mode, params):
+            bad = int((~torch.isfinite(params.grad).all(dim=-1)).sum())
+            counts[mode][0] += 1
+            counts[mode][1] += bad > 0
+            counts[mode][2] += bad
 
-    def forward_backward():
-        params, loss = forward()
-        loss.backward()
-        return params
+        def forward_backward(solver):
+            params, loss = forward(solver)
+            loss.backward()
+            return params
 
-    # Forward + backward: at least backward_repeats runs and min_time seconds (at most 4x the runs).
-    limit = 4 * config.backward_repeats
-    timing, _ = time_calls(forward_backward, config, min_repeats=config.backward_repeats, max_repeats=limit)
-    check(forward_backward())
+        for mode, solver in solvers.items():  # warm-up
+            check(mode, forward_backward(solver))
+        # Alternate the modes: at least backward_repeats runs each and min_time seconds in all
+        # (at most 4x the runs). Forward + backward, then the backward alone (forward not timed).
+        full = {mode: [] for mode in solvers}
+        alone = {mode: [] for mode in solvers}
+        limit, started = 4 * config.backward_repeats, time.perf_counter()
+        while len(full["ift"]) < config.backward_repeats or (
+                len(full["ift"]) < limit and time.perf_counter() - started < 2 * config.min_time):
+            for mode, solver in solvers.items():
+                sync()
+                t0 = time.perf_counter()
+                forward_backward(solver)
+                sync()
+                full[mode].append(time.perf_counter() - t0)
+                params, loss = forward(solver)
+                sync()
+                t0 = time.perf_counter()
+                loss.backward()
+                sync()
+                alone[mode].append(time.perf_counter() - t0)
+                check(mode, params)
 
-    # Backward alone: the forward of each run is not timed.
-    times = []
-    while len(times) < config.backward_repeats or (len(times) < limit and sum(times) < config.min_time):
-        params, loss = forward()
-        sync()
-        t0 = time.perf_counter()
-        loss.backward()
-        sync()
-        times.append(time.perf_counter() - t0)
-        check(params)
-
-    # Memory: storages saved for backward by the solver call, and the CUDA peak of a backward.
-    saved = saved_bytes_of(lambda: solver(base.clone().requires_grad_(True)))
-    peak = None
-    if device.startswith("cuda"):
-        params, loss = forward()
-        sync()
-        start = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        loss.backward()
-        sync()
-        peak = int(torch.cuda.max_memory_allocated() - start)
-        check(params)
-    ill = solver.ill_conditioned
-    return BackwardRow(
-        case.name, mode, batch, timing.median * 1e3, float(np.median(times)) * 1e3, saved, peak, runs,
-        nonfinite_runs, nonfinite_instances, int(ill) if ill is not None else None,
-    )
-
-
-def bench_backward(case: Case, config: Config, results: Results) -> None:
-    rows = {}
-    for mode in ("ift", "autograd"):
-        row = bench_backward_mode(case, mode, config)
-        rows[mode] = row
-        results.backward.append(row)
-        log(
-            f"  backward {case.name:27s} {mode:8s} batch {row.batch}: fwd+bwd {row.forward_backward_ms:9.2f} ms, "
-            f"bwd {row.backward_ms:9.2f} ms, saved {row.saved_bytes / 2**20:8.2f} MiB, "
-            f"non-finite runs {row.nonfinite_runs}/{row.runs}"
+        rows = {}
+        for mode, solver in solvers.items():
+            # Memory: storages saved for backward by the solver call, and the CUDA peak of a backward.
+            saved = saved_bytes_of(lambda: solver(base.clone().requires_grad_(True)))
+            peak = None
+            if device.startswith("cuda"):
+                params, loss = forward(solver)
+                sync()
+                start = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                loss.backward()
+                sync()
+                peak = int(torch.cuda.max_memory_allocated() - start)
+                check(mode, params)
+            ill = solver.ill_conditioned
+            runs, nonfinite_runs, nonfinite_instances = counts[mode]
+            row = BackwardRow(
+                case.name, loss_name, mode, batch, float(np.median(full[mode])) * 1e3,
+                float(np.median(alone[mode])) * 1e3, saved, peak, runs, nonfinite_runs, nonfinite_instances,
+                int(ill) if ill is not None else None,
+            )
+            rows[mode] = row
+            results.backward.append(row)
+            log(
+                f"  backward {case.name:27s} {loss_name:8s} {mode:8s} batch {row.batch}: "
+                f"fwd+bwd {row.forward_backward_ms:9.2f} ms, bwd {row.backward_ms:9.2f} ms, "
+                f"saved {row.saved_bytes / 2**20:8.2f} MiB, non-finite runs {row.nonfinite_runs}/{row.runs}"
+            )
+        ift, auto = rows["ift"], rows["autograd"]
+        paired = np.array(alone["autograd"]) / np.array(alone["ift"])
+        results.backward_ratios.append(
+            BackwardRatio(
+                case.name, loss_name, ift.batch,
+                auto.forward_backward_ms / ift.forward_backward_ms,
+                auto.backward_ms / ift.backward_ms,
+                float(np.percentile(paired, 25)), float(np.percentile(paired, 75)),
+                auto.saved_bytes / max(ift.saved_bytes, 1),
+                auto.cuda_backward_peak_bytes / max(ift.cuda_backward_peak_bytes, 1)
+                if ift.cuda_backward_peak_bytes is not None else None,
+            )
         )
-    ift, auto = rows["ift"], rows["autograd"]
-    results.backward_ratios.append(
-        BackwardRatio(
-            case.name, ift.batch,
-            auto.forward_backward_ms / ift.forward_backward_ms,
-            auto.backward_ms / ift.backward_ms,
-            auto.saved_bytes / max(ift.saved_bytes, 1),
-            auto.cuda_backward_peak_bytes / max(ift.cuda_backward_peak_bytes, 1)
-            if ift.cuda_backward_peak_bytes is not None else None,
-        )
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -966,22 +992,25 @@ def markdown(results: Results) -> str:
         "",
         "## Backward",
         "",
-        f"Batch {c['backward_batch']}, float64, loss = sum over valid solutions of fixed random weights times the "
-        "solutions. IFT: the generated implicit-function backward; autograd: backpropagation through the "
-        "forward computation (template solve, eigendecomposition, Newton steps). Times are medians in ms; "
-        "ratios are autograd / IFT (> 1: IFT is cheaper). Saved: unique storages saved for backward by "
-        "the solver call. Non-finite: autograd/IFT runs whose gradient had a non-finite entry.",
+        f"Batch {c['backward_batch']}, float64. Losses: "
+        + "; ".join(f"**{name}**: {text}" for name, text in BACKWARD_LOSSES.items())
+        + ". IFT: the generated implicit-function backward; autograd: backpropagation through the "
+        "forward computation (template solve, eigendecomposition, Newton steps). The two are timed "
+        "alternately, call by call. Times are medians in ms; ratios are autograd / IFT (> 1: IFT is "
+        "cheaper), of the medians, with the quartiles of the per-call ratios. Saved: unique storages "
+        "saved for backward by the solver call. Non-finite: runs whose gradient had a non-finite entry.",
         "",
     ]
-    by_mode = {(r.problem, r.mode): r for r in results.backward}
+    by_mode = {(r.problem, r.loss, r.mode): r for r in results.backward}
     rows = []
     has_cuda = any(r.cuda_backward_peak_bytes is not None for r in results.backward)
     for ratio in results.backward_ratios:
-        ift, auto = by_mode[(ratio.problem, "ift")], by_mode[(ratio.problem, "autograd")]
+        ift, auto = (by_mode[(ratio.problem, ratio.loss, mode)] for mode in ("ift", "autograd"))
         row = [
-            ratio.problem,
+            ratio.problem, ratio.loss,
             fmt(ift.forward_backward_ms), fmt(auto.forward_backward_ms), fmt(ratio.forward_backward, ".3g"),
             fmt(ift.backward_ms), fmt(auto.backward_ms), fmt(ratio.backward, ".3g"),
+            f"{ratio.backward_paired_p25:.3g}-{ratio.backward_paired_p75:.3g}",
             fmt(ift.saved_bytes / 2**20), fmt(auto.saved_bytes / 2**20), fmt(ratio.saved_bytes, ".3g"),
         ]
         if has_cuda:
@@ -989,8 +1018,8 @@ def markdown(results: Results) -> str:
                     fmt(ratio.cuda_backward_peak, ".3g")]
         row += [f"{ift.nonfinite_runs}/{ift.runs}", f"{auto.nonfinite_runs}/{auto.runs}", str(ift.ill_conditioned)]
         rows.append(row)
-    header = ["problem", "IFT fwd+bwd", "autograd fwd+bwd", "ratio", "IFT bwd", "autograd bwd", "ratio",
-              "IFT saved MiB", "autograd saved MiB", "ratio"]
+    header = ["problem", "loss", "IFT fwd+bwd", "autograd fwd+bwd", "ratio", "IFT bwd", "autograd bwd", "ratio",
+              "per-call ratio (quartiles)", "IFT saved MiB", "autograd saved MiB", "ratio"]
     if has_cuda:
         header += ["IFT bwd peak MiB", "autograd bwd peak MiB", "ratio"]
     header += ["non-finite IFT", "non-finite autograd", "IFT ill-conditioned"]

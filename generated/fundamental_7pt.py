@@ -928,20 +928,25 @@ def _solve(a, settings):
 
 def _gram_solve(gram, rhs):
     """gram^-1 rhs for symmetric positive definite [P, N, N], [P, N]; whether gram is invertible,
-    and an estimate of sqrt(cond(gram)) (the condition number of the matrix whose Gram it is).
+    and an upper bound of the condition number cond_2(J D) of the matrix J whose Gram it is,
+    after column equilibration (D = diag(gram)^-1/2, so that D gram D has a unit diagonal).
 
-    Up to 3 x 3 in closed form, with the estimate sqrt(||G||_F ||G^-1||_F). Larger: Cholesky
-    G = L L^T and L^-1, with the estimate sqrt(||G||_F trace(G^-1)) = sqrt(||G||_F) ||L^-1||_F (an
-    upper bound of the former, within a factor N^(1/4)).
+    No explicit equilibration is needed: the Cholesky factorization and the closed-form inverse
+    are invariant under diagonal scaling. Up to 3 x 3 in closed form, with the bound
+    sqrt(||G'||_F ||G'^-1||_F), G' = D gram D. Larger: gram = L L^T by Cholesky and L^-1, with the
+    bound sqrt(N trace(G'^-1)) = sqrt(N) ||L^-1 D^-1||_F (||G'||_2 <= trace(G') = N).
     """
+    diagonal = torch.diagonal(gram, dim1=-2, dim2=-1)  # D^-2
     if gram.shape[-1] <= 3:
         inverse, invertible = _small_inverse(gram)
-        condition = (torch.linalg.matrix_norm(gram) * torch.linalg.matrix_norm(inverse)).sqrt()
+        scale = diagonal.rsqrt()
+        outer = scale.unsqueeze(-1) * scale.unsqueeze(-2)
+        condition = (torch.linalg.matrix_norm(gram * outer) * torch.linalg.matrix_norm(inverse / outer)).sqrt()
         return (inverse @ rhs.unsqueeze(-1)).squeeze(-1), invertible, condition
     inverse, info = _per_matrix(_inverse_cholesky_factor, gram)
     solution = (inverse.transpose(-1, -2) @ (inverse @ rhs.unsqueeze(-1))).squeeze(-1)
-    condition = torch.linalg.matrix_norm(gram).sqrt() * torch.linalg.matrix_norm(inverse)
-    return solution, info == 0, condition
+    trace = (inverse.square().sum(dim=-2) * diagonal).sum(dim=-1)  # trace(G'^-1)
+    return solution, info == 0, (gram.shape[-1] * trace).sqrt()
 
 
 def _inverse_cholesky_factor(gram):
@@ -956,7 +961,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
 
     Per valid solution that receives a non-zero gradient, with J = dh/dx (K x N, rows scaled to
     unit norm): w = J^-T grad when K == N, and w = J (J^T J)^-1 grad when K > N (Theorem 1 of
-    MinBackProp, with the column-equilibrated J^T J: `_gram_solve`); then
+    MinBackProp, by `_gram_solve`); then
     d<grad, x>/da = -sum_k w_k dh_k/da. Solutions whose Jacobian is singular or whose estimated
     condition number exceeds `cond_max` contribute zero; their number is returned with the
     gradient.
@@ -986,7 +991,8 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
         factor = _derivative_factors(c, system).index_select(0, instance)
         jacobian = _sparse_jacobian(monomials, factor, system).view(-1, _K, _N)
     a = a.index_select(0, instance)
-    # Rows of J scaled to unit norm (this scales w, not the result), then columns.
+    # Rows of J scaled to unit norm (this scales w, not the result); condition numbers are those
+    # of J with equilibrated columns.
     row = torch.linalg.vector_norm(jacobian, dim=-1).clamp_min(tiny)  # [P, K]
     jacobian = jacobian.div_(row.unsqueeze(-1))  # (a fresh tensor in both branches)
     if _K == _N:
@@ -996,16 +1002,11 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
         condition = torch.linalg.matrix_norm(scaled) * torch.linalg.matrix_norm(inverse)
         w = (inverse.transpose(-1, -2) @ (g / column).unsqueeze(-1)).squeeze(-1)
     else:
-        # G = J^T J = D^-1 G' D^-1 with D = diag(G)^-1/2 (G' has a unit diagonal); u = G^-1 g.
-        gram = jacobian.transpose(-1, -2) @ jacobian
-        column = torch.diagonal(gram, dim1=-2, dim2=-1).clamp_min(tiny).rsqrt()  # D
-        gram = gram * column.unsqueeze(-1) * column.unsqueeze(-2)
-        u, invertible, condition = _gram_solve(gram, g * column)
-        w = (jacobian @ (u * column).unsqueeze(-1)).squeeze(-1)
+        u, invertible, condition = _gram_solve(jacobian.transpose(-1, -2) @ jacobian, g)
+        w = (jacobian @ u.unsqueeze(-1)).squeeze(-1)
     good = usable & invertible & (condition <= cond_max) & torch.isfinite(w).all(dim=-1)
     skipped = (usable & ~good).sum()
-    w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row
-    a = torch.where(good.unsqueeze(-1), a, torch.zeros_like(a))  # unused pairs give exactly zero
+    w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row  # unused pairs: w = 0
     contribution = -_parameter_vjp(x, a, w)
     contribution = torch.where(good.unsqueeze(-1), contribution, torch.zeros_like(contribution))
     return contribution.new_zeros(batch, _M).index_add(0, instance, contribution), skipped
