@@ -2499,32 +2499,45 @@ def _monomials(x, system, below_top=False):
     return torch.cat(out, dim=0)
 
 
-def _evaluate(c, x, system, jacobian=False, residual=True):
+def _prepare(c, system):
+    """What `_evaluate` needs from the coefficients alone, built once for several sets of points
+    (the Newton steps): c [B, n_coefficients] -> a dict. Dense systems: the coefficient matrices
+    C [B, K, P], |C| and D [B, K * N, P] (dh_k/dx_n = D[k * N + n] . monomials); sparse ones:
+    the varying derivative factors."""
+    if not system["dense"]:
+        return {"c": c, "factor": _derivative_factors(c, system)}
+    batch = c.shape[0]
+    k, n, p = system["equations"], system["unknowns"], system["monomials"]
+    matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+    factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
+    derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+    return {"c": c, "matrix": matrix, "abs": matrix.abs(), "derivative": derivative.view(batch, k * n, p)}
+
+
+def _evaluate(prepared, x, system, jacobian=False, residual=True):
     """h(x) and the size of its terms (sum_j |c_j x^alpha_j|) unless `residual` is False, and
     dh/dx if `jacobian`.
 
-    c [B, n_coefficients] (the system's coefficients), x [B, S, N] -> [B, S, K] twice and
-    [B, S, K, N] (None for what is not asked). Dense systems use batched matrix products with
-    C[k, p] and D[k * N + n, p]; sparse ones gather their terms in an entry-major layout (rows of
+    prepared: `_prepare(c, system)` (c [B, n_coefficients], the system's coefficients);
+    x [B, S, N] -> [B, S, K] twice and [B, S, K, N] (None for what is not asked). Dense systems use
+    batched matrix products; sparse ones gather their terms in an entry-major layout (rows of
     [terms, points]).
     """
     batch, slots = x.shape[:2]
-    k, n, p = system["equations"], system["unknowns"], system["monomials"]
+    k, n = system["equations"], system["unknowns"]
     if system["dense"]:
         # Built entry-major (row gathers), then [B, P, S] for the matrix products.
         monomials = _monomials(x.reshape(-1, n), system, below_top=not residual)
         monomials = monomials.view(len(monomials), batch, slots).permute(1, 0, 2).contiguous()  # [B, P, S]
         h = scale = None
         if residual:
-            matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
-            h = (matrix @ monomials).transpose(1, 2)
-            scale = (matrix.abs() @ monomials.abs()).transpose(1, 2)
+            h = (prepared["matrix"] @ monomials).transpose(1, 2)
+            scale = (prepared["abs"] @ monomials.abs()).transpose(1, 2)
         if not jacobian:
             return h, scale, None
-        factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
-        derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
-        dh = (derivative.view(batch, k * n, p)[:, :, : monomials.shape[1]] @ monomials).transpose(1, 2)
+        dh = (prepared["derivative"][:, :, : monomials.shape[1]] @ monomials).transpose(1, 2)
         return h, scale, dh.unflatten(-1, (k, n))
+    c = prepared["c"]
     monomials = _monomials(x.reshape(-1, n), system, below_top=not residual)  # [P, B * S]
     # Constant coefficients: matrix products; the others: gathered terms.
     h = scale = None
@@ -2542,7 +2555,7 @@ def _evaluate(c, x, system, jacobian=False, residual=True):
         scale = scale.t().contiguous().view(batch, slots, k)
     if not jacobian:
         return h, scale, None
-    factor = _derivative_factors(c, system)
+    factor = prepared["factor"]
     if slots > 1:
         factor = factor.repeat_interleave(slots, dim=0)
     return h, scale, _sparse_jacobian(monomials, factor, system).view(batch, slots, k, n)
@@ -2625,7 +2638,8 @@ def _polish(c, x, active, steps, system):
     """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
     `active` points; a step is kept only where it lowers the relative residual.
     Returns the points and their relative residual."""
-    h, scale, jacobian = _evaluate(c, x, system, jacobian=True)
+    prepared = _prepare(c, system)
+    h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
     identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
     for step in range(steps):
@@ -2641,7 +2655,7 @@ def _polish(c, x, active, steps, system):
             delta = _small_solve(transposed @ scaled, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
         candidate = x - delta
         last = step == steps - 1
-        h1, scale1, jacobian1 = _evaluate(c, candidate, system, jacobian=not last)
+        h1, scale1, jacobian1 = _evaluate(prepared, candidate, system, jacobian=not last)
         error1 = _relative_error(h1, scale1)
         better = error1 < error  # False where error1 is NaN
         x = torch.where(better.unsqueeze(-1), candidate, x)
@@ -2800,12 +2814,16 @@ def _read_off(eigenvalues, vectors, reduced, tables):
     """Unknowns from the real eigenvectors v (columns of `vectors`, the basis monomials at a
     solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs, which
     the large entries dominate (accurate also for solutions far from the origin)."""
+    batch = vectors.shape[0]
     values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, S + T, S]
-    pairs = tables["read_pairs"]
-    numerator = torch.stack([(vectors * (pairs[n] @ values)).sum(1) for n in range(_TEMPLATE_UNKNOWNS)], -1)
+    pairs = tables["read_pairs"]  # [n, S, S + T]
+    # sum_ij v_i P[n, i, j] values_j for every unknown n: one matrix product over all instances.
+    paired = pairs.flatten(0, 1) @ values.transpose(0, 1).reshape(_S + _NUM_REDUCED, batch * _S)
+    entry_major = vectors.transpose(0, 1).reshape(1, _S, batch * _S)  # v_i per (instance, slot)
+    numerator = (paired.view(_TEMPLATE_UNKNOWNS, _S, batch * _S) * entry_major).sum(1)  # [n, B * S]
     weight = vectors * vectors  # v_i^2, once for every pair (i, j) of an unknown
-    denominator = torch.stack([(pairs[n].sum(-1).unsqueeze(-1) * weight).sum(1) for n in range(_TEMPLATE_UNKNOWNS)], -1)
-    x = numerator / denominator
+    denominator = weight.transpose(1, 2) @ pairs.sum(-1).t()  # [B, S, n]
+    x = numerator.t().reshape(batch, _S, _TEMPLATE_UNKNOWNS) / denominator
     if _ACTION_VARIABLE >= 0:
         column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
         x = torch.where(column, eigenvalues.real.unsqueeze(-1), x)
@@ -2904,7 +2922,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     g = torch.where(usable.unsqueeze(-1), grad.index_select(0, pairs), torch.zeros_like(grad[:1]))
     tiny = torch.finfo(a.dtype).tiny
     if system["dense"]:  # matrix products per instance, then the pairs
-        _, _, jacobian = _evaluate(c, x, system, jacobian=True, residual=False)
+        _, _, jacobian = _evaluate(_prepare(c, system), x, system, jacobian=True, residual=False)
         jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
         x = x.reshape(-1, _N).index_select(0, pairs)
     else:  # terms per point anyway: only the pairs
