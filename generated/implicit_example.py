@@ -295,26 +295,33 @@ def _monomials(x, system, below_top=False):
     return torch.cat(out, dim=0)
 
 
-def _prepare(c, system):
-    """What `_evaluate` needs from the coefficients alone, built once for several sets of points
-    (the Newton steps): c [B, n_coefficients] -> a dict. Dense systems: the coefficient matrices
-    C [B, K, P], |C| and D [B, K * N, P] (dh_k/dx_n = D[k * N + n] . monomials); sparse ones:
-    the varying derivative factors."""
+def _prepare(c, system, residual=True, jacobian=False):
+    """What `_evaluate` needs from the coefficients alone for h (`residual`) and dh/dx
+    (`jacobian`), built once for several sets of points (the Newton steps): c [B, n_coefficients]
+    -> a dict. Dense systems: the coefficient matrices C [B, K, P] and |C|, and D [B, K * N, P]
+    (dh_k/dx_n = D[k * N + n] . monomials); sparse ones: the varying derivative factors."""
+    prepared = {"c": c}
     if not system["dense"]:
-        return {"c": c, "factor": _derivative_factors(c, system)}
+        if jacobian:
+            prepared["factor"] = _derivative_factors(c, system)
+        return prepared
     batch = c.shape[0]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
-    matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
-    factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
-    derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
-    return {"c": c, "matrix": matrix, "abs": matrix.abs(), "derivative": derivative.view(batch, k * n, p)}
+    if residual:
+        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+        prepared.update(matrix=matrix, abs=matrix.abs())
+    if jacobian:
+        factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
+        derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        prepared["derivative"] = derivative.view(batch, k * n, p)
+    return prepared
 
 
 def _evaluate(prepared, x, system, jacobian=False, residual=True):
     """h(x) and the size of its terms (sum_j |c_j x^alpha_j|) unless `residual` is False, and
     dh/dx if `jacobian`.
 
-    prepared: `_prepare(c, system)` (c [B, n_coefficients], the system's coefficients);
+    prepared: `_prepare(c, system, ...)` (c [B, n_coefficients]: the system's coefficients);
     x [B, S, N] -> [B, S, K] twice and [B, S, K, N] (None for what is not asked). Dense systems use
     batched matrix products; sparse ones gather their terms in an entry-major layout (rows of
     [terms, points]).
@@ -434,7 +441,7 @@ def _polish(c, x, active, steps, system):
     """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
     `active` points; a step is kept only where it lowers the relative residual.
     Returns the points and their relative residual."""
-    prepared = _prepare(c, system)
+    prepared = _prepare(c, system, jacobian=True)
     h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
     identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
@@ -755,7 +762,8 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     g = torch.where(usable.unsqueeze(-1), grad.index_select(0, pairs), torch.zeros_like(grad[:1]))
     tiny = torch.finfo(a.dtype).tiny
     if system["dense"]:  # matrix products per instance, then the pairs
-        _, _, jacobian = _evaluate(_prepare(c, system), x, system, jacobian=True, residual=False)
+        prepared = _prepare(c, system, residual=False, jacobian=True)
+        _, _, jacobian = _evaluate(prepared, x, system, jacobian=True, residual=False)
         jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
         x = x.reshape(-1, _N).index_select(0, pairs)
     else:  # terms per point anyway: only the pairs
