@@ -435,7 +435,7 @@ def bench_backward(case: Case, config: Config, results: Results) -> None:
             if loss_name == "all":
                 loss = (solutions * weights * valid.unsqueeze(-1)).sum()
             else:
-                picked, found = solver.select(solutions, valid, reference=reference)
+                picked, _ = solver.select(solutions, valid, reference=reference)
                 loss = (picked * weights[0]).sum()
             return params, loss
 
