@@ -425,6 +425,9 @@ def bench_backward(case: Case, config: Config, results: Results) -> None:
                           dtype=torch.float64).to(device)
     reference = torch.from_numpy(case.truth[:batch]).to(device) if case.truth is not None else None
     solvers = {mode: case.module.Solver(backward=mode) for mode in ("ift", "autograd")}
+    # Memory saved for backward by the solver call (the same for every loss).
+    saved = {mode: saved_bytes_of(lambda: solver(base.clone().requires_grad_(True)))
+             for mode, solver in solvers.items()}
     for loss_name in BACKWARD_LOSSES:
         if loss_name == "selected" and reference is None:
             continue
@@ -477,9 +480,7 @@ def bench_backward(case: Case, config: Config, results: Results) -> None:
 
         rows = {}
         for mode, solver in solvers.items():
-            # Memory: storages saved for backward by the solver call, and the CUDA peak of a backward.
-            saved = saved_bytes_of(lambda: solver(base.clone().requires_grad_(True)))
-            peak = None
+            peak = None  # CUDA: the peak of a backward
             if device.startswith("cuda"):
                 params, loss = forward(solver)
                 sync()
@@ -493,7 +494,7 @@ def bench_backward(case: Case, config: Config, results: Results) -> None:
             runs, nonfinite_runs, nonfinite_instances = counts[mode]
             row = BackwardRow(
                 case.name, loss_name, mode, batch, float(np.median(full[mode])) * 1e3,
-                float(np.median(alone[mode])) * 1e3, saved, peak, runs, nonfinite_runs, nonfinite_instances,
+                float(np.median(alone[mode])) * 1e3, saved[mode], peak, runs, nonfinite_runs, nonfinite_instances,
                 int(ill) if ill is not None else None,
             )
             rows[mode] = row
