@@ -2849,6 +2849,7 @@ _READ_VALUE = (
 
 _TABLES = {}
 _POOL = None
+_CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
 
 def _long(values, device):
@@ -3060,7 +3061,12 @@ def _relative_error(h, scale):
 def _per_matrix(fn, matrix):
     """fn(matrix) -> tuple of tensors, for a batch of small matrices that LAPACK decomposes one at
     a time (ATen loops over the batch on one thread). On the CPU the batch is split over the
-    intra-op threads (ATen releases the GIL): about 2x on 2 cores."""
+    intra-op threads (ATen releases the GIL): about 2x on 2 cores.
+
+    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
+    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
+    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
+    count is restored afterwards (set_num_threads also changes the default of new threads)."""
     global _POOL
     threads = torch.get_num_threads()
     if matrix.device.type == "cpu" and threads > 1 and matrix.shape[0] >= 256 and not matrix.requires_grad:
@@ -3068,8 +3074,14 @@ def _per_matrix(fn, matrix):
             from concurrent.futures import ThreadPoolExecutor
 
             _POOL = ThreadPoolExecutor(threads)
-        parts = list(_POOL.map(fn, matrix.chunk(threads)))
+        parts = list(_POOL.map(lambda part: _single_threaded(fn, part), matrix.chunk(threads)))
+        torch.set_num_threads(threads)
         return tuple(torch.cat(outputs) for outputs in zip(*parts))
+    return fn(matrix)
+
+
+def _single_threaded(fn, matrix):
+    torch.set_num_threads(1)  # this worker thread's OpenMP team: itself only
     return fn(matrix)
 
 
@@ -3110,34 +3122,73 @@ def _small_inverse(m):
 def _polish(c, x, active, steps, system):
     """Gauss-Newton steps on the system's equations (rows scaled by their size) for the
     `active` points; a step is kept only where it lowers the relative residual.
-    Returns the points and their relative residual."""
+    Returns the points and their relative residual.
+
+    A point whose relative residual is already at the rounding level (`_CONVERGED` units of
+    roundoff) gains nothing from a step and takes none. On the CPU each step runs only on the
+    instances that still have such a point (a host synchronization costs nothing there); after
+    the first step these are a minority."""
     prepared = _prepare(c, system, jacobian=True)
     h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
-    identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
+    converged = _CONVERGED * torch.finfo(x.dtype).eps
     for step in range(steps):
-        row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
-        scaled = jacobian / row
-        # Inactive slots solve a harmless system (no NaN, not even in autograd's backward).
-        scaled = torch.where(active[..., None, None], scaled, identity)
-        residual = torch.where(active.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
-        if system["equations"] == system["unknowns"]:
-            delta = _small_solve(scaled, residual)
-        else:
-            transposed = scaled.transpose(-1, -2).contiguous()  # (bmm copies strided operands per matrix)
-            delta = _small_solve(transposed @ scaled, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
-        candidate = x - delta
         last = step == steps - 1
-        h1, scale1, jacobian1 = _evaluate(prepared, candidate, system, jacobian=not last)
-        error1 = _relative_error(h1, scale1)
-        better = error1 < error  # False where error1 is NaN
-        x = torch.where(better.unsqueeze(-1), candidate, x)
-        h = torch.where(better.unsqueeze(-1), h1, h)
-        scale = torch.where(better.unsqueeze(-1), scale1, scale)
-        error = torch.where(better, error1, error)
-        if not last:
-            jacobian = torch.where(better[..., None, None], jacobian1, jacobian)
+        todo = active & (error > converged)
+        state = (x, h, scale, jacobian, error)
+        if x.device.type != "cpu":
+            rows = None
+        else:
+            rows = todo.any(dim=-1).nonzero().squeeze(-1)
+            if len(rows) == 0:
+                break
+            if len(rows) > 0.75 * len(x):  # gathering would cost more than it saves
+                rows = None
+        if rows is None:
+            x, h, scale, jacobian, error = _newton_step(prepared, *state, todo, system, last)
+            continue
+        subset = _newton_step(
+            {key: value.index_select(0, rows) for key, value in prepared.items()},
+            *(value.index_select(0, rows) if value is not None else None for value in state),
+            todo.index_select(0, rows),
+            system,
+            last,
+        )
+        x, h, scale, jacobian, error = (
+            value.index_copy(0, rows, part) if part is not None else None for value, part in zip(state, subset)
+        )
     return x, error
+
+
+def _newton_step(prepared, x, h, scale, jacobian, error, todo, system, last):
+    """One Gauss-Newton step for the `todo` points, kept where it lowers the relative residual:
+    the new x, h, scale, dh/dx (None after the `last` step) and relative residual."""
+    row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
+    scaled = jacobian / row
+    residual = torch.where(todo.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
+    if torch.is_grad_enabled() and (x.requires_grad or prepared["c"].requires_grad):
+        # The other slots solve a harmless system (no NaN, not even in autograd's backward).
+        identity = torch.eye(system["equations"], system["unknowns"], dtype=x.dtype, device=x.device)
+        scaled = torch.where(todo[..., None, None], scaled, identity)
+    # (Without autograd, a singular system in another slot gives a NaN step there, which the
+    # residual test below rejects; a zero residual gives a zero step.)
+    if system["equations"] == system["unknowns"]:
+        delta = _small_solve(scaled, residual)
+    else:
+        transposed = scaled.transpose(-1, -2).contiguous()  # (bmm copies strided operands per matrix)
+        delta = _small_solve(transposed @ scaled, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
+    candidate = x - delta
+    h1, scale1, jacobian1 = _evaluate(prepared, candidate, system, jacobian=not last)
+    error1 = _relative_error(h1, scale1)
+    better = todo & (error1 < error)  # False where error1 is NaN
+    x = torch.where(better.unsqueeze(-1), candidate, x)
+    h = torch.where(better.unsqueeze(-1), h1, h)
+    scale = torch.where(better.unsqueeze(-1), scale1, scale)
+    error = torch.where(better, error1, error)
+    jacobian = None if last else torch.where(better[..., None, None], jacobian1, jacobian)
+    return x, h, scale, jacobian, error
+
+
 
 
 # -- Eigenvectors of the action matrix ------------------------------------------------------------
@@ -3270,8 +3321,9 @@ def _template_candidates(c, tables, method):
     else:
         eigenvalues, vectors = _eig_lapack(action)
         # Real solutions have real eigenvalues, whose LAPACK eigenvectors are real; complex
-        # eigenvalues are rejected by the caller, so the read-off can stay in real arithmetic.
-        vectors = vectors.real
+        # eigenvalues are rejected by the caller, so the read-off can stay in real arithmetic
+        # (contiguous: a strided operand makes bmm copy it matrix by matrix).
+        vectors = vectors.real.contiguous()
     return _read_off(eigenvalues, vectors, reduced, tables), eigenvalues, ok
 
 
