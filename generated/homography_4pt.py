@@ -330,6 +330,7 @@ _GAUGE = dict(
 
 _TABLES = {}
 _POOL = None
+_CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
 
@@ -699,6 +700,8 @@ def _rescale_to_gauge(x, c, tables):
 
 
 # -- The solver ------------------------------------------------------------------------------------
+
+
 
 
 def _solve(a, settings):

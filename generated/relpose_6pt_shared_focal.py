@@ -1607,6 +1607,7 @@ _READ_VALUE = (
 
 _TABLES = {}
 _POOL = None
+_CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
 
@@ -2105,6 +2106,31 @@ def _read_off(eigenvalues, vectors, reduced, tables):
 # -- The solver ------------------------------------------------------------------------------------
 
 
+def _by_chunks(fn, *rows):
+    """fn(*rows) -> tuple of tensors, all with the batch first. On the CPU large batches run in
+    chunks of `_CHUNK` instances: their intermediates stay in cache and under the allocator's
+    threshold for fresh, page-faulting memory, which otherwise costs more than the arithmetic."""
+    if rows[0].device.type != "cpu" or len(rows[0]) <= 2 * _CHUNK:
+        return fn(*rows)
+    parts = [fn(*chunk) for chunk in zip(*(value.split(_CHUNK) for value in rows))]
+    return tuple(torch.cat(outputs) for outputs in zip(*parts))
+
+
+def _polished_candidates(c, ok, tables, system, settings):
+    """The template's real solutions for coefficients c [B, n] (rows where `ok`), polished by
+    Newton on `system`: points [B, S, n_unknowns], their relative residual, and which are
+    candidates (real, finite, from a usable template)."""
+    z, eigenvalues, found = _template_candidates(c, tables, settings.resolved_eig(c.device))
+    candidate = (
+        (ok & found).unsqueeze(-1)
+        & torch.isfinite(z).all(dim=-1)
+        & (eigenvalues.imag.abs() <= settings.imag_tol * eigenvalues.real.abs().clamp_min(1.0))
+    )
+    z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
+    x, error = _polish(c, z, candidate, settings.newton_steps, system)
+    return x, error, candidate
+
+
 def _solve(a, settings):
     """a [B, M] (the compute dtype) -> solutions [B, S, N], valid [B, S], coefficients.
 
@@ -2121,14 +2147,9 @@ def _solve(a, settings):
     ok = ok & finite
 
     # Candidates from the template, real ones polished by Newton in the template's unknowns.
-    z, eigenvalues, found = _template_candidates(c_template, tables, settings.resolved_eig(a.device))
-    candidate = (
-        (ok & found).unsqueeze(-1)
-        & torch.isfinite(z).all(dim=-1)
-        & (eigenvalues.imag.abs() <= settings.imag_tol * eigenvalues.real.abs().clamp_min(1.0))
+    x, error, candidate = _by_chunks(
+        lambda c_rows, ok_rows: _polished_candidates(c_rows, ok_rows, tables, polish_system, settings), c_template, ok
     )
-    z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
-    x, error = _polish(c_template, z, candidate, settings.newton_steps, polish_system)
     valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
 

@@ -26,6 +26,23 @@ def test_charpoly_eigen_path_matches_lapack(name):
     assert same_count >= 0.98, same_count
 
 
+@pytest.mark.parametrize("name", ["p3p", "relpose_5pt", "relpose_6pt_shared_focal"])
+def test_chunked_forward_matches_whole_batch(name, monkeypatch):
+    """On the CPU large batches are solved in chunks (`_CHUNK` instances); the result is the
+    whole batch's, including non-finite rows, which stay masked in their own chunk."""
+    module = generated_module(name)
+    params, _ = geometry.INSTANCES[name](300, np.random.default_rng(23))
+    params = torch.from_numpy(params)
+    params[7] = float("nan")
+    params[250] = 0.0
+    whole, whole_valid = module.Solver()(params)
+    monkeypatch.setattr(module, "_CHUNK", 64)
+    chunked, chunked_valid = module.Solver()(params)
+    assert torch.equal(whole_valid, chunked_valid)
+    assert not whole_valid[7].any() and not whole_valid[250].any()
+    torch.testing.assert_close(chunked, whole, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_float32_precision(name):
     """precision="float32" solves in float32: median log10 error <= -5 after polishing."""
