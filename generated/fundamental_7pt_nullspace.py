@@ -316,11 +316,11 @@ def _prepare(c, system, residual=True, jacobian=False):
     batch = c.shape[0]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
     if residual:
-        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+        matrix = c.new_zeros(batch, k * p).index_copy_(1, system["term_flat"], c).view(batch, k, p)
         prepared.update(matrix=matrix, abs=matrix.abs())
     if jacobian:
         factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
-        derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        derivative = c.new_zeros(batch, k * n * p).index_add_(1, system["derivative_flat"], factor)
         prepared["derivative"] = derivative.view(batch, k * n, p)
     return prepared
 
@@ -359,8 +359,8 @@ def _evaluate(prepared, x, system, jacobian=False, residual=True):
             coefficients = coefficients.repeat_interleave(slots, dim=1)  # [n_varying, B * S]
         terms = coefficients * monomials.index_select(0, system["term_monomial"].index_select(0, varying))
         equation = system["term_equation"].index_select(0, varying)
-        h = (system["constant_h"] @ monomials).index_add(0, equation, terms)
-        scale = (system["constant_scale"] @ monomials.abs()).index_add(0, equation, terms.abs())
+        h = (system["constant_h"] @ monomials).index_add_(0, equation, terms)
+        scale = (system["constant_scale"] @ monomials.abs()).index_add_(0, equation, terms.abs())
         # Back to point-major, contiguous (strided results make later matmuls loop per matrix).
         h = h.t().contiguous().view(batch, slots, k)
         scale = scale.t().contiguous().view(batch, slots, k)
@@ -644,7 +644,7 @@ def _template_candidates(c, tables, method):
     batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
-    flat = c.new_zeros(batch, _ROWS * _COLS).index_copy(1, tables["template_positions"], entries)
+    flat = c.new_zeros(batch, _ROWS * _COLS).index_copy_(1, tables["template_positions"], entries)
     template = flat.view(batch, _ROWS, _COLS)
     solution, info = _per_matrix(lambda t: torch.linalg.solve_ex(t[:, :, :_SQUARE], t[:, :, _SQUARE:]), template)
     reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
@@ -832,7 +832,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row  # unused pairs: w = 0
     contribution = -_parameter_vjp(x, a, w)
     contribution = torch.where(good.unsqueeze(-1), contribution, torch.zeros_like(contribution))
-    return contribution.new_zeros(batch, _M).index_add(0, instance, contribution), skipped
+    return contribution.new_zeros(batch, _M).index_add_(0, instance, contribution), skipped
 
 
 class _ImplicitFunction(torch.autograd.Function):

@@ -310,11 +310,11 @@ def _prepare(c, system, residual=True, jacobian=False):
     batch = c.shape[0]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
     if residual:
-        matrix = c.new_zeros(batch, k * p).index_copy(1, system["term_flat"], c).view(batch, k, p)
+        matrix = c.new_zeros(batch, k * p).index_copy_(1, system["term_flat"], c).view(batch, k, p)
         prepared.update(matrix=matrix, abs=matrix.abs())
     if jacobian:
         factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
-        derivative = c.new_zeros(batch, k * n * p).index_add(1, system["derivative_flat"], factor)
+        derivative = c.new_zeros(batch, k * n * p).index_add_(1, system["derivative_flat"], factor)
         prepared["derivative"] = derivative.view(batch, k * n, p)
     return prepared
 
@@ -353,8 +353,8 @@ def _evaluate(prepared, x, system, jacobian=False, residual=True):
             coefficients = coefficients.repeat_interleave(slots, dim=1)  # [n_varying, B * S]
         terms = coefficients * monomials.index_select(0, system["term_monomial"].index_select(0, varying))
         equation = system["term_equation"].index_select(0, varying)
-        h = (system["constant_h"] @ monomials).index_add(0, equation, terms)
-        scale = (system["constant_scale"] @ monomials.abs()).index_add(0, equation, terms.abs())
+        h = (system["constant_h"] @ monomials).index_add_(0, equation, terms)
+        scale = (system["constant_scale"] @ monomials.abs()).index_add_(0, equation, terms.abs())
         # Back to point-major, contiguous (strided results make later matmuls loop per matrix).
         h = h.t().contiguous().view(batch, slots, k)
         scale = scale.t().contiguous().view(batch, slots, k)
@@ -638,7 +638,7 @@ def _template_candidates(c, tables, method):
     batch = c.shape[0]
     # Fill the template and eliminate: [eliminated | reduced] X = basis block.
     entries = c.index_select(1, tables["template_sources"])
-    flat = c.new_zeros(batch, _ROWS * _COLS).index_copy(1, tables["template_positions"], entries)
+    flat = c.new_zeros(batch, _ROWS * _COLS).index_copy_(1, tables["template_positions"], entries)
     template = flat.view(batch, _ROWS, _COLS)
     solution, info = _per_matrix(lambda t: torch.linalg.solve_ex(t[:, :, :_SQUARE], t[:, :, _SQUARE:]), template)
     reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
@@ -695,14 +695,14 @@ def _null_space(a, c, tables):
     rows [B] where L had full rank."""
     batch = a.shape[0]
     entries = c.index_select(1, tables["matrix_sources"])
-    matrix = c.new_zeros(batch, _RANK * _N).index_copy(1, tables["matrix_positions"], entries)
+    matrix = c.new_zeros(batch, _RANK * _N).index_copy_(1, tables["matrix_positions"], entries)
     matrix = matrix.view(batch, _RANK, _N)
     # QR of the square [L^T | G]: the first _RANK columns of Q span the row space of L, the
     # others its null space (orthonormal, in a generic basis).
     q, r = _per_matrix(torch.linalg.qr, torch.cat([matrix.transpose(1, 2), tables["null_mix"].expand(batch, -1, -1)], dim=2))
     pivots = r.diagonal(dim1=-2, dim2=-1)[:, :_RANK].abs()
     ok = torch.isfinite(pivots).all(dim=-1) & (pivots.amin(dim=-1) > 1e-10 * pivots.amax(dim=-1))
-    rhs = c.new_zeros(batch, _RANK).index_copy(1, tables["rhs_positions"], -c.index_select(1, tables["rhs_sources"]))
+    rhs = c.new_zeros(batch, _RANK).index_copy_(1, tables["rhs_positions"], -c.index_select(1, tables["rhs_sources"]))
     # L x = b with L^T = Q1 R1: the least-norm solution x_p = Q1 R1^-T b.
     y = torch.linalg.solve_triangular(r[:, :_RANK, :_RANK].transpose(1, 2), rhs.unsqueeze(-1), upper=False)
     particular = (q[:, :, :_RANK] @ y).squeeze(-1)
@@ -863,7 +863,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w)) / row  # unused pairs: w = 0
     contribution = -_parameter_vjp(x, a, w)
     contribution = torch.where(good.unsqueeze(-1), contribution, torch.zeros_like(contribution))
-    return contribution.new_zeros(batch, _M).index_add(0, instance, contribution), skipped
+    return contribution.new_zeros(batch, _M).index_add_(0, instance, contribution), skipped
 
 
 class _ImplicitFunction(torch.autograd.Function):
