@@ -329,46 +329,58 @@ def _reduced_coefficients(_p):
         null0_0, null0_1, null1_0, null1_1, null2_0, null2_1, null3_0, null3_1, null4_0,
         null4_1, null5_0, null5_1, null6_0, null6_1, null7_0, null7_1, null8_0, null8_1,
     ) = _p.movedim(-1, 0).contiguous().unbind(0)
-    _t0 = null0_0*null4_0
-    _t1 = null1_0*null5_0
-    _t2 = null2_0*null3_0
-    _t3 = null0_0*null5_0
-    _t4 = null1_0*null3_0
-    _t5 = null2_0*null4_0
-    _t6 = null0_0*null4_1
-    _t7 = null0_1*null4_0
-    _t8 = null1_0*null5_1
-    _t9 = null1_1*null5_0
-    _t10 = null2_0*null3_1
-    _t11 = null2_1*null3_0
-    _t12 = null0_0*null5_1
-    _t13 = null0_1*null5_0
-    _t14 = null1_0*null3_1
-    _t15 = null1_1*null3_0
-    _t16 = null2_0*null4_1
-    _t17 = null2_1*null4_0
-    _t18 = null0_1*null4_1
-    _t19 = null1_1*null5_1
-    _t20 = null2_1*null3_1
+    _t0 = null0_1*null4_1
+    _t1 = null0_0*null4_1 + null0_1*null4_0
+    _t2 = null0_0*null4_0
+    _t3 = _t0*null8_1
+    _t4 = _t0*null8_0 + _t1*null8_1
+    _t5 = _t1*null8_0 + _t2*null8_1
+    _t6 = _t2*null8_0
+    _t7 = null1_1*null5_1
+    _t8 = null1_0*null5_1 + null1_1*null5_0
+    _t9 = null1_0*null5_0
+    _t10 = _t7*null6_1
+    _t11 = _t7*null6_0 + _t8*null6_1
+    _t12 = _t8*null6_0 + _t9*null6_1
+    _t13 = _t9*null6_0
+    _t14 = null2_1*null3_1
+    _t15 = null2_0*null3_1 + null2_1*null3_0
+    _t16 = null2_0*null3_0
+    _t17 = _t14*null7_1
+    _t18 = _t14*null7_0 + _t15*null7_1
+    _t19 = _t15*null7_0 + _t16*null7_1
+    _t20 = _t16*null7_0
     _t21 = null0_1*null5_1
-    _t22 = null1_1*null3_1
-    _t23 = null2_1*null4_1
+    _t22 = null0_0*null5_1 + null0_1*null5_0
+    _t23 = null0_0*null5_0
+    _t24 = _t21*null7_1
+    _t25 = _t21*null7_0 + _t22*null7_1
+    _t26 = _t22*null7_0 + _t23*null7_1
+    _t27 = _t23*null7_0
+    _t28 = null1_1*null3_1
+    _t29 = null1_0*null3_1 + null1_1*null3_0
+    _t30 = null1_0*null3_0
+    _t31 = _t28*null8_1
+    _t32 = _t28*null8_0 + _t29*null8_1
+    _t33 = _t29*null8_0 + _t30*null8_1
+    _t34 = _t30*null8_0
+    _t35 = null2_1*null4_1
+    _t36 = null2_0*null4_1 + null2_1*null4_0
+    _t37 = null2_0*null4_0
+    _t38 = _t35*null6_1
+    _t39 = _t35*null6_0 + _t36*null6_1
+    _t40 = _t36*null6_0 + _t37*null6_1
+    _t41 = _t37*null6_0
+    _t42 = _t10 + _t17 - _t24 + _t3 - _t31 - _t38
+    _t43 = _t11 + _t18 - _t25 - _t32 - _t39 + _t4
+    _t44 = _t12 + _t19 - _t26 - _t33 - _t40 + _t5
+    _t45 = _t13 + _t20 - _t27 - _t34 - _t41 + _t6
     return torch.stack(
         [
-            _t0*null8_0 + _t1*null6_0 + _t2*null7_0 - _t3*null7_0 - _t4*null8_0 - _t5*null6_0,
-            (
-                _t0*null8_1 + _t1*null6_1 + _t10*null7_0 + _t11*null7_0 - _t12*null7_0
-                - _t13*null7_0 - _t14*null8_0 - _t15*null8_0 - _t16*null6_0 - _t17*null6_0
-                + _t2*null7_1 - _t3*null7_1 - _t4*null8_1 - _t5*null6_1 + _t6*null8_0 + _t7*null8_0
-                + _t8*null6_0 + _t9*null6_0
-            ),
-            (
-                _t10*null7_1 + _t11*null7_1 - _t12*null7_1 - _t13*null7_1 - _t14*null8_1
-                - _t15*null8_1 - _t16*null6_1 - _t17*null6_1 + _t18*null8_0 + _t19*null6_0
-                + _t20*null7_0 - _t21*null7_0 - _t22*null8_0 - _t23*null6_0 + _t6*null8_1
-                + _t7*null8_1 + _t8*null6_1 + _t9*null6_1
-            ),
-            _t18*null8_1 + _t19*null6_1 + _t20*null7_1 - _t21*null7_1 - _t22*null8_1 - _t23*null6_1,
+            _t45,
+            _t44,
+            _t43,
+            _t42,
         ],
     ).movedim(0, -1)
 

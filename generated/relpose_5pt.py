@@ -569,2216 +569,1576 @@ def _reduced_coefficients(_p):
         null4_2, null4_3, null5_0, null5_1, null5_2, null5_3, null6_0, null6_1, null6_2,
         null6_3, null7_0, null7_1, null7_2, null7_3, null8_0, null8_1, null8_2, null8_3,
     ) = _p.movedim(-1, 0).contiguous().unbind(0)
-    _t0 = null1_0*null1_0
-    _t1 = null2_0*null2_0
-    _t2 = null3_0*null3_0
-    _t3 = null6_0*null6_0
-    _t4 = null1_0*null3_0
-    _t5 = 2.0*_t4
-    _t6 = 2.0*null6_0
-    _t7 = _t6*null1_0
-    _t8 = null2_0*null3_0
-    _t9 = 2.0*_t8
-    _t10 = _t6*null2_0
-    _t11 = null4_0*null4_0
-    _t12 = null5_0*null5_0
-    _t13 = null7_0*null7_0
-    _t14 = null8_0*null8_0
-    _t15 = 2.0*null0_0
-    _t16 = null1_0*null1_1
-    _t17 = null2_0*null2_1
-    _t18 = null3_0*null3_1
-    _t19 = null0_0*null4_0
-    _t20 = 2.0*null4_1
-    _t21 = null0_0*null5_0
-    _t22 = 2.0*null5_1
-    _t23 = _t6*null6_1
-    _t24 = null7_0*null7_1
-    _t25 = null8_0*null8_1
-    _t26 = null1_0*null3_1
-    _t27 = 2.0*null4_0
-    _t28 = 2.0*null6_1
-    _t29 = null1_0*null7_0
-    _t30 = null1_1*null3_0
-    _t31 = _t6*null1_1
-    _t32 = null2_0*null3_1
-    _t33 = 2.0*null5_0
-    _t34 = _t28*null2_0
-    _t35 = null2_1*null3_0
-    _t36 = _t6*null2_1
-    _t37 = null0_0*null0_0
-    _t38 = 3.0*_t37
-    _t39 = null1_1*null1_1
-    _t40 = null2_1*null2_1
-    _t41 = null3_1*null3_1
-    _t42 = null6_1*null6_1
-    _t43 = 2.0*null0_1
-    _t44 = null0_1*null4_0
-    _t45 = null0_1*null5_0
-    _t46 = _t28*null7_1
-    _t47 = null1_1*null3_1
-    _t48 = null1_1*null7_0
-    _t49 = null2_1*null3_1
-    _t50 = _t28*null2_1
-    _t51 = null0_1*null0_1
-    _t52 = 3.0*_t51
-    _t53 = null4_1*null4_1
-    _t54 = null5_1*null5_1
-    _t55 = null7_1*null7_1
-    _t56 = null8_1*null8_1
-    _t57 = _t15*null1_2
-    _t58 = _t15*null2_2
-    _t59 = _t15*null3_2
-    _t60 = 2.0*null4_2
-    _t61 = 2.0*null5_2
-    _t62 = _t6*null6_2
-    _t63 = _t15*null7_2
-    _t64 = _t15*null8_2
-    _t65 = null1_0*null3_2
-    _t66 = 2.0*null6_2
-    _t67 = null1_2*null3_0
-    _t68 = _t6*null1_2
-    _t69 = null2_0*null3_2
-    _t70 = _t66*null2_0
-    _t71 = null2_2*null3_0
-    _t72 = _t6*null2_2
-    _t73 = null0_0*null0_1
-    _t74 = 6.0*_t73
-    _t75 = null0_0*null4_1
-    _t76 = null0_0*null5_1
-    _t77 = _t15*null6_1
-    _t78 = _t43*null1_2
-    _t79 = _t43*null2_2
-    _t80 = _t43*null3_2
-    _t81 = _t43*null7_2
-    _t82 = _t43*null8_2
-    _t83 = 2.0*null0_2
-    _t84 = null0_2*null4_0
-    _t85 = null0_2*null5_0
-    _t86 = _t28*null7_2
-    _t87 = _t66*null7_1
-    _t88 = null1_1*null3_2
-    _t89 = null1_2*null3_1
-    _t90 = null1_2*null7_0
-    _t91 = null2_1*null3_2
-    _t92 = _t66*null2_1
-    _t93 = null2_2*null3_1
-    _t94 = _t28*null2_2
-    _t95 = null0_1*null4_1
-    _t96 = null0_1*null5_1
-    _t97 = _t28*null6_2
-    _t98 = null1_2*null1_2
-    _t99 = null2_2*null2_2
-    _t100 = null3_2*null3_2
-    _t101 = null6_2*null6_2
-    _t102 = _t83*null1_2
-    _t103 = _t83*null2_2
-    _t104 = _t83*null3_2
-    _t105 = _t83*null7_2
-    _t106 = _t83*null8_2
-    _t107 = _t66*null7_2
-    _t108 = null1_2*null3_2
-    _t109 = null2_2*null3_2
-    _t110 = _t66*null2_2
-    _t111 = null0_2*null0_2
-    _t112 = 3.0*_t111
-    _t113 = null4_2*null4_2
-    _t114 = null5_2*null5_2
-    _t115 = null7_2*null7_2
-    _t116 = null8_2*null8_2
-    _t117 = null0_2*null4_1
-    _t118 = null0_2*null5_1
-    _t119 = _t15*null1_3
-    _t120 = _t15*null2_3
-    _t121 = _t15*null3_3
-    _t122 = 2.0*null4_3
-    _t123 = 2.0*null5_3
-    _t124 = _t6*null6_3
-    _t125 = _t15*null7_3
-    _t126 = _t15*null8_3
-    _t127 = null1_0*null3_3
-    _t128 = 2.0*null6_3
-    _t129 = null1_3*null3_0
-    _t130 = _t6*null1_3
-    _t131 = null2_0*null3_3
-    _t132 = _t128*null2_0
-    _t133 = null2_3*null3_0
-    _t134 = _t6*null2_3
-    _t135 = _t43*null1_3
-    _t136 = _t43*null2_3
-    _t137 = _t43*null3_3
-    _t138 = _t43*null7_3
-    _t139 = _t43*null8_3
-    _t140 = 2.0*null0_3
-    _t141 = null0_3*null4_0
-    _t142 = null0_3*null5_0
-    _t143 = _t28*null7_3
-    _t144 = _t128*null7_1
-    _t145 = null1_1*null3_3
-    _t146 = null1_3*null3_1
-    _t147 = null1_3*null7_0
-    _t148 = null2_1*null3_3
-    _t149 = _t128*null2_1
-    _t150 = null2_3*null3_1
-    _t151 = _t28*null2_3
-    _t152 = _t28*null6_3
-    _t153 = null0_0*null0_2
-    _t154 = 6.0*null0_3
-    _t155 = null0_0*null4_2
-    _t156 = null0_0*null5_2
-    _t157 = null6_2*null6_3
-    _t158 = _t83*null1_3
-    _t159 = _t83*null2_3
-    _t160 = _t83*null3_3
-    _t161 = _t83*null7_3
-    _t162 = _t83*null8_3
-    _t163 = _t140*null1_2
-    _t164 = _t140*null2_2
-    _t165 = _t140*null3_2
-    _t166 = _t140*null7_2
-    _t167 = _t140*null8_2
-    _t168 = _t66*null7_3
-    _t169 = _t128*null7_2
-    _t170 = null1_2*null3_3
-    _t171 = null1_3*null3_2
-    _t172 = null2_2*null3_3
-    _t173 = _t128*null2_2
-    _t174 = null2_3*null3_2
-    _t175 = _t66*null2_3
-    _t176 = null0_1*null0_2
-    _t177 = null0_1*null4_2
-    _t178 = null0_1*null5_2
-    _t179 = null0_3*null4_1
-    _t180 = null0_3*null5_1
-    _t181 = null0_2*null4_2
-    _t182 = null0_2*null5_2
-    _t183 = _t66*null6_3
-    _t184 = null1_3*null1_3
-    _t185 = null2_3*null2_3
-    _t186 = null3_3*null3_3
-    _t187 = null6_3*null6_3
-    _t188 = _t140*null1_3
-    _t189 = _t140*null2_3
-    _t190 = _t140*null3_3
-    _t191 = _t140*null7_3
-    _t192 = _t140*null8_3
-    _t193 = _t128*null7_3
-    _t194 = null1_3*null3_3
-    _t195 = null2_3*null3_3
-    _t196 = _t128*null2_3
-    _t197 = null0_3*null0_3
-    _t198 = 3.0*_t197
-    _t199 = null4_3*null4_3
+    _tc0 = 2.0*null0_3
+    _tc1 = 2.0*null0_0
+    _tc2 = 2.0*null1_3
+    _tc3 = 2.0*null1_0
+    _tc4 = 2.0*null2_3
+    _tc5 = 2.0*null2_0
+    _tc6 = 2.0*null3_3
+    _tc7 = 2.0*null3_0
+    _tc8 = 2.0*null4_3
+    _tc9 = 2.0*null4_0
+    _tc10 = 2.0*null5_3
+    _tc11 = 2.0*null5_0
+    _tc12 = 2.0*null6_3
+    _tc13 = 2.0*null6_0
+    _tc14 = 2.0*null7_3
+    _tc15 = 2.0*null7_0
+    _tc16 = 2.0*null8_3
+    _tc17 = 2.0*null8_0
+    _t0 = null0_3*null0_3
+    _t1 = _tc0*null0_0
+    _t2 = _tc0*null0_1
+    _t3 = _tc0*null0_2
+    _t4 = null0_0*null0_0
+    _t5 = _tc1*null0_1
+    _t6 = _tc1*null0_2
+    _t7 = null0_1*null0_1
+    _t8 = 2.0*null0_1*null0_2
+    _t9 = null0_2*null0_2
+    _t10 = null1_3*null1_3
+    _t11 = _tc2*null1_0
+    _t12 = _tc2*null1_1
+    _t13 = _tc2*null1_2
+    _t14 = null1_0*null1_0
+    _t15 = _tc3*null1_1
+    _t16 = _tc3*null1_2
+    _t17 = null1_1*null1_1
+    _t18 = 2.0*null1_1*null1_2
+    _t19 = null1_2*null1_2
+    _t20 = null2_3*null2_3
+    _t21 = _tc4*null2_0
+    _t22 = _tc4*null2_1
+    _t23 = _tc4*null2_2
+    _t24 = null2_0*null2_0
+    _t25 = _tc5*null2_1
+    _t26 = _tc5*null2_2
+    _t27 = null2_1*null2_1
+    _t28 = 2.0*null2_1*null2_2
+    _t29 = null2_2*null2_2
+    _t30 = 2.0*_t0 + 2.0*_t10 + 2.0*_t20
+    _t31 = 2.0*_t1 + 2.0*_t11 + 2.0*_t21
+    _t32 = 2.0*_t12 + 2.0*_t2 + 2.0*_t22
+    _t33 = 2.0*_t13 + 2.0*_t23 + 2.0*_t3
+    _t34 = 2.0*_t14 + 2.0*_t24 + 2.0*_t4
+    _t35 = 2.0*_t15 + 2.0*_t25 + 2.0*_t5
+    _t36 = 2.0*_t16 + 2.0*_t26 + 2.0*_t6
+    _t37 = 2.0*_t17 + 2.0*_t27 + 2.0*_t7
+    _t38 = 2.0*_t18 + 2.0*_t28 + 2.0*_t8
+    _t39 = 2.0*_t19 + 2.0*_t29 + 2.0*_t9
+    _t40 = _t30*null0_3
+    _t41 = _t30*null0_0 + _t31*null0_3
+    _t42 = _t30*null0_1 + _t32*null0_3
+    _t43 = _t30*null0_2 + _t33*null0_3
+    _t44 = _t31*null0_0 + _t34*null0_3
+    _t45 = _t31*null0_1 + _t32*null0_0 + _t35*null0_3
+    _t46 = _t31*null0_2 + _t33*null0_0 + _t36*null0_3
+    _t47 = _t32*null0_1 + _t37*null0_3
+    _t48 = _t32*null0_2 + _t33*null0_1 + _t38*null0_3
+    _t49 = _t33*null0_2 + _t39*null0_3
+    _t50 = _t34*null0_0
+    _t51 = _t34*null0_1 + _t35*null0_0
+    _t52 = _t34*null0_2 + _t36*null0_0
+    _t53 = _t35*null0_1 + _t37*null0_0
+    _t54 = _t35*null0_2 + _t36*null0_1 + _t38*null0_0
+    _t55 = _t36*null0_2 + _t39*null0_0
+    _t56 = _t37*null0_1
+    _t57 = _t37*null0_2 + _t38*null0_1
+    _t58 = _t38*null0_2 + _t39*null0_1
+    _t59 = _t39*null0_2
+    _t60 = null0_3*null3_3
+    _t61 = null0_0*null3_3 + null0_3*null3_0
+    _t62 = null0_1*null3_3 + null0_3*null3_1
+    _t63 = null0_2*null3_3 + null0_3*null3_2
+    _t64 = null0_0*null3_0
+    _t65 = null0_0*null3_1 + null0_1*null3_0
+    _t66 = null0_0*null3_2 + null0_2*null3_0
+    _t67 = null0_1*null3_1
+    _t68 = null0_1*null3_2 + null0_2*null3_1
+    _t69 = null0_2*null3_2
+    _t70 = null1_3*null4_3
+    _t71 = null1_0*null4_3 + null1_3*null4_0
+    _t72 = null1_1*null4_3 + null1_3*null4_1
+    _t73 = null1_2*null4_3 + null1_3*null4_2
+    _t74 = null1_0*null4_0
+    _t75 = null1_0*null4_1 + null1_1*null4_0
+    _t76 = null1_0*null4_2 + null1_2*null4_0
+    _t77 = null1_1*null4_1
+    _t78 = null1_1*null4_2 + null1_2*null4_1
+    _t79 = null1_2*null4_2
+    _t80 = null2_3*null5_3
+    _t81 = null2_0*null5_3 + null2_3*null5_0
+    _t82 = null2_1*null5_3 + null2_3*null5_1
+    _t83 = null2_2*null5_3 + null2_3*null5_2
+    _t84 = null2_0*null5_0
+    _t85 = null2_0*null5_1 + null2_1*null5_0
+    _t86 = null2_0*null5_2 + null2_2*null5_0
+    _t87 = null2_1*null5_1
+    _t88 = null2_1*null5_2 + null2_2*null5_1
+    _t89 = null2_2*null5_2
+    _t90 = 2.0*_t60 + 2.0*_t70 + 2.0*_t80
+    _t91 = 2.0*_t61 + 2.0*_t71 + 2.0*_t81
+    _t92 = 2.0*_t62 + 2.0*_t72 + 2.0*_t82
+    _t93 = 2.0*_t63 + 2.0*_t73 + 2.0*_t83
+    _t94 = 2.0*_t64 + 2.0*_t74 + 2.0*_t84
+    _t95 = 2.0*_t65 + 2.0*_t75 + 2.0*_t85
+    _t96 = 2.0*_t66 + 2.0*_t76 + 2.0*_t86
+    _t97 = 2.0*_t67 + 2.0*_t77 + 2.0*_t87
+    _t98 = 2.0*_t68 + 2.0*_t78 + 2.0*_t88
+    _t99 = 2.0*_t69 + 2.0*_t79 + 2.0*_t89
+    _t100 = _t90*null3_3
+    _t101 = _t90*null3_0 + _t91*null3_3
+    _t102 = _t90*null3_1 + _t92*null3_3
+    _t103 = _t90*null3_2 + _t93*null3_3
+    _t104 = _t91*null3_0 + _t94*null3_3
+    _t105 = _t91*null3_1 + _t92*null3_0 + _t95*null3_3
+    _t106 = _t91*null3_2 + _t93*null3_0 + _t96*null3_3
+    _t107 = _t92*null3_1 + _t97*null3_3
+    _t108 = _t92*null3_2 + _t93*null3_1 + _t98*null3_3
+    _t109 = _t93*null3_2 + _t99*null3_3
+    _t110 = _t94*null3_0
+    _t111 = _t94*null3_1 + _t95*null3_0
+    _t112 = _t94*null3_2 + _t96*null3_0
+    _t113 = _t95*null3_1 + _t97*null3_0
+    _t114 = _t95*null3_2 + _t96*null3_1 + _t98*null3_0
+    _t115 = _t96*null3_2 + _t99*null3_0
+    _t116 = _t97*null3_1
+    _t117 = _t97*null3_2 + _t98*null3_1
+    _t118 = _t98*null3_2 + _t99*null3_1
+    _t119 = _t99*null3_2
+    _t120 = null0_3*null6_3
+    _t121 = null0_0*null6_3 + null0_3*null6_0
+    _t122 = null0_1*null6_3 + null0_3*null6_1
+    _t123 = null0_2*null6_3 + null0_3*null6_2
+    _t124 = null0_0*null6_0
+    _t125 = null0_0*null6_1 + null0_1*null6_0
+    _t126 = null0_0*null6_2 + null0_2*null6_0
+    _t127 = null0_1*null6_1
+    _t128 = null0_1*null6_2 + null0_2*null6_1
+    _t129 = null0_2*null6_2
+    _t130 = null1_3*null7_3
+    _t131 = null1_0*null7_3 + null1_3*null7_0
+    _t132 = null1_1*null7_3 + null1_3*null7_1
+    _t133 = null1_2*null7_3 + null1_3*null7_2
+    _t134 = null1_0*null7_0
+    _t135 = null1_0*null7_1 + null1_1*null7_0
+    _t136 = null1_0*null7_2 + null1_2*null7_0
+    _t137 = null1_1*null7_1
+    _t138 = null1_1*null7_2 + null1_2*null7_1
+    _t139 = null1_2*null7_2
+    _t140 = null2_3*null8_3
+    _t141 = null2_0*null8_3 + null2_3*null8_0
+    _t142 = null2_1*null8_3 + null2_3*null8_1
+    _t143 = null2_2*null8_3 + null2_3*null8_2
+    _t144 = null2_0*null8_0
+    _t145 = null2_0*null8_1 + null2_1*null8_0
+    _t146 = null2_0*null8_2 + null2_2*null8_0
+    _t147 = null2_1*null8_1
+    _t148 = null2_1*null8_2 + null2_2*null8_1
+    _t149 = null2_2*null8_2
+    _t150 = 2.0*_t120 + 2.0*_t130 + 2.0*_t140
+    _t151 = 2.0*_t121 + 2.0*_t131 + 2.0*_t141
+    _t152 = 2.0*_t122 + 2.0*_t132 + 2.0*_t142
+    _t153 = 2.0*_t123 + 2.0*_t133 + 2.0*_t143
+    _t154 = 2.0*_t124 + 2.0*_t134 + 2.0*_t144
+    _t155 = 2.0*_t125 + 2.0*_t135 + 2.0*_t145
+    _t156 = 2.0*_t126 + 2.0*_t136 + 2.0*_t146
+    _t157 = 2.0*_t127 + 2.0*_t137 + 2.0*_t147
+    _t158 = 2.0*_t128 + 2.0*_t138 + 2.0*_t148
+    _t159 = 2.0*_t129 + 2.0*_t139 + 2.0*_t149
+    _t160 = _t150*null6_3
+    _t161 = _t150*null6_0 + _t151*null6_3
+    _t162 = _t150*null6_1 + _t152*null6_3
+    _t163 = _t150*null6_2 + _t153*null6_3
+    _t164 = _t151*null6_0 + _t154*null6_3
+    _t165 = _t151*null6_1 + _t152*null6_0 + _t155*null6_3
+    _t166 = _t151*null6_2 + _t153*null6_0 + _t156*null6_3
+    _t167 = _t152*null6_1 + _t157*null6_3
+    _t168 = _t152*null6_2 + _t153*null6_1 + _t158*null6_3
+    _t169 = _t153*null6_2 + _t159*null6_3
+    _t170 = _t154*null6_0
+    _t171 = _t154*null6_1 + _t155*null6_0
+    _t172 = _t154*null6_2 + _t156*null6_0
+    _t173 = _t155*null6_1 + _t157*null6_0
+    _t174 = _t155*null6_2 + _t156*null6_1 + _t158*null6_0
+    _t175 = _t156*null6_2 + _t159*null6_0
+    _t176 = _t157*null6_1
+    _t177 = _t157*null6_2 + _t158*null6_1
+    _t178 = _t158*null6_2 + _t159*null6_1
+    _t179 = _t159*null6_2
+    _t180 = null3_3*null3_3
+    _t181 = _tc6*null3_0
+    _t182 = _tc6*null3_1
+    _t183 = _tc6*null3_2
+    _t184 = null3_0*null3_0
+    _t185 = _tc7*null3_1
+    _t186 = _tc7*null3_2
+    _t187 = null3_1*null3_1
+    _t188 = 2.0*null3_1*null3_2
+    _t189 = null3_2*null3_2
+    _t190 = null4_3*null4_3
+    _t191 = _tc8*null4_0
+    _t192 = _tc8*null4_1
+    _t193 = _tc8*null4_2
+    _t194 = null4_0*null4_0
+    _t195 = _tc9*null4_1
+    _t196 = _tc9*null4_2
+    _t197 = null4_1*null4_1
+    _t198 = 2.0*null4_1*null4_2
+    _t199 = null4_2*null4_2
     _t200 = null5_3*null5_3
-    _t201 = null7_3*null7_3
-    _t202 = null8_3*null8_3
-    _t203 = null0_3*null4_2
-    _t204 = null0_3*null5_2
-    _t205 = 2.0*null3_0
-    _t206 = _t6*null0_0
-    _t207 = null2_0*null4_0
-    _t208 = 2.0*null2_0
-    _t209 = null7_0*null8_0
-    _t210 = _t15*null0_1
-    _t211 = 2.0*null3_1
-    _t212 = _t6*null0_1
-    _t213 = 2.0*null1_0
-    _t214 = _t20*null4_0
-    _t215 = null1_0*null5_0
-    _t216 = null2_0*null4_1
-    _t217 = _t208*null8_1
-    _t218 = null7_1*null8_0
-    _t219 = null2_1*null4_0
-    _t220 = 2.0*null2_1
-    _t221 = 3.0*_t0
-    _t222 = _t28*null7_0
-    _t223 = 2.0*null1_1
-    _t224 = null1_1*null5_0
-    _t225 = null2_1*null4_1
-    _t226 = _t220*null8_1
-    _t227 = 3.0*_t39
-    _t228 = _t15*null0_2
-    _t229 = 2.0*null3_2
-    _t230 = _t15*null6_2
-    _t231 = _t6*null0_2
-    _t232 = _t208*null2_2
-    _t233 = null1_0*null4_2
-    _t234 = 2.0*null7_2
-    _t235 = _t213*null8_2
-    _t236 = null2_0*null4_2
-    _t237 = _t208*null8_2
-    _t238 = null7_2*null8_0
-    _t239 = null2_2*null4_0
-    _t240 = 2.0*null2_2
-    _t241 = _t43*null0_2
-    _t242 = _t43*null6_2
-    _t243 = 6.0*_t16
-    _t244 = _t213*null2_1
-    _t245 = null1_0*null5_1
-    _t246 = null7_1*null7_2
-    _t247 = null1_1*null4_2
-    _t248 = _t223*null8_2
-    _t249 = 2.0*null1_2
-    _t250 = null1_2*null5_0
-    _t251 = null2_1*null4_2
-    _t252 = _t220*null8_2
-    _t253 = null2_2*null4_1
-    _t254 = _t240*null8_1
-    _t255 = _t220*null2_2
-    _t256 = null1_1*null5_1
-    _t257 = _t66*null7_0
-    _t258 = null1_2*null4_2
-    _t259 = _t249*null8_2
-    _t260 = null2_2*null4_2
-    _t261 = _t240*null8_2
-    _t262 = _t234*null2_2
-    _t263 = 3.0*_t98
-    _t264 = null1_2*null5_1
-    _t265 = _t234*null7_1
-    _t266 = _t15*null0_3
-    _t267 = null0_0*null4_3
-    _t268 = 2.0*null3_3
-    _t269 = _t15*null6_3
-    _t270 = _t6*null0_3
-    _t271 = _t208*null2_3
-    _t272 = null1_0*null4_3
-    _t273 = 2.0*null7_3
-    _t274 = _t213*null8_3
-    _t275 = null2_0*null4_3
-    _t276 = _t208*null8_3
-    _t277 = null7_3*null8_0
-    _t278 = null2_3*null4_0
-    _t279 = 2.0*null2_3
-    _t280 = _t43*null0_3
-    _t281 = null0_1*null4_3
-    _t282 = _t43*null6_3
-    _t283 = null7_1*null7_3
-    _t284 = null1_1*null4_3
-    _t285 = _t223*null8_3
-    _t286 = 2.0*null1_3
-    _t287 = null1_3*null5_0
-    _t288 = null2_1*null4_3
-    _t289 = _t220*null8_3
-    _t290 = null2_3*null4_1
-    _t291 = _t279*null8_1
-    _t292 = _t220*null2_3
-    _t293 = _t83*null0_3
-    _t294 = null0_2*null4_3
-    _t295 = _t83*null6_3
-    _t296 = null1_0*null1_2
-    _t297 = 6.0*null1_3
-    _t298 = null2_2*null2_3
-    _t299 = null1_0*null5_2
-    _t300 = null7_2*null7_3
-    _t301 = null1_2*null4_3
-    _t302 = _t249*null8_3
-    _t303 = null1_3*null4_2
-    _t304 = _t286*null8_2
-    _t305 = null2_2*null4_3
-    _t306 = _t240*null8_3
-    _t307 = null2_3*null4_2
-    _t308 = _t279*null8_2
-    _t309 = _t234*null2_3
-    _t310 = null1_1*null1_2
-    _t311 = null1_1*null5_2
-    _t312 = null1_3*null5_1
-    _t313 = _t240*null2_3
-    _t314 = null1_2*null5_2
-    _t315 = _t234*null7_3
-    _t316 = null0_3*null4_3
-    _t317 = _t128*null0_3
-    _t318 = null1_3*null4_3
-    _t319 = _t286*null8_3
-    _t320 = null2_3*null4_3
-    _t321 = _t279*null8_3
-    _t322 = _t273*null2_3
-    _t323 = 3.0*_t184
-    _t324 = _t273*null1_3
-    _t325 = null1_3*null5_2
-    _t326 = 2.0*_t29
-    _t327 = 2.0*_t48
-    _t328 = _t22*null5_0
-    _t329 = 3.0*_t1
-    _t330 = _t28*null0_1
-    _t331 = null7_1*null8_1
-    _t332 = 3.0*_t40
-    _t333 = 2.0*_t90
-    _t334 = null2_0*null5_2
-    _t335 = null7_0*null7_2
-    _t336 = _t28*null0_2
-    _t337 = null7_2*null8_1
-    _t338 = 6.0*_t17
-    _t339 = null2_1*null5_2
-    _t340 = _t66*null0_2
-    _t341 = null1_2*null2_2
-    _t342 = _t234*null1_2
-    _t343 = null2_2*null5_2
-    _t344 = 3.0*_t99
-    _t345 = null0_0*null5_3
-    _t346 = _t208*null1_3
-    _t347 = null1_0*null5_3
-    _t348 = 2.0*_t147
-    _t349 = null2_0*null5_3
-    _t350 = null7_0*null7_3
-    _t351 = null0_1*null5_3
-    _t352 = _t28*null0_3
-    _t353 = null7_3*null8_1
-    _t354 = null1_1*null5_3
-    _t355 = null2_1*null5_3
-    _t356 = _t220*null1_3
-    _t357 = null0_2*null5_3
-    _t358 = _t66*null0_3
-    _t359 = null1_2*null2_3
-    _t360 = null1_3*null2_2
-    _t361 = null1_2*null5_3
-    _t362 = _t234*null1_3
-    _t363 = 6.0*_t298
-    _t364 = null2_2*null5_3
-    _t365 = null2_3*null5_2
-    _t366 = null1_2*null1_3
-    _t367 = null0_3*null5_3
-    _t368 = null1_3*null2_3
-    _t369 = null1_3*null5_3
-    _t370 = null2_3*null5_3
-    _t371 = 3.0*_t185
-    _t372 = _t6*null4_0
-    _t373 = _t6*null5_0
-    _t374 = _t27*null6_1
-    _t375 = _t6*null4_1
-    _t376 = _t28*null5_0
-    _t377 = _t6*null5_1
-    _t378 = 3.0*_t2
-    _t379 = _t20*null6_1
-    _t380 = _t22*null6_1
-    _t381 = 3.0*_t41
-    _t382 = null3_0*null4_2
-    _t383 = null3_0*null5_2
-    _t384 = _t205*null8_2
-    _t385 = _t27*null6_2
-    _t386 = _t6*null4_2
-    _t387 = _t33*null6_2
-    _t388 = _t6*null5_2
-    _t389 = 6.0*_t18
-    _t390 = null3_1*null4_2
-    _t391 = null3_1*null5_2
-    _t392 = _t211*null8_2
-    _t393 = _t20*null6_2
-    _t394 = _t22*null6_2
-    _t395 = _t28*null5_2
-    _t396 = null3_2*null4_2
-    _t397 = null3_2*null5_2
-    _t398 = _t229*null8_2
-    _t399 = _t60*null6_2
-    _t400 = _t61*null6_2
-    _t401 = 3.0*_t100
-    _t402 = null3_0*null4_3
-    _t403 = null3_0*null5_3
-    _t404 = _t205*null8_3
-    _t405 = _t27*null6_3
-    _t406 = _t6*null4_3
-    _t407 = _t33*null6_3
-    _t408 = _t6*null5_3
-    _t409 = null3_1*null4_3
-    _t410 = null3_1*null5_3
-    _t411 = _t211*null8_3
-    _t412 = _t20*null6_3
-    _t413 = _t22*null6_3
-    _t414 = _t28*null5_3
-    _t415 = null3_0*null3_2
-    _t416 = 6.0*null3_3
-    _t417 = null3_2*null4_3
-    _t418 = null3_2*null5_3
-    _t419 = _t229*null8_3
-    _t420 = null3_3*null4_2
-    _t421 = null3_3*null5_2
-    _t422 = null3_3*null7_0
-    _t423 = _t268*null8_2
-    _t424 = _t60*null6_3
-    _t425 = _t61*null6_3
-    _t426 = _t66*null5_3
-    _t427 = null3_1*null3_2
-    _t428 = null3_3*null4_3
-    _t429 = null3_3*null5_3
-    _t430 = _t268*null8_3
-    _t431 = _t122*null6_3
-    _t432 = _t123*null6_3
-    _t433 = 3.0*_t186
-    _t434 = _t6*null3_0
-    _t435 = _t6*null3_1
-    _t436 = null7_0*null8_1
-    _t437 = 3.0*_t11
-    _t438 = _t20*null5_0
-    _t439 = 3.0*_t53
-    _t440 = _t6*null3_2
-    _t441 = _t27*null5_0
-    _t442 = _t27*null8_2
-    _t443 = _t33*null8_2
-    _t444 = null4_0*null4_2
-    _t445 = 6.0*null4_1
-    _t446 = _t22*null5_2
-    _t447 = _t20*null8_2
-    _t448 = _t22*null8_2
-    _t449 = _t20*null5_1
-    _t450 = _t33*null4_2
-    _t451 = _t60*null8_2
-    _t452 = _t61*null8_2
-    _t453 = 3.0*_t113
-    _t454 = null1_0*null1_3
-    _t455 = null3_0*null3_3
-    _t456 = _t128*null7_0
-    _t457 = _t27*null8_3
-    _t458 = _t33*null8_3
-    _t459 = null1_1*null1_3
-    _t460 = null3_1*null3_3
-    _t461 = _t6*null3_3
-    _t462 = _t445*null4_3
-    _t463 = _t22*null5_3
-    _t464 = _t20*null8_3
-    _t465 = _t22*null8_3
-    _t466 = null3_2*null3_3
-    _t467 = null5_2*null5_3
-    _t468 = _t60*null8_3
-    _t469 = _t33*null4_3
-    _t470 = _t122*null8_2
-    _t471 = _t61*null8_3
-    _t472 = _t123*null8_2
-    _t473 = _t122*null8_3
-    _t474 = _t123*null8_3
-    _t475 = 3.0*_t199
-    _t476 = null4_3*null5_3
-    _t477 = _t28*null3_0
-    _t478 = 3.0*_t12
-    _t479 = _t28*null3_1
-    _t480 = 3.0*_t54
-    _t481 = null2_0*null2_2
-    _t482 = _t66*null3_0
-    _t483 = null2_1*null2_2
-    _t484 = _t66*null3_1
-    _t485 = _t28*null3_2
-    _t486 = 6.0*null5_0
-    _t487 = _t486*null5_1
-    _t488 = _t66*null3_2
-    _t489 = null4_2*null5_2
-    _t490 = 3.0*_t114
-    _t491 = null2_0*null2_3
-    _t492 = _t128*null3_0
-    _t493 = null2_1*null2_3
-    _t494 = _t128*null3_1
-    _t495 = _t28*null3_3
-    _t496 = _t22*null4_3
-    _t497 = _t128*null3_2
-    _t498 = _t66*null3_3
-    _t499 = null4_2*null5_3
-    _t500 = null4_3*null5_2
-    _t501 = _t128*null3_3
-    _t502 = 3.0*_t200
-    _t503 = _t15*null2_0
-    _t504 = _t27*null3_0
-    _t505 = _t33*null3_0
-    _t506 = _t15*null7_1
-    _t507 = _t15*null2_1
-    _t508 = _t43*null2_0
-    _t509 = _t20*null3_0
-    _t510 = _t22*null3_0
-    _t511 = _t27*null3_1
-    _t512 = _t33*null3_1
-    _t513 = 3.0*_t3
-    _t514 = _t43*null7_1
-    _t515 = _t43*null2_1
-    _t516 = _t20*null3_1
-    _t517 = _t22*null3_1
-    _t518 = 3.0*_t42
-    _t519 = _t83*null2_0
-    _t520 = _t60*null3_0
-    _t521 = _t61*null3_0
-    _t522 = _t27*null3_2
-    _t523 = _t33*null3_2
-    _t524 = _t6*null8_2
-    _t525 = _t83*null7_1
-    _t526 = _t83*null2_1
-    _t527 = _t60*null3_1
-    _t528 = _t61*null3_1
-    _t529 = _t20*null3_2
-    _t530 = _t22*null3_2
-    _t531 = 6.0*null6_0
-    _t532 = _t531*null6_1
-    _t533 = _t28*null8_2
-    _t534 = _t60*null3_2
-    _t535 = _t61*null3_2
-    _t536 = _t66*null8_2
-    _t537 = 3.0*_t101
-    _t538 = _t140*null2_0
-    _t539 = _t122*null3_0
-    _t540 = _t123*null3_0
-    _t541 = _t33*null3_3
-    _t542 = _t6*null8_3
-    _t543 = _t140*null7_1
-    _t544 = _t140*null2_1
-    _t545 = _t122*null3_1
-    _t546 = _t123*null3_1
-    _t547 = null3_3*null7_1
-    _t548 = _t22*null3_3
-    _t549 = _t28*null8_3
-    _t550 = _t122*null3_2
-    _t551 = _t123*null3_2
-    _t552 = null3_3*null7_2
-    _t553 = _t61*null3_3
-    _t554 = _t66*null8_3
-    _t555 = _t128*null8_2
-    _t556 = null3_3*null7_3
-    _t557 = _t123*null3_3
-    _t558 = _t128*null8_3
-    _t559 = 3.0*_t187
-    _t560 = _t208*null8_0
-    _t561 = 2.0*null7_0
-    _t562 = _t22*null4_0
-    _t563 = 3.0*_t13
-    _t564 = 2.0*null7_1
-    _t565 = _t220*null8_0
-    _t566 = 3.0*_t55
-    _t567 = _t213*null2_2
-    _t568 = _t205*null3_2
-    _t569 = _t27*null4_2
-    _t570 = _t27*null5_2
-    _t571 = _t33*null5_2
-    _t572 = 2.0*null8_2
-    _t573 = null1_2*null7_1
-    _t574 = _t223*null2_2
-    _t575 = _t211*null3_2
-    _t576 = _t20*null4_2
-    _t577 = _t20*null5_2
-    _t578 = _t22*null4_2
-    _t579 = 6.0*_t24
-    _t580 = null1_2*null7_2
-    _t581 = _t240*null8_0
-    _t582 = _t60*null5_2
-    _t583 = _t234*null8_2
-    _t584 = 3.0*_t115
-    _t585 = _t213*null2_3
-    _t586 = _t27*null4_3
-    _t587 = _t27*null5_3
-    _t588 = _t33*null5_3
-    _t589 = 2.0*null8_3
-    _t590 = null1_3*null7_1
-    _t591 = _t223*null2_3
-    _t592 = _t20*null4_3
-    _t593 = _t20*null5_3
-    _t594 = null1_2*null7_3
-    _t595 = null1_3*null7_2
-    _t596 = _t249*null2_3
-    _t597 = _t60*null4_3
-    _t598 = _t60*null5_3
-    _t599 = _t61*null4_3
-    _t600 = _t61*null5_3
-    _t601 = null8_2*null8_3
-    _t602 = _t234*null8_3
-    _t603 = _t273*null8_2
-    _t604 = null1_3*null7_3
-    _t605 = null1_3*null8_0
-    _t606 = _t122*null5_3
-    _t607 = _t273*null8_3
-    _t608 = 3.0*_t201
-    _t609 = 2.0*null8_0
-    _t610 = _t208*null7_1
-    _t611 = 3.0*_t14
-    _t612 = 2.0*null8_1
-    _t613 = 3.0*_t56
-    _t614 = _t220*null1_1
-    _t615 = _t213*null1_2
-    _t616 = _t208*null7_2
-    _t617 = _t223*null1_2
-    _t618 = 6.0*_t25
-    _t619 = 3.0*_t116
-    _t620 = _t208*null7_3
-    _t621 = _t205*null3_3
-    _t622 = null1_3*null8_1
-    _t623 = _t211*null3_3
-    _t624 = _t229*null3_3
-    _t625 = 6.0*_t601
-    _t626 = 3.0*_t202
+    _t201 = _tc10*null5_0
+    _t202 = _tc10*null5_1
+    _t203 = _tc10*null5_2
+    _t204 = null5_0*null5_0
+    _t205 = _tc11*null5_1
+    _t206 = _tc11*null5_2
+    _t207 = null5_1*null5_1
+    _t208 = 2.0*null5_1*null5_2
+    _t209 = null5_2*null5_2
+    _t210 = null6_3*null6_3
+    _t211 = _tc12*null6_0
+    _t212 = _tc12*null6_1
+    _t213 = _tc12*null6_2
+    _t214 = null6_0*null6_0
+    _t215 = _tc13*null6_1
+    _t216 = _tc13*null6_2
+    _t217 = null6_1*null6_1
+    _t218 = 2.0*null6_1*null6_2
+    _t219 = null6_2*null6_2
+    _t220 = null7_3*null7_3
+    _t221 = _tc14*null7_0
+    _t222 = _tc14*null7_1
+    _t223 = _tc14*null7_2
+    _t224 = null7_0*null7_0
+    _t225 = _tc15*null7_1
+    _t226 = _tc15*null7_2
+    _t227 = null7_1*null7_1
+    _t228 = 2.0*null7_1*null7_2
+    _t229 = null7_2*null7_2
+    _t230 = null8_3*null8_3
+    _t231 = _tc16*null8_0
+    _t232 = _tc16*null8_1
+    _t233 = _tc16*null8_2
+    _t234 = null8_0*null8_0
+    _t235 = _tc17*null8_1
+    _t236 = _tc17*null8_2
+    _t237 = null8_1*null8_1
+    _t238 = 2.0*null8_1*null8_2
+    _t239 = null8_2*null8_2
+    _t240 = _t0 + _t10 + _t180 + _t190 + _t20 + _t200 + _t210 + _t220 + _t230
+    _t241 = _t1 + _t11 + _t181 + _t191 + _t201 + _t21 + _t211 + _t221 + _t231
+    _t242 = _t12 + _t182 + _t192 + _t2 + _t202 + _t212 + _t22 + _t222 + _t232
+    _t243 = _t13 + _t183 + _t193 + _t203 + _t213 + _t223 + _t23 + _t233 + _t3
+    _t244 = _t14 + _t184 + _t194 + _t204 + _t214 + _t224 + _t234 + _t24 + _t4
+    _t245 = _t15 + _t185 + _t195 + _t205 + _t215 + _t225 + _t235 + _t25 + _t5
+    _t246 = _t16 + _t186 + _t196 + _t206 + _t216 + _t226 + _t236 + _t26 + _t6
+    _t247 = _t17 + _t187 + _t197 + _t207 + _t217 + _t227 + _t237 + _t27 + _t7
+    _t248 = _t18 + _t188 + _t198 + _t208 + _t218 + _t228 + _t238 + _t28 + _t8
+    _t249 = _t189 + _t19 + _t199 + _t209 + _t219 + _t229 + _t239 + _t29 + _t9
+    _t250 = _t240*null0_3
+    _t251 = _t240*null0_0 + _t241*null0_3
+    _t252 = _t240*null0_1 + _t242*null0_3
+    _t253 = _t240*null0_2 + _t243*null0_3
+    _t254 = _t241*null0_0 + _t244*null0_3
+    _t255 = _t241*null0_1 + _t242*null0_0 + _t245*null0_3
+    _t256 = _t241*null0_2 + _t243*null0_0 + _t246*null0_3
+    _t257 = _t242*null0_1 + _t247*null0_3
+    _t258 = _t242*null0_2 + _t243*null0_1 + _t248*null0_3
+    _t259 = _t243*null0_2 + _t249*null0_3
+    _t260 = _t244*null0_0
+    _t261 = _t244*null0_1 + _t245*null0_0
+    _t262 = _t244*null0_2 + _t246*null0_0
+    _t263 = _t245*null0_1 + _t247*null0_0
+    _t264 = _t245*null0_2 + _t246*null0_1 + _t248*null0_0
+    _t265 = _t246*null0_2 + _t249*null0_0
+    _t266 = _t247*null0_1
+    _t267 = _t247*null0_2 + _t248*null0_1
+    _t268 = _t248*null0_2 + _t249*null0_1
+    _t269 = _t249*null0_2
+    _t270 = _t100 + _t160 - _t250 + _t40
+    _t271 = _t101 + _t161 - _t251 + _t41
+    _t272 = _t102 + _t162 - _t252 + _t42
+    _t273 = _t103 + _t163 - _t253 + _t43
+    _t274 = _t104 + _t164 - _t254 + _t44
+    _t275 = _t105 + _t165 - _t255 + _t45
+    _t276 = _t106 + _t166 - _t256 + _t46
+    _t277 = _t107 + _t167 - _t257 + _t47
+    _t278 = _t108 + _t168 - _t258 + _t48
+    _t279 = _t109 + _t169 - _t259 + _t49
+    _t280 = _t110 + _t170 - _t260 + _t50
+    _t281 = _t111 + _t171 - _t261 + _t51
+    _t282 = _t112 + _t172 - _t262 + _t52
+    _t283 = _t113 + _t173 - _t263 + _t53
+    _t284 = _t114 + _t174 - _t264 + _t54
+    _t285 = _t115 + _t175 - _t265 + _t55
+    _t286 = _t116 + _t176 - _t266 + _t56
+    _t287 = _t117 + _t177 - _t267 + _t57
+    _t288 = _t118 + _t178 - _t268 + _t58
+    _t289 = _t119 + _t179 - _t269 + _t59
+    _t290 = _t30*null1_3
+    _t291 = _t30*null1_0 + _t31*null1_3
+    _t292 = _t30*null1_1 + _t32*null1_3
+    _t293 = _t30*null1_2 + _t33*null1_3
+    _t294 = _t31*null1_0 + _t34*null1_3
+    _t295 = _t31*null1_1 + _t32*null1_0 + _t35*null1_3
+    _t296 = _t31*null1_2 + _t33*null1_0 + _t36*null1_3
+    _t297 = _t32*null1_1 + _t37*null1_3
+    _t298 = _t32*null1_2 + _t33*null1_1 + _t38*null1_3
+    _t299 = _t33*null1_2 + _t39*null1_3
+    _t300 = _t34*null1_0
+    _t301 = _t34*null1_1 + _t35*null1_0
+    _t302 = _t34*null1_2 + _t36*null1_0
+    _t303 = _t35*null1_1 + _t37*null1_0
+    _t304 = _t35*null1_2 + _t36*null1_1 + _t38*null1_0
+    _t305 = _t36*null1_2 + _t39*null1_0
+    _t306 = _t37*null1_1
+    _t307 = _t37*null1_2 + _t38*null1_1
+    _t308 = _t38*null1_2 + _t39*null1_1
+    _t309 = _t39*null1_2
+    _t310 = _t90*null4_3
+    _t311 = _t90*null4_0 + _t91*null4_3
+    _t312 = _t90*null4_1 + _t92*null4_3
+    _t313 = _t90*null4_2 + _t93*null4_3
+    _t314 = _t91*null4_0 + _t94*null4_3
+    _t315 = _t91*null4_1 + _t92*null4_0 + _t95*null4_3
+    _t316 = _t91*null4_2 + _t93*null4_0 + _t96*null4_3
+    _t317 = _t92*null4_1 + _t97*null4_3
+    _t318 = _t92*null4_2 + _t93*null4_1 + _t98*null4_3
+    _t319 = _t93*null4_2 + _t99*null4_3
+    _t320 = _t94*null4_0
+    _t321 = _t94*null4_1 + _t95*null4_0
+    _t322 = _t94*null4_2 + _t96*null4_0
+    _t323 = _t95*null4_1 + _t97*null4_0
+    _t324 = _t95*null4_2 + _t96*null4_1 + _t98*null4_0
+    _t325 = _t96*null4_2 + _t99*null4_0
+    _t326 = _t97*null4_1
+    _t327 = _t97*null4_2 + _t98*null4_1
+    _t328 = _t98*null4_2 + _t99*null4_1
+    _t329 = _t99*null4_2
+    _t330 = _t150*null7_3
+    _t331 = _t150*null7_0 + _t151*null7_3
+    _t332 = _t150*null7_1 + _t152*null7_3
+    _t333 = _t150*null7_2 + _t153*null7_3
+    _t334 = _t151*null7_0 + _t154*null7_3
+    _t335 = _t151*null7_1 + _t152*null7_0 + _t155*null7_3
+    _t336 = _t151*null7_2 + _t153*null7_0 + _t156*null7_3
+    _t337 = _t152*null7_1 + _t157*null7_3
+    _t338 = _t152*null7_2 + _t153*null7_1 + _t158*null7_3
+    _t339 = _t153*null7_2 + _t159*null7_3
+    _t340 = _t154*null7_0
+    _t341 = _t154*null7_1 + _t155*null7_0
+    _t342 = _t154*null7_2 + _t156*null7_0
+    _t343 = _t155*null7_1 + _t157*null7_0
+    _t344 = _t155*null7_2 + _t156*null7_1 + _t158*null7_0
+    _t345 = _t156*null7_2 + _t159*null7_0
+    _t346 = _t157*null7_1
+    _t347 = _t157*null7_2 + _t158*null7_1
+    _t348 = _t158*null7_2 + _t159*null7_1
+    _t349 = _t159*null7_2
+    _t350 = _t240*null1_3
+    _t351 = _t240*null1_0 + _t241*null1_3
+    _t352 = _t240*null1_1 + _t242*null1_3
+    _t353 = _t240*null1_2 + _t243*null1_3
+    _t354 = _t241*null1_0 + _t244*null1_3
+    _t355 = _t241*null1_1 + _t242*null1_0 + _t245*null1_3
+    _t356 = _t241*null1_2 + _t243*null1_0 + _t246*null1_3
+    _t357 = _t242*null1_1 + _t247*null1_3
+    _t358 = _t242*null1_2 + _t243*null1_1 + _t248*null1_3
+    _t359 = _t243*null1_2 + _t249*null1_3
+    _t360 = _t244*null1_0
+    _t361 = _t244*null1_1 + _t245*null1_0
+    _t362 = _t244*null1_2 + _t246*null1_0
+    _t363 = _t245*null1_1 + _t247*null1_0
+    _t364 = _t245*null1_2 + _t246*null1_1 + _t248*null1_0
+    _t365 = _t246*null1_2 + _t249*null1_0
+    _t366 = _t247*null1_1
+    _t367 = _t247*null1_2 + _t248*null1_1
+    _t368 = _t248*null1_2 + _t249*null1_1
+    _t369 = _t249*null1_2
+    _t370 = _t290 + _t310 + _t330 - _t350
+    _t371 = _t291 + _t311 + _t331 - _t351
+    _t372 = _t292 + _t312 + _t332 - _t352
+    _t373 = _t293 + _t313 + _t333 - _t353
+    _t374 = _t294 + _t314 + _t334 - _t354
+    _t375 = _t295 + _t315 + _t335 - _t355
+    _t376 = _t296 + _t316 + _t336 - _t356
+    _t377 = _t297 + _t317 + _t337 - _t357
+    _t378 = _t298 + _t318 + _t338 - _t358
+    _t379 = _t299 + _t319 + _t339 - _t359
+    _t380 = _t300 + _t320 + _t340 - _t360
+    _t381 = _t301 + _t321 + _t341 - _t361
+    _t382 = _t302 + _t322 + _t342 - _t362
+    _t383 = _t303 + _t323 + _t343 - _t363
+    _t384 = _t304 + _t324 + _t344 - _t364
+    _t385 = _t305 + _t325 + _t345 - _t365
+    _t386 = _t306 + _t326 + _t346 - _t366
+    _t387 = _t307 + _t327 + _t347 - _t367
+    _t388 = _t308 + _t328 + _t348 - _t368
+    _t389 = _t309 + _t329 + _t349 - _t369
+    _t390 = _t30*null2_3
+    _t391 = _t30*null2_0 + _t31*null2_3
+    _t392 = _t30*null2_1 + _t32*null2_3
+    _t393 = _t30*null2_2 + _t33*null2_3
+    _t394 = _t31*null2_0 + _t34*null2_3
+    _t395 = _t31*null2_1 + _t32*null2_0 + _t35*null2_3
+    _t396 = _t31*null2_2 + _t33*null2_0 + _t36*null2_3
+    _t397 = _t32*null2_1 + _t37*null2_3
+    _t398 = _t32*null2_2 + _t33*null2_1 + _t38*null2_3
+    _t399 = _t33*null2_2 + _t39*null2_3
+    _t400 = _t34*null2_0
+    _t401 = _t34*null2_1 + _t35*null2_0
+    _t402 = _t34*null2_2 + _t36*null2_0
+    _t403 = _t35*null2_1 + _t37*null2_0
+    _t404 = _t35*null2_2 + _t36*null2_1 + _t38*null2_0
+    _t405 = _t36*null2_2 + _t39*null2_0
+    _t406 = _t37*null2_1
+    _t407 = _t37*null2_2 + _t38*null2_1
+    _t408 = _t38*null2_2 + _t39*null2_1
+    _t409 = _t39*null2_2
+    _t410 = _t90*null5_3
+    _t411 = _t90*null5_0 + _t91*null5_3
+    _t412 = _t90*null5_1 + _t92*null5_3
+    _t413 = _t90*null5_2 + _t93*null5_3
+    _t414 = _t91*null5_0 + _t94*null5_3
+    _t415 = _t91*null5_1 + _t92*null5_0 + _t95*null5_3
+    _t416 = _t91*null5_2 + _t93*null5_0 + _t96*null5_3
+    _t417 = _t92*null5_1 + _t97*null5_3
+    _t418 = _t92*null5_2 + _t93*null5_1 + _t98*null5_3
+    _t419 = _t93*null5_2 + _t99*null5_3
+    _t420 = _t94*null5_0
+    _t421 = _t94*null5_1 + _t95*null5_0
+    _t422 = _t94*null5_2 + _t96*null5_0
+    _t423 = _t95*null5_1 + _t97*null5_0
+    _t424 = _t95*null5_2 + _t96*null5_1 + _t98*null5_0
+    _t425 = _t96*null5_2 + _t99*null5_0
+    _t426 = _t97*null5_1
+    _t427 = _t97*null5_2 + _t98*null5_1
+    _t428 = _t98*null5_2 + _t99*null5_1
+    _t429 = _t99*null5_2
+    _t430 = _t150*null8_3
+    _t431 = _t150*null8_0 + _t151*null8_3
+    _t432 = _t150*null8_1 + _t152*null8_3
+    _t433 = _t150*null8_2 + _t153*null8_3
+    _t434 = _t151*null8_0 + _t154*null8_3
+    _t435 = _t151*null8_1 + _t152*null8_0 + _t155*null8_3
+    _t436 = _t151*null8_2 + _t153*null8_0 + _t156*null8_3
+    _t437 = _t152*null8_1 + _t157*null8_3
+    _t438 = _t152*null8_2 + _t153*null8_1 + _t158*null8_3
+    _t439 = _t153*null8_2 + _t159*null8_3
+    _t440 = _t154*null8_0
+    _t441 = _t154*null8_1 + _t155*null8_0
+    _t442 = _t154*null8_2 + _t156*null8_0
+    _t443 = _t155*null8_1 + _t157*null8_0
+    _t444 = _t155*null8_2 + _t156*null8_1 + _t158*null8_0
+    _t445 = _t156*null8_2 + _t159*null8_0
+    _t446 = _t157*null8_1
+    _t447 = _t157*null8_2 + _t158*null8_1
+    _t448 = _t158*null8_2 + _t159*null8_1
+    _t449 = _t159*null8_2
+    _t450 = _t240*null2_3
+    _t451 = _t240*null2_0 + _t241*null2_3
+    _t452 = _t240*null2_1 + _t242*null2_3
+    _t453 = _t240*null2_2 + _t243*null2_3
+    _t454 = _t241*null2_0 + _t244*null2_3
+    _t455 = _t241*null2_1 + _t242*null2_0 + _t245*null2_3
+    _t456 = _t241*null2_2 + _t243*null2_0 + _t246*null2_3
+    _t457 = _t242*null2_1 + _t247*null2_3
+    _t458 = _t242*null2_2 + _t243*null2_1 + _t248*null2_3
+    _t459 = _t243*null2_2 + _t249*null2_3
+    _t460 = _t244*null2_0
+    _t461 = _t244*null2_1 + _t245*null2_0
+    _t462 = _t244*null2_2 + _t246*null2_0
+    _t463 = _t245*null2_1 + _t247*null2_0
+    _t464 = _t245*null2_2 + _t246*null2_1 + _t248*null2_0
+    _t465 = _t246*null2_2 + _t249*null2_0
+    _t466 = _t247*null2_1
+    _t467 = _t247*null2_2 + _t248*null2_1
+    _t468 = _t248*null2_2 + _t249*null2_1
+    _t469 = _t249*null2_2
+    _t470 = _t390 + _t410 + _t430 - _t450
+    _t471 = _t391 + _t411 + _t431 - _t451
+    _t472 = _t392 + _t412 + _t432 - _t452
+    _t473 = _t393 + _t413 + _t433 - _t453
+    _t474 = _t394 + _t414 + _t434 - _t454
+    _t475 = _t395 + _t415 + _t435 - _t455
+    _t476 = _t396 + _t416 + _t436 - _t456
+    _t477 = _t397 + _t417 + _t437 - _t457
+    _t478 = _t398 + _t418 + _t438 - _t458
+    _t479 = _t399 + _t419 + _t439 - _t459
+    _t480 = _t400 + _t420 + _t440 - _t460
+    _t481 = _t401 + _t421 + _t441 - _t461
+    _t482 = _t402 + _t422 + _t442 - _t462
+    _t483 = _t403 + _t423 + _t443 - _t463
+    _t484 = _t404 + _t424 + _t444 - _t464
+    _t485 = _t405 + _t425 + _t445 - _t465
+    _t486 = _t406 + _t426 + _t446 - _t466
+    _t487 = _t407 + _t427 + _t447 - _t467
+    _t488 = _t408 + _t428 + _t448 - _t468
+    _t489 = _t409 + _t429 + _t449 - _t469
+    _t490 = 2.0*_t180 + 2.0*_t190 + 2.0*_t200
+    _t491 = 2.0*_t181 + 2.0*_t191 + 2.0*_t201
+    _t492 = 2.0*_t182 + 2.0*_t192 + 2.0*_t202
+    _t493 = 2.0*_t183 + 2.0*_t193 + 2.0*_t203
+    _t494 = 2.0*_t184 + 2.0*_t194 + 2.0*_t204
+    _t495 = 2.0*_t185 + 2.0*_t195 + 2.0*_t205
+    _t496 = 2.0*_t186 + 2.0*_t196 + 2.0*_t206
+    _t497 = 2.0*_t187 + 2.0*_t197 + 2.0*_t207
+    _t498 = 2.0*_t188 + 2.0*_t198 + 2.0*_t208
+    _t499 = 2.0*_t189 + 2.0*_t199 + 2.0*_t209
+    _t500 = _t490*null3_3
+    _t501 = _t490*null3_0 + _t491*null3_3
+    _t502 = _t490*null3_1 + _t492*null3_3
+    _t503 = _t490*null3_2 + _t493*null3_3
+    _t504 = _t491*null3_0 + _t494*null3_3
+    _t505 = _t491*null3_1 + _t492*null3_0 + _t495*null3_3
+    _t506 = _t491*null3_2 + _t493*null3_0 + _t496*null3_3
+    _t507 = _t492*null3_1 + _t497*null3_3
+    _t508 = _t492*null3_2 + _t493*null3_1 + _t498*null3_3
+    _t509 = _t493*null3_2 + _t499*null3_3
+    _t510 = _t494*null3_0
+    _t511 = _t494*null3_1 + _t495*null3_0
+    _t512 = _t494*null3_2 + _t496*null3_0
+    _t513 = _t495*null3_1 + _t497*null3_0
+    _t514 = _t495*null3_2 + _t496*null3_1 + _t498*null3_0
+    _t515 = _t496*null3_2 + _t499*null3_0
+    _t516 = _t497*null3_1
+    _t517 = _t497*null3_2 + _t498*null3_1
+    _t518 = _t498*null3_2 + _t499*null3_1
+    _t519 = _t499*null3_2
+    _t520 = _t90*null0_3
+    _t521 = _t90*null0_0 + _t91*null0_3
+    _t522 = _t90*null0_1 + _t92*null0_3
+    _t523 = _t90*null0_2 + _t93*null0_3
+    _t524 = _t91*null0_0 + _t94*null0_3
+    _t525 = _t91*null0_1 + _t92*null0_0 + _t95*null0_3
+    _t526 = _t91*null0_2 + _t93*null0_0 + _t96*null0_3
+    _t527 = _t92*null0_1 + _t97*null0_3
+    _t528 = _t92*null0_2 + _t93*null0_1 + _t98*null0_3
+    _t529 = _t93*null0_2 + _t99*null0_3
+    _t530 = _t94*null0_0
+    _t531 = _t94*null0_1 + _t95*null0_0
+    _t532 = _t94*null0_2 + _t96*null0_0
+    _t533 = _t95*null0_1 + _t97*null0_0
+    _t534 = _t95*null0_2 + _t96*null0_1 + _t98*null0_0
+    _t535 = _t96*null0_2 + _t99*null0_0
+    _t536 = _t97*null0_1
+    _t537 = _t97*null0_2 + _t98*null0_1
+    _t538 = _t98*null0_2 + _t99*null0_1
+    _t539 = _t99*null0_2
+    _t540 = null3_3*null6_3
+    _t541 = null3_0*null6_3 + null3_3*null6_0
+    _t542 = null3_1*null6_3 + null3_3*null6_1
+    _t543 = null3_2*null6_3 + null3_3*null6_2
+    _t544 = null3_0*null6_0
+    _t545 = null3_0*null6_1 + null3_1*null6_0
+    _t546 = null3_0*null6_2 + null3_2*null6_0
+    _t547 = null3_1*null6_1
+    _t548 = null3_1*null6_2 + null3_2*null6_1
+    _t549 = null3_2*null6_2
+    _t550 = null4_3*null7_3
+    _t551 = null4_0*null7_3 + null4_3*null7_0
+    _t552 = null4_1*null7_3 + null4_3*null7_1
+    _t553 = null4_2*null7_3 + null4_3*null7_2
+    _t554 = null4_0*null7_0
+    _t555 = null4_0*null7_1 + null4_1*null7_0
+    _t556 = null4_0*null7_2 + null4_2*null7_0
+    _t557 = null4_1*null7_1
+    _t558 = null4_1*null7_2 + null4_2*null7_1
+    _t559 = null4_2*null7_2
+    _t560 = null5_3*null8_3
+    _t561 = null5_0*null8_3 + null5_3*null8_0
+    _t562 = null5_1*null8_3 + null5_3*null8_1
+    _t563 = null5_2*null8_3 + null5_3*null8_2
+    _t564 = null5_0*null8_0
+    _t565 = null5_0*null8_1 + null5_1*null8_0
+    _t566 = null5_0*null8_2 + null5_2*null8_0
+    _t567 = null5_1*null8_1
+    _t568 = null5_1*null8_2 + null5_2*null8_1
+    _t569 = null5_2*null8_2
+    _t570 = 2.0*_t540 + 2.0*_t550 + 2.0*_t560
+    _t571 = 2.0*_t541 + 2.0*_t551 + 2.0*_t561
+    _t572 = 2.0*_t542 + 2.0*_t552 + 2.0*_t562
+    _t573 = 2.0*_t543 + 2.0*_t553 + 2.0*_t563
+    _t574 = 2.0*_t544 + 2.0*_t554 + 2.0*_t564
+    _t575 = 2.0*_t545 + 2.0*_t555 + 2.0*_t565
+    _t576 = 2.0*_t546 + 2.0*_t556 + 2.0*_t566
+    _t577 = 2.0*_t547 + 2.0*_t557 + 2.0*_t567
+    _t578 = 2.0*_t548 + 2.0*_t558 + 2.0*_t568
+    _t579 = 2.0*_t549 + 2.0*_t559 + 2.0*_t569
+    _t580 = _t570*null6_3
+    _t581 = _t570*null6_0 + _t571*null6_3
+    _t582 = _t570*null6_1 + _t572*null6_3
+    _t583 = _t570*null6_2 + _t573*null6_3
+    _t584 = _t571*null6_0 + _t574*null6_3
+    _t585 = _t571*null6_1 + _t572*null6_0 + _t575*null6_3
+    _t586 = _t571*null6_2 + _t573*null6_0 + _t576*null6_3
+    _t587 = _t572*null6_1 + _t577*null6_3
+    _t588 = _t572*null6_2 + _t573*null6_1 + _t578*null6_3
+    _t589 = _t573*null6_2 + _t579*null6_3
+    _t590 = _t574*null6_0
+    _t591 = _t574*null6_1 + _t575*null6_0
+    _t592 = _t574*null6_2 + _t576*null6_0
+    _t593 = _t575*null6_1 + _t577*null6_0
+    _t594 = _t575*null6_2 + _t576*null6_1 + _t578*null6_0
+    _t595 = _t576*null6_2 + _t579*null6_0
+    _t596 = _t577*null6_1
+    _t597 = _t577*null6_2 + _t578*null6_1
+    _t598 = _t578*null6_2 + _t579*null6_1
+    _t599 = _t579*null6_2
+    _t600 = _t240*null3_3
+    _t601 = _t240*null3_0 + _t241*null3_3
+    _t602 = _t240*null3_1 + _t242*null3_3
+    _t603 = _t240*null3_2 + _t243*null3_3
+    _t604 = _t241*null3_0 + _t244*null3_3
+    _t605 = _t241*null3_1 + _t242*null3_0 + _t245*null3_3
+    _t606 = _t241*null3_2 + _t243*null3_0 + _t246*null3_3
+    _t607 = _t242*null3_1 + _t247*null3_3
+    _t608 = _t242*null3_2 + _t243*null3_1 + _t248*null3_3
+    _t609 = _t243*null3_2 + _t249*null3_3
+    _t610 = _t244*null3_0
+    _t611 = _t244*null3_1 + _t245*null3_0
+    _t612 = _t244*null3_2 + _t246*null3_0
+    _t613 = _t245*null3_1 + _t247*null3_0
+    _t614 = _t245*null3_2 + _t246*null3_1 + _t248*null3_0
+    _t615 = _t246*null3_2 + _t249*null3_0
+    _t616 = _t247*null3_1
+    _t617 = _t247*null3_2 + _t248*null3_1
+    _t618 = _t248*null3_2 + _t249*null3_1
+    _t619 = _t249*null3_2
+    _t620 = _t500 + _t520 + _t580 - _t600
+    _t621 = _t501 + _t521 + _t581 - _t601
+    _t622 = _t502 + _t522 + _t582 - _t602
+    _t623 = _t503 + _t523 + _t583 - _t603
+    _t624 = _t504 + _t524 + _t584 - _t604
+    _t625 = _t505 + _t525 + _t585 - _t605
+    _t626 = _t506 + _t526 + _t586 - _t606
+    _t627 = _t507 + _t527 + _t587 - _t607
+    _t628 = _t508 + _t528 + _t588 - _t608
+    _t629 = _t509 + _t529 + _t589 - _t609
+    _t630 = _t510 + _t530 + _t590 - _t610
+    _t631 = _t511 + _t531 + _t591 - _t611
+    _t632 = _t512 + _t532 + _t592 - _t612
+    _t633 = _t513 + _t533 + _t593 - _t613
+    _t634 = _t514 + _t534 + _t594 - _t614
+    _t635 = _t515 + _t535 + _t595 - _t615
+    _t636 = _t516 + _t536 + _t596 - _t616
+    _t637 = _t517 + _t537 + _t597 - _t617
+    _t638 = _t518 + _t538 + _t598 - _t618
+    _t639 = _t519 + _t539 + _t599 - _t619
+    _t640 = _t490*null4_3
+    _t641 = _t490*null4_0 + _t491*null4_3
+    _t642 = _t490*null4_1 + _t492*null4_3
+    _t643 = _t490*null4_2 + _t493*null4_3
+    _t644 = _t491*null4_0 + _t494*null4_3
+    _t645 = _t491*null4_1 + _t492*null4_0 + _t495*null4_3
+    _t646 = _t491*null4_2 + _t493*null4_0 + _t496*null4_3
+    _t647 = _t492*null4_1 + _t497*null4_3
+    _t648 = _t492*null4_2 + _t493*null4_1 + _t498*null4_3
+    _t649 = _t493*null4_2 + _t499*null4_3
+    _t650 = _t494*null4_0
+    _t651 = _t494*null4_1 + _t495*null4_0
+    _t652 = _t494*null4_2 + _t496*null4_0
+    _t653 = _t495*null4_1 + _t497*null4_0
+    _t654 = _t495*null4_2 + _t496*null4_1 + _t498*null4_0
+    _t655 = _t496*null4_2 + _t499*null4_0
+    _t656 = _t497*null4_1
+    _t657 = _t497*null4_2 + _t498*null4_1
+    _t658 = _t498*null4_2 + _t499*null4_1
+    _t659 = _t499*null4_2
+    _t660 = _t90*null1_3
+    _t661 = _t90*null1_0 + _t91*null1_3
+    _t662 = _t90*null1_1 + _t92*null1_3
+    _t663 = _t90*null1_2 + _t93*null1_3
+    _t664 = _t91*null1_0 + _t94*null1_3
+    _t665 = _t91*null1_1 + _t92*null1_0 + _t95*null1_3
+    _t666 = _t91*null1_2 + _t93*null1_0 + _t96*null1_3
+    _t667 = _t92*null1_1 + _t97*null1_3
+    _t668 = _t92*null1_2 + _t93*null1_1 + _t98*null1_3
+    _t669 = _t93*null1_2 + _t99*null1_3
+    _t670 = _t94*null1_0
+    _t671 = _t94*null1_1 + _t95*null1_0
+    _t672 = _t94*null1_2 + _t96*null1_0
+    _t673 = _t95*null1_1 + _t97*null1_0
+    _t674 = _t95*null1_2 + _t96*null1_1 + _t98*null1_0
+    _t675 = _t96*null1_2 + _t99*null1_0
+    _t676 = _t97*null1_1
+    _t677 = _t97*null1_2 + _t98*null1_1
+    _t678 = _t98*null1_2 + _t99*null1_1
+    _t679 = _t99*null1_2
+    _t680 = _t570*null7_3
+    _t681 = _t570*null7_0 + _t571*null7_3
+    _t682 = _t570*null7_1 + _t572*null7_3
+    _t683 = _t570*null7_2 + _t573*null7_3
+    _t684 = _t571*null7_0 + _t574*null7_3
+    _t685 = _t571*null7_1 + _t572*null7_0 + _t575*null7_3
+    _t686 = _t571*null7_2 + _t573*null7_0 + _t576*null7_3
+    _t687 = _t572*null7_1 + _t577*null7_3
+    _t688 = _t572*null7_2 + _t573*null7_1 + _t578*null7_3
+    _t689 = _t573*null7_2 + _t579*null7_3
+    _t690 = _t574*null7_0
+    _t691 = _t574*null7_1 + _t575*null7_0
+    _t692 = _t574*null7_2 + _t576*null7_0
+    _t693 = _t575*null7_1 + _t577*null7_0
+    _t694 = _t575*null7_2 + _t576*null7_1 + _t578*null7_0
+    _t695 = _t576*null7_2 + _t579*null7_0
+    _t696 = _t577*null7_1
+    _t697 = _t577*null7_2 + _t578*null7_1
+    _t698 = _t578*null7_2 + _t579*null7_1
+    _t699 = _t579*null7_2
+    _t700 = _t240*null4_3
+    _t701 = _t240*null4_0 + _t241*null4_3
+    _t702 = _t240*null4_1 + _t242*null4_3
+    _t703 = _t240*null4_2 + _t243*null4_3
+    _t704 = _t241*null4_0 + _t244*null4_3
+    _t705 = _t241*null4_1 + _t242*null4_0 + _t245*null4_3
+    _t706 = _t241*null4_2 + _t243*null4_0 + _t246*null4_3
+    _t707 = _t242*null4_1 + _t247*null4_3
+    _t708 = _t242*null4_2 + _t243*null4_1 + _t248*null4_3
+    _t709 = _t243*null4_2 + _t249*null4_3
+    _t710 = _t244*null4_0
+    _t711 = _t244*null4_1 + _t245*null4_0
+    _t712 = _t244*null4_2 + _t246*null4_0
+    _t713 = _t245*null4_1 + _t247*null4_0
+    _t714 = _t245*null4_2 + _t246*null4_1 + _t248*null4_0
+    _t715 = _t246*null4_2 + _t249*null4_0
+    _t716 = _t247*null4_1
+    _t717 = _t247*null4_2 + _t248*null4_1
+    _t718 = _t248*null4_2 + _t249*null4_1
+    _t719 = _t249*null4_2
+    _t720 = _t640 + _t660 + _t680 - _t700
+    _t721 = _t641 + _t661 + _t681 - _t701
+    _t722 = _t642 + _t662 + _t682 - _t702
+    _t723 = _t643 + _t663 + _t683 - _t703
+    _t724 = _t644 + _t664 + _t684 - _t704
+    _t725 = _t645 + _t665 + _t685 - _t705
+    _t726 = _t646 + _t666 + _t686 - _t706
+    _t727 = _t647 + _t667 + _t687 - _t707
+    _t728 = _t648 + _t668 + _t688 - _t708
+    _t729 = _t649 + _t669 + _t689 - _t709
+    _t730 = _t650 + _t670 + _t690 - _t710
+    _t731 = _t651 + _t671 + _t691 - _t711
+    _t732 = _t652 + _t672 + _t692 - _t712
+    _t733 = _t653 + _t673 + _t693 - _t713
+    _t734 = _t654 + _t674 + _t694 - _t714
+    _t735 = _t655 + _t675 + _t695 - _t715
+    _t736 = _t656 + _t676 + _t696 - _t716
+    _t737 = _t657 + _t677 + _t697 - _t717
+    _t738 = _t658 + _t678 + _t698 - _t718
+    _t739 = _t659 + _t679 + _t699 - _t719
+    _t740 = _t490*null5_3
+    _t741 = _t490*null5_0 + _t491*null5_3
+    _t742 = _t490*null5_1 + _t492*null5_3
+    _t743 = _t490*null5_2 + _t493*null5_3
+    _t744 = _t491*null5_0 + _t494*null5_3
+    _t745 = _t491*null5_1 + _t492*null5_0 + _t495*null5_3
+    _t746 = _t491*null5_2 + _t493*null5_0 + _t496*null5_3
+    _t747 = _t492*null5_1 + _t497*null5_3
+    _t748 = _t492*null5_2 + _t493*null5_1 + _t498*null5_3
+    _t749 = _t493*null5_2 + _t499*null5_3
+    _t750 = _t494*null5_0
+    _t751 = _t494*null5_1 + _t495*null5_0
+    _t752 = _t494*null5_2 + _t496*null5_0
+    _t753 = _t495*null5_1 + _t497*null5_0
+    _t754 = _t495*null5_2 + _t496*null5_1 + _t498*null5_0
+    _t755 = _t496*null5_2 + _t499*null5_0
+    _t756 = _t497*null5_1
+    _t757 = _t497*null5_2 + _t498*null5_1
+    _t758 = _t498*null5_2 + _t499*null5_1
+    _t759 = _t499*null5_2
+    _t760 = _t90*null2_3
+    _t761 = _t90*null2_0 + _t91*null2_3
+    _t762 = _t90*null2_1 + _t92*null2_3
+    _t763 = _t90*null2_2 + _t93*null2_3
+    _t764 = _t91*null2_0 + _t94*null2_3
+    _t765 = _t91*null2_1 + _t92*null2_0 + _t95*null2_3
+    _t766 = _t91*null2_2 + _t93*null2_0 + _t96*null2_3
+    _t767 = _t92*null2_1 + _t97*null2_3
+    _t768 = _t92*null2_2 + _t93*null2_1 + _t98*null2_3
+    _t769 = _t93*null2_2 + _t99*null2_3
+    _t770 = _t94*null2_0
+    _t771 = _t94*null2_1 + _t95*null2_0
+    _t772 = _t94*null2_2 + _t96*null2_0
+    _t773 = _t95*null2_1 + _t97*null2_0
+    _t774 = _t95*null2_2 + _t96*null2_1 + _t98*null2_0
+    _t775 = _t96*null2_2 + _t99*null2_0
+    _t776 = _t97*null2_1
+    _t777 = _t97*null2_2 + _t98*null2_1
+    _t778 = _t98*null2_2 + _t99*null2_1
+    _t779 = _t99*null2_2
+    _t780 = _t570*null8_3
+    _t781 = _t570*null8_0 + _t571*null8_3
+    _t782 = _t570*null8_1 + _t572*null8_3
+    _t783 = _t570*null8_2 + _t573*null8_3
+    _t784 = _t571*null8_0 + _t574*null8_3
+    _t785 = _t571*null8_1 + _t572*null8_0 + _t575*null8_3
+    _t786 = _t571*null8_2 + _t573*null8_0 + _t576*null8_3
+    _t787 = _t572*null8_1 + _t577*null8_3
+    _t788 = _t572*null8_2 + _t573*null8_1 + _t578*null8_3
+    _t789 = _t573*null8_2 + _t579*null8_3
+    _t790 = _t574*null8_0
+    _t791 = _t574*null8_1 + _t575*null8_0
+    _t792 = _t574*null8_2 + _t576*null8_0
+    _t793 = _t575*null8_1 + _t577*null8_0
+    _t794 = _t575*null8_2 + _t576*null8_1 + _t578*null8_0
+    _t795 = _t576*null8_2 + _t579*null8_0
+    _t796 = _t577*null8_1
+    _t797 = _t577*null8_2 + _t578*null8_1
+    _t798 = _t578*null8_2 + _t579*null8_1
+    _t799 = _t579*null8_2
+    _t800 = _t240*null5_3
+    _t801 = _t240*null5_0 + _t241*null5_3
+    _t802 = _t240*null5_1 + _t242*null5_3
+    _t803 = _t240*null5_2 + _t243*null5_3
+    _t804 = _t241*null5_0 + _t244*null5_3
+    _t805 = _t241*null5_1 + _t242*null5_0 + _t245*null5_3
+    _t806 = _t241*null5_2 + _t243*null5_0 + _t246*null5_3
+    _t807 = _t242*null5_1 + _t247*null5_3
+    _t808 = _t242*null5_2 + _t243*null5_1 + _t248*null5_3
+    _t809 = _t243*null5_2 + _t249*null5_3
+    _t810 = _t244*null5_0
+    _t811 = _t244*null5_1 + _t245*null5_0
+    _t812 = _t244*null5_2 + _t246*null5_0
+    _t813 = _t245*null5_1 + _t247*null5_0
+    _t814 = _t245*null5_2 + _t246*null5_1 + _t248*null5_0
+    _t815 = _t246*null5_2 + _t249*null5_0
+    _t816 = _t247*null5_1
+    _t817 = _t247*null5_2 + _t248*null5_1
+    _t818 = _t248*null5_2 + _t249*null5_1
+    _t819 = _t249*null5_2
+    _t820 = _t740 + _t760 + _t780 - _t800
+    _t821 = _t741 + _t761 + _t781 - _t801
+    _t822 = _t742 + _t762 + _t782 - _t802
+    _t823 = _t743 + _t763 + _t783 - _t803
+    _t824 = _t744 + _t764 + _t784 - _t804
+    _t825 = _t745 + _t765 + _t785 - _t805
+    _t826 = _t746 + _t766 + _t786 - _t806
+    _t827 = _t747 + _t767 + _t787 - _t807
+    _t828 = _t748 + _t768 + _t788 - _t808
+    _t829 = _t749 + _t769 + _t789 - _t809
+    _t830 = _t750 + _t770 + _t790 - _t810
+    _t831 = _t751 + _t771 + _t791 - _t811
+    _t832 = _t752 + _t772 + _t792 - _t812
+    _t833 = _t753 + _t773 + _t793 - _t813
+    _t834 = _t754 + _t774 + _t794 - _t814
+    _t835 = _t755 + _t775 + _t795 - _t815
+    _t836 = _t756 + _t776 + _t796 - _t816
+    _t837 = _t757 + _t777 + _t797 - _t817
+    _t838 = _t758 + _t778 + _t798 - _t818
+    _t839 = _t759 + _t779 + _t799 - _t819
+    _t840 = 2.0*_t210 + 2.0*_t220 + 2.0*_t230
+    _t841 = 2.0*_t211 + 2.0*_t221 + 2.0*_t231
+    _t842 = 2.0*_t212 + 2.0*_t222 + 2.0*_t232
+    _t843 = 2.0*_t213 + 2.0*_t223 + 2.0*_t233
+    _t844 = 2.0*_t214 + 2.0*_t224 + 2.0*_t234
+    _t845 = 2.0*_t215 + 2.0*_t225 + 2.0*_t235
+    _t846 = 2.0*_t216 + 2.0*_t226 + 2.0*_t236
+    _t847 = 2.0*_t217 + 2.0*_t227 + 2.0*_t237
+    _t848 = 2.0*_t218 + 2.0*_t228 + 2.0*_t238
+    _t849 = 2.0*_t219 + 2.0*_t229 + 2.0*_t239
+    _t850 = _t840*null6_3
+    _t851 = _t840*null6_0 + _t841*null6_3
+    _t852 = _t840*null6_1 + _t842*null6_3
+    _t853 = _t840*null6_2 + _t843*null6_3
+    _t854 = _t841*null6_0 + _t844*null6_3
+    _t855 = _t841*null6_1 + _t842*null6_0 + _t845*null6_3
+    _t856 = _t841*null6_2 + _t843*null6_0 + _t846*null6_3
+    _t857 = _t842*null6_1 + _t847*null6_3
+    _t858 = _t842*null6_2 + _t843*null6_1 + _t848*null6_3
+    _t859 = _t843*null6_2 + _t849*null6_3
+    _t860 = _t844*null6_0
+    _t861 = _t844*null6_1 + _t845*null6_0
+    _t862 = _t844*null6_2 + _t846*null6_0
+    _t863 = _t845*null6_1 + _t847*null6_0
+    _t864 = _t845*null6_2 + _t846*null6_1 + _t848*null6_0
+    _t865 = _t846*null6_2 + _t849*null6_0
+    _t866 = _t847*null6_1
+    _t867 = _t847*null6_2 + _t848*null6_1
+    _t868 = _t848*null6_2 + _t849*null6_1
+    _t869 = _t849*null6_2
+    _t870 = _t150*null0_3
+    _t871 = _t150*null0_0 + _t151*null0_3
+    _t872 = _t150*null0_1 + _t152*null0_3
+    _t873 = _t150*null0_2 + _t153*null0_3
+    _t874 = _t151*null0_0 + _t154*null0_3
+    _t875 = _t151*null0_1 + _t152*null0_0 + _t155*null0_3
+    _t876 = _t151*null0_2 + _t153*null0_0 + _t156*null0_3
+    _t877 = _t152*null0_1 + _t157*null0_3
+    _t878 = _t152*null0_2 + _t153*null0_1 + _t158*null0_3
+    _t879 = _t153*null0_2 + _t159*null0_3
+    _t880 = _t154*null0_0
+    _t881 = _t154*null0_1 + _t155*null0_0
+    _t882 = _t154*null0_2 + _t156*null0_0
+    _t883 = _t155*null0_1 + _t157*null0_0
+    _t884 = _t155*null0_2 + _t156*null0_1 + _t158*null0_0
+    _t885 = _t156*null0_2 + _t159*null0_0
+    _t886 = _t157*null0_1
+    _t887 = _t157*null0_2 + _t158*null0_1
+    _t888 = _t158*null0_2 + _t159*null0_1
+    _t889 = _t159*null0_2
+    _t890 = _t570*null3_3
+    _t891 = _t570*null3_0 + _t571*null3_3
+    _t892 = _t570*null3_1 + _t572*null3_3
+    _t893 = _t570*null3_2 + _t573*null3_3
+    _t894 = _t571*null3_0 + _t574*null3_3
+    _t895 = _t571*null3_1 + _t572*null3_0 + _t575*null3_3
+    _t896 = _t571*null3_2 + _t573*null3_0 + _t576*null3_3
+    _t897 = _t572*null3_1 + _t577*null3_3
+    _t898 = _t572*null3_2 + _t573*null3_1 + _t578*null3_3
+    _t899 = _t573*null3_2 + _t579*null3_3
+    _t900 = _t574*null3_0
+    _t901 = _t574*null3_1 + _t575*null3_0
+    _t902 = _t574*null3_2 + _t576*null3_0
+    _t903 = _t575*null3_1 + _t577*null3_0
+    _t904 = _t575*null3_2 + _t576*null3_1 + _t578*null3_0
+    _t905 = _t576*null3_2 + _t579*null3_0
+    _t906 = _t577*null3_1
+    _t907 = _t577*null3_2 + _t578*null3_1
+    _t908 = _t578*null3_2 + _t579*null3_1
+    _t909 = _t579*null3_2
+    _t910 = _t240*null6_3
+    _t911 = _t240*null6_0 + _t241*null6_3
+    _t912 = _t240*null6_1 + _t242*null6_3
+    _t913 = _t240*null6_2 + _t243*null6_3
+    _t914 = _t241*null6_0 + _t244*null6_3
+    _t915 = _t241*null6_1 + _t242*null6_0 + _t245*null6_3
+    _t916 = _t241*null6_2 + _t243*null6_0 + _t246*null6_3
+    _t917 = _t242*null6_1 + _t247*null6_3
+    _t918 = _t242*null6_2 + _t243*null6_1 + _t248*null6_3
+    _t919 = _t243*null6_2 + _t249*null6_3
+    _t920 = _t244*null6_0
+    _t921 = _t244*null6_1 + _t245*null6_0
+    _t922 = _t244*null6_2 + _t246*null6_0
+    _t923 = _t245*null6_1 + _t247*null6_0
+    _t924 = _t245*null6_2 + _t246*null6_1 + _t248*null6_0
+    _t925 = _t246*null6_2 + _t249*null6_0
+    _t926 = _t247*null6_1
+    _t927 = _t247*null6_2 + _t248*null6_1
+    _t928 = _t248*null6_2 + _t249*null6_1
+    _t929 = _t249*null6_2
+    _t930 = _t850 + _t870 + _t890 - _t910
+    _t931 = _t851 + _t871 + _t891 - _t911
+    _t932 = _t852 + _t872 + _t892 - _t912
+    _t933 = _t853 + _t873 + _t893 - _t913
+    _t934 = _t854 + _t874 + _t894 - _t914
+    _t935 = _t855 + _t875 + _t895 - _t915
+    _t936 = _t856 + _t876 + _t896 - _t916
+    _t937 = _t857 + _t877 + _t897 - _t917
+    _t938 = _t858 + _t878 + _t898 - _t918
+    _t939 = _t859 + _t879 + _t899 - _t919
+    _t940 = _t860 + _t880 + _t900 - _t920
+    _t941 = _t861 + _t881 + _t901 - _t921
+    _t942 = _t862 + _t882 + _t902 - _t922
+    _t943 = _t863 + _t883 + _t903 - _t923
+    _t944 = _t864 + _t884 + _t904 - _t924
+    _t945 = _t865 + _t885 + _t905 - _t925
+    _t946 = _t866 + _t886 + _t906 - _t926
+    _t947 = _t867 + _t887 + _t907 - _t927
+    _t948 = _t868 + _t888 + _t908 - _t928
+    _t949 = _t869 + _t889 + _t909 - _t929
+    _t950 = _t840*null7_3
+    _t951 = _t840*null7_0 + _t841*null7_3
+    _t952 = _t840*null7_1 + _t842*null7_3
+    _t953 = _t840*null7_2 + _t843*null7_3
+    _t954 = _t841*null7_0 + _t844*null7_3
+    _t955 = _t841*null7_1 + _t842*null7_0 + _t845*null7_3
+    _t956 = _t841*null7_2 + _t843*null7_0 + _t846*null7_3
+    _t957 = _t842*null7_1 + _t847*null7_3
+    _t958 = _t842*null7_2 + _t843*null7_1 + _t848*null7_3
+    _t959 = _t843*null7_2 + _t849*null7_3
+    _t960 = _t844*null7_0
+    _t961 = _t844*null7_1 + _t845*null7_0
+    _t962 = _t844*null7_2 + _t846*null7_0
+    _t963 = _t845*null7_1 + _t847*null7_0
+    _t964 = _t845*null7_2 + _t846*null7_1 + _t848*null7_0
+    _t965 = _t846*null7_2 + _t849*null7_0
+    _t966 = _t847*null7_1
+    _t967 = _t847*null7_2 + _t848*null7_1
+    _t968 = _t848*null7_2 + _t849*null7_1
+    _t969 = _t849*null7_2
+    _t970 = _t150*null1_3
+    _t971 = _t150*null1_0 + _t151*null1_3
+    _t972 = _t150*null1_1 + _t152*null1_3
+    _t973 = _t150*null1_2 + _t153*null1_3
+    _t974 = _t151*null1_0 + _t154*null1_3
+    _t975 = _t151*null1_1 + _t152*null1_0 + _t155*null1_3
+    _t976 = _t151*null1_2 + _t153*null1_0 + _t156*null1_3
+    _t977 = _t152*null1_1 + _t157*null1_3
+    _t978 = _t152*null1_2 + _t153*null1_1 + _t158*null1_3
+    _t979 = _t153*null1_2 + _t159*null1_3
+    _t980 = _t154*null1_0
+    _t981 = _t154*null1_1 + _t155*null1_0
+    _t982 = _t154*null1_2 + _t156*null1_0
+    _t983 = _t155*null1_1 + _t157*null1_0
+    _t984 = _t155*null1_2 + _t156*null1_1 + _t158*null1_0
+    _t985 = _t156*null1_2 + _t159*null1_0
+    _t986 = _t157*null1_1
+    _t987 = _t157*null1_2 + _t158*null1_1
+    _t988 = _t158*null1_2 + _t159*null1_1
+    _t989 = _t159*null1_2
+    _t990 = _t570*null4_3
+    _t991 = _t570*null4_0 + _t571*null4_3
+    _t992 = _t570*null4_1 + _t572*null4_3
+    _t993 = _t570*null4_2 + _t573*null4_3
+    _t994 = _t571*null4_0 + _t574*null4_3
+    _t995 = _t571*null4_1 + _t572*null4_0 + _t575*null4_3
+    _t996 = _t571*null4_2 + _t573*null4_0 + _t576*null4_3
+    _t997 = _t572*null4_1 + _t577*null4_3
+    _t998 = _t572*null4_2 + _t573*null4_1 + _t578*null4_3
+    _t999 = _t573*null4_2 + _t579*null4_3
+    _t1000 = _t574*null4_0
+    _t1001 = _t574*null4_1 + _t575*null4_0
+    _t1002 = _t574*null4_2 + _t576*null4_0
+    _t1003 = _t575*null4_1 + _t577*null4_0
+    _t1004 = _t575*null4_2 + _t576*null4_1 + _t578*null4_0
+    _t1005 = _t576*null4_2 + _t579*null4_0
+    _t1006 = _t577*null4_1
+    _t1007 = _t577*null4_2 + _t578*null4_1
+    _t1008 = _t578*null4_2 + _t579*null4_1
+    _t1009 = _t579*null4_2
+    _t1010 = _t240*null7_3
+    _t1011 = _t240*null7_0 + _t241*null7_3
+    _t1012 = _t240*null7_1 + _t242*null7_3
+    _t1013 = _t240*null7_2 + _t243*null7_3
+    _t1014 = _t241*null7_0 + _t244*null7_3
+    _t1015 = _t241*null7_1 + _t242*null7_0 + _t245*null7_3
+    _t1016 = _t241*null7_2 + _t243*null7_0 + _t246*null7_3
+    _t1017 = _t242*null7_1 + _t247*null7_3
+    _t1018 = _t242*null7_2 + _t243*null7_1 + _t248*null7_3
+    _t1019 = _t243*null7_2 + _t249*null7_3
+    _t1020 = _t244*null7_0
+    _t1021 = _t244*null7_1 + _t245*null7_0
+    _t1022 = _t244*null7_2 + _t246*null7_0
+    _t1023 = _t245*null7_1 + _t247*null7_0
+    _t1024 = _t245*null7_2 + _t246*null7_1 + _t248*null7_0
+    _t1025 = _t246*null7_2 + _t249*null7_0
+    _t1026 = _t247*null7_1
+    _t1027 = _t247*null7_2 + _t248*null7_1
+    _t1028 = _t248*null7_2 + _t249*null7_1
+    _t1029 = _t249*null7_2
+    _t1030 = -_t1010 + _t950 + _t970 + _t990
+    _t1031 = -_t1011 + _t951 + _t971 + _t991
+    _t1032 = -_t1012 + _t952 + _t972 + _t992
+    _t1033 = -_t1013 + _t953 + _t973 + _t993
+    _t1034 = -_t1014 + _t954 + _t974 + _t994
+    _t1035 = -_t1015 + _t955 + _t975 + _t995
+    _t1036 = -_t1016 + _t956 + _t976 + _t996
+    _t1037 = -_t1017 + _t957 + _t977 + _t997
+    _t1038 = -_t1018 + _t958 + _t978 + _t998
+    _t1039 = -_t1019 + _t959 + _t979 + _t999
+    _t1040 = _t1000 - _t1020 + _t960 + _t980
+    _t1041 = _t1001 - _t1021 + _t961 + _t981
+    _t1042 = _t1002 - _t1022 + _t962 + _t982
+    _t1043 = _t1003 - _t1023 + _t963 + _t983
+    _t1044 = _t1004 - _t1024 + _t964 + _t984
+    _t1045 = _t1005 - _t1025 + _t965 + _t985
+    _t1046 = _t1006 - _t1026 + _t966 + _t986
+    _t1047 = _t1007 - _t1027 + _t967 + _t987
+    _t1048 = _t1008 - _t1028 + _t968 + _t988
+    _t1049 = _t1009 - _t1029 + _t969 + _t989
+    _t1050 = _t840*null8_3
+    _t1051 = _t840*null8_0 + _t841*null8_3
+    _t1052 = _t840*null8_1 + _t842*null8_3
+    _t1053 = _t840*null8_2 + _t843*null8_3
+    _t1054 = _t841*null8_0 + _t844*null8_3
+    _t1055 = _t841*null8_1 + _t842*null8_0 + _t845*null8_3
+    _t1056 = _t841*null8_2 + _t843*null8_0 + _t846*null8_3
+    _t1057 = _t842*null8_1 + _t847*null8_3
+    _t1058 = _t842*null8_2 + _t843*null8_1 + _t848*null8_3
+    _t1059 = _t843*null8_2 + _t849*null8_3
+    _t1060 = _t844*null8_0
+    _t1061 = _t844*null8_1 + _t845*null8_0
+    _t1062 = _t844*null8_2 + _t846*null8_0
+    _t1063 = _t845*null8_1 + _t847*null8_0
+    _t1064 = _t845*null8_2 + _t846*null8_1 + _t848*null8_0
+    _t1065 = _t846*null8_2 + _t849*null8_0
+    _t1066 = _t847*null8_1
+    _t1067 = _t847*null8_2 + _t848*null8_1
+    _t1068 = _t848*null8_2 + _t849*null8_1
+    _t1069 = _t849*null8_2
+    _t1070 = _t150*null2_3
+    _t1071 = _t150*null2_0 + _t151*null2_3
+    _t1072 = _t150*null2_1 + _t152*null2_3
+    _t1073 = _t150*null2_2 + _t153*null2_3
+    _t1074 = _t151*null2_0 + _t154*null2_3
+    _t1075 = _t151*null2_1 + _t152*null2_0 + _t155*null2_3
+    _t1076 = _t151*null2_2 + _t153*null2_0 + _t156*null2_3
+    _t1077 = _t152*null2_1 + _t157*null2_3
+    _t1078 = _t152*null2_2 + _t153*null2_1 + _t158*null2_3
+    _t1079 = _t153*null2_2 + _t159*null2_3
+    _t1080 = _t154*null2_0
+    _t1081 = _t154*null2_1 + _t155*null2_0
+    _t1082 = _t154*null2_2 + _t156*null2_0
+    _t1083 = _t155*null2_1 + _t157*null2_0
+    _t1084 = _t155*null2_2 + _t156*null2_1 + _t158*null2_0
+    _t1085 = _t156*null2_2 + _t159*null2_0
+    _t1086 = _t157*null2_1
+    _t1087 = _t157*null2_2 + _t158*null2_1
+    _t1088 = _t158*null2_2 + _t159*null2_1
+    _t1089 = _t159*null2_2
+    _t1090 = _t570*null5_3
+    _t1091 = _t570*null5_0 + _t571*null5_3
+    _t1092 = _t570*null5_1 + _t572*null5_3
+    _t1093 = _t570*null5_2 + _t573*null5_3
+    _t1094 = _t571*null5_0 + _t574*null5_3
+    _t1095 = _t571*null5_1 + _t572*null5_0 + _t575*null5_3
+    _t1096 = _t571*null5_2 + _t573*null5_0 + _t576*null5_3
+    _t1097 = _t572*null5_1 + _t577*null5_3
+    _t1098 = _t572*null5_2 + _t573*null5_1 + _t578*null5_3
+    _t1099 = _t573*null5_2 + _t579*null5_3
+    _t1100 = _t574*null5_0
+    _t1101 = _t574*null5_1 + _t575*null5_0
+    _t1102 = _t574*null5_2 + _t576*null5_0
+    _t1103 = _t575*null5_1 + _t577*null5_0
+    _t1104 = _t575*null5_2 + _t576*null5_1 + _t578*null5_0
+    _t1105 = _t576*null5_2 + _t579*null5_0
+    _t1106 = _t577*null5_1
+    _t1107 = _t577*null5_2 + _t578*null5_1
+    _t1108 = _t578*null5_2 + _t579*null5_1
+    _t1109 = _t579*null5_2
+    _t1110 = _t240*null8_3
+    _t1111 = _t240*null8_0 + _t241*null8_3
+    _t1112 = _t240*null8_1 + _t242*null8_3
+    _t1113 = _t240*null8_2 + _t243*null8_3
+    _t1114 = _t241*null8_0 + _t244*null8_3
+    _t1115 = _t241*null8_1 + _t242*null8_0 + _t245*null8_3
+    _t1116 = _t241*null8_2 + _t243*null8_0 + _t246*null8_3
+    _t1117 = _t242*null8_1 + _t247*null8_3
+    _t1118 = _t242*null8_2 + _t243*null8_1 + _t248*null8_3
+    _t1119 = _t243*null8_2 + _t249*null8_3
+    _t1120 = _t244*null8_0
+    _t1121 = _t244*null8_1 + _t245*null8_0
+    _t1122 = _t244*null8_2 + _t246*null8_0
+    _t1123 = _t245*null8_1 + _t247*null8_0
+    _t1124 = _t245*null8_2 + _t246*null8_1 + _t248*null8_0
+    _t1125 = _t246*null8_2 + _t249*null8_0
+    _t1126 = _t247*null8_1
+    _t1127 = _t247*null8_2 + _t248*null8_1
+    _t1128 = _t248*null8_2 + _t249*null8_1
+    _t1129 = _t249*null8_2
+    _t1130 = _t1050 + _t1070 + _t1090 - _t1110
+    _t1131 = _t1051 + _t1071 + _t1091 - _t1111
+    _t1132 = _t1052 + _t1072 + _t1092 - _t1112
+    _t1133 = _t1053 + _t1073 + _t1093 - _t1113
+    _t1134 = _t1054 + _t1074 + _t1094 - _t1114
+    _t1135 = _t1055 + _t1075 + _t1095 - _t1115
+    _t1136 = _t1056 + _t1076 + _t1096 - _t1116
+    _t1137 = _t1057 + _t1077 + _t1097 - _t1117
+    _t1138 = _t1058 + _t1078 + _t1098 - _t1118
+    _t1139 = _t1059 + _t1079 + _t1099 - _t1119
+    _t1140 = _t1060 + _t1080 + _t1100 - _t1120
+    _t1141 = _t1061 + _t1081 + _t1101 - _t1121
+    _t1142 = _t1062 + _t1082 + _t1102 - _t1122
+    _t1143 = _t1063 + _t1083 + _t1103 - _t1123
+    _t1144 = _t1064 + _t1084 + _t1104 - _t1124
+    _t1145 = _t1065 + _t1085 + _t1105 - _t1125
+    _t1146 = _t1066 + _t1086 + _t1106 - _t1126
+    _t1147 = _t1067 + _t1087 + _t1107 - _t1127
+    _t1148 = _t1068 + _t1088 + _t1108 - _t1128
+    _t1149 = _t1069 + _t1089 + _t1109 - _t1129
+    _t1150 = null0_3*null4_3
+    _t1151 = null0_0*null4_3 + null0_3*null4_0
+    _t1152 = null0_1*null4_3 + null0_3*null4_1
+    _t1153 = null0_2*null4_3 + null0_3*null4_2
+    _t1154 = null0_0*null4_0
+    _t1155 = null0_0*null4_1 + null0_1*null4_0
+    _t1156 = null0_0*null4_2 + null0_2*null4_0
+    _t1157 = null0_1*null4_1
+    _t1158 = null0_1*null4_2 + null0_2*null4_1
+    _t1159 = null0_2*null4_2
+    _t1160 = _t1150*null8_3
+    _t1161 = _t1150*null8_0 + _t1151*null8_3
+    _t1162 = _t1150*null8_1 + _t1152*null8_3
+    _t1163 = _t1150*null8_2 + _t1153*null8_3
+    _t1164 = _t1151*null8_0 + _t1154*null8_3
+    _t1165 = _t1151*null8_1 + _t1152*null8_0 + _t1155*null8_3
+    _t1166 = _t1151*null8_2 + _t1153*null8_0 + _t1156*null8_3
+    _t1167 = _t1152*null8_1 + _t1157*null8_3
+    _t1168 = _t1152*null8_2 + _t1153*null8_1 + _t1158*null8_3
+    _t1169 = _t1153*null8_2 + _t1159*null8_3
+    _t1170 = _t1154*null8_0
+    _t1171 = _t1154*null8_1 + _t1155*null8_0
+    _t1172 = _t1154*null8_2 + _t1156*null8_0
+    _t1173 = _t1155*null8_1 + _t1157*null8_0
+    _t1174 = _t1155*null8_2 + _t1156*null8_1 + _t1158*null8_0
+    _t1175 = _t1156*null8_2 + _t1159*null8_0
+    _t1176 = _t1157*null8_1
+    _t1177 = _t1157*null8_2 + _t1158*null8_1
+    _t1178 = _t1158*null8_2 + _t1159*null8_1
+    _t1179 = _t1159*null8_2
+    _t1180 = null1_3*null5_3
+    _t1181 = null1_0*null5_3 + null1_3*null5_0
+    _t1182 = null1_1*null5_3 + null1_3*null5_1
+    _t1183 = null1_2*null5_3 + null1_3*null5_2
+    _t1184 = null1_0*null5_0
+    _t1185 = null1_0*null5_1 + null1_1*null5_0
+    _t1186 = null1_0*null5_2 + null1_2*null5_0
+    _t1187 = null1_1*null5_1
+    _t1188 = null1_1*null5_2 + null1_2*null5_1
+    _t1189 = null1_2*null5_2
+    _t1190 = _t1180*null6_3
+    _t1191 = _t1180*null6_0 + _t1181*null6_3
+    _t1192 = _t1180*null6_1 + _t1182*null6_3
+    _t1193 = _t1180*null6_2 + _t1183*null6_3
+    _t1194 = _t1181*null6_0 + _t1184*null6_3
+    _t1195 = _t1181*null6_1 + _t1182*null6_0 + _t1185*null6_3
+    _t1196 = _t1181*null6_2 + _t1183*null6_0 + _t1186*null6_3
+    _t1197 = _t1182*null6_1 + _t1187*null6_3
+    _t1198 = _t1182*null6_2 + _t1183*null6_1 + _t1188*null6_3
+    _t1199 = _t1183*null6_2 + _t1189*null6_3
+    _t1200 = _t1184*null6_0
+    _t1201 = _t1184*null6_1 + _t1185*null6_0
+    _t1202 = _t1184*null6_2 + _t1186*null6_0
+    _t1203 = _t1185*null6_1 + _t1187*null6_0
+    _t1204 = _t1185*null6_2 + _t1186*null6_1 + _t1188*null6_0
+    _t1205 = _t1186*null6_2 + _t1189*null6_0
+    _t1206 = _t1187*null6_1
+    _t1207 = _t1187*null6_2 + _t1188*null6_1
+    _t1208 = _t1188*null6_2 + _t1189*null6_1
+    _t1209 = _t1189*null6_2
+    _t1210 = null2_3*null3_3
+    _t1211 = null2_0*null3_3 + null2_3*null3_0
+    _t1212 = null2_1*null3_3 + null2_3*null3_1
+    _t1213 = null2_2*null3_3 + null2_3*null3_2
+    _t1214 = null2_0*null3_0
+    _t1215 = null2_0*null3_1 + null2_1*null3_0
+    _t1216 = null2_0*null3_2 + null2_2*null3_0
+    _t1217 = null2_1*null3_1
+    _t1218 = null2_1*null3_2 + null2_2*null3_1
+    _t1219 = null2_2*null3_2
+    _t1220 = _t1210*null7_3
+    _t1221 = _t1210*null7_0 + _t1211*null7_3
+    _t1222 = _t1210*null7_1 + _t1212*null7_3
+    _t1223 = _t1210*null7_2 + _t1213*null7_3
+    _t1224 = _t1211*null7_0 + _t1214*null7_3
+    _t1225 = _t1211*null7_1 + _t1212*null7_0 + _t1215*null7_3
+    _t1226 = _t1211*null7_2 + _t1213*null7_0 + _t1216*null7_3
+    _t1227 = _t1212*null7_1 + _t1217*null7_3
+    _t1228 = _t1212*null7_2 + _t1213*null7_1 + _t1218*null7_3
+    _t1229 = _t1213*null7_2 + _t1219*null7_3
+    _t1230 = _t1214*null7_0
+    _t1231 = _t1214*null7_1 + _t1215*null7_0
+    _t1232 = _t1214*null7_2 + _t1216*null7_0
+    _t1233 = _t1215*null7_1 + _t1217*null7_0
+    _t1234 = _t1215*null7_2 + _t1216*null7_1 + _t1218*null7_0
+    _t1235 = _t1216*null7_2 + _t1219*null7_0
+    _t1236 = _t1217*null7_1
+    _t1237 = _t1217*null7_2 + _t1218*null7_1
+    _t1238 = _t1218*null7_2 + _t1219*null7_1
+    _t1239 = _t1219*null7_2
+    _t1240 = null0_3*null5_3
+    _t1241 = null0_0*null5_3 + null0_3*null5_0
+    _t1242 = null0_1*null5_3 + null0_3*null5_1
+    _t1243 = null0_2*null5_3 + null0_3*null5_2
+    _t1244 = null0_0*null5_0
+    _t1245 = null0_0*null5_1 + null0_1*null5_0
+    _t1246 = null0_0*null5_2 + null0_2*null5_0
+    _t1247 = null0_1*null5_1
+    _t1248 = null0_1*null5_2 + null0_2*null5_1
+    _t1249 = null0_2*null5_2
+    _t1250 = _t1240*null7_3
+    _t1251 = _t1240*null7_0 + _t1241*null7_3
+    _t1252 = _t1240*null7_1 + _t1242*null7_3
+    _t1253 = _t1240*null7_2 + _t1243*null7_3
+    _t1254 = _t1241*null7_0 + _t1244*null7_3
+    _t1255 = _t1241*null7_1 + _t1242*null7_0 + _t1245*null7_3
+    _t1256 = _t1241*null7_2 + _t1243*null7_0 + _t1246*null7_3
+    _t1257 = _t1242*null7_1 + _t1247*null7_3
+    _t1258 = _t1242*null7_2 + _t1243*null7_1 + _t1248*null7_3
+    _t1259 = _t1243*null7_2 + _t1249*null7_3
+    _t1260 = _t1244*null7_0
+    _t1261 = _t1244*null7_1 + _t1245*null7_0
+    _t1262 = _t1244*null7_2 + _t1246*null7_0
+    _t1263 = _t1245*null7_1 + _t1247*null7_0
+    _t1264 = _t1245*null7_2 + _t1246*null7_1 + _t1248*null7_0
+    _t1265 = _t1246*null7_2 + _t1249*null7_0
+    _t1266 = _t1247*null7_1
+    _t1267 = _t1247*null7_2 + _t1248*null7_1
+    _t1268 = _t1248*null7_2 + _t1249*null7_1
+    _t1269 = _t1249*null7_2
+    _t1270 = null1_3*null3_3
+    _t1271 = null1_0*null3_3 + null1_3*null3_0
+    _t1272 = null1_1*null3_3 + null1_3*null3_1
+    _t1273 = null1_2*null3_3 + null1_3*null3_2
+    _t1274 = null1_0*null3_0
+    _t1275 = null1_0*null3_1 + null1_1*null3_0
+    _t1276 = null1_0*null3_2 + null1_2*null3_0
+    _t1277 = null1_1*null3_1
+    _t1278 = null1_1*null3_2 + null1_2*null3_1
+    _t1279 = null1_2*null3_2
+    _t1280 = _t1270*null8_3
+    _t1281 = _t1270*null8_0 + _t1271*null8_3
+    _t1282 = _t1270*null8_1 + _t1272*null8_3
+    _t1283 = _t1270*null8_2 + _t1273*null8_3
+    _t1284 = _t1271*null8_0 + _t1274*null8_3
+    _t1285 = _t1271*null8_1 + _t1272*null8_0 + _t1275*null8_3
+    _t1286 = _t1271*null8_2 + _t1273*null8_0 + _t1276*null8_3
+    _t1287 = _t1272*null8_1 + _t1277*null8_3
+    _t1288 = _t1272*null8_2 + _t1273*null8_1 + _t1278*null8_3
+    _t1289 = _t1273*null8_2 + _t1279*null8_3
+    _t1290 = _t1274*null8_0
+    _t1291 = _t1274*null8_1 + _t1275*null8_0
+    _t1292 = _t1274*null8_2 + _t1276*null8_0
+    _t1293 = _t1275*null8_1 + _t1277*null8_0
+    _t1294 = _t1275*null8_2 + _t1276*null8_1 + _t1278*null8_0
+    _t1295 = _t1276*null8_2 + _t1279*null8_0
+    _t1296 = _t1277*null8_1
+    _t1297 = _t1277*null8_2 + _t1278*null8_1
+    _t1298 = _t1278*null8_2 + _t1279*null8_1
+    _t1299 = _t1279*null8_2
+    _t1300 = null2_3*null4_3
+    _t1301 = null2_0*null4_3 + null2_3*null4_0
+    _t1302 = null2_1*null4_3 + null2_3*null4_1
+    _t1303 = null2_2*null4_3 + null2_3*null4_2
+    _t1304 = null2_0*null4_0
+    _t1305 = null2_0*null4_1 + null2_1*null4_0
+    _t1306 = null2_0*null4_2 + null2_2*null4_0
+    _t1307 = null2_1*null4_1
+    _t1308 = null2_1*null4_2 + null2_2*null4_1
+    _t1309 = null2_2*null4_2
+    _t1310 = _t1300*null6_3
+    _t1311 = _t1300*null6_0 + _t1301*null6_3
+    _t1312 = _t1300*null6_1 + _t1302*null6_3
+    _t1313 = _t1300*null6_2 + _t1303*null6_3
+    _t1314 = _t1301*null6_0 + _t1304*null6_3
+    _t1315 = _t1301*null6_1 + _t1302*null6_0 + _t1305*null6_3
+    _t1316 = _t1301*null6_2 + _t1303*null6_0 + _t1306*null6_3
+    _t1317 = _t1302*null6_1 + _t1307*null6_3
+    _t1318 = _t1302*null6_2 + _t1303*null6_1 + _t1308*null6_3
+    _t1319 = _t1303*null6_2 + _t1309*null6_3
+    _t1320 = _t1304*null6_0
+    _t1321 = _t1304*null6_1 + _t1305*null6_0
+    _t1322 = _t1304*null6_2 + _t1306*null6_0
+    _t1323 = _t1305*null6_1 + _t1307*null6_0
+    _t1324 = _t1305*null6_2 + _t1306*null6_1 + _t1308*null6_0
+    _t1325 = _t1306*null6_2 + _t1309*null6_0
+    _t1326 = _t1307*null6_1
+    _t1327 = _t1307*null6_2 + _t1308*null6_1
+    _t1328 = _t1308*null6_2 + _t1309*null6_1
+    _t1329 = _t1309*null6_2
+    _t1330 = _t1160 + _t1190 + _t1220 - _t1250 - _t1280 - _t1310
+    _t1331 = _t1161 + _t1191 + _t1221 - _t1251 - _t1281 - _t1311
+    _t1332 = _t1162 + _t1192 + _t1222 - _t1252 - _t1282 - _t1312
+    _t1333 = _t1163 + _t1193 + _t1223 - _t1253 - _t1283 - _t1313
+    _t1334 = _t1164 + _t1194 + _t1224 - _t1254 - _t1284 - _t1314
+    _t1335 = _t1165 + _t1195 + _t1225 - _t1255 - _t1285 - _t1315
+    _t1336 = _t1166 + _t1196 + _t1226 - _t1256 - _t1286 - _t1316
+    _t1337 = _t1167 + _t1197 + _t1227 - _t1257 - _t1287 - _t1317
+    _t1338 = _t1168 + _t1198 + _t1228 - _t1258 - _t1288 - _t1318
+    _t1339 = _t1169 + _t1199 + _t1229 - _t1259 - _t1289 - _t1319
+    _t1340 = _t1170 + _t1200 + _t1230 - _t1260 - _t1290 - _t1320
+    _t1341 = _t1171 + _t1201 + _t1231 - _t1261 - _t1291 - _t1321
+    _t1342 = _t1172 + _t1202 + _t1232 - _t1262 - _t1292 - _t1322
+    _t1343 = _t1173 + _t1203 + _t1233 - _t1263 - _t1293 - _t1323
+    _t1344 = _t1174 + _t1204 + _t1234 - _t1264 - _t1294 - _t1324
+    _t1345 = _t1175 + _t1205 + _t1235 - _t1265 - _t1295 - _t1325
+    _t1346 = _t1176 + _t1206 + _t1236 - _t1266 - _t1296 - _t1326
+    _t1347 = _t1177 + _t1207 + _t1237 - _t1267 - _t1297 - _t1327
+    _t1348 = _t1178 + _t1208 + _t1238 - _t1268 - _t1298 - _t1328
+    _t1349 = _t1179 + _t1209 + _t1239 - _t1269 - _t1299 - _t1329
     return torch.stack(
         [
-            (
-                _t0*null0_0 + _t1*null0_0 + _t10*null8_0 - _t11*null0_0 - _t12*null0_0
-                - _t13*null0_0 - _t14*null0_0 + _t2*null0_0 + _t3*null0_0 + _t5*null4_0
-                + _t7*null7_0 + _t9*null5_0 + null0_0*null0_0*null0_0
-            ),
-            (
-                _t0*null0_1 + _t1*null0_1 + _t10*null8_1 - _t11*null0_1 - _t12*null0_1
-                - _t13*null0_1 - _t14*null0_1 + _t15*_t16 + _t15*_t17 + _t15*_t18 - _t15*_t24
-                - _t15*_t25 - _t19*_t20 + _t2*null0_1 - _t21*_t22 + _t23*null0_0 + _t26*_t27
-                + _t27*_t30 + _t28*_t29 + _t3*null0_1 + _t31*null7_0 + _t32*_t33 + _t33*_t35
-                + _t34*null8_0 + _t36*null8_0 + _t38*null0_1 + _t5*null4_1 + _t7*null7_1
-                + _t9*null5_1
-            ),
-            (
-                _t16*_t43 + _t17*_t43 + _t18*_t43 + _t20*_t26 + _t20*_t30 - _t20*_t44 + _t22*_t32
-                + _t22*_t35 - _t22*_t45 + _t23*null0_1 - _t24*_t43 - _t25*_t43 + _t27*_t47
-                + _t28*_t48 + _t31*null7_1 + _t33*_t49 + _t34*null8_1 + _t36*null8_1 + _t39*null0_0
-                + _t40*null0_0 + _t41*null0_0 + _t42*null0_0 + _t46*null1_0 + _t50*null8_0
-                + _t52*null0_0 - _t53*null0_0 - _t54*null0_0 - _t55*null0_0 - _t56*null0_0
-            ),
-            (
-                _t20*_t47 + _t22*_t49 + _t39*null0_1 + _t40*null0_1 + _t41*null0_1 + _t42*null0_1
-                + _t46*null1_1 + _t50*null8_1 - _t53*null0_1 - _t54*null0_1 - _t55*null0_1
-                - _t56*null0_1 + null0_1*null0_1*null0_1
-            ),
-            (
-                _t0*null0_2 + _t1*null0_2 + _t10*null8_2 - _t11*null0_2 - _t12*null0_2
-                - _t13*null0_2 - _t14*null0_2 - _t19*_t60 + _t2*null0_2 - _t21*_t61 + _t27*_t65
-                + _t27*_t67 + _t29*_t66 + _t3*null0_2 + _t33*_t69 + _t33*_t71 + _t38*null0_2
-                + _t5*null4_2 + _t57*null1_0 + _t58*null2_0 + _t59*null3_0 + _t62*null0_0
-                - _t63*null7_0 - _t64*null8_0 + _t68*null7_0 + _t7*null7_2 + _t70*null8_0
-                + _t72*null8_0 + _t9*null5_2
-            ),
-            (
-                _t16*_t83 + _t17*_t83 + _t18*_t83 + _t20*_t65 + _t20*_t67 - _t20*_t84 + _t22*_t69
-                + _t22*_t71 - _t22*_t85 + _t23*null0_2 - _t24*_t83 - _t25*_t83 + _t26*_t60
-                + _t27*_t88 + _t27*_t89 + _t28*_t90 + _t30*_t60 + _t31*null7_2 + _t32*_t61
-                + _t33*_t91 + _t33*_t93 + _t34*null8_2 + _t35*_t61 + _t36*null8_2 - _t44*_t60
-                - _t45*_t61 + _t48*_t66 + _t57*null1_1 + _t58*null2_1 + _t59*null3_1 - _t60*_t75
-                - _t61*_t76 + _t62*null0_1 - _t63*null7_1 - _t64*null8_1 + _t68*null7_1
-                + _t70*null8_1 + _t72*null8_1 + _t74*null0_2 + _t77*null6_2 + _t78*null1_0
-                + _t79*null2_0 + _t80*null3_0 - _t81*null7_0 - _t82*null8_0 + _t86*null1_0
-                + _t87*null1_0 + _t92*null8_0 + _t94*null8_0
-            ),
-            (
-                _t20*_t88 + _t20*_t89 + _t22*_t91 + _t22*_t93 + _t39*null0_2 + _t40*null0_2
-                + _t41*null0_2 + _t42*null0_2 + _t46*null1_2 + _t47*_t60 + _t49*_t61 + _t50*null8_2
-                + _t52*null0_2 - _t53*null0_2 - _t54*null0_2 - _t55*null0_2 - _t56*null0_2
-                - _t60*_t95 - _t61*_t96 + _t78*null1_1 + _t79*null2_1 + _t80*null3_1 - _t81*null7_1
-                - _t82*null8_1 + _t86*null1_1 + _t87*null1_1 + _t92*null8_1 + _t94*null8_1
-                + _t97*null0_1
-            ),
-            (
-                _t100*null0_0 + _t101*null0_0 + _t102*null1_0 + _t103*null2_0 + _t104*null3_0
-                - _t105*null7_0 - _t106*null8_0 + _t107*null1_0 + _t108*_t27 + _t109*_t33
-                + _t110*null8_0 + _t112*null0_0 - _t113*null0_0 - _t114*null0_0 - _t115*null0_0
-                - _t116*null0_0 + _t60*_t65 + _t60*_t67 - _t60*_t84 + _t61*_t69 + _t61*_t71
-                - _t61*_t85 + _t62*null0_2 + _t66*_t90 + _t68*null7_2 + _t70*null8_2 + _t72*null8_2
-                + _t98*null0_0 + _t99*null0_0
-            ),
-            (
-                _t100*null0_1 + _t101*null0_1 + _t102*null1_1 + _t103*null2_1 + _t104*null3_1
-                - _t105*null7_1 - _t106*null8_1 + _t107*null1_1 + _t108*_t20 + _t109*_t22
-                + _t110*null8_1 + _t112*null0_1 - _t113*null0_1 - _t114*null0_1 - _t115*null0_1
-                - _t116*null0_1 - _t117*_t60 - _t118*_t61 + _t60*_t88 + _t60*_t89 + _t61*_t91
-                + _t61*_t93 + _t86*null1_2 + _t87*null1_2 + _t92*null8_2 + _t94*null8_2
-                + _t97*null0_2 + _t98*null0_1 + _t99*null0_1
-            ),
-            (
-                _t100*null0_2 + _t101*null0_2 + _t107*null1_2 + _t108*_t60 + _t109*_t61
-                + _t110*null8_2 - _t113*null0_2 - _t114*null0_2 - _t115*null0_2 - _t116*null0_2
-                + _t98*null0_2 + _t99*null0_2 + null0_2*null0_2*null0_2
-            ),
-            (
-                _t0*null0_3 + _t1*null0_3 + _t10*null8_3 - _t11*null0_3 + _t119*null1_0
-                - _t12*null0_3 + _t120*null2_0 + _t121*null3_0 - _t122*_t19 - _t123*_t21
-                + _t124*null0_0 - _t125*null7_0 - _t126*null8_0 + _t127*_t27 + _t128*_t29
-                + _t129*_t27 - _t13*null0_3 + _t130*null7_0 + _t131*_t33 + _t132*null8_0
-                + _t133*_t33 + _t134*null8_0 - _t14*null0_3 + _t2*null0_3 + _t3*null0_3
-                + _t38*null0_3 + _t5*null4_3 + _t7*null7_3 + _t9*null5_3
-            ),
-            (
-                _t119*null1_1 + _t120*null2_1 + _t121*null3_1 + _t122*_t26 + _t122*_t30 - _t122*_t44
-                - _t122*_t75 + _t123*_t32 + _t123*_t35 - _t123*_t45 - _t123*_t76 + _t124*null0_1
-                - _t125*null7_1 - _t126*null8_1 + _t127*_t20 + _t128*_t48 + _t129*_t20
-                + _t130*null7_1 + _t131*_t22 + _t132*null8_1 + _t133*_t22 + _t134*null8_1
-                + _t135*null1_0 + _t136*null2_0 + _t137*null3_0 - _t138*null7_0 - _t139*null8_0
-                + _t140*_t16 + _t140*_t17 + _t140*_t18 - _t140*_t24 - _t140*_t25 - _t141*_t20
-                - _t142*_t22 + _t143*null1_0 + _t144*null1_0 + _t145*_t27 + _t146*_t27 + _t147*_t28
-                + _t148*_t33 + _t149*null8_0 + _t150*_t33 + _t151*null8_0 + _t23*null0_3
-                + _t31*null7_3 + _t34*null8_3 + _t36*null8_3 + _t74*null0_3 + _t77*null6_3
-            ),
-            (
-                _t122*_t47 - _t122*_t95 + _t123*_t49 - _t123*_t96 + _t135*null1_1 + _t136*null2_1
-                + _t137*null3_1 - _t138*null7_1 - _t139*null8_1 + _t143*null1_1 + _t144*null1_1
-                + _t145*_t20 + _t146*_t20 + _t148*_t22 + _t149*null8_1 + _t150*_t22 + _t151*null8_1
-                + _t152*null0_1 + _t39*null0_3 + _t40*null0_3 + _t41*null0_3 + _t42*null0_3
-                + _t46*null1_3 + _t50*null8_3 + _t52*null0_3 - _t53*null0_3 - _t54*null0_3
-                - _t55*null0_3 - _t56*null0_3
-            ),
-            (
-                -_t122*_t155 + _t122*_t65 + _t122*_t67 - _t122*_t84 - _t123*_t156 + _t123*_t69
-                + _t123*_t71 - _t123*_t85 + _t124*null0_2 + _t127*_t60 + _t128*_t90 + _t129*_t60
-                + _t130*null7_2 + _t131*_t61 + _t132*null8_2 + _t133*_t61 + _t134*null8_2
-                - _t141*_t60 - _t142*_t61 + _t147*_t66 + _t15*_t157 + _t153*_t154 + _t158*null1_0
-                + _t159*null2_0 + _t160*null3_0 - _t161*null7_0 - _t162*null8_0 + _t163*null1_0
-                + _t164*null2_0 + _t165*null3_0 - _t166*null7_0 - _t167*null8_0 + _t168*null1_0
-                + _t169*null1_0 + _t170*_t27 + _t171*_t27 + _t172*_t33 + _t173*null8_0 + _t174*_t33
-                + _t175*null8_0 + _t57*null1_3 + _t58*null2_3 + _t59*null3_3 + _t62*null0_3
-                - _t63*null7_3 - _t64*null8_3 + _t68*null7_3 + _t70*null8_3 + _t72*null8_3
-            ),
-            (
-                -_t117*_t122 - _t118*_t123 - _t122*_t177 + _t122*_t88 + _t122*_t89 - _t123*_t178
-                + _t123*_t91 + _t123*_t93 + _t143*null1_2 + _t144*null1_2 + _t145*_t60 + _t146*_t60
-                + _t148*_t61 + _t149*null8_2 + _t150*_t61 + _t151*null8_2 + _t152*null0_2
-                + _t154*_t176 + _t157*_t43 + _t158*null1_1 + _t159*null2_1 + _t160*null3_1
-                - _t161*null7_1 - _t162*null8_1 + _t163*null1_1 + _t164*null2_1 + _t165*null3_1
-                - _t166*null7_1 - _t167*null8_1 + _t168*null1_1 + _t169*null1_1 + _t170*_t20
-                + _t171*_t20 + _t172*_t22 + _t173*null8_1 + _t174*_t22 + _t175*null8_1 - _t179*_t60
-                - _t180*_t61 + _t78*null1_3 + _t79*null2_3 + _t80*null3_3 - _t81*null7_3
-                - _t82*null8_3 + _t86*null1_3 + _t87*null1_3 + _t92*null8_3 + _t94*null8_3
-                + _t97*null0_3
-            ),
-            (
-                _t100*null0_3 + _t101*null0_3 + _t102*null1_3 + _t103*null2_3 + _t104*null3_3
-                - _t105*null7_3 - _t106*null8_3 + _t107*null1_3 + _t108*_t122 + _t109*_t123
-                + _t110*null8_3 + _t112*null0_3 - _t113*null0_3 - _t114*null0_3 - _t115*null0_3
-                - _t116*null0_3 - _t122*_t181 - _t123*_t182 + _t168*null1_2 + _t169*null1_2
-                + _t170*_t60 + _t171*_t60 + _t172*_t61 + _t173*null8_2 + _t174*_t61 + _t175*null8_2
-                + _t183*null0_2 + _t98*null0_3 + _t99*null0_3
-            ),
-            (
-                _t122*_t127 + _t122*_t129 - _t122*_t141 + _t123*_t131 + _t123*_t133 - _t123*_t142
-                + _t124*null0_3 + _t128*_t147 + _t130*null7_3 + _t132*null8_3 + _t134*null8_3
-                + _t184*null0_0 + _t185*null0_0 + _t186*null0_0 + _t187*null0_0 + _t188*null1_0
-                + _t189*null2_0 + _t190*null3_0 - _t191*null7_0 - _t192*null8_0 + _t193*null1_0
-                + _t194*_t27 + _t195*_t33 + _t196*null8_0 + _t198*null0_0 - _t199*null0_0
-                - _t200*null0_0 - _t201*null0_0 - _t202*null0_0
-            ),
-            (
-                _t122*_t145 + _t122*_t146 - _t122*_t179 + _t123*_t148 + _t123*_t150 - _t123*_t180
-                + _t143*null1_3 + _t144*null1_3 + _t149*null8_3 + _t151*null8_3 + _t152*null0_3
-                + _t184*null0_1 + _t185*null0_1 + _t186*null0_1 + _t187*null0_1 + _t188*null1_1
-                + _t189*null2_1 + _t190*null3_1 - _t191*null7_1 - _t192*null8_1 + _t193*null1_1
-                + _t194*_t20 + _t195*_t22 + _t196*null8_1 + _t198*null0_1 - _t199*null0_1
-                - _t200*null0_1 - _t201*null0_1 - _t202*null0_1
-            ),
-            (
-                _t122*_t170 + _t122*_t171 - _t122*_t203 + _t123*_t172 + _t123*_t174 - _t123*_t204
-                + _t163*null1_3 + _t164*null2_3 + _t165*null3_3 - _t166*null7_3 - _t167*null8_3
-                + _t168*null1_3 + _t169*null1_3 + _t173*null8_3 + _t175*null8_3 + _t183*null0_3
-                + _t184*null0_2 + _t185*null0_2 + _t186*null0_2 + _t187*null0_2 + _t193*null1_2
-                + _t194*_t60 + _t195*_t61 + _t196*null8_2 + _t198*null0_2 - _t199*null0_2
-                - _t200*null0_2 - _t201*null0_2 - _t202*null0_2
-            ),
-            (
-                _t122*_t194 + _t123*_t195 + _t184*null0_3 + _t185*null0_3 + _t186*null0_3
-                + _t187*null0_3 + _t193*null1_3 + _t196*null8_3 - _t199*null0_3 - _t200*null0_3
-                - _t201*null0_3 - _t202*null0_3 + null0_3*null0_3*null0_3
-            ),
-            (
-                _t1*null1_0 + _t11*null1_0 - _t12*null1_0 + _t13*null1_0 - _t14*null1_0 + _t19*_t205
-                - _t2*null1_0 + _t206*null7_0 + _t207*_t33 + _t208*_t209 - _t3*null1_0
-                + _t37*null1_0 + null1_0*null1_0*null1_0
-            ),
-            (
-                _t1*null1_1 + _t11*null1_1 - _t12*null1_1 + _t13*null1_1 - _t14*null1_1 + _t17*_t213
-                + _t19*_t211 - _t2*null1_1 + _t205*_t44 + _t205*_t75 + _t206*null7_1 + _t207*_t22
-                + _t208*_t218 + _t209*_t220 + _t210*null1_0 + _t212*null7_0 + _t213*_t24
-                - _t213*_t25 + _t214*null1_0 - _t215*_t22 + _t216*_t33 + _t217*null7_0 + _t219*_t33
-                + _t221*null1_1 - _t3*null1_1 + _t37*null1_1 - _t5*null3_1 - _t7*null6_1
-                + _t77*null7_0
-            ),
-            (
-                _t17*_t223 + _t205*_t95 + _t210*null1_1 - _t211*_t30 + _t211*_t44 + _t211*_t75
-                + _t212*null7_1 + _t214*null1_1 + _t216*_t22 + _t217*null7_1 + _t218*_t220
-                + _t219*_t22 - _t22*_t224 + _t222*null0_1 + _t223*_t24 - _t223*_t25 + _t225*_t33
-                + _t226*null7_0 + _t227*null1_0 - _t23*null1_1 + _t40*null1_0 - _t41*null1_0
-                - _t42*null1_0 + _t51*null1_0 + _t53*null1_0 - _t54*null1_0 + _t55*null1_0
-                - _t56*null1_0 + _t77*null7_1
-            ),
-            (
-                _t211*_t95 + _t22*_t225 + _t226*null7_1 + _t40*null1_1 - _t41*null1_1 - _t42*null1_1
-                + _t46*null0_1 + _t51*null1_1 + _t53*null1_1 - _t54*null1_1 + _t55*null1_1
-                - _t56*null1_1 + null1_1*null1_1*null1_1
-            ),
-            (
-                _t1*null1_2 + _t11*null1_2 - _t12*null1_2 + _t13*null1_2 - _t14*null1_2
-                + _t155*_t205 + _t19*_t229 - _t2*null1_2 + _t205*_t84 + _t206*null7_2 + _t207*_t61
-                + _t208*_t238 + _t209*_t240 - _t215*_t61 + _t221*null1_2 + _t228*null1_0
-                + _t230*null7_0 + _t231*null7_0 + _t232*null1_0 + _t233*_t27 + _t234*_t29
-                - _t235*null8_0 + _t236*_t33 + _t237*null7_0 + _t239*_t33 - _t3*null1_2
-                + _t37*null1_2 - _t5*null3_2 - _t7*null6_2
-            ),
-            (
-                _t117*_t205 + _t155*_t211 + _t17*_t249 + _t177*_t205 + _t20*_t233 - _t211*_t67
-                + _t211*_t84 + _t212*null7_2 + _t213*_t246 + _t214*null1_2 + _t216*_t61
-                + _t217*null7_2 + _t218*_t240 + _t219*_t61 + _t22*_t236 + _t22*_t239 - _t22*_t250
-                + _t220*_t238 + _t222*null0_2 - _t224*_t61 + _t228*null1_1 - _t229*_t26 - _t229*_t30
-                + _t229*_t44 + _t229*_t75 - _t23*null1_2 + _t230*null7_1 + _t231*null7_1
-                + _t232*null1_1 + _t234*_t48 - _t235*null8_1 + _t237*null7_1 + _t24*_t249
-                + _t241*null1_0 + _t242*null7_0 + _t243*null1_2 + _t244*null2_2 - _t245*_t61
-                + _t247*_t27 - _t248*null8_0 - _t249*_t25 + _t251*_t33 + _t252*null7_0 + _t253*_t33
-                + _t254*null7_0 - _t31*null6_2 + _t57*null0_1 + _t63*null6_1 - _t97*null1_0
-            ),
-            (
-                _t117*_t211 + _t177*_t211 + _t20*_t247 + _t22*_t251 + _t22*_t253 + _t223*_t246
-                + _t225*_t61 + _t226*null7_2 + _t227*null1_2 - _t229*_t47 + _t229*_t95
-                + _t241*null1_1 + _t242*null7_1 - _t248*null8_1 + _t252*null7_1 + _t254*null7_1
-                + _t255*null1_1 - _t256*_t61 + _t40*null1_2 - _t41*null1_2 - _t42*null1_2
-                + _t46*null0_2 + _t51*null1_2 + _t53*null1_2 - _t54*null1_2 + _t55*null1_2
-                - _t56*null1_2 + _t86*null0_1 - _t97*null1_1
-            ),
-            (
-                -_t100*null1_0 - _t101*null1_0 + _t111*null1_0 + _t113*null1_0 - _t114*null1_0
-                + _t115*null1_0 - _t116*null1_0 + _t155*_t229 + _t181*_t205 - _t229*_t67
-                + _t229*_t84 + _t231*null7_2 + _t232*null1_2 + _t234*_t90 + _t236*_t61
-                + _t237*null7_2 + _t239*_t61 - _t250*_t61 + _t257*null0_2 + _t258*_t27
-                - _t259*null8_0 + _t260*_t33 + _t261*null7_0 + _t262*null8_0 + _t263*null1_0
-                + _t57*null0_2 - _t62*null1_2 + _t63*null6_2 + _t99*null1_0
-            ),
-            (
-                -_t100*null1_1 - _t101*null1_1 + _t111*null1_1 + _t113*null1_1 - _t114*null1_1
-                + _t115*null1_1 - _t116*null1_1 + _t117*_t229 + _t177*_t229 + _t181*_t211
-                + _t20*_t258 + _t22*_t260 - _t229*_t89 + _t251*_t61 + _t252*null7_2 + _t253*_t61
-                + _t255*null1_2 - _t259*null8_1 + _t261*null7_1 + _t262*null8_1 + _t263*null1_1
-                - _t264*_t61 + _t265*null1_2 + _t78*null0_2 + _t81*null6_2 + _t86*null0_2
-                + _t87*null0_2 - _t97*null1_2 + _t99*null1_1
-            ),
-            (
-                -_t100*null1_2 - _t101*null1_2 + _t107*null0_2 + _t111*null1_2 + _t113*null1_2
-                - _t114*null1_2 + _t115*null1_2 - _t116*null1_2 + _t181*_t229 + _t260*_t61
-                + _t262*null8_2 + _t99*null1_2 + null1_2*null1_2*null1_2
-            ),
-            (
-                _t1*null1_3 + _t11*null1_3 - _t12*null1_3 + _t123*_t207 - _t123*_t215 + _t13*null1_3
-                - _t14*null1_3 + _t141*_t205 + _t19*_t268 - _t2*null1_3 + _t205*_t267
-                + _t206*null7_3 + _t208*_t277 + _t209*_t279 + _t221*null1_3 + _t266*null1_0
-                + _t269*null7_0 + _t27*_t272 + _t270*null7_0 + _t271*null1_0 + _t273*_t29
-                - _t274*null8_0 + _t275*_t33 + _t276*null7_0 + _t278*_t33 - _t3*null1_3
-                + _t37*null1_3 - _t5*null3_3 - _t7*null6_3
-            ),
-            (
-                _t119*null0_1 + _t123*_t216 + _t123*_t219 - _t123*_t224 - _t123*_t245 - _t129*_t211
-                + _t141*_t211 - _t152*null1_0 + _t17*_t286 + _t179*_t205 + _t20*_t272 + _t205*_t281
-                + _t211*_t267 + _t212*null7_3 + _t213*_t283 + _t214*null1_3 + _t217*null7_3
-                + _t218*_t279 + _t22*_t275 + _t22*_t278 - _t22*_t287 + _t220*_t277 + _t222*null0_3
-                - _t23*null1_3 + _t24*_t286 + _t243*null1_3 + _t244*null2_3 - _t25*_t286
-                - _t26*_t268 + _t266*null1_1 - _t268*_t30 + _t268*_t44 + _t268*_t75 + _t269*null7_1
-                + _t27*_t284 + _t270*null7_1 + _t271*null1_1 + _t273*_t48 - _t274*null8_1
-                + _t276*null7_1 + _t280*null1_0 + _t282*null7_0 - _t285*null8_0 + _t288*_t33
-                + _t289*null7_0 + _t290*_t33 + _t291*null7_0 - _t31*null6_3 + _t77*null7_3
-            ),
-            (
-                _t123*_t225 - _t123*_t256 + _t143*null0_1 - _t152*null1_1 + _t179*_t211 + _t20*_t284
-                + _t211*_t281 + _t22*_t288 + _t22*_t290 + _t223*_t283 + _t226*null7_3
-                + _t227*null1_3 - _t268*_t47 + _t268*_t95 + _t280*null1_1 + _t282*null7_1
-                - _t285*null8_1 + _t289*null7_1 + _t291*null7_1 + _t292*null1_1 + _t40*null1_3
-                - _t41*null1_3 - _t42*null1_3 + _t46*null0_3 + _t51*null1_3 + _t53*null1_3
-                - _t54*null1_3 + _t55*null1_3 - _t56*null1_3
-            ),
-            (
-                _t119*null0_2 + _t123*_t236 + _t123*_t239 - _t123*_t250 - _t123*_t299
-                + _t125*null6_2 - _t129*_t229 + _t141*_t229 + _t147*_t234 + _t155*_t268
-                - _t183*null1_0 + _t203*_t205 + _t205*_t294 + _t213*_t298 + _t213*_t300
-                + _t229*_t267 + _t231*null7_3 + _t232*null1_3 - _t235*null8_3 + _t237*null7_3
-                + _t240*_t277 + _t257*null0_3 - _t268*_t65 - _t268*_t67 + _t268*_t84 + _t27*_t301
-                + _t27*_t303 + _t270*null7_2 + _t271*null1_2 + _t272*_t60 + _t273*_t90 + _t275*_t61
-                + _t276*null7_2 + _t278*_t61 - _t287*_t61 + _t293*null1_0 + _t295*null7_0
-                + _t296*_t297 - _t302*null8_0 - _t304*null8_0 + _t305*_t33 + _t306*null7_0
-                + _t307*_t33 + _t308*null7_0 + _t309*null8_0 + _t57*null0_3 - _t62*null1_3
-                + _t63*null6_3 - _t68*null6_3
-            ),
-            (
-                _t117*_t268 + _t123*_t251 + _t123*_t253 - _t123*_t264 - _t123*_t311 + _t135*null0_2
-                + _t138*null6_2 + _t143*null0_2 - _t146*_t229 - _t152*null1_2 + _t177*_t268
-                + _t179*_t229 - _t183*null1_1 + _t20*_t301 + _t20*_t303 + _t203*_t211 + _t211*_t294
-                + _t22*_t305 + _t22*_t307 + _t223*_t298 + _t223*_t300 + _t229*_t281 - _t248*null8_3
-                + _t249*_t283 + _t252*null7_3 + _t254*null7_3 + _t255*null1_3 + _t265*null1_3
-                - _t268*_t88 - _t268*_t89 + _t284*_t60 + _t288*_t61 + _t289*null7_2 + _t290*_t61
-                + _t292*null1_2 + _t293*null1_1 + _t295*null7_1 + _t297*_t310 - _t302*null8_1
-                - _t304*null8_1 + _t306*null7_1 + _t308*null7_1 + _t309*null8_1 - _t312*_t61
-                + _t78*null0_3 + _t81*null6_3 + _t86*null0_3 + _t87*null0_3 - _t97*null1_3
-            ),
-            (
-                -_t100*null1_3 - _t101*null1_3 + _t102*null0_3 + _t105*null6_3 + _t107*null0_3
-                - _t108*_t268 + _t111*null1_3 + _t113*null1_3 - _t114*null1_3 + _t115*null1_3
-                - _t116*null1_3 + _t123*_t260 - _t123*_t314 + _t168*null0_2 + _t181*_t268
-                - _t183*null1_2 + _t203*_t229 + _t229*_t294 - _t259*null8_3 + _t261*null7_3
-                + _t262*null8_3 + _t263*null1_3 + _t301*_t60 + _t305*_t61 + _t307*_t61
-                + _t309*null8_2 + _t313*null1_2 + _t315*null1_2 + _t99*null1_3
-            ),
-            (
-                _t119*null0_3 + _t123*_t275 + _t123*_t278 - _t123*_t287 - _t124*null1_3
-                + _t125*null6_3 - _t129*_t268 + _t141*_t268 + _t147*_t273 + _t185*null1_0
-                - _t186*null1_0 - _t187*null1_0 + _t197*null1_0 + _t199*null1_0 - _t200*null1_0
-                + _t201*null1_0 - _t202*null1_0 + _t205*_t316 + _t267*_t268 + _t27*_t318
-                + _t270*null7_3 + _t271*null1_3 + _t276*null7_3 + _t317*null7_0 - _t319*null8_0
-                + _t320*_t33 + _t321*null7_0 + _t322*null8_0 + _t323*null1_0
-            ),
-            (
-                _t123*_t288 + _t123*_t290 - _t123*_t312 + _t135*null0_3 + _t138*null6_3
-                + _t143*null0_3 + _t144*null0_3 - _t146*_t268 - _t152*null1_3 + _t179*_t268
-                + _t185*null1_1 - _t186*null1_1 - _t187*null1_1 + _t197*null1_1 + _t199*null1_1
-                + _t20*_t318 - _t200*null1_1 + _t201*null1_1 - _t202*null1_1 + _t211*_t316
-                + _t22*_t320 + _t268*_t281 + _t289*null7_3 + _t292*null1_3 - _t319*null8_1
-                + _t321*null7_1 + _t322*null8_1 + _t323*null1_1 + _t324*null7_1
-            ),
-            (
-                _t123*_t305 + _t123*_t307 - _t123*_t325 + _t158*null0_3 + _t161*null6_3
-                + _t168*null0_3 + _t169*null0_3 - _t171*_t268 - _t183*null1_3 + _t185*null1_2
-                - _t186*null1_2 - _t187*null1_2 + _t197*null1_2 + _t199*null1_2 - _t200*null1_2
-                + _t201*null1_2 - _t202*null1_2 + _t203*_t268 + _t229*_t316 + _t268*_t294
-                - _t304*null8_3 + _t306*null7_3 + _t309*null8_3 + _t313*null1_3 + _t315*null1_3
-                + _t318*_t60 + _t320*_t61 + _t322*null8_2 + _t323*null1_2
-            ),
-            (
-                _t123*_t320 + _t185*null1_3 - _t186*null1_3 - _t187*null1_3 + _t193*null0_3
-                + _t197*null1_3 + _t199*null1_3 - _t200*null1_3 + _t201*null1_3 - _t202*null1_3
-                + _t268*_t316 + _t322*null8_3 + null1_3*null1_3*null1_3
-            ),
-            (
-                _t0*null2_0 - _t11*null2_0 + _t12*null2_0 - _t13*null2_0 + _t14*null2_0
-                - _t2*null2_0 + _t205*_t21 + _t206*null8_0 + _t215*_t27 - _t3*null2_0
-                + _t326*null8_0 + _t37*null2_0 + null2_0*null2_0*null2_0
-            ),
-            (
-                _t0*null2_1 - _t10*null6_1 - _t11*null2_1 + _t12*null2_1 - _t13*null2_1
-                + _t14*null2_1 + _t16*_t208 - _t2*null2_1 - _t20*_t207 + _t20*_t215 + _t205*_t45
-                + _t205*_t76 + _t206*null8_1 - _t208*_t24 + _t208*_t25 + _t21*_t211 + _t210*null2_0
-                + _t212*null8_0 + _t213*_t218 + _t224*_t27 + _t245*_t27 - _t3*null2_1
-                + _t326*null8_1 + _t327*null8_0 + _t328*null2_0 + _t329*null2_1 + _t37*null2_1
-                + _t77*null8_0 - _t9*null3_1
-            ),
-            (
-                _t16*_t220 - _t20*_t219 + _t20*_t224 + _t20*_t245 + _t205*_t96 + _t210*null2_1
-                - _t211*_t35 + _t211*_t45 + _t211*_t76 + _t212*null8_1 + _t213*_t331 + _t218*_t223
-                - _t220*_t24 + _t220*_t25 - _t23*null2_1 + _t256*_t27 + _t327*null8_1
-                + _t328*null2_1 + _t330*null8_0 + _t332*null2_0 + _t39*null2_0 - _t41*null2_0
-                - _t42*null2_0 + _t51*null2_0 - _t53*null2_0 + _t54*null2_0 - _t55*null2_0
-                + _t56*null2_0 + _t77*null8_1
-            ),
-            (
-                _t20*_t256 + _t211*_t96 + _t223*_t331 + _t330*null8_1 + _t39*null2_1 - _t41*null2_1
-                - _t42*null2_1 + _t51*null2_1 - _t53*null2_1 + _t54*null2_1 - _t55*null2_1
-                + _t56*null2_1 + null2_1*null2_1*null2_1
-            ),
-            (
-                _t0*null2_2 - _t10*null6_2 - _t11*null2_2 + _t12*null2_2 - _t13*null2_2
-                + _t14*null2_2 + _t156*_t205 - _t2*null2_2 + _t205*_t85 + _t206*null8_2 - _t207*_t60
-                + _t208*_t296 - _t208*_t335 + _t21*_t229 + _t213*_t238 + _t215*_t60 + _t228*null2_0
-                + _t230*null8_0 + _t231*null8_0 + _t237*null8_0 + _t250*_t27 + _t27*_t299
-                - _t3*null2_2 + _t326*null8_2 + _t329*null2_2 + _t33*_t334 + _t333*null8_0
-                + _t37*null2_2 - _t9*null3_2
-            ),
-            (
-                _t118*_t205 + _t156*_t211 + _t16*_t240 + _t178*_t205 - _t20*_t239 + _t20*_t250
-                + _t20*_t299 - _t208*_t246 + _t208*_t310 - _t211*_t71 + _t211*_t85 + _t212*null8_2
-                + _t213*_t337 - _t216*_t60 + _t217*null8_2 + _t218*_t249 - _t219*_t60 + _t22*_t334
-                - _t220*_t335 + _t223*_t238 + _t224*_t60 + _t228*null2_1 - _t229*_t32 - _t229*_t35
-                + _t229*_t45 + _t229*_t76 - _t23*null2_2 + _t230*null8_1 + _t231*null8_1
-                + _t235*null7_1 - _t24*_t240 + _t240*_t25 + _t241*null2_0 + _t242*null8_0
-                + _t244*null1_2 + _t245*_t60 + _t252*null8_0 + _t264*_t27 + _t27*_t311
-                + _t327*null8_2 + _t328*null2_2 + _t33*_t339 + _t333*null8_1 + _t336*null8_0
-                + _t338*null2_2 - _t34*null6_2 - _t36*null6_2 + _t58*null0_1 + _t64*null6_1
-            ),
-            (
-                _t118*_t211 + _t178*_t211 + _t20*_t264 + _t20*_t311 + _t22*_t339 - _t220*_t246
-                + _t220*_t310 + _t223*_t337 - _t225*_t60 + _t226*null8_2 - _t229*_t49 + _t229*_t96
-                + _t241*null2_1 + _t242*null8_1 + _t248*null7_1 + _t249*_t331 + _t256*_t60
-                + _t330*null8_2 + _t332*null2_2 + _t336*null8_1 + _t39*null2_2 - _t41*null2_2
-                - _t42*null2_2 - _t50*null6_2 + _t51*null2_2 - _t53*null2_2 + _t54*null2_2
-                - _t55*null2_2 + _t56*null2_2
-            ),
-            (
-                -_t100*null2_0 - _t101*null2_0 + _t111*null2_0 - _t113*null2_0 + _t114*null2_0
-                - _t115*null2_0 + _t116*null2_0 + _t156*_t229 + _t182*_t205 + _t213*_t341
-                - _t229*_t71 + _t229*_t85 + _t231*null8_2 + _t235*null7_2 - _t239*_t60 + _t250*_t60
-                + _t261*null8_0 - _t262*null7_0 + _t27*_t314 + _t299*_t60 + _t33*_t343
-                + _t333*null8_2 + _t340*null8_0 + _t342*null8_0 + _t344*null2_0 + _t58*null0_2
-                - _t62*null2_2 + _t64*null6_2 + _t98*null2_0
-            ),
-            (
-                -_t100*null2_1 - _t101*null2_1 + _t111*null2_1 - _t113*null2_1 + _t114*null2_1
-                - _t115*null2_1 + _t116*null2_1 + _t118*_t229 + _t178*_t229 + _t182*_t211
-                + _t20*_t314 + _t22*_t343 + _t223*_t341 - _t229*_t93 + _t248*null7_2 - _t253*_t60
-                + _t254*null8_2 + _t259*null7_1 - _t262*null7_1 + _t264*_t60 + _t311*_t60
-                + _t336*null8_2 + _t340*null8_1 + _t342*null8_1 + _t344*null2_1 + _t79*null0_2
-                + _t82*null6_2 - _t94*null6_2 + _t98*null2_1
-            ),
-            (
-                -_t100*null2_2 - _t101*null2_2 + _t111*null2_2 - _t113*null2_2 + _t114*null2_2
-                - _t115*null2_2 + _t116*null2_2 + _t182*_t229 + _t314*_t60 + _t340*null8_2
-                + _t342*null8_2 + _t98*null2_2 + null2_2*null2_2*null2_2
-            ),
-            (
-                _t0*null2_3 - _t10*null6_3 - _t11*null2_3 + _t12*null2_3 - _t122*_t207 + _t122*_t215
-                - _t13*null2_3 + _t14*null2_3 + _t142*_t205 - _t2*null2_3 + _t205*_t345
-                + _t206*null8_3 - _t208*_t350 + _t21*_t268 + _t213*_t277 + _t266*null2_0
-                + _t269*null8_0 + _t27*_t287 + _t27*_t347 + _t270*null8_0 + _t276*null8_0
-                - _t3*null2_3 + _t326*null8_3 + _t329*null2_3 + _t33*_t349 + _t346*null1_0
-                + _t348*null8_0 + _t37*null2_3 - _t9*null3_3
-            ),
-            (
-                _t120*null0_1 - _t122*_t216 - _t122*_t219 + _t122*_t224 + _t122*_t245 - _t133*_t211
-                + _t142*_t211 + _t16*_t279 + _t180*_t205 - _t20*_t278 + _t20*_t287 + _t20*_t347
-                + _t205*_t351 - _t208*_t283 + _t211*_t345 + _t212*null8_3 + _t213*_t353
-                + _t217*null8_3 + _t218*_t286 + _t22*_t349 - _t220*_t350 + _t223*_t277
-                - _t23*null2_3 - _t24*_t279 + _t244*null1_3 + _t25*_t279 + _t266*null2_1
-                - _t268*_t32 - _t268*_t35 + _t268*_t45 + _t268*_t76 + _t269*null8_1 + _t27*_t312
-                + _t27*_t354 + _t270*null8_1 + _t274*null7_1 + _t280*null2_0 + _t282*null8_0
-                + _t289*null8_0 + _t327*null8_3 + _t328*null2_3 + _t33*_t355 + _t338*null2_3
-                - _t34*null6_3 + _t346*null1_1 + _t348*null8_1 + _t352*null8_0 - _t36*null6_3
-                + _t77*null8_3
-            ),
-            (
-                -_t122*_t225 + _t122*_t256 + _t180*_t211 + _t20*_t312 + _t20*_t354 + _t211*_t351
-                + _t22*_t355 - _t220*_t283 + _t223*_t353 + _t226*null8_3 - _t268*_t49 + _t268*_t96
-                + _t280*null2_1 + _t282*null8_1 + _t285*null7_1 + _t286*_t331 + _t330*null8_3
-                + _t332*null2_3 + _t352*null8_1 + _t356*null1_1 + _t39*null2_3 - _t41*null2_3
-                - _t42*null2_3 - _t50*null6_3 + _t51*null2_3 - _t53*null2_3 + _t54*null2_3
-                - _t55*null2_3 + _t56*null2_3
-            ),
-            (
-                _t120*null0_2 - _t122*_t236 - _t122*_t239 + _t122*_t250 + _t122*_t299
-                + _t126*null6_2 - _t133*_t229 + _t142*_t229 + _t156*_t268 + _t204*_t205
-                + _t205*_t357 - _t208*_t300 + _t213*_t359 + _t213*_t360 + _t229*_t345
-                + _t231*null8_3 + _t235*null7_3 + _t237*null8_3 - _t240*_t350 + _t249*_t277
-                - _t268*_t69 - _t268*_t71 + _t268*_t85 + _t27*_t325 + _t27*_t361 + _t270*null8_2
-                + _t274*null7_2 - _t278*_t60 + _t287*_t60 + _t293*null2_0 + _t295*null8_0
-                + _t306*null8_0 + _t308*null8_0 - _t309*null7_0 + _t33*_t364 + _t33*_t365
-                + _t333*null8_3 + _t346*null1_2 + _t347*_t60 + _t348*null8_2 + _t349*_t61
-                + _t358*null8_0 + _t362*null8_0 + _t363*null2_0 + _t58*null0_3 - _t62*null2_3
-                + _t64*null6_3 - _t70*null6_3 - _t72*null6_3
-            ),
-            (
-                _t118*_t268 - _t122*_t251 - _t122*_t253 + _t122*_t264 + _t122*_t311 + _t136*null0_2
-                + _t139*null6_2 - _t150*_t229 + _t178*_t268 + _t180*_t229 + _t20*_t325 + _t20*_t361
-                + _t204*_t211 + _t211*_t357 + _t22*_t364 + _t22*_t365 - _t220*_t300 + _t223*_t359
-                + _t223*_t360 + _t229*_t351 - _t240*_t283 + _t248*null7_3 + _t249*_t353
-                + _t252*null8_3 + _t254*null8_3 - _t265*null2_3 - _t268*_t91 - _t268*_t93
-                + _t285*null7_2 - _t290*_t60 + _t291*null8_2 + _t293*null2_1 + _t295*null8_1
-                + _t302*null7_1 + _t304*null7_1 + _t312*_t60 + _t336*null8_3 + _t352*null8_2
-                + _t354*_t60 + _t355*_t61 + _t356*null1_2 + _t358*null8_1 + _t362*null8_1
-                + _t363*null2_1 + _t79*null0_3 + _t82*null6_3 - _t92*null6_3 - _t94*null6_3
-                - _t97*null2_3
-            ),
-            (
-                -_t100*null2_3 - _t101*null2_3 + _t103*null0_3 + _t106*null6_3 - _t109*_t268
-                - _t110*null6_3 + _t111*null2_3 - _t113*null2_3 + _t114*null2_3 - _t115*null2_3
-                + _t116*null2_3 - _t122*_t260 + _t122*_t314 + _t182*_t268 + _t204*_t229
-                + _t229*_t357 + _t240*_t366 + _t259*null7_3 + _t261*null8_3 - _t262*null7_3
-                + _t325*_t60 + _t340*null8_3 + _t342*null8_3 + _t344*null2_3 + _t358*null8_2
-                + _t361*_t60 + _t362*null8_2 + _t364*_t61 + _t98*null2_3
-            ),
-            (
-                _t120*null0_3 - _t122*_t278 + _t122*_t287 + _t122*_t347 - _t124*null2_3
-                + _t126*null6_3 - _t133*_t268 + _t142*_t268 + _t184*null2_0 - _t186*null2_0
-                - _t187*null2_0 + _t197*null2_0 - _t199*null2_0 + _t200*null2_0 - _t201*null2_0
-                + _t202*null2_0 + _t205*_t367 + _t213*_t368 + _t268*_t345 + _t27*_t369
-                + _t270*null8_3 + _t274*null7_3 + _t317*null8_0 + _t321*null8_0 - _t322*null7_0
-                + _t324*null8_0 + _t33*_t370 + _t348*null8_3 + _t371*null2_0
-            ),
-            (
-                -_t122*_t290 + _t122*_t312 + _t122*_t354 + _t136*null0_3 + _t139*null6_3
-                - _t150*_t268 - _t151*null6_3 + _t180*_t268 + _t184*null2_1 - _t186*null2_1
-                - _t187*null2_1 + _t197*null2_1 - _t199*null2_1 + _t20*_t369 + _t200*null2_1
-                - _t201*null2_1 + _t202*null2_1 + _t211*_t367 + _t22*_t370 + _t223*_t368
-                + _t268*_t351 + _t285*null7_3 + _t291*null8_3 + _t317*null8_1 + _t319*null7_1
-                - _t322*null7_1 + _t324*null8_1 + _t352*null8_3 + _t371*null2_1
-            ),
-            (
-                -_t122*_t307 + _t122*_t325 + _t122*_t361 + _t159*null0_3 + _t162*null6_3
-                - _t174*_t268 - _t175*null6_3 + _t184*null2_2 - _t186*null2_2 - _t187*null2_2
-                + _t197*null2_2 - _t199*null2_2 + _t200*null2_2 - _t201*null2_2 + _t202*null2_2
-                + _t204*_t268 + _t229*_t367 + _t249*_t368 + _t268*_t357 + _t302*null7_3
-                + _t308*null8_3 - _t309*null7_3 + _t317*null8_2 + _t324*null8_2 + _t358*null8_3
-                + _t362*null8_3 + _t369*_t60 + _t370*_t61 + _t371*null2_2
-            ),
-            (
-                _t122*_t369 + _t184*null2_3 - _t186*null2_3 - _t187*null2_3 + _t197*null2_3
-                - _t199*null2_3 + _t200*null2_3 - _t201*null2_3 + _t202*null2_3 + _t268*_t367
-                + _t317*null8_3 + _t324*null8_3 + null2_3*null2_3*null2_3
-            ),
-            (
-                -_t0*null3_0 - _t1*null3_0 + _t11*null3_0 + _t12*null3_0 - _t13*null3_0
-                - _t14*null3_0 + _t19*_t213 + _t208*_t21 + _t3*null3_0 + _t37*null3_0
-                + _t372*null7_0 + _t373*null8_0 + null3_0*null3_0*null3_0
-            ),
-            (
-                -_t0*null3_1 - _t1*null3_1 + _t11*null3_1 + _t12*null3_1 - _t13*null3_1
-                - _t14*null3_1 + _t19*_t223 - _t205*_t24 - _t205*_t25 + _t208*_t45 + _t208*_t76
-                + _t21*_t220 + _t210*null3_0 + _t213*_t44 + _t213*_t75 + _t214*null3_0
-                + _t23*null3_0 + _t3*null3_1 + _t328*null3_0 + _t37*null3_1 + _t372*null7_1
-                + _t373*null8_1 + _t374*null7_0 + _t375*null7_0 + _t376*null8_0 + _t377*null8_0
-                + _t378*null3_1 - _t5*null1_1 - _t9*null2_1
-            ),
-            (
-                _t208*_t96 + _t210*null3_1 - _t211*_t24 - _t211*_t25 + _t213*_t95 + _t214*null3_1
-                - _t220*_t32 + _t220*_t45 + _t220*_t76 - _t223*_t26 + _t223*_t44 + _t223*_t75
-                + _t23*null3_1 + _t328*null3_1 + _t374*null7_1 + _t375*null7_1 + _t376*null8_1
-                + _t377*null8_1 + _t379*null7_0 + _t380*null8_0 + _t381*null3_0 - _t39*null3_0
-                - _t40*null3_0 + _t42*null3_0 + _t51*null3_0 + _t53*null3_0 + _t54*null3_0
-                - _t55*null3_0 - _t56*null3_0
-            ),
-            (
-                _t220*_t96 + _t223*_t95 + _t379*null7_1 + _t380*null8_1 - _t39*null3_1
-                - _t40*null3_1 + _t42*null3_1 + _t51*null3_1 + _t53*null3_1 + _t54*null3_1
-                - _t55*null3_1 - _t56*null3_1 + null3_1*null3_1*null3_1
-            ),
-            (
-                -_t0*null3_2 - _t1*null3_2 + _t11*null3_2 + _t12*null3_2 - _t13*null3_2
-                - _t14*null3_2 + _t155*_t213 + _t156*_t208 + _t19*_t249 - _t205*_t335 + _t208*_t85
-                + _t21*_t240 + _t213*_t84 + _t228*null3_0 + _t27*_t382 + _t3*null3_2 + _t33*_t383
-                + _t37*null3_2 + _t372*null7_2 + _t373*null8_2 + _t378*null3_2 - _t384*null8_0
-                + _t385*null7_0 + _t386*null7_0 + _t387*null8_0 + _t388*null8_0 - _t5*null1_2
-                + _t62*null3_0 - _t9*null2_2
-            ),
-            (
-                _t117*_t213 + _t118*_t208 + _t155*_t223 + _t156*_t220 + _t177*_t213 + _t178*_t208
-                + _t20*_t382 - _t205*_t246 - _t211*_t335 + _t214*null3_2 + _t22*_t383 - _t220*_t69
-                + _t220*_t85 + _t222*null4_2 - _t223*_t65 + _t223*_t84 + _t228*null3_1 - _t229*_t24
-                - _t229*_t25 + _t23*null3_2 - _t240*_t32 - _t240*_t35 + _t240*_t45 + _t240*_t76
-                + _t241*null3_0 - _t249*_t26 - _t249*_t30 + _t249*_t44 + _t249*_t75 + _t27*_t390
-                + _t328*null3_2 + _t33*_t391 + _t374*null7_2 + _t375*null7_2 + _t376*null8_2
-                + _t377*null8_2 - _t384*null8_1 + _t385*null7_1 + _t386*null7_1 + _t387*null8_1
-                + _t388*null8_1 + _t389*null3_2 - _t392*null8_0 + _t393*null7_0 + _t394*null8_0
-                + _t395*null8_0 + _t59*null0_1 + _t62*null3_1 + _t97*null3_0
-            ),
-            (
-                _t117*_t223 + _t118*_t220 + _t177*_t223 + _t178*_t220 + _t20*_t390 - _t211*_t246
-                + _t22*_t391 - _t240*_t49 + _t240*_t96 + _t241*null3_1 - _t249*_t47 + _t249*_t95
-                + _t379*null7_2 + _t380*null8_2 + _t381*null3_2 - _t39*null3_2 - _t392*null8_1
-                + _t393*null7_1 + _t394*null8_1 + _t395*null8_1 - _t40*null3_2 + _t42*null3_2
-                + _t46*null4_2 + _t51*null3_2 + _t53*null3_2 + _t54*null3_2 - _t55*null3_2
-                - _t56*null3_2 + _t97*null3_1
-            ),
-            (
-                _t101*null3_0 + _t111*null3_0 + _t113*null3_0 + _t114*null3_0 - _t115*null3_0
-                - _t116*null3_0 + _t155*_t249 + _t156*_t240 + _t181*_t213 + _t182*_t208
-                - _t229*_t335 - _t240*_t69 + _t240*_t85 - _t249*_t65 + _t249*_t84 + _t27*_t396
-                + _t33*_t397 + _t385*null7_2 + _t386*null7_2 + _t387*null8_2 + _t388*null8_2
-                - _t398*null8_0 + _t399*null7_0 + _t400*null8_0 + _t401*null3_0 + _t59*null0_2
-                + _t62*null3_2 - _t98*null3_0 - _t99*null3_0
-            ),
-            (
-                _t101*null3_1 + _t111*null3_1 + _t113*null3_1 + _t114*null3_1 - _t115*null3_1
-                - _t116*null3_1 + _t117*_t249 + _t118*_t240 + _t177*_t249 + _t178*_t240
-                + _t181*_t223 + _t182*_t220 + _t20*_t396 + _t22*_t397 - _t229*_t246 - _t240*_t91
-                - _t249*_t88 + _t393*null7_2 + _t394*null8_2 + _t395*null8_2 - _t398*null8_1
-                + _t399*null7_1 + _t400*null8_1 + _t401*null3_1 + _t80*null0_2 + _t86*null4_2
-                + _t97*null3_2 - _t98*null3_1 - _t99*null3_1
-            ),
-            (
-                _t101*null3_2 + _t111*null3_2 + _t113*null3_2 + _t114*null3_2 - _t115*null3_2
-                - _t116*null3_2 + _t181*_t249 + _t182*_t240 + _t399*null7_2 + _t400*null8_2
-                - _t98*null3_2 - _t99*null3_2 + null3_2*null3_2*null3_2
-            ),
-            (
-                -_t0*null3_3 - _t1*null3_3 + _t11*null3_3 + _t12*null3_3 + _t124*null3_0
-                - _t13*null3_3 - _t14*null3_3 + _t141*_t213 + _t142*_t208 + _t19*_t286 - _t205*_t350
-                + _t208*_t345 + _t21*_t279 + _t213*_t267 + _t266*null3_0 + _t27*_t402 + _t3*null3_3
-                + _t33*_t403 + _t37*null3_3 + _t372*null7_3 + _t373*null8_3 + _t378*null3_3
-                - _t404*null8_0 + _t405*null7_0 + _t406*null7_0 + _t407*null8_0 + _t408*null8_0
-                - _t5*null1_3 - _t9*null2_3
-            ),
-            (
-                _t121*null0_1 + _t124*null3_1 - _t127*_t223 - _t131*_t220 + _t141*_t223
-                + _t142*_t220 + _t152*null3_0 + _t179*_t213 + _t180*_t208 + _t20*_t402 - _t205*_t283
-                + _t208*_t351 - _t211*_t350 + _t213*_t281 + _t214*null3_3 + _t22*_t403 + _t220*_t345
-                + _t222*null4_3 + _t223*_t267 + _t23*null3_3 - _t24*_t268 - _t25*_t268 - _t26*_t286
-                + _t266*null3_1 + _t27*_t409 - _t279*_t32 - _t279*_t35 + _t279*_t45 + _t279*_t76
-                + _t280*null3_0 - _t286*_t30 + _t286*_t44 + _t286*_t75 + _t328*null3_3 + _t33*_t410
-                + _t374*null7_3 + _t375*null7_3 + _t376*null8_3 + _t377*null8_3 + _t389*null3_3
-                - _t404*null8_1 + _t405*null7_1 + _t406*null7_1 + _t407*null8_1 + _t408*null8_1
-                - _t411*null8_0 + _t412*null7_0 + _t413*null8_0 + _t414*null8_0
-            ),
-            (
-                _t152*null3_1 + _t179*_t223 + _t180*_t220 + _t20*_t409 - _t211*_t283 + _t22*_t410
-                + _t220*_t351 + _t223*_t281 - _t279*_t49 + _t279*_t96 + _t280*null3_1 - _t286*_t47
-                + _t286*_t95 + _t379*null7_3 + _t380*null8_3 + _t381*null3_3 - _t39*null3_3
-                - _t40*null3_3 - _t411*null8_1 + _t412*null7_1 + _t413*null8_1 + _t414*null8_1
-                + _t42*null3_3 + _t46*null4_3 + _t51*null3_3 + _t53*null3_3 + _t54*null3_3
-                - _t55*null3_3 - _t56*null3_3
-            ),
-            (
-                _t121*null0_2 + _t124*null3_2 - _t127*_t249 - _t131*_t240 + _t141*_t249
-                + _t142*_t240 + _t155*_t286 + _t156*_t279 + _t183*null3_0 + _t203*_t213
-                + _t204*_t208 - _t205*_t300 + _t208*_t357 + _t213*_t294 - _t229*_t350 - _t234*_t422
-                + _t240*_t345 + _t249*_t267 + _t257*null4_3 + _t27*_t417 + _t27*_t420 - _t279*_t69
-                - _t279*_t71 + _t279*_t85 - _t286*_t65 - _t286*_t67 + _t286*_t84 + _t293*null3_0
-                + _t33*_t418 + _t33*_t421 - _t384*null8_3 + _t385*null7_3 + _t386*null7_3
-                + _t387*null8_3 + _t388*null8_3 + _t402*_t60 + _t403*_t61 + _t405*null7_2
-                + _t406*null7_2 + _t407*null8_2 + _t408*null8_2 + _t415*_t416 - _t419*null8_0
-                - _t423*null8_0 + _t424*null7_0 + _t425*null8_0 + _t426*null8_0 + _t59*null0_3
-                + _t62*null3_3
-            ),
-            (
-                _t117*_t286 + _t118*_t279 + _t137*null0_2 + _t143*null4_2 - _t145*_t249
-                - _t148*_t240 + _t152*null3_2 + _t177*_t286 + _t178*_t279 + _t179*_t249
-                + _t180*_t240 + _t183*null3_1 + _t20*_t417 + _t20*_t420 + _t203*_t223 + _t204*_t220
-                - _t211*_t300 + _t22*_t418 + _t22*_t421 + _t220*_t357 + _t223*_t294 - _t229*_t283
-                + _t240*_t351 + _t249*_t281 - _t265*null3_3 - _t279*_t91 - _t279*_t93 - _t286*_t88
-                - _t286*_t89 + _t293*null3_1 - _t392*null8_3 + _t393*null7_3 + _t394*null8_3
-                + _t395*null8_3 + _t409*_t60 + _t410*_t61 + _t412*null7_2 + _t413*null8_2
-                + _t414*null8_2 + _t416*_t427 - _t419*null8_1 - _t423*null8_1 + _t424*null7_1
-                + _t425*null8_1 + _t426*null8_1 + _t80*null0_3 + _t86*null4_3 + _t87*null4_3
-                + _t97*null3_3
-            ),
-            (
-                _t101*null3_3 + _t104*null0_3 + _t107*null4_3 - _t108*_t286 - _t109*_t279
-                + _t111*null3_3 + _t113*null3_3 + _t114*null3_3 - _t115*null3_3 - _t116*null3_3
-                + _t181*_t286 + _t182*_t279 + _t183*null3_2 + _t203*_t249 + _t204*_t240
-                - _t229*_t300 + _t240*_t357 + _t249*_t294 - _t398*null8_3 + _t399*null7_3
-                + _t400*null8_3 + _t401*null3_3 + _t417*_t60 + _t418*_t61 + _t424*null7_2
-                + _t425*null8_2 + _t426*null8_2 - _t98*null3_3 - _t99*null3_3
-            ),
-            (
-                _t121*null0_3 + _t124*null3_3 - _t127*_t286 - _t131*_t279 + _t141*_t286
-                + _t142*_t279 - _t184*null3_0 - _t185*null3_0 + _t187*null3_0 + _t197*null3_0
-                + _t199*null3_0 + _t200*null3_0 - _t201*null3_0 - _t202*null3_0 + _t208*_t367
-                + _t213*_t316 + _t267*_t286 - _t268*_t350 + _t27*_t428 + _t279*_t345 + _t33*_t429
-                + _t405*null7_3 + _t406*null7_3 + _t407*null8_3 + _t408*null8_3 - _t430*null8_0
-                + _t431*null7_0 + _t432*null8_0 + _t433*null3_0
-            ),
-            (
-                _t137*null0_3 + _t143*null4_3 - _t145*_t286 - _t148*_t279 + _t152*null3_3
-                + _t179*_t286 + _t180*_t279 - _t184*null3_1 - _t185*null3_1 + _t187*null3_1
-                + _t197*null3_1 + _t199*null3_1 + _t20*_t428 + _t200*null3_1 - _t201*null3_1
-                - _t202*null3_1 + _t22*_t429 + _t220*_t367 + _t223*_t316 - _t268*_t283 + _t279*_t351
-                + _t281*_t286 + _t412*null7_3 + _t413*null8_3 + _t414*null8_3 - _t430*null8_1
-                + _t431*null7_1 + _t432*null8_1 + _t433*null3_1
-            ),
-            (
-                _t160*null0_3 + _t168*null4_3 - _t170*_t286 - _t172*_t279 + _t183*null3_3
-                - _t184*null3_2 - _t185*null3_2 + _t187*null3_2 + _t197*null3_2 + _t199*null3_2
-                + _t200*null3_2 - _t201*null3_2 - _t202*null3_2 + _t203*_t286 + _t204*_t279
-                + _t240*_t367 + _t249*_t316 + _t279*_t357 + _t286*_t294 - _t315*null3_3
-                - _t423*null8_3 + _t424*null7_3 + _t425*null8_3 + _t426*null8_3 + _t428*_t60
-                + _t429*_t61 + _t431*null7_2 + _t432*null8_2 + _t433*null3_2
-            ),
-            (
-                -_t184*null3_3 - _t185*null3_3 + _t187*null3_3 + _t197*null3_3 + _t199*null3_3
-                + _t200*null3_3 - _t201*null3_3 - _t202*null3_3 + _t279*_t367 + _t286*_t316
-                + _t431*null7_3 + _t432*null8_3 + null3_3*null3_3*null3_3
-            ),
-            (
-                _t0*null4_0 - _t1*null4_0 + _t12*null4_0 + _t13*null4_0 - _t14*null4_0 + _t2*null4_0
-                + _t208*_t215 + _t209*_t33 - _t3*null4_0 - _t37*null4_0 + _t434*null7_0
-                + _t5*null0_0 + null4_0*null4_0*null4_0
-            ),
-            (
-                _t0*null4_1 - _t1*null4_1 + _t12*null4_1 + _t13*null4_1 - _t14*null4_1 + _t15*_t26
-                + _t15*_t30 + _t16*_t27 + _t18*_t27 - _t19*_t43 + _t2*null4_1 - _t207*_t220
-                + _t208*_t224 + _t208*_t245 + _t209*_t22 + _t215*_t220 + _t218*_t33 + _t222*null3_0
-                - _t23*null4_0 + _t24*_t27 - _t25*_t27 - _t3*null4_1 + _t328*null4_0 + _t33*_t436
-                - _t37*null4_1 + _t434*null7_1 + _t435*null7_0 + _t437*null4_1 + _t5*null0_1
-            ),
-            (
-                _t15*_t47 + _t16*_t20 + _t18*_t20 + _t20*_t24 - _t20*_t25 + _t208*_t256
-                - _t216*_t220 + _t218*_t22 + _t22*_t436 + _t220*_t224 + _t220*_t245 + _t222*null3_1
-                - _t23*null4_1 + _t26*_t43 + _t30*_t43 + _t33*_t331 + _t39*null4_0 - _t40*null4_0
-                + _t41*null4_0 - _t42*null4_0 - _t43*_t75 + _t435*null7_1 + _t438*null5_1
-                + _t439*null4_0 + _t46*null3_0 - _t51*null4_0 + _t54*null4_0 + _t55*null4_0
-                - _t56*null4_0
-            ),
-            (
-                _t22*_t331 + _t220*_t256 + _t39*null4_1 - _t40*null4_1 + _t41*null4_1 - _t42*null4_1
-                + _t43*_t47 + _t46*null3_1 - _t51*null4_1 + _t54*null4_1 + _t55*null4_1
-                - _t56*null4_1 + null4_1*null4_1*null4_1
-            ),
-            (
-                _t0*null4_2 - _t1*null4_2 + _t12*null4_2 + _t13*null4_2 - _t14*null4_2 + _t15*_t65
-                + _t15*_t67 - _t19*_t83 + _t2*null4_2 - _t207*_t240 + _t208*_t250 + _t208*_t299
-                + _t209*_t61 + _t215*_t240 + _t238*_t33 + _t257*null3_0 + _t27*_t296 + _t27*_t335
-                + _t27*_t415 - _t3*null4_2 - _t37*null4_2 + _t434*null7_2 + _t437*null4_2
-                + _t440*null7_0 + _t441*null5_2 - _t442*null8_0 + _t443*null7_0 + _t5*null0_2
-                - _t62*null4_0
-            ),
-            (
-                _t15*_t88 + _t15*_t89 - _t155*_t43 + _t16*_t60 + _t18*_t60 + _t20*_t296 + _t20*_t335
-                + _t20*_t415 + _t208*_t264 + _t208*_t311 - _t216*_t240 + _t218*_t61 - _t219*_t240
-                + _t22*_t238 - _t220*_t236 + _t220*_t250 + _t220*_t299 + _t222*null3_2 + _t224*_t240
-                - _t23*null4_2 + _t24*_t60 + _t240*_t245 + _t246*_t27 - _t25*_t60 + _t257*null3_1
-                + _t26*_t83 + _t27*_t310 + _t27*_t427 + _t30*_t83 + _t328*null4_2 + _t33*_t337
-                - _t374*null6_2 + _t43*_t65 + _t43*_t67 + _t435*null7_2 + _t436*_t61 + _t438*null5_2
-                - _t44*_t83 + _t440*null7_1 - _t442*null8_1 + _t443*null7_1 + _t444*_t445
-                + _t446*null4_0 - _t447*null8_0 + _t448*null7_0 - _t62*null4_1 - _t75*_t83
-                + _t86*null3_0 + _t87*null3_0
-            ),
-            (
-                _t20*_t246 + _t20*_t310 + _t20*_t427 + _t22*_t337 + _t220*_t264 + _t220*_t311
-                - _t225*_t240 + _t240*_t256 + _t331*_t61 - _t379*null6_2 + _t39*null4_2
-                - _t40*null4_2 + _t41*null4_2 - _t42*null4_2 + _t43*_t88 + _t43*_t89 + _t439*null4_2
-                - _t447*null8_1 + _t448*null7_1 + _t449*null5_2 + _t46*null3_2 + _t47*_t83
-                - _t51*null4_2 + _t54*null4_2 + _t55*null4_2 - _t56*null4_2 - _t83*_t95
-                + _t86*null3_1 + _t87*null3_1
-            ),
-            (
-                _t100*null4_0 - _t101*null4_0 + _t107*null3_0 + _t108*_t15 - _t111*null4_0
-                + _t114*null4_0 + _t115*null4_0 - _t116*null4_0 - _t155*_t83 + _t208*_t314
-                - _t236*_t240 + _t238*_t61 + _t240*_t250 + _t240*_t299 + _t257*null3_2 + _t296*_t60
-                + _t335*_t60 + _t415*_t60 + _t440*null7_2 + _t443*null7_2 + _t450*null5_2
-                - _t451*null8_0 + _t452*null7_0 + _t453*null4_0 - _t62*null4_2 + _t65*_t83
-                + _t67*_t83 + _t98*null4_0 - _t99*null4_0
-            ),
-            (
-                _t100*null4_1 - _t101*null4_1 + _t107*null3_1 + _t108*_t43 - _t111*null4_1
-                + _t114*null4_1 + _t115*null4_1 - _t116*null4_1 - _t177*_t83 + _t220*_t314
-                - _t240*_t251 + _t240*_t264 + _t240*_t311 + _t246*_t60 + _t310*_t60 + _t337*_t61
-                + _t427*_t60 + _t446*null4_2 + _t448*null7_2 - _t451*null8_1 + _t452*null7_1
-                + _t453*null4_1 + _t83*_t88 + _t83*_t89 + _t86*null3_2 + _t87*null3_2 - _t97*null4_2
-                + _t98*null4_1 - _t99*null4_1
-            ),
-            (
-                _t100*null4_2 - _t101*null4_2 + _t107*null3_2 + _t108*_t83 - _t111*null4_2
-                + _t114*null4_2 + _t115*null4_2 - _t116*null4_2 + _t240*_t314 + _t452*null7_2
-                + _t98*null4_2 - _t99*null4_2 + null4_2*null4_2*null4_2
-            ),
-            (
-                _t0*null4_3 - _t1*null4_3 + _t12*null4_3 + _t123*_t209 - _t124*null4_0 + _t127*_t15
-                + _t129*_t15 + _t13*null4_3 - _t14*null4_3 - _t140*_t19 + _t2*null4_3 - _t207*_t279
-                + _t208*_t287 + _t208*_t347 + _t215*_t279 + _t27*_t350 + _t27*_t454 + _t27*_t455
-                + _t277*_t33 - _t3*null4_3 - _t37*null4_3 + _t422*_t6 + _t434*null7_3
-                + _t437*null4_3 + _t441*null5_3 + _t456*null3_0 - _t457*null8_0 + _t458*null7_0
-                + _t5*null0_3
-            ),
-            (
-                _t122*_t16 + _t122*_t18 + _t122*_t24 - _t122*_t25 + _t123*_t218 + _t123*_t436
-                - _t124*null4_1 + _t127*_t43 + _t129*_t43 + _t140*_t26 + _t140*_t30 - _t140*_t44
-                - _t140*_t75 + _t143*null3_0 + _t144*null3_0 + _t145*_t15 + _t146*_t15 + _t20*_t350
-                + _t20*_t454 + _t20*_t455 + _t208*_t312 + _t208*_t354 - _t216*_t279 - _t219*_t279
-                + _t22*_t277 - _t220*_t275 + _t220*_t287 + _t220*_t347 + _t222*null3_3 + _t224*_t279
-                - _t23*null4_3 + _t245*_t279 - _t267*_t43 + _t27*_t283 + _t27*_t459 + _t27*_t460
-                + _t328*null4_3 + _t33*_t353 - _t374*null6_3 + _t435*null7_3 + _t438*null5_3
-                + _t456*null3_1 - _t457*null8_1 + _t458*null7_1 + _t461*null7_1 + _t462*null4_0
-                + _t463*null4_0 - _t464*null8_0 + _t465*null7_0
-            ),
-            (
-                _t123*_t331 + _t140*_t47 - _t140*_t95 + _t143*null3_1 + _t144*null3_1 + _t145*_t43
-                + _t146*_t43 + _t20*_t283 + _t20*_t459 + _t20*_t460 + _t22*_t353 + _t220*_t312
-                + _t220*_t354 - _t225*_t279 + _t256*_t279 - _t379*null6_3 + _t39*null4_3
-                - _t40*null4_3 + _t41*null4_3 - _t42*null4_3 + _t439*null4_3 + _t449*null5_3
-                + _t46*null3_3 - _t464*null8_1 + _t465*null7_1 - _t51*null4_3 + _t54*null4_3
-                + _t55*null4_3 - _t56*null4_3
-            ),
-            (
-                _t122*_t296 + _t122*_t335 + _t122*_t415 + _t123*_t238 - _t124*null4_2 + _t127*_t83
-                + _t129*_t83 - _t140*_t155 + _t140*_t65 + _t140*_t67 - _t140*_t84 + _t15*_t170
-                + _t15*_t171 - _t157*_t27 + _t168*null3_0 + _t169*null3_0 + _t208*_t325
-                + _t208*_t361 - _t236*_t279 - _t239*_t279 - _t240*_t275 + _t240*_t287 + _t240*_t347
-                + _t250*_t279 + _t257*null3_3 - _t267*_t83 + _t27*_t300 + _t27*_t366 + _t27*_t466
-                + _t27*_t467 + _t277*_t61 + _t279*_t299 + _t350*_t60 + _t440*null7_3 - _t442*null8_3
-                + _t443*null7_3 + 6.0*_t444*null4_3 + _t450*null5_3 + _t454*_t60 + _t455*_t60
-                + _t456*null3_2 + _t458*null7_2 + _t461*null7_2 - _t468*null8_0 + _t469*null5_2
-                - _t470*null8_0 + _t471*null7_0 + _t472*null7_0 - _t62*null4_3
-            ),
-            (
-                -_t117*_t140 + _t122*_t246 + _t122*_t310 + _t122*_t427 + _t123*_t337 - _t140*_t177
-                + _t140*_t88 + _t140*_t89 + _t143*null3_2 + _t144*null3_2 + _t145*_t83 + _t146*_t83
-                - _t152*null4_2 - _t157*_t20 + _t168*null3_1 + _t169*null3_1 + _t170*_t43
-                + _t171*_t43 + _t20*_t300 + _t20*_t366 + _t20*_t466 + _t20*_t467 + _t220*_t325
-                + _t220*_t361 - _t240*_t288 + _t240*_t312 + _t240*_t354 - _t251*_t279 - _t253*_t279
-                + _t264*_t279 + _t279*_t311 - _t281*_t83 + _t283*_t60 + _t353*_t61 + _t446*null4_3
-                - _t447*null8_3 + _t448*null7_3 + _t459*_t60 + _t460*_t60 + _t462*null4_2
-                + _t463*null4_2 + _t465*null7_2 - _t468*null8_1 - _t470*null8_1 + _t471*null7_1
-                + _t472*null7_1 + _t86*null3_3 + _t87*null3_3 - _t97*null4_3
-            ),
-            (
-                _t100*null4_3 - _t101*null4_3 + _t107*null3_3 + _t108*_t140 - _t111*null4_3
-                + _t114*null4_3 + _t115*null4_3 - _t116*null4_3 - _t140*_t181 - _t157*_t60
-                + _t168*null3_2 + _t169*null3_2 + _t170*_t83 + _t171*_t83 + _t240*_t325
-                + _t240*_t361 - _t260*_t279 + _t279*_t314 + _t300*_t60 + _t366*_t60 - _t451*null8_3
-                + _t452*null7_3 + _t453*null4_3 + _t466*_t60 + _t467*_t60 + _t471*null7_2
-                + _t472*null7_2 + _t98*null4_3 - _t99*null4_3
-            ),
-            (
-                _t122*_t350 + _t122*_t454 + _t122*_t455 + _t123*_t277 - _t124*null4_3 + _t127*_t140
-                + _t128*_t422 + _t129*_t140 - _t140*_t267 + _t15*_t194 + _t184*null4_0
-                - _t185*null4_0 + _t186*null4_0 - _t187*null4_0 + _t193*null3_0 - _t197*null4_0
-                + _t200*null4_0 + _t201*null4_0 - _t202*null4_0 + _t208*_t369 - _t275*_t279
-                + _t279*_t287 + _t279*_t347 + _t458*null7_3 + _t461*null7_3 + _t469*null5_3
-                - _t473*null8_0 + _t474*null7_0 + _t475*null4_0
-            ),
-            (
-                _t122*_t283 + _t122*_t459 + _t122*_t460 + _t123*_t353 + _t140*_t145 + _t140*_t146
-                - _t140*_t281 + _t143*null3_3 + _t144*null3_3 - _t152*null4_3 + _t184*null4_1
-                - _t185*null4_1 + _t186*null4_1 - _t187*null4_1 + _t193*null3_1 + _t194*_t43
-                - _t197*null4_1 + _t200*null4_1 + _t201*null4_1 - _t202*null4_1 + _t220*_t369
-                - _t279*_t288 + _t279*_t312 + _t279*_t354 + _t463*null4_3 + _t465*null7_3
-                - _t473*null8_1 + _t474*null7_1 + _t475*null4_1
-            ),
-            (
-                _t122*_t300 + _t122*_t366 + _t122*_t466 + _t140*_t170 + _t140*_t171 - _t140*_t294
-                + _t168*null3_3 + _t169*null3_3 - _t183*null4_3 + _t184*null4_2 - _t185*null4_2
-                + _t186*null4_2 - _t187*null4_2 + _t193*null3_2 + _t194*_t83 - _t197*null4_2
-                + _t200*null4_2 + _t201*null4_2 - _t202*null4_2 + _t240*_t369 - _t279*_t305
-                + _t279*_t325 + _t279*_t361 - _t470*null8_3 + _t471*null7_3 + _t472*null7_3
-                + _t474*null7_2 + _t475*null4_2 + _t476*_t61
-            ),
-            (
-                _t140*_t194 + _t184*null4_3 - _t185*null4_3 + _t186*null4_3 - _t187*null4_3
-                + _t193*null3_3 - _t197*null4_3 + _t200*null4_3 + _t201*null4_3 - _t202*null4_3
-                + _t279*_t369 + _t474*null7_3 + null4_3*null4_3*null4_3
-            ),
-            (
-                -_t0*null5_0 + _t1*null5_0 + _t11*null5_0 - _t13*null5_0 + _t14*null5_0
-                + _t2*null5_0 + _t207*_t213 + _t209*_t27 - _t3*null5_0 - _t37*null5_0
-                + _t434*null8_0 + _t9*null0_0 + null5_0*null5_0*null5_0
-            ),
-            (
-                -_t0*null5_1 + _t1*null5_1 + _t11*null5_1 - _t13*null5_1 + _t14*null5_1 + _t15*_t32
-                + _t15*_t35 + _t17*_t33 + _t18*_t33 + _t2*null5_1 + _t20*_t209 + _t207*_t223
-                - _t21*_t43 + _t213*_t216 + _t213*_t219 + _t214*null5_0 - _t215*_t223 + _t218*_t27
-                - _t23*null5_0 - _t24*_t33 + _t25*_t33 + _t27*_t436 - _t3*null5_1 - _t37*null5_1
-                + _t434*null8_1 + _t435*null8_0 + _t477*null8_0 + _t478*null5_1 + _t9*null0_1
-            ),
-            (
-                _t15*_t49 + _t17*_t22 + _t18*_t22 + _t20*_t218 + _t20*_t436 + _t213*_t225
-                + _t214*null5_1 + _t216*_t223 + _t219*_t223 - _t22*_t24 + _t22*_t25 - _t223*_t245
-                - _t23*null5_1 + _t27*_t331 + _t32*_t43 + _t35*_t43 - _t39*null5_0 + _t40*null5_0
-                + _t41*null5_0 - _t42*null5_0 - _t43*_t76 + _t435*null8_1 + _t477*null8_1
-                + _t479*null8_0 + _t480*null5_0 - _t51*null5_0 + _t53*null5_0 - _t55*null5_0
-                + _t56*null5_0
-            ),
-            (
-                _t20*_t331 + _t223*_t225 - _t39*null5_1 + _t40*null5_1 + _t41*null5_1 - _t42*null5_1
-                + _t43*_t49 + _t479*null8_1 - _t51*null5_1 + _t53*null5_1 - _t55*null5_1
-                + _t56*null5_1 + null5_1*null5_1*null5_1
-            ),
-            (
-                -_t0*null5_2 + _t1*null5_2 + _t11*null5_2 - _t13*null5_2 + _t14*null5_2 + _t15*_t69
-                + _t15*_t71 + _t2*null5_2 + _t207*_t249 + _t209*_t60 - _t21*_t83 + _t213*_t236
-                + _t213*_t239 - _t215*_t249 + _t238*_t27 - _t3*null5_2 - _t33*_t335 + _t33*_t415
-                + _t33*_t481 - _t37*null5_2 + _t434*null8_2 + _t440*null8_0 + _t441*null4_2
-                + _t442*null7_0 + _t443*null8_0 + _t478*null5_2 + _t482*null8_0 - _t62*null5_0
-                + _t9*null0_2
-            ),
-            (
-                _t15*_t91 + _t15*_t93 - _t156*_t43 + _t17*_t61 + _t18*_t61 + _t20*_t238
-                + _t213*_t251 + _t213*_t253 + _t214*null5_2 + _t216*_t249 + _t218*_t60 + _t219*_t249
-                - _t22*_t335 + _t22*_t415 + _t22*_t444 + _t22*_t481 + _t223*_t236 + _t223*_t239
-                - _t223*_t299 - _t224*_t249 - _t23*null5_2 - _t24*_t61 - _t245*_t249 - _t246*_t33
-                + _t25*_t61 + _t27*_t337 + _t32*_t83 + _t33*_t427 + _t33*_t483 + _t35*_t83
-                + _t43*_t69 + _t43*_t71 + _t435*null8_2 + _t436*_t60 + _t438*null4_2 + _t440*null8_1
-                + _t442*null7_1 + _t443*null8_1 + _t447*null7_0 + _t448*null8_0 - _t45*_t83
-                + _t477*null8_2 + _t482*null8_1 + _t484*null8_0 + _t485*null8_0 + _t487*null5_2
-                - _t62*null5_1 - _t76*_t83 - _t97*null5_0
-            ),
-            (
-                _t20*_t337 - _t22*_t246 + _t22*_t427 + _t22*_t483 + _t223*_t251 + _t223*_t253
-                + _t225*_t249 - _t249*_t256 + _t331*_t60 - _t380*null6_2 - _t39*null5_2
-                + _t40*null5_2 + _t41*null5_2 - _t42*null5_2 + _t43*_t91 + _t43*_t93 + _t447*null7_1
-                + _t448*null8_1 + _t449*null4_2 + _t479*null8_2 + _t480*null5_2 + _t484*null8_1
-                + _t485*null8_1 + _t49*_t83 - _t51*null5_2 + _t53*null5_2 - _t55*null5_2
-                + _t56*null5_2 - _t83*_t96
-            ),
-            (
-                _t100*null5_0 - _t101*null5_0 + _t109*_t15 - _t111*null5_0 + _t113*null5_0
-                - _t115*null5_0 + _t116*null5_0 - _t156*_t83 + _t213*_t260 + _t236*_t249
-                + _t238*_t60 + _t239*_t249 - _t249*_t299 + _t27*_t489 - _t335*_t61 + _t415*_t61
-                + _t440*null8_2 + _t442*null7_2 + _t451*null7_0 + _t452*null8_0 + _t481*_t61
-                + _t482*null8_2 + _t488*null8_0 + _t490*null5_0 - _t62*null5_2 + _t69*_t83
-                + _t71*_t83 - _t98*null5_0 + _t99*null5_0
-            ),
-            (
-                _t100*null5_1 - _t101*null5_1 + _t109*_t43 - _t111*null5_1 + _t113*null5_1
-                - _t115*null5_1 + _t116*null5_1 - _t178*_t83 + _t20*_t489 + _t223*_t260 - _t246*_t61
-                + _t249*_t251 + _t249*_t253 - _t249*_t311 + _t337*_t60 + _t427*_t61 + _t447*null7_2
-                + _t451*null7_1 + _t452*null8_1 + _t483*_t61 + _t484*null8_2 + _t485*null8_2
-                + _t488*null8_1 + _t490*null5_1 + _t83*_t91 + _t83*_t93 - _t97*null5_2
-                - _t98*null5_1 + _t99*null5_1
-            ),
-            (
-                _t100*null5_2 - _t101*null5_2 + _t109*_t83 - _t111*null5_2 + _t113*null5_2
-                - _t115*null5_2 + _t116*null5_2 + _t249*_t260 + _t451*null7_2 + _t488*null8_2
-                - _t98*null5_2 + _t99*null5_2 + null5_2*null5_2*null5_2
-            ),
-            (
-                -_t0*null5_3 + _t1*null5_3 + _t11*null5_3 + _t122*_t209 - _t124*null5_0
-                - _t13*null5_3 + _t131*_t15 + _t133*_t15 + _t14*null5_3 - _t140*_t21 + _t2*null5_3
-                + _t207*_t286 + _t213*_t275 + _t213*_t278 - _t215*_t286 + _t27*_t277 - _t3*null5_3
-                - _t33*_t350 + _t33*_t455 + _t33*_t491 - _t37*null5_3 + _t434*null8_3
-                + _t441*null4_3 + _t457*null7_0 + _t458*null8_0 + _t461*null8_0 + _t478*null5_3
-                + _t492*null8_0 + _t9*null0_3
-            ),
-            (
-                _t122*_t218 + _t122*_t436 + _t123*_t17 + _t123*_t18 - _t123*_t24 + _t123*_t25
-                - _t124*null5_1 + _t131*_t43 + _t133*_t43 + _t140*_t32 + _t140*_t35 - _t140*_t45
-                - _t140*_t76 + _t148*_t15 + _t15*_t150 - _t152*null5_0 + _t20*_t277 + _t213*_t288
-                + _t213*_t290 + _t214*null5_3 + _t216*_t286 + _t219*_t286 - _t22*_t350 + _t22*_t455
-                + _t22*_t491 + _t223*_t275 + _t223*_t278 - _t223*_t347 - _t224*_t286 - _t23*null5_3
-                - _t245*_t286 + _t27*_t353 - _t283*_t33 + _t33*_t460 + _t33*_t493 - _t345*_t43
-                + _t435*null8_3 + _t438*null4_3 + _t457*null7_1 + _t458*null8_1 + _t461*null8_1
-                + _t464*null7_0 + _t465*null8_0 + _t477*null8_3 + _t487*null5_3 + _t492*null8_1
-                + _t494*null8_0 + _t495*null8_0 + _t496*null4_0
-            ),
-            (
-                _t122*_t331 + _t140*_t49 - _t140*_t96 + _t148*_t43 + _t150*_t43 + _t20*_t353
-                - _t22*_t283 + _t22*_t460 + _t22*_t493 + _t223*_t288 + _t223*_t290 + _t225*_t286
-                - _t256*_t286 - _t380*null6_3 - _t39*null5_3 + _t40*null5_3 + _t41*null5_3
-                - _t42*null5_3 + _t449*null4_3 + _t464*null7_1 + _t465*null8_1 + _t479*null8_3
-                + _t480*null5_3 + _t494*null8_1 + _t495*null8_1 - _t51*null5_3 + _t53*null5_3
-                - _t55*null5_3 + _t56*null5_3
-            ),
-            (
-                _t122*_t238 - _t123*_t335 + _t123*_t415 + _t123*_t481 - _t124*null5_2 + _t131*_t83
-                + _t133*_t83 - _t140*_t156 + _t140*_t69 + _t140*_t71 - _t140*_t85 + _t15*_t172
-                + _t15*_t174 - _t157*_t33 + _t213*_t305 + _t213*_t307 + _t236*_t286 + _t239*_t286
-                + _t249*_t275 + _t249*_t278 - _t249*_t347 - _t250*_t286 + _t27*_t499 + _t27*_t500
-                + _t277*_t60 - _t286*_t299 + _t298*_t33 - _t300*_t33 + _t33*_t466 - _t345*_t83
-                - _t350*_t61 + _t440*null8_3 + _t442*null7_3 + _t443*null8_3 + _t450*null4_3
-                + _t455*_t61 + _t457*null7_2 + _t461*null8_2 + _t467*_t486 + _t468*null7_0
-                + _t470*null7_0 + _t471*null8_0 + _t472*null8_0 + _t482*null8_3 + _t491*_t61
-                + _t492*null8_2 + _t497*null8_0 + _t498*null8_0 - _t62*null5_3
-            ),
-            (
-                -_t118*_t140 + _t122*_t337 - _t123*_t246 + _t123*_t427 + _t123*_t483 - _t140*_t178
-                + _t140*_t91 + _t140*_t93 + _t148*_t83 + _t150*_t83 - _t152*null5_2 - _t157*_t22
-                + _t172*_t43 + _t174*_t43 + _t20*_t499 + _t20*_t500 + _t22*_t298 - _t22*_t300
-                + _t22*_t466 + _t223*_t305 + _t223*_t307 + _t249*_t288 + _t249*_t290 - _t249*_t354
-                + _t251*_t286 + _t253*_t286 - _t264*_t286 - _t283*_t61 - _t286*_t311 - _t351*_t83
-                + _t353*_t60 + _t447*null7_3 + _t448*null8_3 + _t460*_t61 + _t464*null7_2
-                + 6.0*_t467*null5_1 + _t468*null7_1 + _t470*null7_1 + _t471*null8_1 + _t472*null8_1
-                + _t484*null8_3 + _t485*null8_3 + _t493*_t61 + _t494*null8_2 + _t495*null8_2
-                + _t496*null4_2 + _t497*null8_1 + _t498*null8_1 - _t97*null5_3
-            ),
-            (
-                _t100*null5_3 - _t101*null5_3 + _t109*_t140 - _t111*null5_3 + _t113*null5_3
-                - _t115*null5_3 + _t116*null5_3 - _t140*_t182 - _t157*_t61 + _t172*_t83 + _t174*_t83
-                + _t249*_t305 + _t249*_t307 + _t260*_t286 - _t286*_t314 + _t298*_t61 - _t300*_t61
-                + _t451*null7_3 + _t452*null8_3 + _t466*_t61 + _t468*null7_2 + _t470*null7_2
-                + _t488*null8_3 + _t490*null5_3 + _t497*null8_2 + _t498*null8_2 + _t500*_t60
-                - _t98*null5_3 + _t99*null5_3
-            ),
-            (
-                _t122*_t277 - _t123*_t350 + _t123*_t455 + _t123*_t491 - _t124*null5_3 + _t131*_t140
-                + _t133*_t140 - _t140*_t345 + _t15*_t195 - _t184*null5_0 + _t185*null5_0
-                + _t186*null5_0 - _t187*null5_0 - _t197*null5_0 + _t199*null5_0 - _t201*null5_0
-                + _t202*null5_0 + _t213*_t320 + _t27*_t476 + _t275*_t286 + _t278*_t286 - _t286*_t347
-                + _t457*null7_3 + _t461*null8_3 + _t473*null7_0 + _t474*null8_0 + _t492*null8_3
-                + _t501*null8_0 + _t502*null5_0
-            ),
-            (
-                _t122*_t353 - _t123*_t283 + _t123*_t460 + _t123*_t493 + _t140*_t148 + _t140*_t150
-                - _t140*_t351 - _t152*null5_3 - _t184*null5_1 + _t185*null5_1 + _t186*null5_1
-                - _t187*null5_1 + _t195*_t43 - _t197*null5_1 + _t199*null5_1 + _t20*_t476
-                - _t201*null5_1 + _t202*null5_1 + _t223*_t320 + _t286*_t288 + _t286*_t290
-                - _t286*_t354 + _t464*null7_3 + _t473*null7_1 + _t474*null8_1 + _t494*null8_3
-                + _t495*null8_3 + _t501*null8_1 + _t502*null5_1
-            ),
-            (
-                _t123*_t298 - _t123*_t300 + _t123*_t466 + _t140*_t172 + _t140*_t174 - _t140*_t357
-                - _t183*null5_3 - _t184*null5_2 + _t185*null5_2 + _t186*null5_2 - _t187*null5_2
-                + _t195*_t83 - _t197*null5_2 + _t199*null5_2 - _t201*null5_2 + _t202*null5_2
-                + _t249*_t320 + _t286*_t305 + _t286*_t307 - _t286*_t361 + _t468*null7_3
-                + _t470*null7_3 + _t472*null8_3 + _t473*null7_2 + _t476*_t60 + _t497*null8_3
-                + _t498*null8_3 + _t501*null8_2 + _t502*null5_2
-            ),
-            (
-                _t140*_t195 - _t184*null5_3 + _t185*null5_3 + _t186*null5_3 - _t187*null5_3
-                - _t197*null5_3 + _t199*null5_3 - _t201*null5_3 + _t202*null5_3 + _t286*_t320
-                + _t473*null7_3 + _t501*null8_3 + null5_3*null5_3*null5_3
-            ),
-            (
-                -_t0*null6_0 - _t1*null6_0 - _t11*null6_0 - _t12*null6_0 + _t13*null6_0
-                + _t14*null6_0 + _t15*_t29 + _t2*null6_0 + _t37*null6_0 + _t503*null8_0
-                + _t504*null7_0 + _t505*null8_0 + null6_0*null6_0*null6_0
-            ),
-            (
-                -_t0*null6_1 - _t1*null6_1 - _t10*null2_1 - _t11*null6_1 - _t12*null6_1
-                + _t13*null6_1 + _t14*null6_1 + _t15*_t48 + _t18*_t6 + _t2*null6_1 + _t24*_t6
-                + _t25*_t6 + _t29*_t43 + _t37*null6_1 - _t372*null4_1 - _t373*null5_1
-                + _t503*null8_1 + _t504*null7_1 + _t505*null8_1 + _t506*null1_0 + _t507*null8_0
-                + _t508*null8_0 + _t509*null7_0 + _t510*null8_0 + _t511*null7_0 + _t512*null8_0
-                + _t513*null6_1 + _t6*_t73 - _t7*null1_1
-            ),
-            (
-                -_t16*_t28 - _t17*_t28 + _t18*_t28 - _t214*null6_1 + _t24*_t28 + _t25*_t28
-                - _t328*null6_1 - _t39*null6_0 - _t40*null6_0 + _t41*null6_0 + _t43*_t48
-                + _t506*null1_1 + _t507*null8_1 + _t508*null8_1 + _t509*null7_1 + _t51*null6_0
-                + _t510*null8_1 + _t511*null7_1 + _t512*null8_1 + _t514*null1_0 + _t515*null8_0
-                + _t516*null7_0 + _t517*null8_0 + _t518*null6_0 - _t53*null6_0 - _t54*null6_0
-                + _t55*null6_0 + _t56*null6_0 + _t77*null0_1
-            ),
-            (
-                -_t39*null6_1 - _t40*null6_1 + _t41*null6_1 + _t51*null6_1 + _t514*null1_1
-                + _t515*null8_1 + _t516*null7_1 + _t517*null8_1 - _t53*null6_1 - _t54*null6_1
-                + _t55*null6_1 + _t56*null6_1 + null6_1*null6_1*null6_1
-            ),
-            (
-                -_t0*null6_2 - _t1*null6_2 - _t10*null2_2 - _t11*null6_2 - _t12*null6_2
-                + _t13*null6_2 + _t14*null6_2 + _t153*_t6 + _t2*null6_2 + _t29*_t83 + _t335*_t6
-                + _t37*null6_2 - _t372*null4_2 - _t373*null5_2 + _t415*_t6 + _t443*null3_0
-                + _t504*null7_2 + _t513*null6_2 + _t519*null8_0 + _t520*null7_0 + _t521*null8_0
-                + _t522*null7_0 + _t523*null8_0 + _t524*null8_0 + _t57*null7_0 + _t58*null8_0
-                + _t63*null1_0 + _t64*null2_0 - _t7*null1_2
-            ),
-            (
-                -_t16*_t66 - _t17*_t66 + _t176*_t6 + _t18*_t66 + _t210*null6_2 - _t214*null6_2
-                + _t24*_t66 + _t246*_t6 + _t25*_t66 - _t28*_t296 + _t28*_t415 - _t31*null1_2
-                - _t328*null6_2 - _t34*null2_2 - _t36*null2_2 - _t374*null4_2 - _t375*null4_2
-                - _t376*null5_2 - _t377*null5_2 + _t427*_t6 + _t443*null3_1 + _t448*null3_0
-                + _t48*_t83 + _t509*null7_2 + _t511*null7_2 + _t519*null8_1 + _t520*null7_1
-                + _t521*null8_1 + _t522*null7_1 + _t523*null8_1 + _t524*null8_1 + _t525*null1_0
-                + _t526*null8_0 + _t527*null7_0 + _t528*null8_0 + _t529*null7_0 + _t530*null8_0
-                + _t532*null6_2 + _t533*null8_0 + _t57*null7_1 + _t58*null8_1 + _t63*null1_1
-                + _t64*null2_1 + _t77*null0_2 + _t78*null7_0 + _t79*null8_0 + _t81*null1_0
-                + _t82*null2_0 + _t86*null7_0
-            ),
-            (
-                _t176*_t28 - _t28*_t310 + _t28*_t427 - _t379*null4_2 - _t380*null5_2 - _t39*null6_2
-                - _t40*null6_2 + _t41*null6_2 + _t448*null3_1 + _t46*null7_2 - _t50*null2_2
-                + _t51*null6_2 + _t516*null7_2 + _t518*null6_2 + _t525*null1_1 + _t526*null8_1
-                + _t527*null7_1 + _t528*null8_1 + _t529*null7_1 - _t53*null6_2 + _t530*null8_1
-                + _t533*null8_1 - _t54*null6_2 + _t55*null6_2 + _t56*null6_2 + _t78*null7_1
-                + _t79*null8_1 + _t81*null1_1 + _t82*null2_1
-            ),
-            (
-                _t100*null6_0 + _t103*null8_0 + _t105*null1_0 + _t106*null2_0 + _t107*null7_0
-                + _t111*null6_0 - _t113*null6_0 - _t114*null6_0 + _t115*null6_0 + _t116*null6_0
-                + _t228*null6_2 - _t296*_t66 - _t385*null4_2 - _t387*null5_2 + _t415*_t66
-                + _t443*null3_2 + _t452*null3_0 + _t520*null7_2 + _t522*null7_2 + _t534*null7_0
-                + _t535*null8_0 + _t536*null8_0 + _t537*null6_0 + _t63*null1_2 + _t64*null2_2
-                - _t70*null2_2 + _t83*_t90 - _t98*null6_0 - _t99*null6_0
-            ),
-            (
-                _t100*null6_1 + _t102*null7_1 + _t103*null8_1 + _t105*null1_1 + _t106*null2_1
-                + _t111*null6_1 - _t113*null6_1 - _t114*null6_1 + _t115*null6_1 + _t116*null6_1
-                + _t241*null6_2 - _t310*_t66 - _t393*null4_2 - _t394*null5_2 + _t427*_t66
-                + _t448*null3_2 + _t452*null3_1 + _t527*null7_2 + _t529*null7_2 + _t534*null7_1
-                + _t535*null8_1 + _t536*null8_1 + _t537*null6_1 + _t81*null1_2 + _t82*null2_2
-                + _t87*null7_2 - _t92*null2_2 - _t98*null6_1 - _t99*null6_1
-            ),
-            (
-                _t100*null6_2 + _t105*null1_2 + _t106*null2_2 + _t111*null6_2 - _t113*null6_2
-                - _t114*null6_2 + _t115*null6_2 + _t116*null6_2 + _t452*null3_2 + _t534*null7_2
-                - _t98*null6_2 - _t99*null6_2 + null6_2*null6_2*null6_2
-            ),
-            (
-                -_t0*null6_3 - _t1*null6_3 - _t10*null2_3 - _t11*null6_3 + _t119*null7_0
-                - _t12*null6_3 + _t120*null8_0 + _t125*null1_0 + _t126*null2_0 + _t13*null6_3
-                + _t14*null6_3 + _t140*_t29 + _t2*null6_3 + _t206*null0_3 + _t27*_t422 + _t350*_t6
-                + _t37*null6_3 - _t372*null4_3 - _t373*null5_3 + _t434*null3_3 + _t458*null3_0
-                + _t504*null7_3 + _t513*null6_3 + _t538*null8_0 + _t539*null7_0 + _t540*null8_0
-                + _t541*null8_0 + _t542*null8_0 - _t7*null1_3
-            ),
-            (
-                _t119*null7_1 + _t120*null8_1 + _t125*null1_1 + _t126*null2_1 - _t128*_t16
-                - _t128*_t17 + _t128*_t18 + _t128*_t24 + _t128*_t25 + _t135*null7_0 + _t136*null8_0
-                + _t138*null1_0 + _t139*null2_0 + _t140*_t48 + _t143*null7_0 + _t20*_t422
-                + _t210*null6_3 + _t212*null0_3 - _t214*null6_3 + _t27*_t547 - _t28*_t454
-                + _t28*_t455 + _t283*_t6 - _t31*null1_3 - _t328*null6_3 - _t34*null2_3
-                - _t36*null2_3 - _t374*null4_3 - _t375*null4_3 - _t376*null5_3 - _t377*null5_3
-                + _t435*null3_3 + _t458*null3_1 + _t465*null3_0 + _t509*null7_3 + _t511*null7_3
-                + _t532*null6_3 + _t538*null8_1 + _t539*null7_1 + _t540*null8_1 + _t541*null8_1
-                + _t542*null8_1 + _t543*null1_0 + _t544*null8_0 + _t545*null7_0 + _t546*null8_0
-                + _t548*null8_0 + _t549*null8_0 + _t77*null0_3
-            ),
-            (
-                _t135*null7_1 + _t136*null8_1 + _t138*null1_1 + _t139*null2_1 + _t20*_t547
-                - _t28*_t459 + _t28*_t460 + _t330*null0_3 - _t379*null4_3 - _t380*null5_3
-                - _t39*null6_3 - _t40*null6_3 + _t41*null6_3 + _t46*null7_3 + _t465*null3_1
-                - _t50*null2_3 + _t51*null6_3 + _t516*null7_3 + _t518*null6_3 - _t53*null6_3
-                - _t54*null6_3 + _t543*null1_1 + _t544*null8_1 + _t545*null7_1 + _t546*null8_1
-                + _t548*null8_1 + _t549*null8_1 + _t55*null6_3 + _t56*null6_3
-            ),
-            (
-                -_t128*_t296 + _t128*_t415 - _t132*null2_2 + _t140*_t90 + _t147*_t83 + _t157*_t531
-                + _t159*null8_0 + _t161*null1_0 + _t162*null2_0 + _t164*null8_0 + _t166*null1_0
-                + _t167*null2_0 + _t168*null7_0 + _t169*null7_0 + _t228*null6_3 + _t230*null0_3
-                + _t231*null0_3 + _t27*_t552 + _t300*_t6 - _t385*null4_3 - _t386*null4_3
-                - _t387*null5_3 - _t388*null5_3 - _t405*null4_2 - _t407*null5_2 + _t422*_t60
-                + _t440*null3_3 + _t443*null3_3 - _t454*_t66 + _t455*_t66 + _t458*null3_2
-                + _t471*null3_0 + _t472*null3_0 + _t520*null7_3 + _t522*null7_3 + _t524*null8_3
-                + _t539*null7_2 + _t550*null7_0 + _t551*null8_0 + _t553*null8_0 + _t554*null8_0
-                + _t555*null8_0 + _t57*null7_3 + _t58*null8_3 + _t63*null1_3 + _t64*null2_3
-                - _t68*null1_3 - _t70*null2_3 - _t72*null2_3
-            ),
-            (
-                -_t128*_t310 + _t128*_t427 + _t144*null7_2 - _t149*null2_2 + 6.0*_t157*null6_1
-                + _t158*null7_1 + _t159*null8_1 + _t161*null1_1 + _t162*null2_1 + _t163*null7_1
-                + _t164*null8_1 + _t166*null1_1 + _t167*null2_1 + _t20*_t552 + _t241*null6_3
-                + _t242*null0_3 - _t28*_t366 + _t28*_t466 - _t28*null4_2*null4_3 + _t336*null0_3
-                - _t393*null4_3 - _t394*null5_3 - _t395*null5_3 - _t412*null4_2 - _t413*null5_2
-                + _t448*null3_3 - _t459*_t66 + _t460*_t66 + _t465*null3_2 + _t471*null3_1
-                + _t472*null3_1 + _t527*null7_3 + _t529*null7_3 + _t533*null8_3 + _t545*null7_2
-                + _t547*_t60 + _t550*null7_1 + _t551*null8_1 + _t553*null8_1 + _t554*null8_1
-                + _t555*null8_1 + _t78*null7_3 + _t79*null8_3 + _t81*null1_3 + _t82*null2_3
-                + _t86*null7_3 + _t87*null7_3 - _t92*null2_3 - _t94*null2_3
-            ),
-            (
-                _t100*null6_3 + _t102*null7_3 + _t103*null8_3 + _t105*null1_3 + _t106*null2_3
-                + _t107*null7_3 - _t110*null2_3 + _t111*null6_3 - _t113*null6_3 - _t114*null6_3
-                + _t115*null6_3 + _t116*null6_3 + _t166*null1_2 + _t167*null2_2 + _t340*null0_3
-                - _t366*_t66 - _t399*null4_3 - _t400*null5_3 + _t452*null3_3 + _t466*_t66
-                + _t471*null3_2 + _t472*null3_2 + _t534*null7_3 + _t536*null8_3 + _t537*null6_3
-                + _t550*null7_2 + _t552*_t60 - _t98*null6_3 - _t99*null6_3
-            ),
-            (
-                _t122*_t422 + _t125*null1_3 + _t126*null2_3 - _t128*_t454 + _t128*_t455
-                - _t132*null2_3 + _t140*_t147 - _t184*null6_0 - _t185*null6_0 + _t186*null6_0
-                + _t189*null8_0 + _t191*null1_0 + _t192*null2_0 + _t193*null7_0 + _t197*null6_0
-                - _t199*null6_0 - _t200*null6_0 + _t201*null6_0 + _t202*null6_0 + _t266*null6_3
-                + _t27*_t556 - _t405*null4_3 - _t407*null5_3 + _t458*null3_3 + _t474*null3_0
-                + _t539*null7_3 + _t557*null8_0 + _t558*null8_0 + _t559*null6_0
-            ),
-            (
-                _t122*_t547 - _t128*_t459 + _t128*_t460 + _t138*null1_3 + _t139*null2_3
-                + _t144*null7_3 - _t149*null2_3 - _t184*null6_1 - _t185*null6_1 + _t186*null6_1
-                + _t188*null7_1 + _t189*null8_1 + _t191*null1_1 + _t192*null2_1 + _t197*null6_1
-                - _t199*null6_1 + _t20*_t556 - _t200*null6_1 + _t201*null6_1 + _t202*null6_1
-                + _t280*null6_3 - _t412*null4_3 - _t413*null5_3 + _t465*null3_3 + _t474*null3_1
-                + _t545*null7_3 + _t557*null8_1 + _t558*null8_1 + _t559*null6_1
-            ),
-            (
-                _t122*_t552 - _t128*_t366 + _t128*_t466 + _t161*null1_3 + _t162*null2_3
-                + _t163*null7_3 + _t164*null8_3 + _t166*null1_3 + _t167*null2_3 + _t169*null7_3
-                - _t173*null2_3 - _t184*null6_2 - _t185*null6_2 + _t186*null6_2 + _t197*null6_2
-                - _t199*null6_2 - _t200*null6_2 + _t201*null6_2 + _t202*null6_2 + _t293*null6_3
-                - _t424*null4_3 - _t425*null5_3 + _t471*null3_3 + _t472*null3_3 + _t474*null3_2
-                + _t550*null7_3 + _t555*null8_3 + _t556*_t60 + _t559*null6_2
-            ),
-            (
-                _t122*_t556 - _t184*null6_3 - _t185*null6_3 + _t186*null6_3 + _t191*null1_3
-                + _t192*null2_3 + _t197*null6_3 - _t199*null6_3 - _t200*null6_3 + _t201*null6_3
-                + _t202*null6_3 + _t474*null3_3 + null6_3*null6_3*null6_3
-            ),
-            (
-                _t0*null7_0 - _t1*null7_0 + _t11*null7_0 - _t12*null7_0 + _t14*null7_0 - _t2*null7_0
-                + _t3*null7_0 - _t37*null7_0 + _t372*null3_0 + _t441*null8_0 + _t560*null1_0
-                + _t7*null0_0 + null7_0*null7_0*null7_0
-            ),
-            (
-                _t0*null7_1 - _t1*null7_1 + _t11*null7_1 - _t12*null7_1 + _t14*null7_1 + _t16*_t561
-                - _t17*_t561 - _t18*_t561 - _t2*null7_1 - _t210*null7_0 + _t214*null7_0
-                + _t217*null1_0 + _t23*null7_0 + _t244*null8_0 + _t25*_t561 + _t3*null7_1
-                + _t31*null0_0 - _t328*null7_0 - _t37*null7_1 + _t372*null3_1 + _t374*null3_0
-                + _t375*null3_0 + _t438*null8_0 + _t441*null8_1 + _t560*null1_1 + _t562*null8_0
-                + _t563*null7_1 + _t7*null0_1 + _t77*null1_0
-            ),
-            (
-                _t16*_t564 - _t17*_t564 - _t18*_t564 - _t210*null7_1 + _t214*null7_1 + _t217*null1_1
-                + _t23*null7_1 + _t244*null8_1 + _t25*_t564 + _t31*null0_1 - _t328*null7_1
-                + _t330*null1_0 + _t374*null3_1 + _t375*null3_1 + _t379*null3_0 + _t39*null7_0
-                - _t40*null7_0 - _t41*null7_0 + _t42*null7_0 + _t438*null8_1 + _t449*null8_0
-                - _t51*null7_0 + _t53*null7_0 - _t54*null7_0 + _t56*null7_0 + _t562*null8_1
-                + _t565*null1_1 + _t566*null7_0 + _t77*null1_1
-            ),
-            (
-                _t226*null1_1 + _t330*null1_1 + _t379*null3_1 + _t39*null7_1 - _t40*null7_1
-                - _t41*null7_1 + _t42*null7_1 + _t449*null8_1 - _t51*null7_1 + _t53*null7_1
-                - _t54*null7_1 + _t56*null7_1 + null7_1*null7_1*null7_1
-            ),
-            (
-                _t0*null7_2 - _t1*null7_2 + _t11*null7_2 - _t12*null7_2 + _t14*null7_2 - _t2*null7_2
-                + _t209*_t572 - _t228*null7_0 + _t230*null1_0 - _t232*null7_0 + _t237*null1_0
-                + _t249*_t29 + _t3*null7_2 - _t37*null7_2 + _t372*null3_2 + _t382*_t6
-                + _t385*null3_0 + _t442*null5_0 + _t450*null8_0 + _t560*null1_2 + _t563*null7_2
-                + _t567*null8_0 - _t568*null7_0 + _t569*null7_0 + _t570*null8_0 - _t571*null7_0
-                + _t62*null7_0 + _t68*null0_0 + _t7*null0_2
-            ),
-            (
-                _t16*_t234 - _t17*_t234 - _t18*_t234 + _t213*_t573 + _t214*null7_2 + _t217*null1_2
-                + _t218*_t572 - _t228*null7_1 + _t23*null7_2 + _t230*null1_1 - _t232*null7_1
-                + _t234*_t25 + _t235*null2_1 + _t237*null1_1 - _t241*null7_0 + _t242*null1_0
-                + _t249*_t48 - _t255*null7_0 + _t28*_t382 + _t31*null0_2 - _t328*null7_2
-                + _t336*null1_0 + _t374*null3_2 + _t375*null3_2 + _t385*null3_1 + _t386*null3_1
-                + _t393*null3_0 + _t436*_t572 + _t438*null8_2 - _t446*null7_0 + _t448*null4_0
-                + _t450*null8_1 + _t565*null1_2 + _t567*null8_1 - _t568*null7_1 + _t569*null7_1
-                + _t57*null6_1 + _t570*null8_1 - _t571*null7_1 + _t574*null8_0 - _t575*null7_0
-                + _t576*null7_0 + _t577*null8_0 + _t578*null8_0 + _t579*null7_2 + _t62*null7_1
-                - _t63*null0_1 + _t68*null0_1 + _t97*null7_0
-            ),
-            (
-                _t223*_t573 + _t226*null1_2 - _t241*null7_1 + _t242*null1_1 + _t252*null1_1
-                - _t255*null7_1 + _t28*_t390 + _t330*null1_2 + _t331*_t572 + _t336*null1_1
-                + _t379*null3_2 + _t39*null7_2 + _t393*null3_1 - _t40*null7_2 - _t41*null7_2
-                + _t42*null7_2 - _t446*null7_1 + _t447*null5_1 + _t46*null6_2 - _t51*null7_2
-                + _t53*null7_2 - _t54*null7_2 + _t56*null7_2 + _t566*null7_2 + _t574*null8_1
-                - _t575*null7_1 + _t576*null7_1 + _t577*null8_1 + _t578*null8_1
-            ),
-            (
-                -_t100*null7_0 + _t101*null7_0 - _t111*null7_0 + _t113*null7_0 - _t114*null7_0
-                + _t116*null7_0 + _t213*_t580 - _t232*null7_2 + _t235*null2_2 + _t237*null1_2
-                + _t340*null1_0 + _t385*null3_2 + _t386*null3_2 + _t399*null3_0 + _t442*null5_2
-                + _t443*null4_2 - _t568*null7_2 + _t569*null7_2 + _t57*null6_2 - _t571*null7_2
-                + _t581*null1_2 + _t582*null8_0 + _t583*null8_0 + _t584*null7_0 + _t62*null7_2
-                - _t63*null0_2 + _t68*null0_2 + _t98*null7_0 - _t99*null7_0
-            ),
-            (
-                -_t100*null7_1 + _t101*null7_1 - _t111*null7_1 + _t113*null7_1 - _t114*null7_1
-                + _t116*null7_1 + _t223*_t580 + _t248*null2_2 + _t252*null1_2 + _t254*null1_2
-                - _t255*null7_2 + _t28*_t396 + _t336*null1_2 + _t340*null1_1 + _t393*null3_2
-                + _t399*null3_1 - _t446*null7_2 + _t447*null5_2 + _t448*null4_2 - _t575*null7_2
-                + _t576*null7_2 + _t582*null8_1 + _t583*null8_1 + _t584*null7_1 + _t78*null6_2
-                - _t81*null0_2 + _t86*null6_2 + _t98*null7_1 - _t99*null7_1
-            ),
-            (
-                -_t100*null7_2 + _t101*null7_2 - _t111*null7_2 + _t113*null7_2 - _t114*null7_2
-                + _t116*null7_2 + _t261*null1_2 + _t340*null1_2 + _t399*null3_2 + _t451*null5_2
-                + _t98*null7_2 - _t99*null7_2 + null7_2*null7_2*null7_2
-            ),
-            (
-                _t0*null7_3 - _t1*null7_3 + _t11*null7_3 - _t12*null7_3 + _t124*null7_0
-                + _t130*null0_0 + _t14*null7_3 - _t2*null7_3 - _t205*_t422 + _t209*_t589
-                - _t266*null7_0 + _t269*null1_0 - _t271*null7_0 + _t276*null1_0 + _t286*_t29
-                + _t3*null7_3 + _t346*null8_0 - _t37*null7_3 + _t372*null3_3 + _t402*_t6
-                + _t405*null3_0 + _t441*null8_3 + _t469*null8_0 + _t563*null7_3 + _t585*null8_0
-                + _t586*null7_0 + _t587*null8_0 - _t588*null7_0 + _t7*null0_3
-            ),
-            (
-                _t124*null7_1 - _t125*null0_1 + _t130*null0_1 + _t152*null7_0 + _t16*_t273
-                - _t17*_t273 - _t18*_t273 - _t205*_t547 - _t211*_t422 + _t213*_t590 + _t214*null7_3
-                + _t217*null1_3 + _t218*_t589 + _t23*null7_3 + _t244*null8_3 + _t25*_t273
-                - _t266*null7_1 + _t269*null1_1 - _t271*null7_1 + _t276*null1_1 + _t28*_t402
-                - _t280*null7_0 + _t282*null1_0 + _t286*_t48 - _t292*null7_0 + _t31*null0_3
-                - _t328*null7_3 + _t352*null1_0 + _t356*null8_0 + _t374*null3_3 + _t375*null3_3
-                + _t405*null3_1 + _t406*null3_1 + _t412*null3_0 + _t436*_t589 + _t438*null8_3
-                - _t463*null7_0 + _t465*null4_0 + _t469*null8_1 + _t496*null8_0 + _t579*null7_3
-                + _t585*null8_1 + _t586*null7_1 + _t587*null8_1 - _t588*null7_1 + _t591*null8_0
-                + _t592*null7_0 + _t593*null8_0 + _t77*null1_3
-            ),
-            (
-                -_t211*_t547 + _t223*_t590 + _t226*null1_3 + _t28*_t409 - _t280*null7_1
-                + _t282*null1_1 + _t289*null1_1 - _t292*null7_1 + _t330*null1_3 + _t331*_t589
-                + _t352*null1_1 + _t379*null3_3 + _t39*null7_3 - _t40*null7_3 - _t41*null7_3
-                + _t412*null3_1 + _t42*null7_3 + _t449*null8_3 + _t46*null6_3 - _t463*null7_1
-                + _t496*null8_1 - _t51*null7_3 + _t53*null7_3 - _t54*null7_3 + _t56*null7_3
-                + _t566*null7_3 + _t591*null8_1 + _t592*null7_1 + _t593*null8_1
-            ),
-            (
-                _t119*null6_2 + _t124*null7_2 - _t125*null0_2 + _t130*null0_2 + _t183*null7_0
-                - _t205*_t552 + _t213*_t594 + _t213*_t595 - _t229*_t422 - _t232*null7_3
-                + _t235*null2_3 + _t237*null1_3 - _t271*null7_2 + _t274*null2_2 + _t276*null1_2
-                + _t286*_t90 - _t293*null7_0 + _t295*null1_0 + 6.0*_t300*null7_0 - _t313*null7_0
-                + _t358*null1_0 + _t385*null3_3 + _t386*null3_3 + _t402*_t66 + _t405*null3_2
-                + _t406*null3_2 + _t424*null3_0 + _t442*null5_3 + _t443*null4_3 + _t450*null8_3
-                + _t457*null5_2 + _t561*_t601 - _t568*null7_3 + _t569*null7_3 + _t57*null6_3
-                - _t571*null7_3 + _t581*null1_3 + _t586*null7_2 - _t588*null7_2 + _t596*null8_0
-                + _t597*null7_0 + _t598*null8_0 + _t599*null8_0 - _t600*null7_0 + _t602*null8_0
-                + _t603*null8_0 + _t62*null7_3 - _t63*null0_3 + _t68*null0_3
-            ),
-            (
-                _t135*null6_2 - _t138*null0_2 - _t211*_t552 + _t223*_t594 + _t223*_t595
-                - _t229*_t547 + 6.0*_t246*null7_3 + _t248*null2_3 + _t249*_t590 + _t252*null1_3
-                + _t254*null1_3 - _t255*null7_3 + _t28*_t417 + _t28*_t420 + _t285*null2_2
-                + _t289*null1_2 - _t292*null7_2 - _t293*null7_1 + _t295*null1_1 - _t313*null7_1
-                + _t336*null1_3 + _t352*null1_2 + _t358*null1_1 + _t393*null3_3 + _t409*_t66
-                + _t412*null3_2 + _t424*null3_1 - _t446*null7_3 + _t447*null5_3 + _t448*null4_3
-                - _t463*null7_2 + _t464*null5_2 + _t465*null4_2 + _t564*_t601 - _t575*null7_3
-                + _t576*null7_3 + _t592*null7_2 + _t596*null8_1 + _t597*null7_1 + _t598*null8_1
-                + _t599*null8_1 - _t600*null7_1 + _t602*null8_1 + _t603*null8_1 + _t78*null6_3
-                - _t81*null0_3 + _t86*null6_3 + _t87*null6_3 + _t97*null7_3
-            ),
-            (
-                -_t100*null7_3 + _t101*null7_3 + _t102*null6_3 - _t105*null0_3 + _t107*null6_3
-                - _t111*null7_3 + _t113*null7_3 - _t114*null7_3 + _t116*null7_3 - _t229*_t552
-                + _t259*null2_3 + _t261*null1_3 - _t262*null2_3 + _t306*null1_2 + _t340*null1_3
-                + _t342*null1_3 + _t358*null1_2 + _t399*null3_3 + _t417*_t66 + _t424*null3_2
-                + _t451*null5_3 + _t452*null4_3 + _t468*null5_2 + _t583*null8_3 + _t584*null7_3
-                + _t597*null7_2 - _t600*null7_2 + _t98*null7_3 - _t99*null7_3
-            ),
-            (
-                _t119*null6_3 + _t124*null7_3 - _t125*null0_3 + _t130*null0_3 + _t184*null7_0
-                - _t185*null7_0 - _t186*null7_0 + _t187*null7_0 - _t197*null7_0 + _t199*null7_0
-                - _t200*null7_0 + _t202*null7_0 - _t205*_t556 + _t213*_t604 - _t271*null7_3
-                + _t274*null2_3 + _t276*null1_3 + _t279*_t605 + _t317*null1_0 + _t405*null3_3
-                + _t406*null3_3 + _t431*null3_0 + _t457*null5_3 + _t458*null4_3 + _t586*null7_3
-                - _t588*null7_3 + _t606*null8_0 + _t607*null8_0 + _t608*null7_0
-            ),
-            (
-                _t135*null6_3 - _t138*null0_3 + _t143*null6_3 + _t184*null7_1 - _t185*null7_1
-                - _t186*null7_1 + _t187*null7_1 - _t197*null7_1 + _t199*null7_1 - _t200*null7_1
-                + _t202*null7_1 - _t211*_t556 + _t223*_t604 + _t28*_t428 + _t285*null2_3
-                + _t289*null1_3 + _t291*null1_3 - _t292*null7_3 + _t317*null1_1 + _t352*null1_3
-                + _t412*null3_3 + _t431*null3_1 - _t463*null7_3 + _t464*null5_3 + _t465*null4_3
-                + _t592*null7_3 + _t606*null8_1 + _t607*null8_1 + _t608*null7_1
-            ),
-            (
-                _t158*null6_3 - _t161*null0_3 + _t168*null6_3 + _t184*null7_2 - _t185*null7_2
-                - _t186*null7_2 + _t187*null7_2 - _t197*null7_2 + _t199*null7_2 - _t200*null7_2
-                + _t202*null7_2 - _t229*_t556 + _t249*_t604 + _t273*_t601 + _t302*null2_3
-                + _t306*null1_3 + _t308*null1_3 - _t313*null7_3 + _t317*null1_2 + _t358*null1_3
-                + _t424*null3_3 + _t428*_t66 + _t431*null3_2 + _t468*null5_3 + _t470*null5_3
-                + _t471*null4_3 + _t597*null7_3 - _t600*null7_3 + _t608*null7_2
-            ),
-            (
-                _t184*null7_3 - _t185*null7_3 - _t186*null7_3 + _t187*null7_3 - _t197*null7_3
-                + _t199*null7_3 - _t200*null7_3 + _t202*null7_3 + _t317*null1_3 + _t321*null1_3
-                + _t431*null3_3 + _t473*null5_3 + null7_3*null7_3*null7_3
-            ),
-            (
-                -_t0*null8_0 + _t1*null8_0 + _t10*null0_0 - _t11*null8_0 + _t12*null8_0
-                + _t13*null8_0 - _t2*null8_0 + _t208*_t29 + _t3*null8_0 - _t37*null8_0
-                + _t373*null3_0 + _t441*null7_0 + null8_0*null8_0*null8_0
-            ),
-            (
-                -_t0*null8_1 + _t1*null8_1 + _t10*null0_1 - _t11*null8_1 + _t12*null8_1
-                + _t13*null8_1 - _t16*_t609 + _t17*_t609 - _t18*_t609 - _t2*null8_1 + _t208*_t48
-                - _t210*null8_0 - _t214*null8_0 + _t220*_t29 + _t23*null8_0 + _t24*_t609
-                + _t3*null8_1 + _t328*null8_0 + _t36*null0_0 - _t37*null8_1 + _t373*null3_1
-                + _t376*null3_0 + _t377*null3_0 + _t438*null7_0 + _t441*null7_1 + _t562*null7_0
-                + _t610*null1_0 + _t611*null8_1 + _t77*null2_0
-            ),
-            (
-                -_t16*_t612 + _t17*_t612 - _t18*_t612 - _t210*null8_1 - _t214*null8_1 + _t220*_t48
-                + _t23*null8_1 + _t24*_t612 + _t244*null7_1 + _t328*null8_1 + _t34*null0_1
-                + _t36*null0_1 + _t376*null3_1 + _t377*null3_1 + _t380*null3_0 - _t39*null8_0
-                + _t40*null8_0 - _t41*null8_0 + _t42*null8_0 + _t438*null7_1 + _t449*null7_0
-                - _t51*null8_0 - _t53*null8_0 + _t54*null8_0 + _t55*null8_0 + _t562*null7_1
-                + _t610*null1_1 + _t613*null8_0 + _t77*null2_1
-            ),
-            (
-                _t380*null3_1 - _t39*null8_1 + _t40*null8_1 - _t41*null8_1 + _t42*null8_1
-                + _t449*null7_1 + _t50*null0_1 - _t51*null8_1 - _t53*null8_1 + _t54*null8_1
-                + _t55*null8_1 + _t614*null7_1 + null8_1*null8_1*null8_1
-            ),
-            (
-                -_t0*null8_2 + _t1*null8_2 + _t10*null0_2 - _t11*null8_2 + _t12*null8_2
-                + _t13*null8_2 - _t2*null8_2 + _t208*_t90 + _t209*_t234 - _t228*null8_0
-                + _t230*null2_0 + _t232*null8_0 + _t240*_t29 + _t3*null8_2 - _t37*null8_2
-                + _t373*null3_2 + _t383*_t6 + _t387*null3_0 + _t441*null7_2 + _t450*null7_0
-                - _t568*null8_0 - _t569*null8_0 + _t570*null7_0 + _t571*null8_0 + _t611*null8_2
-                - _t615*null8_0 + _t616*null1_0 + _t62*null8_0 + _t72*null0_0
-            ),
-            (
-                -_t16*_t572 + _t17*_t572 - _t18*_t572 + _t208*_t573 - _t214*null8_2 + _t217*null2_2
-                + _t218*_t234 + _t220*_t90 - _t228*null8_1 + _t23*null8_2 + _t230*null2_1
-                + _t234*_t436 + _t24*_t572 + _t240*_t48 - _t241*null8_0 + _t242*null2_0
-                + _t244*null7_2 + _t255*null8_0 + _t28*_t383 + _t328*null8_2 + _t34*null0_2
-                + _t36*null0_2 + _t376*null3_2 + _t377*null3_2 + _t387*null3_1 + _t388*null3_1
-                + _t394*null3_0 + _t438*null7_2 + _t446*null8_0 + _t450*null7_1 + _t562*null7_2
-                + _t567*null7_1 - _t568*null8_1 - _t569*null8_1 + _t570*null7_1 + _t571*null8_1
-                - _t575*null8_0 - _t576*null8_0 + _t577*null7_0 + _t578*null7_0 + _t58*null6_1
-                - _t615*null8_1 + _t616*null1_1 - _t617*null8_0 + _t618*null8_2 + _t62*null8_1
-                - _t64*null0_1 + _t72*null0_1 + _t97*null8_0
-            ),
-            (
-                _t220*_t573 + _t226*null2_2 - _t241*null8_1 + _t242*null2_1 + _t265*null8_1
-                + _t28*_t391 + _t380*null3_2 - _t39*null8_2 + _t394*null3_1 + _t40*null8_2
-                - _t41*null8_2 + _t42*null8_2 + _t446*null8_1 + _t449*null7_2 + _t50*null0_2
-                - _t51*null8_2 - _t53*null8_2 + _t54*null8_2 + _t55*null8_2 + _t574*null7_1
-                - _t575*null8_1 - _t576*null8_1 + _t577*null7_1 + _t578*null7_1 + _t613*null8_2
-                + _t614*null7_2 - _t617*null8_1 + _t94*null0_1 + _t97*null8_1
-            ),
-            (
-                -_t100*null8_0 + _t101*null8_0 - _t111*null8_0 - _t113*null8_0 + _t114*null8_0
-                + _t115*null8_0 + _t208*_t580 + _t232*null8_2 - _t235*null1_2 + _t240*_t90
-                - _t384*null3_2 + _t387*null3_2 + _t388*null3_2 + _t400*null3_0 - _t442*null4_2
-                + _t443*null5_2 + _t450*null7_2 + _t567*null7_2 + _t570*null7_2 + _t58*null6_2
-                + _t582*null7_0 + _t583*null7_0 + _t619*null8_0 + _t62*null8_2 - _t64*null0_2
-                + _t70*null0_2 + _t72*null0_2 - _t98*null8_0 + _t99*null8_0
-            ),
-            (
-                -_t100*null8_1 + _t101*null8_1 - _t111*null8_1 - _t113*null8_1 + _t114*null8_1
-                + _t115*null8_1 + _t220*_t580 + _t240*_t573 - _t248*null1_2 + _t252*null2_2
-                + _t265*null8_2 - _t392*null3_2 + _t394*null3_2 + _t395*null3_2 + _t400*null3_1
-                + _t446*null8_2 - _t447*null4_2 + _t574*null7_2 + _t577*null7_2 + _t578*null7_2
-                + _t582*null7_1 + _t619*null8_1 + _t79*null6_2 - _t82*null0_2 + _t92*null0_2
-                + _t94*null0_2 + _t97*null8_2 - _t98*null8_1 + _t99*null8_1
-            ),
-            (
-                -_t100*null8_2 + _t101*null8_2 + _t110*null0_2 - _t111*null8_2 - _t113*null8_2
-                + _t114*null8_2 + _t115*null8_2 + _t262*null1_2 + _t400*null3_2 + _t582*null7_2
-                - _t98*null8_2 + _t99*null8_2 + null8_2*null8_2*null8_2
-            ),
-            (
-                -_t0*null8_3 + _t1*null8_3 + _t10*null0_3 - _t11*null8_3 + _t12*null8_3
-                + _t124*null8_0 + _t13*null8_3 + _t134*null0_0 + _t147*_t208 - _t2*null8_3
-                + _t209*_t273 - _t213*_t605 - _t266*null8_0 + _t269*null2_0 + _t271*null8_0
-                + _t279*_t29 + _t3*null8_3 - _t37*null8_3 + _t373*null3_3 + _t403*_t6
-                + _t407*null3_0 + _t441*null7_3 + _t469*null7_0 - _t586*null8_0 + _t587*null7_0
-                + _t588*null8_0 + _t611*null8_3 + _t620*null1_0 - _t621*null8_0
-            ),
-            (
-                _t124*null8_1 - _t126*null0_1 + _t134*null0_1 + _t147*_t220 + _t152*null8_0
-                - _t16*_t589 + _t17*_t589 - _t18*_t589 - _t213*_t622 - _t214*null8_3 + _t217*null2_3
-                + _t218*_t273 - _t223*_t605 + _t23*null8_3 + _t24*_t589 + _t244*null7_3
-                - _t266*null8_1 + _t269*null2_1 + _t273*_t436 + _t279*_t48 + _t28*_t403
-                - _t280*null8_0 + _t282*null2_0 + _t292*null8_0 + _t328*null8_3 + _t34*null0_3
-                + _t346*null7_1 + _t36*null0_3 + _t376*null3_3 + _t377*null3_3 + _t407*null3_1
-                + _t408*null3_1 + _t413*null3_0 + _t438*null7_3 + _t463*null8_0 + _t469*null7_1
-                + _t496*null7_0 + _t562*null7_3 + _t585*null7_1 - _t586*null8_1 + _t587*null7_1
-                + _t588*null8_1 - _t592*null8_0 + _t593*null7_0 + _t618*null8_3 + _t620*null1_1
-                - _t621*null8_1 - _t623*null8_0 + _t77*null2_3
-            ),
-            (
-                _t151*null0_1 + _t152*null8_1 - _t223*_t622 + _t226*null2_3 + _t273*_t331
-                + _t28*_t410 - _t280*null8_1 + _t282*null2_1 + _t356*null7_1 + _t380*null3_3
-                - _t39*null8_3 + _t40*null8_3 - _t41*null8_3 + _t413*null3_1 + _t42*null8_3
-                + _t449*null7_3 + _t463*null8_1 + _t496*null7_1 + _t50*null0_3 - _t51*null8_3
-                - _t53*null8_3 + _t54*null8_3 + _t55*null8_3 + _t591*null7_1 - _t592*null8_1
-                + _t593*null7_1 + _t613*null8_3 + _t614*null7_3 - _t623*null8_1
-            ),
-            (
-                _t120*null6_2 + _t124*null8_2 - _t126*null0_2 + _t134*null0_2 + _t147*_t240
-                + _t183*null8_0 + _t208*_t594 + _t232*null8_3 + _t234*_t277 - _t235*null1_3
-                + _t237*null2_3 - _t249*_t605 - _t274*null1_2 + _t279*_t90 - _t293*null8_0
-                + _t295*null2_0 + _t313*null8_0 + _t346*null7_2 - _t384*null3_3 + _t387*null3_3
-                + _t388*null3_3 + _t403*_t66 - _t404*null3_2 + _t407*null3_2 + _t408*null3_2
-                + _t425*null3_0 - _t442*null4_3 + _t443*null5_3 + _t450*null7_3 - _t457*null4_2
-                + _t458*null5_2 + _t469*null7_2 + _t567*null7_3 + _t570*null7_3 + _t58*null6_3
-                + _t585*null7_2 + _t587*null7_2 - _t597*null8_0 + _t598*null7_0 + _t599*null7_0
-                + _t600*null8_0 + _t602*null7_0 + _t603*null7_0 + _t62*null8_3 - _t624*null8_0
-                + _t625*null8_0 - _t64*null0_3 + _t70*null0_3 + _t72*null0_3
-            ),
-            (
-                _t136*null6_2 - _t139*null0_2 + _t151*null0_2 + _t152*null8_2 + _t183*null8_1
-                + _t220*_t594 + _t240*_t590 - _t248*null1_3 - _t249*_t622 + _t252*null2_3
-                + _t254*null2_3 + _t255*null8_3 + _t265*null8_3 - _t285*null1_2 - _t293*null8_1
-                + _t295*null2_1 + _t315*null8_1 + _t356*null7_2 - _t392*null3_3 + _t394*null3_3
-                + _t395*null3_3 + _t410*_t66 - _t411*null3_2 + _t413*null3_2 + _t414*null3_2
-                + _t425*null3_1 + _t446*null8_3 - _t447*null4_3 + _t448*null5_3 - _t464*null4_2
-                + _t496*null7_2 + _t574*null7_3 + _t577*null7_3 + _t578*null7_3 + _t591*null7_2
-                + _t593*null7_2 + _t596*null7_1 - _t597*null8_1 + _t598*null7_1 + _t599*null7_1
-                + _t600*null8_1 + _t603*null7_1 - _t624*null8_1 + _t625*null8_1 + _t79*null6_3
-                - _t82*null0_3 + _t92*null0_3 + _t94*null0_3 + _t97*null8_3
-            ),
-            (
-                -_t100*null8_3 + _t101*null8_3 + _t103*null6_3 - _t106*null0_3 + _t110*null0_3
-                - _t111*null8_3 - _t113*null8_3 + _t114*null8_3 + _t115*null8_3 + _t175*null0_2
-                + _t183*null8_2 + _t240*_t594 - _t259*null1_3 + _t261*null2_3 + _t262*null1_3
-                + _t309*null1_2 + _t315*null8_2 - _t398*null3_3 + _t400*null3_3 + _t418*_t66
-                + _t425*null3_2 - _t451*null4_3 + _t452*null5_3 + _t582*null7_3 + _t598*null7_2
-                + _t599*null7_2 + _t619*null8_3 - _t98*null8_3 + _t99*null8_3
-            ),
-            (
-                _t120*null6_3 + _t124*null8_3 - _t126*null0_3 + _t132*null0_3 + _t134*null0_3
-                + _t147*_t279 - _t184*null8_0 + _t185*null8_0 - _t186*null8_0 + _t187*null8_0
-                - _t197*null8_0 - _t199*null8_0 + _t200*null8_0 + _t201*null8_0 + _t271*null8_3
-                - _t274*null1_3 + _t346*null7_3 - _t404*null3_3 + _t407*null3_3 + _t408*null3_3
-                + _t432*null3_0 - _t457*null4_3 + _t458*null5_3 + _t469*null7_3 + _t585*null7_3
-                + _t587*null7_3 + _t606*null7_0 + _t607*null7_0 + _t626*null8_0
-            ),
-            (
-                _t136*null6_3 - _t139*null0_3 + _t149*null0_3 + _t151*null0_3 + _t152*null8_3
-                - _t184*null8_1 + _t185*null8_1 - _t186*null8_1 + _t187*null8_1 - _t197*null8_1
-                - _t199*null8_1 + _t200*null8_1 + _t201*null8_1 + _t279*_t590 - _t285*null1_3
-                + _t289*null2_3 + _t356*null7_3 - _t411*null3_3 + _t413*null3_3 + _t414*null3_3
-                + _t432*null3_1 + _t463*null8_3 - _t464*null4_3 + _t496*null7_3 + _t591*null7_3
-                + _t593*null7_3 + _t606*null7_1 + _t607*null7_1 + _t626*null8_1
-            ),
-            (
-                _t159*null6_3 - _t162*null0_3 + _t173*null0_3 + _t175*null0_3 + _t183*null8_3
-                - _t184*null8_2 + _t185*null8_2 - _t186*null8_2 + _t187*null8_2 - _t197*null8_2
-                - _t199*null8_2 + _t200*null8_2 + _t201*null8_2 + _t240*_t604 - _t302*null1_3
-                + _t306*null2_3 + _t309*null1_3 + _t315*null8_3 - _t419*null3_3 + _t425*null3_3
-                + _t426*null3_3 + _t432*null3_2 - _t468*null4_3 + _t471*null5_3 + _t596*null7_3
-                + _t598*null7_3 + _t599*null7_3 + _t606*null7_2 + _t626*null8_2
-            ),
-            (
-                -_t184*null8_3 + _t185*null8_3 - _t186*null8_3 + _t187*null8_3 + _t196*null0_3
-                - _t197*null8_3 - _t199*null8_3 + _t200*null8_3 + _t201*null8_3 + _t322*null1_3
-                + _t432*null3_3 + _t606*null7_3 + null8_3*null8_3*null8_3
-            ),
-            _t19*null8_0 - _t207*null6_0 - _t21*null7_0 + _t215*null6_0 - _t4*null8_0 + _t8*null7_0,
-            (
-                _t19*null8_1 - _t207*null6_1 - _t21*null7_1 + _t215*null6_1 - _t216*null6_0
-                - _t219*null6_0 + _t224*null6_0 + _t245*null6_0 - _t26*null8_0 - _t30*null8_0
-                + _t32*null7_0 + _t35*null7_0 - _t4*null8_1 + _t44*null8_0 - _t45*null7_0
-                + _t75*null8_0 - _t76*null7_0 + _t8*null7_1
-            ),
-            (
-                -_t216*null6_1 - _t219*null6_1 + _t224*null6_1 - _t225*null6_0 + _t245*null6_1
-                + _t256*null6_0 - _t26*null8_1 - _t30*null8_1 + _t32*null7_1 + _t35*null7_1
-                + _t44*null8_1 - _t45*null7_1 - _t47*null8_0 + _t49*null7_0 + _t75*null8_1
-                - _t76*null7_1 + _t95*null8_0 - _t96*null7_0
-            ),
-            (
-                -_t225*null6_1 + _t256*null6_1 - _t47*null8_1 + _t49*null7_1 + _t95*null8_1
-                - _t96*null7_1
-            ),
-            (
-                _t155*null8_0 - _t156*null7_0 + _t19*null8_2 - _t207*null6_2 - _t21*null7_2
-                + _t215*null6_2 - _t236*null6_0 - _t239*null6_0 + _t250*null6_0 + _t299*null6_0
-                - _t4*null8_2 - _t65*null8_0 - _t67*null8_0 + _t69*null7_0 + _t71*null7_0
-                + _t8*null7_2 + _t84*null8_0 - _t85*null7_0
-            ),
-            (
-                _t117*null8_0 - _t118*null7_0 + _t155*null8_1 - _t156*null7_1 + _t177*null8_0
-                - _t178*null7_0 - _t216*null6_2 - _t219*null6_2 + _t224*null6_2 - _t236*null6_1
-                - _t239*null6_1 + _t245*null6_2 + _t250*null6_1 - _t251*null6_0 - _t253*null6_0
-                - _t26*null8_2 + _t264*null6_0 + _t299*null6_1 - _t30*null8_2 + _t311*null6_0
-                + _t32*null7_2 + _t35*null7_2 + _t44*null8_2 - _t45*null7_2 - _t65*null8_1
-                - _t67*null8_1 + _t69*null7_1 + _t71*null7_1 + _t75*null8_2 - _t76*null7_2
-                + _t84*null8_1 - _t85*null7_1 - _t88*null8_0 - _t89*null8_0 + _t91*null7_0
-                + _t93*null7_0
-            ),
-            (
-                _t117*null8_1 - _t118*null7_1 + _t177*null8_1 - _t178*null7_1 - _t225*null6_2
-                - _t251*null6_1 - _t253*null6_1 + _t256*null6_2 + _t264*null6_1 + _t311*null6_1
-                - _t47*null8_2 + _t49*null7_2 - _t88*null8_1 - _t89*null8_1 + _t91*null7_1
-                + _t93*null7_1 + _t95*null8_2 - _t96*null7_2
-            ),
-            (
-                -_t108*null8_0 + _t109*null7_0 + _t155*null8_2 - _t156*null7_2 + _t181*null8_0
-                - _t182*null7_0 - _t236*null6_2 - _t239*null6_2 + _t250*null6_2 - _t260*null6_0
-                + _t299*null6_2 + _t314*null6_0 - _t65*null8_2 - _t67*null8_2 + _t69*null7_2
-                + _t71*null7_2 + _t84*null8_2 - _t85*null7_2
-            ),
-            (
-                -_t108*null8_1 + _t109*null7_1 + _t117*null8_2 - _t118*null7_2 + _t177*null8_2
-                - _t178*null7_2 + _t181*null8_1 - _t182*null7_1 - _t251*null6_2 - _t253*null6_2
-                - _t260*null6_1 + _t264*null6_2 + _t311*null6_2 + _t314*null6_1 - _t88*null8_2
-                - _t89*null8_2 + _t91*null7_2 + _t93*null7_2
-            ),
-            (
-                -_t108*null8_2 + _t109*null7_2 + _t181*null8_2 - _t182*null7_2 - _t260*null6_2
-                + _t314*null6_2
-            ),
-            (
-                -_t127*null8_0 - _t129*null8_0 + _t131*null7_0 + _t133*null7_0 + _t141*null8_0
-                - _t142*null7_0 + _t19*null8_3 - _t207*null6_3 - _t21*null7_3 + _t215*null6_3
-                + _t267*null8_0 - _t275*null6_0 - _t278*null6_0 + _t287*null6_0 - _t345*null7_0
-                + _t347*null6_0 - _t4*null8_3 + _t8*null7_3
-            ),
-            (
-                -_t127*null8_1 - _t129*null8_1 + _t131*null7_1 + _t133*null7_1 + _t141*null8_1
-                - _t142*null7_1 - _t145*null8_0 - _t146*null8_0 + _t148*null7_0 + _t150*null7_0
-                + _t179*null8_0 - _t180*null7_0 - _t216*null6_3 - _t219*null6_3 + _t224*null6_3
-                + _t245*null6_3 - _t26*null8_3 + _t267*null8_1 - _t275*null6_1 - _t278*null6_1
-                + _t281*null8_0 + _t287*null6_1 - _t288*null6_0 - _t290*null6_0 - _t30*null8_3
-                + _t312*null6_0 + _t32*null7_3 - _t345*null7_1 + _t347*null6_1 + _t35*null7_3
-                - _t351*null7_0 + _t354*null6_0 + _t44*null8_3 - _t45*null7_3 + _t75*null8_3
-                - _t76*null7_3
-            ),
-            (
-                -_t145*null8_1 - _t146*null8_1 + _t148*null7_1 + _t150*null7_1 + _t179*null8_1
-                - _t180*null7_1 - _t225*null6_3 + _t256*null6_3 + _t281*null8_1 - _t288*null6_1
-                - _t290*null6_1 + _t312*null6_1 - _t351*null7_1 + _t354*null6_1 - _t47*null8_3
-                + _t49*null7_3 + _t95*null8_3 - _t96*null7_3
-            ),
-            (
-                -_t127*null8_2 - _t129*null8_2 + _t131*null7_2 + _t133*null7_2 + _t141*null8_2
-                - _t142*null7_2 + _t155*null8_3 - _t156*null7_3 - _t170*null8_0 - _t171*null8_0
-                + _t172*null7_0 + _t174*null7_0 + _t203*null8_0 - _t204*null7_0 - _t236*null6_3
-                - _t239*null6_3 + _t250*null6_3 + _t267*null8_2 - _t275*null6_2 - _t278*null6_2
-                + _t287*null6_2 + _t294*null8_0 + _t299*null6_3 - _t305*null6_0 - _t307*null6_0
-                + _t325*null6_0 - _t345*null7_2 + _t347*null6_2 - _t357*null7_0 + _t361*null6_0
-                - _t65*null8_3 - _t67*null8_3 + _t69*null7_3 + _t71*null7_3 + _t84*null8_3
-                - _t85*null7_3
-            ),
-            (
-                _t117*null8_3 - _t118*null7_3 - _t145*null8_2 - _t146*null8_2 + _t148*null7_2
-                + _t150*null7_2 - _t170*null8_1 - _t171*null8_1 + _t172*null7_1 + _t174*null7_1
-                + _t177*null8_3 - _t178*null7_3 + _t179*null8_2 - _t180*null7_2 + _t203*null8_1
-                - _t204*null7_1 - _t251*null6_3 - _t253*null6_3 + _t264*null6_3 + _t281*null8_2
-                - _t288*null6_2 - _t290*null6_2 + _t294*null8_1 - _t305*null6_1 - _t307*null6_1
-                + _t311*null6_3 + _t312*null6_2 + _t325*null6_1 - _t351*null7_2 + _t354*null6_2
-                - _t357*null7_1 + _t361*null6_1 - _t88*null8_3 - _t89*null8_3 + _t91*null7_3
-                + _t93*null7_3
-            ),
-            (
-                -_t108*null8_3 + _t109*null7_3 - _t170*null8_2 - _t171*null8_2 + _t172*null7_2
-                + _t174*null7_2 + _t181*null8_3 - _t182*null7_3 + _t203*null8_2 - _t204*null7_2
-                - _t260*null6_3 + _t294*null8_2 - _t305*null6_2 - _t307*null6_2 + _t314*null6_3
-                + _t325*null6_2 - _t357*null7_2 + _t361*null6_2
-            ),
-            (
-                -_t127*null8_3 - _t129*null8_3 + _t131*null7_3 + _t133*null7_3 + _t141*null8_3
-                - _t142*null7_3 - _t194*null8_0 + _t195*null7_0 + _t267*null8_3 - _t275*null6_3
-                - _t278*null6_3 + _t287*null6_3 + _t316*null8_0 - _t320*null6_0 - _t345*null7_3
-                + _t347*null6_3 - _t367*null7_0 + _t369*null6_0
-            ),
-            (
-                -_t145*null8_3 - _t146*null8_3 + _t148*null7_3 + _t150*null7_3 + _t179*null8_3
-                - _t180*null7_3 - _t194*null8_1 + _t195*null7_1 + _t281*null8_3 - _t288*null6_3
-                - _t290*null6_3 + _t312*null6_3 + _t316*null8_1 - _t320*null6_1 - _t351*null7_3
-                + _t354*null6_3 - _t367*null7_1 + _t369*null6_1
-            ),
-            (
-                -_t170*null8_3 - _t171*null8_3 + _t172*null7_3 + _t174*null7_3 - _t194*null8_2
-                + _t195*null7_2 + _t203*null8_3 - _t204*null7_3 + _t294*null8_3 - _t305*null6_3
-                - _t307*null6_3 + _t316*null8_2 - _t320*null6_2 + _t325*null6_3 - _t357*null7_3
-                + _t361*null6_3 - _t367*null7_2 + _t369*null6_2
-            ),
-            (
-                -_t194*null8_3 + _t195*null7_3 + _t316*null8_3 - _t320*null6_3 - _t367*null7_3
-                + _t369*null6_3
-            ),
+            _t280,
+            _t281,
+            _t283,
+            _t286,
+            _t282,
+            _t284,
+            _t287,
+            _t285,
+            _t288,
+            _t289,
+            _t274,
+            _t275,
+            _t277,
+            _t276,
+            _t278,
+            _t279,
+            _t271,
+            _t272,
+            _t273,
+            _t270,
+            _t380,
+            _t381,
+            _t383,
+            _t386,
+            _t382,
+            _t384,
+            _t387,
+            _t385,
+            _t388,
+            _t389,
+            _t374,
+            _t375,
+            _t377,
+            _t376,
+            _t378,
+            _t379,
+            _t371,
+            _t372,
+            _t373,
+            _t370,
+            _t480,
+            _t481,
+            _t483,
+            _t486,
+            _t482,
+            _t484,
+            _t487,
+            _t485,
+            _t488,
+            _t489,
+            _t474,
+            _t475,
+            _t477,
+            _t476,
+            _t478,
+            _t479,
+            _t471,
+            _t472,
+            _t473,
+            _t470,
+            _t630,
+            _t631,
+            _t633,
+            _t636,
+            _t632,
+            _t634,
+            _t637,
+            _t635,
+            _t638,
+            _t639,
+            _t624,
+            _t625,
+            _t627,
+            _t626,
+            _t628,
+            _t629,
+            _t621,
+            _t622,
+            _t623,
+            _t620,
+            _t730,
+            _t731,
+            _t733,
+            _t736,
+            _t732,
+            _t734,
+            _t737,
+            _t735,
+            _t738,
+            _t739,
+            _t724,
+            _t725,
+            _t727,
+            _t726,
+            _t728,
+            _t729,
+            _t721,
+            _t722,
+            _t723,
+            _t720,
+            _t830,
+            _t831,
+            _t833,
+            _t836,
+            _t832,
+            _t834,
+            _t837,
+            _t835,
+            _t838,
+            _t839,
+            _t824,
+            _t825,
+            _t827,
+            _t826,
+            _t828,
+            _t829,
+            _t821,
+            _t822,
+            _t823,
+            _t820,
+            _t940,
+            _t941,
+            _t943,
+            _t946,
+            _t942,
+            _t944,
+            _t947,
+            _t945,
+            _t948,
+            _t949,
+            _t934,
+            _t935,
+            _t937,
+            _t936,
+            _t938,
+            _t939,
+            _t931,
+            _t932,
+            _t933,
+            _t930,
+            _t1040,
+            _t1041,
+            _t1043,
+            _t1046,
+            _t1042,
+            _t1044,
+            _t1047,
+            _t1045,
+            _t1048,
+            _t1049,
+            _t1034,
+            _t1035,
+            _t1037,
+            _t1036,
+            _t1038,
+            _t1039,
+            _t1031,
+            _t1032,
+            _t1033,
+            _t1030,
+            _t1140,
+            _t1141,
+            _t1143,
+            _t1146,
+            _t1142,
+            _t1144,
+            _t1147,
+            _t1145,
+            _t1148,
+            _t1149,
+            _t1134,
+            _t1135,
+            _t1137,
+            _t1136,
+            _t1138,
+            _t1139,
+            _t1131,
+            _t1132,
+            _t1133,
+            _t1130,
+            _t1340,
+            _t1341,
+            _t1343,
+            _t1346,
+            _t1342,
+            _t1344,
+            _t1347,
+            _t1345,
+            _t1348,
+            _t1349,
+            _t1334,
+            _t1335,
+            _t1337,
+            _t1336,
+            _t1338,
+            _t1339,
+            _t1331,
+            _t1332,
+            _t1333,
+            _t1330,
         ],
     ).movedim(0, -1)
 

@@ -16,6 +16,7 @@ from .monomials import multiply, unit
 from .monomials import name as monomial_name
 from .polynomials import PolynomialSystem
 from .printer import identifier, print_program, print_with_cse, wrap_assignment, wrap_expression
+from .structured import coefficient_program
 
 RESERVED = {"torch", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
 
@@ -107,13 +108,24 @@ def _code(outputs, names, prefix, assignments=None):
 
 
 def _coefficient_code(system: PolynomialSystem, names, source: str):
-    """The straight-line function c(params) of a system's coefficients."""
+    """The straight-line function c(params) of a system's coefficients: the expanded
+    coefficients after cse, or the program along the equations as written
+    (`structured.coefficient_program`), whichever has fewer operations."""
     exprs = [c.expr() for c in system.coefficients]
-    lines, outputs = _code(exprs, names, "_t")
+    expanded = sp.cse(exprs, symbols=sp.numbered_symbols("_t"))
+    structured = coefficient_program(system, "_t")
+    if structured is not None and _operations(*structured) < _operations(*expanded):
+        lines, outputs = _code(structured[1], names, "_t", structured[0])
+    else:
+        lines, outputs = _code(expanded[1], names, "_t", expanded[0])
     unpack = _unpack([names[s] if any(e.has(s) for e in exprs) else "_" for s in system.parameters], source)
     if any(e.is_Number for e in exprs):
         unpack.append(f"_ones = {source}.new_ones({source}.shape[:-1])")
     return dict(unpack=unpack, lines=lines, outputs=outputs, count=len(exprs))
+
+
+def _operations(assignments, outputs) -> int:
+    return sum(sp.count_ops(e) for _, e in assignments) + sum(sp.count_ops(e) for e in outputs)
 
 
 def _declared_context(compiled: CompiledProblem, names) -> dict:
