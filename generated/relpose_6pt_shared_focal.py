@@ -2309,7 +2309,16 @@ def _system_tensors(spec, device, dtype):
     }
     system["term_flat"] = system["term_equation"] * num_monomials + system["term_monomial"]
     system["derivative_flat"] = system["derivative_position"] * num_monomials + system["derivative_monomial"]
-    if not system["dense"]:
+    if system["dense"]:
+        # D = C T: T[p, n * P_below + q] = d(monomial p)/dx_n at monomial q (the exponent), the
+        # same for every equation, so that the derivative matrices are one matrix product.
+        n = spec["unknowns"]
+        monomial = system["term_monomial"].index_select(0, system["derivative_coefficient"])
+        column = (system["derivative_position"] % n) * below_top + system["derivative_monomial"]
+        derivative_map = torch.zeros(num_monomials, n * below_top, dtype=dtype, device=device)
+        derivative_map[monomial, column] = system["derivative_factor"]
+        system["derivative_map"] = derivative_map
+    else:
         # Sparse systems: the terms with constant coefficients become constant matrices (one
         # matrix product for all points); only the others are gathered per point.
         k, n = spec["equations"], spec["unknowns"]
@@ -2385,8 +2394,9 @@ def _monomials(x, system, below_top=False):
 def _prepare(c, system, residual=True, jacobian=False):
     """What `_evaluate` needs from the coefficients alone for h (`residual`) and dh/dx
     (`jacobian`), built once for several sets of points (the Newton steps): c [B, n_coefficients]
-    -> a dict. Dense systems: the coefficient matrices C [B, K, P] and |C|, and D [B, K * N, P]
-    (dh_k/dx_n = D[k * N + n] . monomials); sparse ones: the varying derivative factors."""
+    -> a dict. Dense systems: the coefficient matrices C [B, K, P] and |C|, and D [B, K * N,
+    P_below] (dh_k/dx_n = D[k * N + n] . monomials below the top degree); sparse ones: the
+    varying derivative factors."""
     prepared = {"c": c}
     if not system["dense"]:
         if jacobian:
@@ -2394,13 +2404,12 @@ def _prepare(c, system, residual=True, jacobian=False):
         return prepared
     batch = c.shape[0]
     k, n, p = system["equations"], system["unknowns"], system["monomials"]
+    matrix = c.new_zeros(batch, k * p).index_copy_(1, system["term_flat"], c).view(batch, k, p)
     if residual:
-        matrix = c.new_zeros(batch, k * p).index_copy_(1, system["term_flat"], c).view(batch, k, p)
         prepared.update(matrix=matrix, abs=matrix.abs())
     if jacobian:
-        factor = c[:, system["derivative_coefficient"]] * system["derivative_factor"]
-        derivative = c.new_zeros(batch, k * n * p).index_add_(1, system["derivative_flat"], factor)
-        prepared["derivative"] = derivative.view(batch, k * n, p)
+        derivative = matrix.view(batch * k, p) @ system["derivative_map"]
+        prepared["derivative"] = derivative.view(batch, k * n, system["below_top"])
     return prepared
 
 
@@ -2425,7 +2434,7 @@ def _evaluate(prepared, x, system, jacobian=False, residual=True):
             scale = (prepared["abs"] @ monomials.abs()).transpose(1, 2)
         if not jacobian:
             return h, scale, None
-        dh = (prepared["derivative"][:, :, : monomials.shape[1]] @ monomials).transpose(1, 2)
+        dh = (prepared["derivative"] @ monomials[:, : system["below_top"]]).transpose(1, 2)
         return h, scale, dh.unflatten(-1, (k, n))
     c = prepared["c"]
     monomials = _monomials(x.reshape(-1, n), system, below_top=not residual)  # [P, B * S]
@@ -2728,7 +2737,7 @@ def _template_candidates(c, tables, method):
     solution, info = _per_matrix(lambda t: torch.linalg.solve_ex(t[:, :, :_SQUARE], t[:, :, _SQUARE:]), template)
     reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
     # Action matrix, its eigenvectors, the unknowns.
-    scaled = tables["action_scale"].unsqueeze(-1) * reduced[:, tables["action_reduced"], :]
+    scaled = tables["action_scale"].unsqueeze(-1) * reduced.index_select(1, tables["action_reduced"])
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
     ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
