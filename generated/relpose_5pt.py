@@ -2213,6 +2213,12 @@ _CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
 
+def _host_sync_is_free(device):
+    """Whether data-dependent shapes (nonzero, compaction) cost nothing: on the CPU. On other
+    devices they would wait for the device, so the solver masks instead."""
+    return device.type == "cpu"
+
+
 def _long(values, device):
     return torch.tensor(values, dtype=torch.long, device=device)
 
@@ -2506,7 +2512,7 @@ def _polish(c, x, active, steps, system):
         last = step == steps - 1
         todo = active & (error > converged)
         state = (x, h, scale, jacobian, error)
-        if x.device.type != "cpu":
+        if not _host_sync_is_free(x.device):
             rows = None
         else:
             rows = todo.any(dim=-1).nonzero().squeeze(-1)
@@ -2878,7 +2884,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     # The (instance, solution) pairs to differentiate: on the CPU only the usable ones (after
     # `select`, one per instance; a host synchronization costs nothing there); elsewhere all of
     # them, masked, to avoid one.
-    if a.device.type == "cpu":
+    if _host_sync_is_free(a.device):
         pairs = usable.nonzero().squeeze(-1)
     else:
         pairs = torch.arange(batch * slots, device=a.device)

@@ -49,6 +49,33 @@ def test_chunked_forward_matches_whole_batch(name, monkeypatch):
     assert (nearest <= 1e-9 * size).all(), (nearest / size).max()
 
 
+@pytest.mark.parametrize("name", ["p3p", "relpose_5pt", "relpose_5pt_nullspace"])
+def test_masked_paths_match_compacted(name, monkeypatch):
+    """Off the CPU the solver masks instead of compacting (no host synchronization): Newton
+    steps on every instance, the backward on every solution slot. Forced here on the CPU, the
+    solutions and the gradient are those of the compacted paths."""
+    module = generated_module(name)
+    params, truth = geometry.INSTANCES[name](200, np.random.default_rng(24))
+    params = torch.from_numpy(params)
+    params[3] = float("nan")
+
+    def solve_and_differentiate():
+        p = params.clone().requires_grad_(True)
+        solver = module.Solver()
+        x, valid = solver(p)
+        picked, found = solver.select(x, valid, reference=torch.from_numpy(truth))
+        (picked * torch.linspace(-1, 1, picked.shape[-1], dtype=picked.dtype)).sum().backward()
+        return x.detach(), valid, p.grad
+
+    x, valid, grad = solve_and_differentiate()
+    monkeypatch.setattr(module, "_host_sync_is_free", lambda device: False)
+    x_masked, valid_masked, grad_masked = solve_and_differentiate()
+    assert torch.equal(valid, valid_masked)
+    torch.testing.assert_close(x_masked, x, rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(grad_masked).all()
+    torch.testing.assert_close(grad_masked, grad, rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_float32_precision(name):
     """precision="float32" solves in float32: median log10 error <= -5 after polishing."""
