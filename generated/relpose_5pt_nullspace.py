@@ -2871,11 +2871,16 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     usable = usable.index_select(0, pairs)
     g = torch.where(usable.unsqueeze(-1), grad.index_select(0, pairs), torch.zeros_like(grad[:1]))
     tiny = torch.finfo(a.dtype).tiny
-    if system["dense"]:  # matrix products per instance, then the pairs
+    if system["dense"] and len(pairs) > batch:  # several pairs per instance: per instance, then the pairs
         prepared = _prepare(c, system, residual=False, jacobian=True)
         _, _, jacobian = _evaluate(prepared, x, system, jacobian=True, residual=False)
         jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
         x = x.reshape(-1, _N).index_select(0, pairs)
+    elif system["dense"]:  # about one per instance (after `select`): the matrices of the pairs only
+        x = x.reshape(-1, _N).index_select(0, pairs)
+        prepared = _prepare(c.index_select(0, instance), system, residual=False, jacobian=True)
+        _, _, jacobian = _evaluate(prepared, x.unsqueeze(1), system, jacobian=True, residual=False)
+        jacobian = jacobian.squeeze(1)
     else:  # terms per point anyway: only the pairs
         x = x.reshape(-1, _N).index_select(0, pairs)
         monomials = _monomials(x, system, below_top=True)
