@@ -33,7 +33,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 3
 TEMPLATE_SHAPE = (1, 4)
-SIGN_GAUGE = True  # solutions are defined up to sign
+SIGN_GAUGE = True  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 9  # unknowns
 _M = 28  # parameters

@@ -32,7 +32,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 3
 TEMPLATE_SHAPE = (1, 4)
-SIGN_GAUGE = False  # solutions are defined up to sign
+SIGN_GAUGE = False  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 1  # unknowns
 _M = 18  # parameters

@@ -31,7 +31,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 1
 TEMPLATE_SHAPE = (0, 0)
-SIGN_GAUGE = True  # solutions are defined up to sign
+SIGN_GAUGE = True  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 9  # unknowns
 _M = 16  # parameters

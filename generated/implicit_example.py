@@ -27,7 +27,7 @@ UNKNOWN_NAMES = ('y1', 'y2')
 PARAMETER_NAMES = ('x',)
 NUM_SOLUTIONS = 2
 TEMPLATE_SHAPE = (1, 3)
-SIGN_GAUGE = False  # solutions are defined up to sign
+SIGN_GAUGE = False  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 2  # unknowns
 _M = 1  # parameters

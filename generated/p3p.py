@@ -32,7 +32,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 8
 TEMPLATE_SHAPE = (25, 33)
-SIGN_GAUGE = False  # solutions are defined up to sign
+SIGN_GAUGE = False  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 3  # unknowns
 _M = 18  # parameters

@@ -32,7 +32,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 10
 TEMPLATE_SHAPE = (10, 20)
-SIGN_GAUGE = True  # solutions are defined up to sign
+SIGN_GAUGE = True  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 9  # unknowns
 _M = 20  # parameters

@@ -34,7 +34,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 10
 TEMPLATE_SHAPE = (10, 20)
-SIGN_GAUGE = False  # solutions are defined up to sign
+SIGN_GAUGE = False  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 3  # unknowns
 _M = 36  # parameters

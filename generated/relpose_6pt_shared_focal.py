@@ -33,7 +33,7 @@ PARAMETER_NAMES = (
 )
 NUM_SOLUTIONS = 15
 TEMPLATE_SHAPE = (21, 36)
-SIGN_GAUGE = False  # solutions are defined up to sign
+SIGN_GAUGE = False  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 3  # unknowns
 _M = 27  # parameters
