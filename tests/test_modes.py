@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import PROBLEMS, generated_module
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import geometry
 
@@ -74,6 +75,54 @@ def test_masked_paths_match_compacted(name, monkeypatch):
     torch.testing.assert_close(x_masked, x, rtol=1e-9, atol=1e-12)
     assert torch.isfinite(grad_masked).all()
     torch.testing.assert_close(grad_masked, grad, rtol=1e-6, atol=1e-9)
+
+
+class _HostSynchronizations(TorchDispatchMode):
+    """Records the ATen operations that make the host wait for the device: reading a value
+    (item, bool), or an output whose shape depends on the data (nonzero, masked_select, boolean
+    indexing, unique)."""
+
+    SYNCHRONIZING = {
+        "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::equal", "aten::nonzero",
+        "aten::masked_select", "aten::_unique2", "aten::unique_consecutive", "aten::unique_dim",
+    }
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name
+        if name in self.SYNCHRONIZING:
+            self.seen.add(name)
+        if name == "aten::index" and any(i is not None and i.dtype == torch.bool for i in args[1]):
+            self.seen.add("aten::index (boolean mask)")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_device_path_never_synchronizes(name, monkeypatch):
+    """The path taken off the CPU (eig="charpoly", masking instead of compaction) runs the
+    forward, `select` and the IFT backward without one operation that waits for the device.
+    (A proxy on the CPU for CUDA's sync debug mode: this task had no GPU.) The CPU path's own
+    compaction is seen by the same detector."""
+    module = generated_module(name)
+    params, truth = geometry.INSTANCES[name](64, np.random.default_rng(25))
+    params = torch.from_numpy(params)
+    solver = module.Solver(eig="charpoly")
+    solver(params)  # tables built once per device, outside the check
+
+    def run():
+        p = params.clone().requires_grad_(True)
+        with _HostSynchronizations() as detector:
+            x, valid = solver(p)
+            picked, _ = solver.select(x, valid, reference=torch.from_numpy(truth))
+            (picked.sum() + (x * valid.unsqueeze(-1)).sum()).backward()
+        return detector.seen
+
+    assert "aten::nonzero" in run()  # on the CPU: compaction, and the detector sees it
+    monkeypatch.setattr(module, "_host_sync_is_free", lambda device: False)
+    assert run() == set()
 
 
 @pytest.mark.parametrize("name", PROBLEMS)
