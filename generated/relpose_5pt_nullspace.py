@@ -2660,10 +2660,13 @@ def _characteristic_polynomial(h):
     return polynomials[n]
 
 
-def _polynomial_roots(coefficients, iterations=60):
+def _polynomial_roots(coefficients, iterations=None):
     """All complex roots of monic polynomials [B, S + 1] (ascending) by Aberth-Ehrlich iteration:
-    fixed iteration count, no host synchronization."""
+    a fixed iteration count, no host synchronization. The default, 20 + S, is where every shipped
+    problem's accuracy stops changing (measured: 25 to 30 for S = 8 to 15); roots that have not
+    converged fail the residual check and are dropped, never returned wrong."""
     n = coefficients.shape[-1] - 1
+    iterations = 20 + n if iterations is None else iterations
     complex_dtype = (coefficients[:1, :1] * 1j).dtype
     c = coefficients.to(complex_dtype)
     radius = coefficients[:, 0].abs().clamp_min(torch.finfo(coefficients.dtype).tiny) ** (1.0 / n)
