@@ -230,6 +230,9 @@ def _system_tensors(spec, device, dtype):
         derivative_map = torch.zeros(num_monomials, n * below_top, dtype=dtype, device=device)
         derivative_map[monomial, column] = system["derivative_factor"]
         system["derivative_map"] = derivative_map
+        # The same per monomial: d(monomial p)/dx_n = scale[p * N + n] * monomials[source[p * N + n]].
+        scale, source = derivative_map.view(num_monomials, n, below_top).max(dim=-1)
+        system["derivative_scale"], system["derivative_source"] = scale.flatten().unsqueeze(-1), source.flatten()
     else:
         # Sparse systems: the terms with constant coefficients become constant matrices (one
         # matrix product for all points); only the others are gathered per point.
@@ -857,11 +860,14 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
         _, _, jacobian = _evaluate(prepared, x, system, jacobian=True, residual=False)
         jacobian = jacobian.flatten(0, 1).index_select(0, pairs)
         x = x.reshape(-1, _N).index_select(0, pairs)
-    elif system["dense"]:  # about one per instance (after `select`): the matrices of the pairs only
+    elif system["dense"]:  # about one per instance (after `select`): C of each pair times dm/dx
         x = x.reshape(-1, _N).index_select(0, pairs)
-        prepared = _prepare(c.index_select(0, instance), system, residual=False, jacobian=True)
-        _, _, jacobian = _evaluate(prepared, x.unsqueeze(1), system, jacobian=True, residual=False)
-        jacobian = jacobian.squeeze(1)
+        c_pairs = c.index_select(0, instance)
+        matrix = c_pairs.new_zeros(len(pairs), _K * system["monomials"]).index_copy_(1, system["term_flat"], c_pairs)
+        monomials = _monomials(x, system, below_top=True)  # [P_below, pairs]
+        derivatives = monomials.index_select(0, system["derivative_source"]) * system["derivative_scale"]
+        derivatives = derivatives.t().contiguous().view(len(pairs), system["monomials"], _N)  # [pairs, P, N]
+        jacobian = matrix.view(len(pairs), _K, system["monomials"]) @ derivatives
     else:  # terms per point anyway: only the pairs
         x = x.reshape(-1, _N).index_select(0, pairs)
         monomials = _monomials(x, system, below_top=True)
