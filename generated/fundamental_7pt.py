@@ -1134,7 +1134,7 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
     # Rows of J scaled to unit norm (this scales w, not the result); condition numbers are those
     # of J with equilibrated columns.
     row = torch.linalg.vector_norm(jacobian, dim=-1).clamp_min(tiny)  # [P, K]
-    jacobian = jacobian.div_(row.unsqueeze(-1))  # (a fresh tensor in both branches)
+    jacobian = jacobian.div_(row.unsqueeze(-1))  # (a fresh tensor in every branch)
     if _K == _N:
         column = torch.linalg.vector_norm(jacobian, dim=-2).clamp_min(tiny)
         scaled = jacobian / column.unsqueeze(-2)
@@ -1180,7 +1180,7 @@ class _SolverBase(torch.nn.Module):
     solutions: [..., S, N] with the dtype and device of params; invalid slots hold zeros and
         valid solutions come first.
     valid: [..., S] bool: real, finite and satisfying the equations (relative residual at most
-        `residual_tol` after `newton_steps` Newton steps).
+        `residual_tol` after at most `newton_steps` Newton steps).
 
     backward="ift" (default) differentiates by the implicit function theorem; after each
     backward, `ill_conditioned` holds (as a tensor) the number of valid solutions with a
