@@ -16,6 +16,7 @@ from .monomials import multiply, unit
 from .monomials import name as monomial_name
 from .polynomials import PolynomialSystem
 from .printer import identifier, print_program, print_with_cse, wrap_assignment, wrap_expression
+from .levelwise import level_program
 from .structured import coefficient_program
 
 RESERVED = {"torch", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
@@ -114,14 +115,17 @@ def _coefficient_code(system: PolynomialSystem, names, source: str):
     exprs = [c.expr() for c in system.coefficients]
     expanded = sp.cse(exprs, symbols=sp.numbered_symbols("_t"))
     structured = coefficient_program(system, "_t")
-    if structured is not None and _operations(*structured) < _operations(*expanded):
-        lines, outputs = _code(structured[1], names, "_t", structured[0])
-    else:
-        lines, outputs = _code(expanded[1], names, "_t", expanded[0])
+    assignments, outputs = (
+        structured if structured is not None and _operations(*structured) < _operations(*expanded) else expanded
+    )
+    lines, printed = _code(outputs, names, "_t", assignments)
     unpack = _unpack([names[s] if any(e.has(s) for e in exprs) else "_" for s in system.parameters], source)
     if any(e.is_Number for e in exprs):
         unpack.append(f"_ones = {source}.new_ones({source}.shape[:-1])")
-    return dict(unpack=unpack, lines=lines, outputs=outputs, count=len(exprs))
+    program = level_program(system.parameters, assignments, outputs)
+    if program is not None and not program.worthwhile:
+        program = None
+    return dict(unpack=unpack, lines=lines, outputs=printed, count=len(exprs), program=program)
 
 
 def _operations(assignments, outputs) -> int:
