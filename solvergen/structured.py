@@ -47,7 +47,7 @@ class _Walker:
         """The polynomial with every compound coefficient assigned to a fresh symbol."""
         out = {}
         for exponent, coefficient in poly.items():
-            if coefficient.is_Atom or (coefficient.is_Mul and len(coefficient.args) == 2 and coefficient.args[0].is_Number and coefficient.args[1].is_Atom):
+            if _simple(coefficient):
                 out[exponent] = coefficient
             else:
                 symbol = next(self.symbols)
@@ -103,6 +103,13 @@ class _Walker:
                 exponent = tuple(a + b for a, b in zip(ep, eq))
                 out[exponent] = out.get(exponent, 0) + cp * cq
         return self.named({e: c for e, c in out.items() if c != 0})
+
+
+def _simple(expr: sp.Expr) -> bool:
+    """A symbol, a number, or a number times a symbol: not worth a name of its own."""
+    if expr.is_Atom:
+        return True
+    return expr.is_Mul and len(expr.args) == 2 and expr.args[0].is_Number and expr.args[1].is_Atom
 
 
 def coefficient_program(
