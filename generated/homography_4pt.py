@@ -330,7 +330,6 @@ _GAUGE = dict(
 
 _TABLES = {}
 _POOL = None
-_CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
 
