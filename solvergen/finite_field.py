@@ -4,9 +4,20 @@ p < 2^31 keeps every product below 2^62, so no intermediate overflows.
 """
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 
 PRIME = 2147483629  # the largest prime below 2^31
+
+
+def to_field(value, prime: int = PRIME) -> int:
+    """A rational number (sympy, Fraction or int) as an element of Z_p; ZeroDivisionError if its
+    denominator vanishes there."""
+    q = Fraction(int(value.p), int(value.q)) if hasattr(value, "q") else Fraction(value)
+    if q.denominator % prime == 0:
+        raise ZeroDivisionError
+    return q.numerator * pow(q.denominator, -1, prime) % prime
 
 
 def pivot_columns(matrix: np.ndarray, prime: int = PRIME, stop_after: int | None = None) -> list[int]:

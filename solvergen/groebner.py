@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import numpy as np
 import sympy as sp
@@ -83,13 +82,6 @@ def _unpermute(exponent: Exponent, order: tuple[int, ...]) -> Exponent:
     return tuple(out)
 
 
-def _to_field(value) -> int:
-    q = Fraction(int(value.p), int(value.q)) if isinstance(value, sp.Rational) else Fraction(value)
-    if q.denominator % ff.PRIME == 0:
-        raise ZeroDivisionError
-    return q.numerator * pow(q.denominator, -1, ff.PRIME) % ff.PRIME
-
-
 def random_instance(problem: Problem, system: PolynomialSystem, rng: random.Random) -> Instance:
     """A random instance over Z_p, from the problem's sampler if it has one."""
     for _ in range(20):
@@ -102,7 +94,7 @@ def random_instance(problem: Problem, system: PolynomialSystem, rng: random.Rand
                     f"sampler returned {len(raw)} values for {len(system.parameters)} parameters"
                 )
             try:
-                values = [_to_field(v) for v in raw]
+                values = [ff.to_field(v) for v in raw]
             except (TypeError, ValueError):
                 raise SpecError(
                     "sampler must return exact numbers (ints, Fractions or sympy Rationals)"

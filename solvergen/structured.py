@@ -19,10 +19,9 @@ import random
 
 import sympy as sp
 
+from . import finite_field as ff
 from .monomials import Exponent
 from .polynomials import PolynomialSystem
-
-PRIME = 2_147_483_647  # the check evaluates both forms over Z_p at random parameter values
 
 # A polynomial in the unknowns: exponent -> coefficient (an expression in the parameters).
 PolyDict = dict[Exponent, sp.Expr]
@@ -122,15 +121,9 @@ def coefficient_program(
         polys = [walker.walk(expr) for expr in system.equations]
     except _Unsupported:
         return None
-    outputs = []
-    for coefficient in system.coefficients:
-        outputs.append(sp.sympify(polys[coefficient.equation].get(coefficient.exponent, 0)))
-    # Terms the expansion cancelled must vanish here too: every monomial the walk produced must
-    # be a coefficient of the system (its value is checked below).
-    known = {(c.equation, c.exponent) for c in system.coefficients}
-    extra = [(k, e, c) for k, poly in enumerate(polys) for e, c in poly.items() if (k, e) not in known]
-    if not _agrees(system, walker.assignments, outputs, extra):
+    if not _agrees(system, walker.assignments, polys):
         return None
+    outputs = [sp.sympify(polys[c.equation].get(c.exponent, 0)) for c in system.coefficients]
     return _shared(walker.assignments, outputs, prefix + "c")
 
 
@@ -160,40 +153,22 @@ def _shared(assignments, outputs, prefix):
     return ordered, list(reduced[count:])
 
 
-def _agrees(system, assignments, outputs, extra) -> bool:
-    """Both forms equal at two random points of Z_p (and the extra monomials vanish there)."""
+def _agrees(system, assignments, polys) -> bool:
+    """The walked polynomials equal the system's at two random points of Z_p: every coefficient,
+    and zero where the expansion cancelled a monomial."""
     rng = random.Random(0)
     for _ in range(2):
-        values = {a: sp.Integer(rng.randrange(1, PRIME)) for a in system.parameters}
-        env = dict(values)
-        for symbol, expr in assignments:
-            value = expr.xreplace(env)
-            if not value.is_Rational:
-                return False
-            env[symbol] = sp.Integer(_mod(value))
-        point = [int(values[a]) for a in system.parameters]
-        for coefficient, output in zip(system.coefficients, outputs):
-            expected = _ring_value(coefficient.poly, point)
-            got = output.xreplace(env)
-            if not got.is_Rational or _mod(got) != expected:
-                return False
-        for _, _, expr in extra:
-            got = expr.xreplace(env)
-            if not got.is_Rational or _mod(got) != 0:
-                return False
+        point = [rng.randrange(1, ff.PRIME) for _ in system.parameters]
+        expected = system.evaluate_mod(point, ff.PRIME)
+        env = {a: sp.Integer(v) for a, v in zip(system.parameters, point)}
+        try:
+            for symbol, expr in assignments:
+                env[symbol] = sp.Integer(ff.to_field(expr.xreplace(env)))
+            for equation, poly in enumerate(polys):
+                values = {e: ff.to_field(c.xreplace(env)) for e, c in poly.items()}
+                values = {e: v for e, v in values.items() if v}
+                if expected is None or values != expected[equation]:
+                    return False
+        except (ZeroDivisionError, TypeError):  # a vanishing denominator, or not a rational
+            return False
     return True
-
-
-def _mod(value: sp.Rational) -> int:
-    return int(value.p) * pow(int(value.q), -1, PRIME) % PRIME
-
-
-def _ring_value(poly, point: list[int]) -> int:
-    total = 0
-    for monom, rational in poly.terms():
-        term = int(rational.numerator) * pow(int(rational.denominator), -1, PRIME)
-        for e, v in zip(monom, point):
-            if e:
-                term = term * pow(v, e, PRIME)
-        total = (total + term) % PRIME
-    return total
