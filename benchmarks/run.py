@@ -5,10 +5,12 @@
     python benchmarks/run.py --device cuda        # adds batches 100000 and 1000000
     python benchmarks/run.py --quick              # smoke run, under a minute
     python benchmarks/run.py --problems p3p relpose_5pt_nullspace
+    python benchmarks/run.py --compile            # solvers built with compile=True (torch.compile)
 
 Writes benchmarks/results/<device>.json (every number and the machine), <device>.md (tables) and
 throughput_<device>.png. A --quick run writes <device>-quick.* instead, so it never overwrites a
-full run. See benchmarks/README.md for what is measured and how to read the tables.
+full run; a --compile run adds `-compiled` to the names. See benchmarks/README.md for what is
+measured and how to read the tables.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ class Config:
     peer_loop_repeats: int = 3
     peer_batches: list[int] = field(default_factory=list)  # kornia
     seed: int = SEED
+    compile: bool = False  # solvers built with compile=True (the autograd baseline stays eager)
 
     @classmethod
     def make(cls, device: str, quick: bool) -> "Config":
@@ -296,6 +299,24 @@ def load_case(name: str, n: int, seed: int, results: Results) -> Case | None:
     return Case(name, module, np.ascontiguousarray(params), truth)
 
 
+def compile_first_call(case: Case, config: Config, results: Results) -> None:
+    """--compile: time the first forward and backward (batch 64, float64), which compile the
+    solver's programs; torch.compile caches kernels on disk, so a second run compiles less."""
+    solver = case.module.Solver(compile=True)
+    params = torch.from_numpy(case.params[:64]).to(config.device).requires_grad_(True)
+    sync = synchronizer(config.device)
+    t0 = time.perf_counter()
+    solutions, valid = solver(params)
+    sync()
+    t1 = time.perf_counter()
+    (solutions * valid.unsqueeze(-1)).sum().backward()
+    sync()
+    t2 = time.perf_counter()
+    results.notes.append(f"{case.name}: first compiled call (compilation included): forward {t1 - t0:.1f} s, "
+                         f"backward {t2 - t1:.1f} s")
+    log(results.notes[-1])
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Forward speed and accuracy
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +340,7 @@ class OursTimer:
 
     def measure(self, case: Case, dtype: str, batch: int, note: str = ""):
         """Times solver(params[:batch]); appends a ForwardRow; returns (row, last output)."""
-        solver = case.module.Solver()
+        solver = case.module.Solver(compile=self.config.compile)
         params = self.params(case, dtype)
         if batch > params.shape[0]:
             reps = -(-batch // params.shape[0])
@@ -424,7 +445,8 @@ def bench_backward(case: Case, config: Config, results: Results) -> None:
     weights = torch.randn(case.module.NUM_SOLUTIONS, len(case.module.UNKNOWN_NAMES), generator=generator,
                           dtype=torch.float64).to(device)
     reference = torch.from_numpy(case.truth[:batch]).to(device) if case.truth is not None else None
-    solvers = {mode: case.module.Solver(backward=mode) for mode in ("ift", "autograd")}
+    solvers = {mode: case.module.Solver(backward=mode, compile=config.compile and mode == "ift")
+               for mode in ("ift", "autograd")}
     # Memory saved for backward by the solver call (the same for every loss).
     saved = {mode: saved_bytes_of(lambda: solver(base.clone().requires_grad_(True)))
              for mode, solver in solvers.items()}
@@ -668,7 +690,7 @@ def poselib_peers(case: Case, scene: dict, n: int) -> list[LoopPeer]:
     return []
 
 
-def kornia_peers(case: Case, scene: dict, device: str) -> list[BatchedPeer]:
+def kornia_peers(case: Case, scene: dict, device: str, compile: bool) -> list[BatchedPeer]:
     import kornia
 
     epipolar = kornia.geometry.epipolar
@@ -697,7 +719,7 @@ def kornia_peers(case: Case, scene: dict, device: str) -> list[BatchedPeer]:
         peers = [BatchedPeer("kornia find_essential", epipolar.find_essential, inputs, matrices_to_solutions,
                              note + "; NaN slots for complex roots")]
         if case.name == "relpose_5pt_nullspace":
-            peers.append(ours_from_points_peer(case, scene, device))
+            peers.append(ours_from_points_peer(case, scene, device, compile))
         return peers
     if case.name.startswith("fundamental_7pt"):
         return [BatchedPeer("kornia find_fundamental 7POINT",
@@ -707,9 +729,9 @@ def kornia_peers(case: Case, scene: dict, device: str) -> list[BatchedPeer]:
                         lambda H, batch: matrices_to_solutions(H.unsqueeze(1), batch), note)]
 
 
-def ours_from_points_peer(case: Case, scene: dict, device: str) -> BatchedPeer:
+def ours_from_points_peer(case: Case, scene: dict, device: str, compile: bool) -> BatchedPeer:
     """solvergen fed from points like kornia: SVD null space of the epipolar rows, then the solver."""
-    solver = case.module.Solver()
+    solver = case.module.Solver(compile=compile)
     points = [torch.from_numpy(scene[key]) for key in ("x1", "x2")]
 
     def inputs(batch, dtype):
@@ -820,7 +842,7 @@ def bench_peers(case: Case, ours: OursTimer, config: Config, results: Results) -
         loop_peers = []
         results.notes.append("poselib not installed: no PoseLib rows")
     try:
-        batched_peers = kornia_peers(case, scene, config.device)
+        batched_peers = kornia_peers(case, scene, config.device, config.compile)
     except ImportError:
         batched_peers = []
         results.notes.append("kornia not installed: no kornia rows")
@@ -945,7 +967,8 @@ def markdown(results: Results) -> str:
     m, c = results.machine, results.config
     v = m["versions"]
     out = [
-        f"# solvergen benchmarks: {m['device']}{' (quick)' if c['quick'] else ''}",
+        f"# solvergen benchmarks: {m['device']}{' (quick)' if c['quick'] else ''}"
+        f"{', solvers built with compile=True (torch.compile)' if c.get('compile') else ''}",
         "",
         f"- Date: {m['date']}; commit `{(m['git_commit'] or '?')[:12]}`{' (with uncommitted changes)' if m['git_dirty'] else ''}",
         f"- CPU: {m['cpu']}, {m['cpu_cores']} cores, torch threads {m['torch_threads']}"
@@ -1121,6 +1144,8 @@ def parse_args(argv=None):
     parser.add_argument("--no-backward", action="store_true", help="skip the backward comparison")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=SEED)
+    parser.add_argument("--compile", action="store_true",
+                        help="build the solvers with compile=True (torch.compile); writes <device>-compiled.*")
     return parser.parse_args(argv)
 
 
@@ -1132,8 +1157,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     config = Config.make(args.device, args.quick)
     config.seed = args.seed
+    config.compile = args.compile
     device_name = args.device.replace(":", "")
-    stem = f"{device_name}-quick" if args.quick else device_name
+    stem = device_name + ("-compiled" if args.compile else "") + ("-quick" if args.quick else "")
     results = Results(config=dataclasses.asdict(config), machine=machine_info(args.device))
     m = results.machine
     log(f"solvergen benchmarks on {args.device} ({m.get('gpu', m['cpu'])}, {m['cpu_cores']} cores, "
@@ -1150,6 +1176,8 @@ def main(argv=None) -> int:
         shape = tuple(getattr(case.module, "TEMPLATE_SHAPE", None) or (0, 0))
         template = f"template {shape[0]} x {shape[1]}" if shape[0] else "no template"
         log(f"[{index}/{len(names)}] {name}: {case.module.NUM_SOLUTIONS} solutions, {template}")
+        if config.compile:
+            compile_first_call(case, config, results)
         bench_forward(case, ours, config, results)
         if not args.no_backward:
             bench_backward(case, config, results)

@@ -423,6 +423,7 @@ _READ_VALUE = (3, 0, 1)
 
 _TABLES = {}
 _POOL = None
+_COMPILED = {}  # function name -> torch.compile'd function (solvers built with compile=True)
 _CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
@@ -541,6 +542,22 @@ def _tables(device, dtype):
         tables["gauge_coefficients"] = long(_GAUGE_COEFFICIENTS)
         _TABLES[key] = tables
     return tables
+
+
+def _compiled(fn):
+    """torch.compile(fn) for solvers built with compile=True: compiled once per function and
+    process (for any batch size: dynamic shapes), shared by every solver of this module."""
+    if fn.__name__ not in _COMPILED:
+        _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn.__name__]
+
+
+def _coefficients_of(a, straight, program, settings):
+    """straight(a), a printed straight-line coefficient function: compiled into fused kernels
+    with compile=True; otherwise as printed."""
+    if settings.compile:
+        return _compiled(straight)(a)
+    return straight(a)
 
 
 # -- Evaluating the equations at a batch of points ------------------------------------------------
@@ -662,7 +679,13 @@ def _per_matrix(fn, matrix):
     count is restored afterwards (set_num_threads also changes the default of new threads)."""
     global _POOL
     threads = torch.get_num_threads()
-    if matrix.device.type == "cpu" and threads > 1 and matrix.shape[0] >= 256 and not matrix.requires_grad:
+    if (
+        matrix.device.type == "cpu"
+        and threads > 1
+        and matrix.shape[0] >= 256
+        and not matrix.requires_grad
+        and not torch.compiler.is_compiling()  # (compiled: one batched LAPACK call in the graph)
+    ):
         if _POOL is None:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -1028,10 +1051,10 @@ def _solve(a, settings):
     tables = _tables(a.device, a.dtype)
     finite = torch.isfinite(a).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
-    c = _coefficients(a)
+    c = _coefficients_of(a, _coefficients, tables.get("declared_program"), settings)
     matrix, rhs, null, particular, ok = _null_space(a, c, tables)
     reduced_parameters = [null.reshape(-1, _N * _NULL_DIM), a.index_select(1, tables["used_parameters"])]
-    c_template = _reduced_coefficients(torch.cat(reduced_parameters, dim=1))
+    c_template = _coefficients_of(torch.cat(reduced_parameters, dim=1), _reduced_coefficients, tables.get("reduced_program"), settings)
     polish_system = tables["reduced"]
     ok = ok & finite
 
@@ -1168,7 +1191,8 @@ class _ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
         a, x, valid, c = ctx.saved_tensors
-        grad, skipped = _implicit_vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
+        vjp = _compiled(_implicit_vjp) if ctx.solver.compile else _implicit_vjp
+        grad, skipped = vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
         ctx.solver.ill_conditioned = skipped
         return grad.to(ctx.dtype), None
 
@@ -1193,6 +1217,10 @@ class _SolverBase(torch.nn.Module):
     in float32 (faster on GPUs; about 1e-5 relative error after polishing).
     eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
     that never synchronizes with the host ("lapack" or "charpoly" to choose).
+    compile=True runs the coefficient programs and the IFT backward through torch.compile
+    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first call of each
+    compiles them (seconds to minutes; torch caches the result on disk); only with
+    backward="ift".
     """
 
     num_solutions = NUM_SOLUTIONS
@@ -1210,6 +1238,7 @@ class _SolverBase(torch.nn.Module):
         cond_max=1e10,
         precision="float64",
         eig="auto",
+        compile=False,
     ):
         super().__init__()
         if backward not in ("ift", "autograd"):
@@ -1218,6 +1247,10 @@ class _SolverBase(torch.nn.Module):
             raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
         if eig not in ("auto", "lapack", "charpoly"):
             raise ValueError(f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}")
+        if compile not in (False, True):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        if compile and backward != "ift":
+            raise ValueError("compile=True needs backward='ift' (the autograd baseline runs as written)")
         self.backward = backward
         self.newton_steps = int(newton_steps)
         self.compute_dtype = torch.float64 if precision == "float64" else torch.float32
@@ -1225,6 +1258,7 @@ class _SolverBase(torch.nn.Module):
         self.imag_tol = float(imag_tol)
         self.cond_max = float(cond_max)
         self.eig = eig
+        self.compile = compile
         self.ill_conditioned = None
 
     def resolved_eig(self, device):
@@ -1233,7 +1267,7 @@ class _SolverBase(torch.nn.Module):
         return "lapack" if device.type == "cpu" else "charpoly"
 
     def extra_repr(self):
-        return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}"
+        return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}, compile={self.compile}"
 
     def forward(self, params):
         if not isinstance(params, torch.Tensor):

@@ -63,7 +63,11 @@ def relative_difference(a, b):
 @pytest.mark.parametrize("name", PROBLEMS)
 def test_ift_matches_finite_differences(name):
     module = generated_module(name)
-    solver = module.Solver()
+    assert_ift_matches_finite_differences(name, module, module.Solver())
+
+
+def assert_ift_matches_finite_differences(name, module, solver):
+    """The IFT Jacobians of `solver` agree with finite differences on 120 instances."""
     params, truth = geometry.INSTANCES[name](120, np.random.default_rng(11))
     params = torch.from_numpy(params)
     solutions, valid, ift = ift_jacobians(solver, params)

@@ -1,0 +1,60 @@
+"""Solver(compile=True): the coefficient programs and the IFT backward through torch.compile
+give the eager solver's solutions and gradients, and finite differences agree with them."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import generated_module
+from test_gradients import assert_ift_matches_finite_differences
+
+import geometry
+
+# Inductor compiles C++ on the CPU. (One small problem without a template and one with: the
+# first call compiles, about 10-30 s each here; torch caches the kernels on disk.)
+pytestmark = pytest.mark.skipif(
+    shutil.which("g++") is None and shutil.which("c++") is None, reason="torch.compile on the CPU needs a C++ compiler"
+)
+COMPILED_PROBLEMS = ["implicit_example", "p3p"]
+
+
+@pytest.mark.parametrize("name", COMPILED_PROBLEMS)
+def test_compiled_equals_eager(name):
+    module = generated_module(name)
+    params, _ = geometry.INSTANCES[name](300, np.random.default_rng(5))
+    params = torch.from_numpy(params)
+    params[7] = float("nan")  # a garbage row stays masked, compiled too
+    weights = torch.randn(len(params), module.NUM_SOLUTIONS, len(module.UNKNOWN_NAMES), dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(1))
+    results = {}
+    for compiled in (False, True):
+        a = params.clone().requires_grad_(True)
+        solver = module.Solver(compile=compiled)
+        solutions, valid = solver(a)
+        (solutions * weights * valid.unsqueeze(-1)).sum().backward()
+        results[compiled] = solutions.detach(), valid, a.grad, int(solver.ill_conditioned)
+    assert {"_coefficients", "_implicit_vjp"} <= set(module._COMPILED)  # the compiled path ran
+    (x0, v0, g0, ill0), (x1, v1, g1, ill1) = results[False], results[True]
+    assert torch.equal(v0, v1) and not v1[7].any()
+    assert ill0 == ill1
+    torch.testing.assert_close(x1, x0, rtol=1e-10, atol=1e-12)
+    assert torch.isfinite(g1).all() and (g1[7] == 0).all()
+    # Fused kernels round differently; ill-conditioned instances amplify that.
+    relative = (g1 - g0).norm(dim=-1) / g0.norm(dim=-1).clamp_min(1e-300)
+    assert (relative < 1e-8).double().mean() >= 0.99
+
+
+@pytest.mark.parametrize("name", COMPILED_PROBLEMS)
+def test_compiled_ift_matches_finite_differences(name):
+    module = generated_module(name)
+    assert_ift_matches_finite_differences(name, module, module.Solver(compile=True))
+
+
+def test_compile_needs_the_ift_backward():
+    module = generated_module("p3p")
+    with pytest.raises(ValueError, match="compile=True needs backward='ift'"):
+        module.Solver(backward="autograd", compile=True)
+    with pytest.raises(ValueError, match="compile must be True or False"):
+        module.Solver(compile="yes")
