@@ -3321,15 +3321,13 @@ def _polish(c, x, active, steps, system):
     A point whose relative residual is already at the rounding level (`_CONVERGED` units of
     roundoff) gains nothing from a step and takes none. On the CPU each step runs only on the
     instances that still have such a point (a host synchronization costs nothing there); after
-    the first step these are a minority."""
+    the first step these are a minority, and dh/dx is evaluated for them only."""
     prepared = _prepare(c, system, jacobian=True)
     h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
     converged = _CONVERGED * torch.finfo(x.dtype).eps
-    for step in range(steps):
-        last = step == steps - 1
+    for _ in range(steps):
         todo = active & (error > converged)
-        state = (x, h, scale, jacobian, error)
         if not _host_sync_is_free(x.device):
             rows = None
         else:
@@ -3338,25 +3336,27 @@ def _polish(c, x, active, steps, system):
                 break
             if len(rows) > 0.75 * len(x):  # gathering would cost more than it saves
                 rows = None
+        state = (x, h, scale, error)
         if rows is None:
-            x, h, scale, jacobian, error = _newton_step(prepared, *state, todo, system, last)
-            continue
-        subset = _newton_step(
-            {key: value.index_select(0, rows) for key, value in prepared.items()},
-            *(value.index_select(0, rows) if value is not None else None for value in state),
-            todo.index_select(0, rows),
-            system,
-            last,
-        )
-        x, h, scale, jacobian, error = (
-            value.index_copy(0, rows, part) if part is not None else None for value, part in zip(state, subset)
-        )
+            x, h, scale, error = _newton_step(prepared, *state, jacobian, todo, system)
+        else:
+            subset = _newton_step(
+                {key: value.index_select(0, rows) for key, value in prepared.items()},
+                *(value.index_select(0, rows) for value in state),
+                None if jacobian is None else jacobian.index_select(0, rows),
+                todo.index_select(0, rows),
+                system,
+            )
+            x, h, scale, error = (value.index_copy(0, rows, part) for value, part in zip(state, subset))
+        jacobian = None  # at the new points: evaluated by the next step, for its rows only
     return x, error
 
 
-def _newton_step(prepared, x, h, scale, jacobian, error, todo, system, last):
+def _newton_step(prepared, x, h, scale, error, jacobian, todo, system):
     """One Gauss-Newton step for the `todo` points, kept where it lowers the relative residual:
-    the new x, h, scale, dh/dx (None after the `last` step) and relative residual."""
+    the new x, h, scale and relative residual. `jacobian`: dh/dx at x, or None to evaluate it."""
+    if jacobian is None:
+        _, _, jacobian = _evaluate(prepared, x, system, jacobian=True, residual=False)
     row = scale.clamp_min(torch.finfo(x.dtype).tiny).unsqueeze(-1)
     scaled = jacobian / row
     residual = torch.where(todo.unsqueeze(-1), h / row.squeeze(-1), torch.zeros_like(h))
@@ -3372,15 +3372,14 @@ def _newton_step(prepared, x, h, scale, jacobian, error, todo, system, last):
         transposed = scaled.transpose(-1, -2).contiguous()  # (bmm copies strided operands per matrix)
         delta = _small_solve(transposed @ scaled, (transposed @ residual.unsqueeze(-1)).squeeze(-1))
     candidate = x - delta
-    h1, scale1, jacobian1 = _evaluate(prepared, candidate, system, jacobian=not last)
+    h1, scale1, _ = _evaluate(prepared, candidate, system)
     error1 = _relative_error(h1, scale1)
     better = todo & (error1 < error)  # False where error1 is NaN
     x = torch.where(better.unsqueeze(-1), candidate, x)
     h = torch.where(better.unsqueeze(-1), h1, h)
     scale = torch.where(better.unsqueeze(-1), scale1, scale)
     error = torch.where(better, error1, error)
-    jacobian = None if last else torch.where(better[..., None, None], jacobian1, jacobian)
-    return x, h, scale, jacobian, error
+    return x, h, scale, error
 
 
 
