@@ -1096,7 +1096,9 @@ def _gram_solve(gram, rhs):
         outer = scale.unsqueeze(-1) * scale.unsqueeze(-2)
         condition = (torch.linalg.matrix_norm(gram * outer) * torch.linalg.matrix_norm(inverse / outer)).sqrt()
         return (inverse @ rhs.unsqueeze(-1)).squeeze(-1), invertible, condition
-    inverse, info = _per_matrix(_inverse_cholesky_factor, gram)
+    # One batched call on this thread: about 1 us of LAPACK per matrix, less than the thread
+    # pool's dispatch saves (5-point natural, backward at batch 1024: 1.10-1.23x faster so).
+    inverse, info = _inverse_cholesky_factor(gram)
     solution = (inverse.transpose(-1, -2) @ (inverse @ rhs.unsqueeze(-1))).squeeze(-1)
     trace = (inverse.square().sum(dim=-2) * diagonal).sum(dim=-1)  # trace(G'^-1)
     return solution, info == 0, (gram.shape[-1] * trace).sqrt()
