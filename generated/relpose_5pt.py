@@ -3684,9 +3684,43 @@ def _gram_solve(gram, rhs):
 
 def _inverse_cholesky_factor(gram):
     """L^-1 with gram = L L^T, and LAPACK's info (0: positive definite)."""
+    if torch.compiler.is_compiling():
+        return _inverse_cholesky_factor_by_entries(gram)
     factor, info = torch.linalg.cholesky_ex(gram)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device).expand_as(factor)
     return torch.linalg.solve_triangular(factor, eye, upper=False), info
+
+
+def _inverse_cholesky_factor_by_entries(gram):
+    """`_inverse_cholesky_factor` by the textbook recurrences, entry by entry over the batch: when
+    compiled (compile=True), one fused kernel instead of two LAPACK loops over the matrices
+    (5-point natural, selected backward at batch 1024: 4.3 -> 3.8 ms). Eager, it would be slower.
+    info is 1 where a pivot is not positive (the other entries are then finite garbage)."""
+    n = gram.shape[-1]
+    g = [[gram[..., i, j] for j in range(n)] for i in range(n)]
+    factor = [[None] * n for _ in range(n)]
+    positive = torch.ones_like(g[0][0], dtype=torch.bool)
+    for j in range(n):
+        pivot = g[j][j]
+        for k in range(j):
+            pivot = pivot - factor[j][k] * factor[j][k]
+        positive = positive & (pivot > 0)
+        factor[j][j] = torch.where(pivot > 0, pivot, torch.ones_like(pivot)).sqrt()
+        for i in range(j + 1, n):
+            entry = g[i][j]
+            for k in range(j):
+                entry = entry - factor[i][k] * factor[j][k]
+            factor[i][j] = entry / factor[j][j]
+    inverse = [[torch.zeros_like(g[0][0])] * n for _ in range(n)]  # forward substitution
+    for i in range(n):
+        inverse[i][i] = 1 / factor[i][i]
+        for j in range(i):
+            entry = factor[i][j] * inverse[j][j]
+            for k in range(j + 1, i):
+                entry = entry + factor[i][k] * inverse[k][j]
+            inverse[i][j] = -entry * inverse[i][i]
+    rows = [torch.stack(row, dim=-1) for row in inverse]
+    return torch.stack(rows, dim=-2), (~positive).to(torch.int32)
 
 
 def _implicit_vjp(a, x, valid, c, grad, cond_max):
