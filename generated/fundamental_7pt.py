@@ -544,9 +544,14 @@ def _tables(device, dtype):
     return tables
 
 
-def _compiled(fn):
-    """torch.compile(fn) for solvers built with compile=True: compiled once per function and
-    process (for any batch size: dynamic shapes), shared by every solver of this module."""
+def _compiled(fn, settings, batch):
+    """fn, or for solvers built with compile=True, torch.compile(fn): compiled once per function
+    and process (for any batch size: dynamic shapes), shared by every solver of this module.
+    Batches of 0 or 1 run fn as written: torch.compile specializes those sizes (another
+    compilation for nothing to gain), and its code for a batch of 1 fails in the backward's
+    scatter (torch 2.13)."""
+    if not settings.compile or batch <= 1:
+        return fn
     if fn.__name__ not in _COMPILED:
         _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
     return _COMPILED[fn.__name__]
@@ -556,7 +561,7 @@ def _coefficients_of(a, straight, program, settings):
     """straight(a), a printed straight-line coefficient function: compiled into fused kernels
     with compile=True; otherwise as printed."""
     if settings.compile:
-        return _compiled(straight)(a)
+        return _compiled(straight, settings, len(a))(a)
     return straight(a)
 
 
@@ -1226,7 +1231,7 @@ class _ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
         a, x, valid, c = ctx.saved_tensors
-        vjp = _compiled(_implicit_vjp) if ctx.solver.compile else _implicit_vjp
+        vjp = _compiled(_implicit_vjp, ctx.solver, len(a))
         grad, skipped = vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
         ctx.solver.ill_conditioned = skipped
         return grad.to(ctx.dtype), None

@@ -3023,9 +3023,14 @@ def _tables(device, dtype):
     return tables
 
 
-def _compiled(fn):
-    """torch.compile(fn) for solvers built with compile=True: compiled once per function and
-    process (for any batch size: dynamic shapes), shared by every solver of this module."""
+def _compiled(fn, settings, batch):
+    """fn, or for solvers built with compile=True, torch.compile(fn): compiled once per function
+    and process (for any batch size: dynamic shapes), shared by every solver of this module.
+    Batches of 0 or 1 run fn as written: torch.compile specializes those sizes (another
+    compilation for nothing to gain), and its code for a batch of 1 fails in the backward's
+    scatter (torch 2.13)."""
+    if not settings.compile or batch <= 1:
+        return fn
     if fn.__name__ not in _COMPILED:
         _COMPILED[fn.__name__] = torch.compile(fn, dynamic=True)
     return _COMPILED[fn.__name__]
@@ -3036,7 +3041,7 @@ def _coefficients_of(a, straight, program, settings):
     with compile=True; otherwise, where `program` (its level-wise form) is given, by
     `_coefficients_by_size`."""
     if settings.compile:
-        return _compiled(straight)(a)
+        return _compiled(straight, settings, len(a))(a)
     if program is not None:
         return _coefficients_by_size(a, straight, program)
     return straight(a)
@@ -3693,7 +3698,7 @@ class _ImplicitFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
         a, x, valid, c = ctx.saved_tensors
-        vjp = _compiled(_implicit_vjp) if ctx.solver.compile else _implicit_vjp
+        vjp = _compiled(_implicit_vjp, ctx.solver, len(a))
         grad, skipped = vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max)
         ctx.solver.ill_conditioned = skipped
         return grad.to(ctx.dtype), None

@@ -79,3 +79,18 @@ def test_compiled_natural_5pt_matches_finite_differences():
     """The natural 5-point: a sparse system with a least-squares IFT (Cholesky by entries)."""
     module = generated_module("relpose_5pt")
     assert_ift_matches_finite_differences("relpose_5pt", module, module.Solver(compile=True))
+
+
+@pytest.mark.parametrize("batch", [0, 1, 2])
+def test_compiled_small_batches(batch):
+    """Batches of 0 and 1 run as written (see `_compiled`); 2 is the smallest compiled one."""
+    module = generated_module("p3p")
+    params, _ = geometry.INSTANCES["p3p"](4, np.random.default_rng(6))
+    results = {}
+    for compiled in (False, True):
+        a = torch.from_numpy(params[:batch]).requires_grad_(True)
+        solutions, valid = module.Solver(compile=compiled)(a)
+        (solutions * valid.unsqueeze(-1)).sum().backward()
+        results[compiled] = solutions.detach(), valid, a.grad
+    for eager, compiled in zip(results[False], results[True]):
+        torch.testing.assert_close(compiled, eager, rtol=1e-9, atol=1e-12)
