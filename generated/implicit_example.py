@@ -315,9 +315,10 @@ def _compiled(fn, settings, batch):
 
 def _coefficients_of(a, straight, program, settings):
     """straight(a), a printed straight-line coefficient function: compiled into fused kernels
-    with compile=True; otherwise as printed."""
-    if settings.compile:
-        return _compiled(straight, settings, len(a))(a)
+    with compile=True (see `_compiled`); otherwise as printed."""
+    compiled = _compiled(straight, settings, len(a))
+    if compiled is not straight:
+        return compiled(a)
     return straight(a)
 
 

@@ -3099,10 +3099,11 @@ def _compiled(fn, settings, batch):
 
 def _coefficients_of(a, straight, program, settings):
     """straight(a), a printed straight-line coefficient function: compiled into fused kernels
-    with compile=True; otherwise, where `program` (its level-wise form) is given, by
-    `_coefficients_by_size`."""
-    if settings.compile:
-        return _compiled(straight, settings, len(a))(a)
+    with compile=True (see `_compiled`); otherwise, where `program` (its level-wise form) is
+    given, by `_coefficients_by_size`."""
+    compiled = _compiled(straight, settings, len(a))
+    if compiled is not straight:
+        return compiled(a)
     if program is not None:
         return _coefficients_by_size(a, straight, program)
     return straight(a)
