@@ -3441,21 +3441,33 @@ def _eig_charpoly(matrix):
     return roots * scale.squeeze(-1), vectors
 
 
+def _dense_elimination(c, tables):
+    """The template's reduced block X [B, T, S]: [eliminated | reduced] X' = basis block, solved by
+    LAPACK (partial pivoting), X the rows of X' of the reduced monomials (reduced monomial
+    t = -X[t] . basis); and the rows [B] where the solve succeeded."""
+    entries = c.index_select(1, tables["template_sources"])
+    flat = c.new_zeros(c.shape[0], _ROWS * _COLS).index_copy_(1, tables["template_positions"], entries)
+    template = flat.view(-1, _ROWS, _COLS)
+    solution, info = _per_matrix(lambda t: torch.linalg.solve_ex(t[:, :, :_SQUARE], t[:, :, _SQUARE:]), template)
+    return solution[:, _SQUARE - _NUM_REDUCED :, :], info == 0
+
+
+def _eliminate_template(c, tables):
+    """The template's reduced block X [B, T, S] and the rows [B] where it could be computed: by
+    LAPACK (this template is too dense for a sparse elimination to pay, see solvergen/sparse_lu.py)."""
+    return _dense_elimination(c, tables)
+
+
 def _template_candidates(c, tables, method):
     """Solutions of the template's system from its coefficients c [B, n]: [B, S, n_unknowns]
     (read off the real parts of the eigenvectors), the eigenvalues [B, S] (complex: the caller
     keeps the real ones), and the rows [B] whose template and action matrix were usable."""
     batch = c.shape[0]
-    # Fill the template and eliminate: [eliminated | reduced] X = basis block.
-    entries = c.index_select(1, tables["template_sources"])
-    flat = c.new_zeros(batch, _ROWS * _COLS).index_copy_(1, tables["template_positions"], entries)
-    template = flat.view(batch, _ROWS, _COLS)
-    solution, info = _per_matrix(lambda t: torch.linalg.solve_ex(t[:, :, :_SQUARE], t[:, :, _SQUARE:]), template)
-    reduced = solution[:, _SQUARE - _NUM_REDUCED :, :]  # reduced monomial t = -reduced[t] . basis
+    reduced, solved = _eliminate_template(c, tables)
     # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced.index_select(1, tables["action_reduced"])
     action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
-    ok = torch.isfinite(c).all(dim=-1) & (info == 0) & torch.isfinite(action).flatten(1).all(dim=-1)
+    ok = torch.isfinite(c).all(dim=-1) & solved & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     if method == "charpoly":
         eigenvalues, vectors = _eig_charpoly(action)

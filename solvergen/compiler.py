@@ -1,5 +1,5 @@
 """The compile pipeline: Problem -> polynomial system -> (linear elimination) -> algebra over Z_p
--> elimination template -> derivatives."""
+-> elimination template (and its sparse elimination plan) -> derivatives."""
 from __future__ import annotations
 
 import random
@@ -11,7 +11,8 @@ from .jacobians import Derivatives, derive
 from .linear import LinearBlock, find_linear_block
 from .polynomials import PolynomialSystem, build_system
 from .problem import Problem
-from .template import Template, choose_template, variable_orders, verify_template
+from .sparse_lu import SparseLU, plan_sparse_lu, sample_templates
+from .template import Template, choose_template, template_entries, variable_orders, verify_template
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Elimination:
     num_solutions: int
     template: Template
     variable_order: tuple[int, ...]  # the grevlex variable order of the Groebner basis used
+    sparse_lu: SparseLU | None  # the template's fixed-pivot elimination, where it pays (CPU forward)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,16 @@ def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0) -> Elim
         )
     if not (verify_template(template, instance, quotient) and verify_template(template, check, other)):
         raise AssertionError("internal error: the template disagrees with Groebner normal forms")
-    return Elimination(problem, system, quotient.num_solutions, template, quotient.order)
+    entries = template_entries(system, template)
+    plan = plan_sparse_lu(
+        [p for p, _ in entries],
+        template.shape,
+        len(template.excess),
+        len(template.reducible),
+        sample_templates(system, template.shape, entries, seed=seed),
+    )
+    sparse_lu = plan if plan.worthwhile else None
+    return Elimination(problem, system, quotient.num_solutions, template, quotient.order, sparse_lu)
 
 
 def compile_problem(problem: Problem, seed: int = 0) -> CompiledProblem:

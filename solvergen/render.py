@@ -18,6 +18,7 @@ from .polynomials import PolynomialSystem
 from .printer import identifier, print_program, print_with_cse, wrap_assignment, wrap_expression
 from .levelwise import level_program
 from .structured import coefficient_program
+from .template import template_entries
 
 RESERVED = {"torch", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
 
@@ -178,15 +179,8 @@ def _evaluation_context(tables: EvaluationTables) -> dict:
 
 def _template_context(elimination: Elimination) -> dict:
     system, template = elimination.system, elimination.template
-    columns = {m: i for i, m in enumerate(template.columns)}
     rows, cols = template.shape
-    entries = []
-    for r, (k, multiplier) in enumerate(template.rows):
-        for j, coef in system.equation_terms(k):
-            col = columns.get(multiply(coef.exponent, multiplier))
-            if col is not None:
-                entries.append((r * cols + col, j))
-    entries.sort()
+    entries = template_entries(system, template)
 
     n = len(system.unknowns)
     basis = list(template.basis)
@@ -230,6 +224,7 @@ def _template_context(elimination: Elimination) -> dict:
         action_name=template.action_name(system.unknowns),
         template_unknowns=unknown_names,
         basis_names=[monomial_name(b, unknown_names) for b in basis],
+        sparse_lu=elimination.sparse_lu,
         template_positions=[p for p, _ in entries],
         template_sources=[j for _, j in entries],
         action_constant=constant,

@@ -254,6 +254,20 @@ def _local_basis_search(search: TemplateSearch, quotient: Quotient, start: Templ
         current = best
 
 
+def template_entries(system, template: Template) -> list[tuple[int, int]]:
+    """The template's nonzeros: (flat position row * cols + column, coefficient index in
+    `system`), sorted by position."""
+    columns = {m: i for i, m in enumerate(template.columns)}
+    cols = len(columns)
+    entries = []
+    for r, (k, multiplier) in enumerate(template.rows):
+        for j, coef in system.equation_terms(k):
+            col = columns.get(multiply(coef.exponent, multiplier))
+            if col is not None:
+                entries.append((r * cols + col, j))
+    return sorted(entries)
+
+
 def reduce_with_template(template: Template, instance: Instance) -> np.ndarray | None:
     """X with rows of T: t = -X[t] . B modulo I, computed from the template over Z_p."""
     mat = _row_matrix(instance, template.rows, template.columns)
