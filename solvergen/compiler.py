@@ -11,9 +11,8 @@ from .jacobians import Derivatives, derive
 from .linear import LinearBlock, find_linear_block
 from .polynomials import PolynomialSystem, build_system
 from .problem import Problem
-from .sparse_lu import MAX_ROWS as SPARSE_LU_MAX_ROWS
-from .sparse_lu import SparseLU, plan_sparse_lu, sample_templates
-from .template import Template, choose_template, template_entries, variable_orders, verify_template
+from .sparse_lu import SparseLU, template_sparse_lu
+from .template import Template, choose_template, variable_orders, verify_template
 
 
 @dataclass(frozen=True)
@@ -72,17 +71,7 @@ def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0) -> Elim
         )
     if not (verify_template(template, instance, quotient) and verify_template(template, check, other)):
         raise AssertionError("internal error: the template disagrees with Groebner normal forms")
-    sparse_lu = None
-    if template.shape[0] <= SPARSE_LU_MAX_ROWS:
-        entries = template_entries(system, template)
-        plan = plan_sparse_lu(
-            [p for p, _ in entries],
-            template.shape,
-            len(template.excess),
-            len(template.reducible),
-            sample_templates(system, template.shape, entries, seed=seed),
-        )
-        sparse_lu = plan if plan.worthwhile else None
+    sparse_lu = template_sparse_lu(system, template, seed)
     return Elimination(problem, system, quotient.num_solutions, template, quotient.order, sparse_lu)
 
 

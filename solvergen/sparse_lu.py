@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .template import template_entries
+
 THRESHOLD = 0.1  # threshold pivoting: |pivot| >= THRESHOLD * max |column| (median over samples)
 WORTHWHILE = 0.1  # generated only when its updates are at most this share of a dense LU's
 MAX_ROWS = 200  # larger templates keep LAPACK: the pivot search is quadratic in the columns
@@ -73,6 +75,23 @@ class _Step:
     cols: list[int]  # the pivot row's other nonzero columns
 
 
+def template_sparse_lu(system, template, seed: int = 0) -> SparseLU | None:
+    """The plan for an elimination template (solvergen/template.py) whose entries are the
+    coefficients of `system`, or None where LAPACK stays: more than MAX_ROWS rows, or a plan
+    that is not `worthwhile`."""
+    if template.shape[0] > MAX_ROWS:
+        return None
+    entries = template_entries(system, template)
+    plan = plan_sparse_lu(
+        [p for p, _ in entries],
+        template.shape,
+        len(template.excess),
+        len(template.reducible),
+        sample_templates(system, template.shape, entries, seed=seed),
+    )
+    return plan if plan.worthwhile else None
+
+
 def plan_sparse_lu(positions, shape, num_excess: int, num_reducible: int, samples=None) -> SparseLU:
     """The elimination plan for a template with nonzeros at flat `positions` (row * cols + col,
     in template-entry order). `samples` [S, rows, cols]: numeric templates for the threshold test
@@ -104,7 +123,7 @@ def plan_sparse_lu(positions, shape, num_excess: int, num_reducible: int, sample
 
     entries = set(int(p) for p in positions)
     for step in forward + upward:
-        entries |= set(_touched(step, cols))
+        entries |= set().union(*_access(step, cols))
     order = sorted(entries)
     slot = {e: i for i, e in enumerate(order)}
     zero = len(order)
@@ -154,14 +173,12 @@ def _apply(nonzero, values, step: _Step) -> None:
             values[:, q, step.col] = 0.0
 
 
-def _touched(step: _Step, cols: int):
-    yield step.row * cols + step.col
-    for q in step.rows:
-        yield q * cols + step.col
-        for c in step.cols:
-            yield q * cols + c
-    for c in step.cols:
-        yield step.row * cols + c
+def _access(step: _Step, cols: int) -> tuple[set[int], set[int]]:
+    """The flat positions a step reads (pivot, eliminated entries, pivot row) and writes."""
+    read = {step.row * cols + step.col} | {q * cols + step.col for q in step.rows}
+    read |= {step.row * cols + c for c in step.cols}
+    write = {q * cols + c for q in step.rows for c in step.cols}
+    return read, write
 
 
 def _levels(steps: list[_Step], cols: int, slot: dict) -> tuple[Level, ...]:
@@ -169,9 +186,7 @@ def _levels(steps: list[_Step], cols: int, slot: dict) -> tuple[Level, ...]:
     not before an earlier step that reads what it writes (within a level all reads come first)."""
     level, reads, writes = [], [], []
     for k, step in enumerate(steps):
-        read = {step.row * cols + step.col} | {q * cols + step.col for q in step.rows}
-        read |= {step.row * cols + c for c in step.cols}
-        write = {q * cols + c for q in step.rows for c in step.cols}
+        read, write = _access(step, cols)
         at = 0
         for a in range(k):
             if writes[a] & read:
