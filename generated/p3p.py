@@ -461,6 +461,12 @@ def _monomials(x, system, below_top=False):
     return torch.cat(out, dim=0)
 
 
+def _coefficient_matrix(c, system):
+    """A dense system's coefficient matrices C [B, K, P] (h = C . monomials) from c [B, n]."""
+    k, p = system["equations"], system["monomials"]
+    return c.new_zeros(c.shape[0], k * p).index_copy_(1, system["term_flat"], c).view(c.shape[0], k, p)
+
+
 def _prepare(c, system, residual=True, jacobian=False):
     """What `_evaluate` needs from the coefficients alone for h (`residual`) and dh/dx
     (`jacobian`), built once for several sets of points (the Newton steps): c [B, n_coefficients]
@@ -473,12 +479,12 @@ def _prepare(c, system, residual=True, jacobian=False):
             prepared["factor"] = _derivative_factors(c, system)
         return prepared
     batch = c.shape[0]
-    k, n, p = system["equations"], system["unknowns"], system["monomials"]
-    matrix = c.new_zeros(batch, k * p).index_copy_(1, system["term_flat"], c).view(batch, k, p)
+    k, n = system["equations"], system["unknowns"]
+    matrix = _coefficient_matrix(c, system)
     if residual:
         prepared.update(matrix=matrix, abs=matrix.abs())
     if jacobian:
-        derivative = matrix.view(batch * k, p) @ system["derivative_map"]
+        derivative = matrix.view(batch * k, system["monomials"]) @ system["derivative_map"]
         prepared["derivative"] = derivative.view(batch, k * n, system["below_top"])
     return prepared
 
@@ -1071,12 +1077,11 @@ def _implicit_vjp(a, x, valid, c, grad, cond_max):
         x = x.reshape(-1, _N).index_select(0, pairs)
     elif system["dense"]:  # about one per instance (after `select`): C of each pair times dm/dx
         x = x.reshape(-1, _N).index_select(0, pairs)
-        c_pairs = c.index_select(0, instance)
-        matrix = c_pairs.new_zeros(len(pairs), _K * system["monomials"]).index_copy_(1, system["term_flat"], c_pairs)
+        matrix = _coefficient_matrix(c.index_select(0, instance), system)
         monomials = _monomials(x, system, below_top=True)  # [P_below, pairs]
         derivatives = monomials.index_select(0, system["derivative_source"]) * system["derivative_scale"]
         derivatives = derivatives.t().contiguous().view(len(pairs), system["monomials"], _N)  # [pairs, P, N]
-        jacobian = matrix.view(len(pairs), _K, system["monomials"]) @ derivatives
+        jacobian = matrix @ derivatives
     else:  # terms per point anyway: only the pairs
         x = x.reshape(-1, _N).index_select(0, pairs)
         monomials = _monomials(x, system, below_top=True)
