@@ -2,7 +2,7 @@
 # Regenerate with: solvergen generate problems/p3p.py
 # spec sha256: bc85ff513c57eae61a8bebcc2bfe7a06584312498cc332507bf2c2393e14b5c1
 # p3p: 3 unknowns, 18 parameters, 3 equations
-# 8 solutions, template 25x33 (action x2)
+# 8 solutions, template 17x21 (action x1^2)
 """Batched, differentiable solver for the problem `p3p` (8 solutions).
 
     solver = P3pSolver()
@@ -12,7 +12,7 @@ Unknowns (last axis of `solutions`): x1, x2, x3
 Parameters (last axis of `params`): A1_x, A1_y, A1_z, A2_x, A2_y, A2_z, A3_x, A3_y, A3_z, a1_x, a1_y, a1_z, a2_x, a2_y,
     a2_z, a3_x, a3_y, a3_z
 
-Forward: 8 solutions, template 25x33 (action x2).
+Forward: 8 solutions, template 17x21 (action x1^2).
 The coefficients fill the elimination template; the eigenvectors of the action matrix give
 the solutions.
 All solutions are polished by Newton steps on the 3 declared equations and checked on them.
@@ -31,7 +31,7 @@ PARAMETER_NAMES = (
     'a2_x', 'a2_y', 'a2_z', 'a3_x', 'a3_y', 'a3_z',
 )
 NUM_SOLUTIONS = 8
-TEMPLATE_SHAPE = (25, 33)
+TEMPLATE_SHAPE = (17, 21)
 SIGN_GAUGE = False  # True: solutions are defined up to sign (even-degree gauge)
 
 _N = 3  # unknowns
@@ -159,147 +159,144 @@ def _parameter_vjp(_x, _a, _w):
 
 
 # ---------------------------------------------------------------------------------------------
-# Elimination template for x1, x2, x3: columns are 20 eliminated monomials,
-# 5 monomials reduced to the basis, then the 8 basis monomials
-# x2*x3^2, x1*x3, x2*x3, x3^2, x1, x2, x3, 1.
+# Elimination template for x1, x2, x3: columns are 11 eliminated monomials,
+# 6 monomials reduced to the basis, then the 4 basis monomials
+# x1*x3, x2*x3, x3^2, 1.
 # ---------------------------------------------------------------------------------------------
 
-_ROWS, _COLS = 25, 33
-_SQUARE = 25  # [eliminated | reduced] block, solved against the basis block
-_NUM_REDUCED = 5
+_ROWS, _COLS = 17, 21
+_SQUARE = 17  # [eliminated | reduced] block, solved against the basis block
+_NUM_REDUCED = 6
 # flat (row * _COLS + column) position of each template entry
 _TEMPLATE_POSITIONS = (
-    0, 1, 2, 23, 34, 35, 36, 57, 70, 71, 72, 92, 104, 105, 106, 126, 140, 141, 152, 160, 177, 178,
-    179, 194, 211, 212, 213, 228, 247, 252, 253, 262, 283, 287, 288, 296, 300, 304, 317, 321, 337,
-    341, 350, 357, 374, 383, 391, 410, 413, 417, 425, 444, 451, 454, 459, 480, 484, 487, 493, 519,
-    522, 523, 527, 528, 533, 537, 551, 562, 567, 581, 585, 598, 602, 604, 620, 632, 636, 638, 654,
-    668, 670, 688, 705, 709, 710, 722, 739, 747, 751, 756, 775, 776, 777, 790, 811, 818, 820, 824,
+    0, 1, 2, 15, 22, 23, 24, 37, 46, 53, 54, 59, 67, 68, 75, 81, 90, 91, 97, 103, 119, 120, 121,
+    125, 129, 131, 133, 142, 151, 153, 155, 164, 173, 175, 177, 186, 196, 198, 199, 208, 226, 228,
+    229, 230, 231, 237, 243, 246, 253, 256, 259, 268, 281, 284, 286, 290, 300, 303, 306, 312, 323,
+    325, 328, 334, 350, 353, 355, 356,
 )
 # coefficient index of each template entry
 _TEMPLATE_SOURCES = (
-    0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3,
-    0, 1, 2, 3, 4, 5, 6, 7, 4, 6, 5, 7, 5, 4, 7, 4, 6, 5, 7, 4, 5, 6, 7, 6, 4, 5, 7, 4, 5, 6, 7, 8,
-    9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9, 11, 8, 9, 10, 11, 8, 9, 10, 11, 8, 9,
-    10, 11, 8, 9, 10, 11,
+    0, 1, 2, 3, 0, 1, 2, 3, 2, 0, 1, 3, 1, 2, 0, 3, 1, 2, 0, 3, 0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7,
+    4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 8, 10, 9, 11, 8, 9, 10, 11, 10, 8, 9, 11, 9, 10, 8, 11, 9,
+    10, 8, 11, 8, 9, 10, 11,
 )
 
-# The template's sparse elimination, pivots fixed at compile time (140 updates per instance;
-# solvergen/sparse_lu.py). Slots: the 139 entries that are ever nonzero, slot 139 a zero.
+# The template's sparse elimination, pivots fixed at compile time (145 updates per instance;
+# solvergen/sparse_lu.py). Slots: the 107 entries that are ever nonzero, slot 107 a zero.
 # Per level: f = slot[column] / slot[pivot], then slot[target] -= f[factor] * slot[source].
 # X[t, b] = slot[numerators[t * _S + b]] / slot[denominators[t]].
 _SPARSE_LU = dict(
-    slots=139,
+    slots=107,
     template_slots=(
-        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,
-        26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 42, 43, 44, 45, 47, 48, 49, 50, 51, 52,
-        53, 56, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 73, 76, 78, 84, 85, 86, 87, 88, 91, 93,
-        95, 98, 99, 100, 102, 104, 105, 106, 107, 110, 111, 115, 118, 119, 120, 121, 123, 124, 125, 131,
-        132, 135, 137, 138,
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 26, 27, 28,
+        29, 30, 31, 32, 33, 34, 36, 38, 39, 44, 47, 48, 49, 50, 51, 52, 53, 54, 55, 61, 64, 66, 72, 73,
+        74, 75, 78, 79, 81, 82, 83, 84, 85, 86, 90, 92, 95, 98, 100, 103, 105, 106,
     ),
     forward=(
         dict(
-            pivot=(105, 0, 8, 20, 26, 61, 32, 47, 47),
-            column=(93, 69, 88, 107, 56, 125, 132, 43, 100),
-            factor=(
-                0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 8, 8,
-            ),
+            pivot=(0, 49, 33, 33, 20),
+            column=(55, 92, 78, 90, 100),
+            factor=(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4),
+            source=(1, 2, 3, 47, 48, 50, 31, 32, 34, 31, 32, 34, 21, 22, 26),
+            target=(56, 57, 66, 89, 91, 98, 76, 77, 82, 87, 88, 96, 101, 102, 106),
+        ),
+        dict(
+            pivot=(5,),
+            column=(57,),
+            factor=(0, 0, 0),
+            source=(4, 6, 7),
+            target=(56, 58, 67),
+        ),
+        dict(
+            pivot=(72, 27),
+            column=(56, 58),
+            factor=(0, 0, 0, 1, 1, 1),
+            source=(73, 74, 75, 28, 29, 30),
+            target=(59, 62, 67, 60, 62, 67),
+        ),
+        dict(
+            pivot=(13, 13, 84, 84, 17, 17, 17),
+            column=(36, 60, 39, 91, 38, 62, 89),
+            factor=(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6),
             source=(
-                104, 106, 1, 2, 3, 9, 10, 11, 21, 22, 23, 24, 25, 27, 62, 63, 64, 33, 34, 35, 48, 49, 48, 49,
+                12, 14, 15, 12, 14, 15, 83, 85, 86, 83, 85, 86, 16, 18, 19, 16, 18, 19, 16, 18, 19,
             ),
             target=(
-                91, 97, 70, 71, 78, 89, 90, 95, 108, 109, 115, 54, 55, 60, 127, 128, 131, 133, 134, 138, 44, 46,
-                101, 103,
+                35, 41, 44, 59, 64, 69, 37, 41, 44, 88, 94, 97, 37, 42, 45, 61, 65, 70, 88, 95, 98,
             ),
         ),
         dict(
-            pivot=(5, 16, 118, 118, 28, 28, 51, 51),
-            column=(71, 91, 54, 108, 110, 123, 111, 124),
-            factor=(
-                0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6, 6, 7, 7, 7,
-            ),
-            source=(
-                4, 6, 7, 17, 18, 19, 119, 120, 121, 119, 120, 121, 29, 30, 31, 29, 30, 31, 50, 52, 53, 50, 52,
-                53,
-            ),
-            target=(
-                70, 72, 79, 92, 94, 97, 57, 59, 60, 112, 114, 116, 112, 113, 117, 126, 127, 131, 109, 112, 115,
-                122, 126, 129,
-            ),
+            pivot=(8, 8, 8, 8),
+            column=(35, 59, 76, 87),
+            factor=(0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3),
+            source=(9, 10, 11, 9, 10, 11, 9, 10, 11, 9, 10, 11),
+            target=(40, 41, 43, 63, 64, 68, 79, 80, 82, 93, 94, 96),
         ),
         dict(
-            pivot=(84, 36, 55, 55),
-            column=(70, 72, 109, 122),
-            factor=(0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
-            source=(85, 86, 87, 37, 38, 39, 57, 58, 59, 60, 57, 58, 59, 60),
-            target=(74, 77, 79, 75, 77, 79, 112, 113, 114, 116, 126, 127, 128, 130),
+            pivot=(77, 77, 77, 101),
+            column=(37, 61, 88, 66),
+            factor=(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+            source=(79, 80, 81, 82, 79, 80, 81, 82, 79, 80, 81, 82, 102, 103, 105, 106),
+            target=(40, 41, 42, 43, 63, 64, 65, 68, 93, 94, 95, 96, 67, 68, 70, 71),
         ),
         dict(
-            pivot=(14, 14, 126),
-            column=(42, 75, 112),
-            factor=(0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2),
-            source=(12, 13, 15, 12, 13, 15, 127, 128, 129, 130, 131),
-            target=(40, 41, 45, 73, 74, 81, 113, 114, 115, 116, 117),
+            pivot=(51, 94, 94),
+            column=(67, 41, 64),
+            factor=(0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2),
+            source=(52, 53, 54, 93, 95, 96, 97, 98, 93, 95, 96, 97, 98),
+            target=(69, 70, 71, 40, 42, 43, 44, 45, 63, 65, 68, 69, 70),
         ),
         dict(
-            pivot=(41, 41),
-            column=(74, 90),
-            factor=(0, 0, 0, 0, 1, 1, 1, 1),
-            source=(40, 44, 45, 46, 40, 44, 45, 46),
-            target=(73, 77, 81, 82, 89, 94, 96, 97),
-        ),
-        dict(
-            pivot=(98, 98),
-            column=(73, 89),
-            factor=(0, 0, 0, 0, 1, 1, 1, 1),
-            source=(99, 101, 102, 103, 99, 101, 102, 103),
-            target=(76, 77, 81, 82, 92, 94, 96, 97),
-        ),
-        dict(
-            pivot=(92,),
-            column=(76,),
+            pivot=(40,),
+            column=(63,),
             factor=(0, 0, 0, 0),
-            source=(94, 95, 96, 97),
-            target=(77, 80, 81, 82),
+            source=(42, 43, 44, 45),
+            target=(65, 68, 69, 70),
         ),
     ),
     upward=(
         dict(
-            pivot=(113, 65, 65),
-            column=(127, 79, 134),
-            factor=(0, 0, 0, 0, 1, 1, 1, 2, 2, 2),
-            source=(114, 115, 116, 117, 66, 67, 68, 66, 67, 68),
-            target=(128, 129, 130, 131, 81, 82, 83, 136, 137, 138),
+            pivot=(65, 65, 51, 51),
+            column=(95, 42, 22, 102),
+            factor=(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3),
+            source=(68, 69, 70, 71, 68, 69, 70, 71, 52, 53, 54, 52, 53, 54),
+            target=(96, 97, 98, 99, 43, 44, 45, 46, 24, 25, 26, 104, 105, 106),
         ),
         dict(
-            pivot=(133,),
-            column=(78,),
-            factor=(0, 0, 0, 0),
-            source=(135, 136, 137, 138),
-            target=(80, 81, 82, 83),
+            pivot=(40, 101),
+            column=(93, 21),
+            factor=(0, 0, 0, 0, 1, 1, 1, 1),
+            source=(43, 44, 45, 46, 103, 104, 105, 106),
+            target=(96, 97, 98, 99, 23, 24, 25, 26),
         ),
     ),
     numerators=(
-        139, 80, 81, 82, 139, 139, 139, 83, 128, 139, 139, 139, 129, 130, 131, 139, 114, 139, 139, 139,
-        115, 116, 117, 139, 139, 135, 136, 137, 139, 139, 139, 138, 139, 139, 66, 67, 139, 139, 139, 68,
+        43, 44, 45, 46, 96, 97, 98, 99, 68, 69, 70, 71, 23, 24, 25, 26, 103, 104, 105, 106, 107, 52, 53,
+        54,
     ),
-    denominators=(77, 126, 113, 133, 65),
+    denominators=(40, 94, 65, 20, 101, 51),
 )
 
-# Action matrix of x2 (row j: the action times basis monomial j, in the basis) =
+# Action matrix of x1^2 (row j: the action times basis monomial j, in the basis) =
 # constant entries minus the reduced rows of the template solution.
 # (row, column, value)
-_ACTION_CONSTANT = ((3, 0, 1.0), (6, 2, 1.0), (7, 5, 1.0))
-_ACTION_ROWS = (0, 1, 2, 4, 5)
-_ACTION_REDUCED = (0, 1, 2, 3, 4)
-_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0)
+_ACTION_CONSTANT = ()
+_ACTION_ROWS = (0, 1, 2, 3)
+_ACTION_REDUCED = (0, 1, 2, 3)
+_ACTION_SCALE = (1.0, 1.0, 1.0, 1.0)
 
-# Read-off: unknown n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over these pairs (m, x_n m) of the
-# eigenvector v (basis monomials, then the reduced ones); the action variable is the eigenvalue.
+_BASIS = 4  # basis monomials: the action matrix is _BASIS x _BASIS
+_EVEN = True  # True: x and -x solve the system together; each eigenpair is one such pair
 _TEMPLATE_UNKNOWNS = 3
-_ACTION_VARIABLE = 1  # -1: the action is a linear form
-_READ_UNKNOWN = (0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2)
-_READ_BASIS = (2, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 2, 4, 5, 6, 7)
-_READ_VALUE = (9, 11, 1, 4, 8, 9, 10, 0, 11, 12, 2, 5, 0, 1, 2, 3, 6)
+
+# Read-off: monomial q = sum conj(v_m) v_(q m) / sum |v_m|^2 over these pairs (m, q m) of the
+# eigenvector v (basis monomials, then the reduced ones), for each read monomial q:
+# x1^2, x1*x2, x1*x3, x2^2, x2*x3, x3^2.
+_READ = 6
+_ACTION_READ = 0  # the read monomial that is the eigenvalue (-1: none)
+_READ_MONOMIAL = (0, 0, 0, 0, 1, 1, 2, 2, 3, 4, 5)
+_READ_BASIS = (0, 1, 2, 3, 0, 3, 0, 3, 3, 3, 3)
+_READ_VALUE = (4, 5, 6, 7, 5, 8, 6, 0, 9, 1, 2)
 
 # ---------------------------------------------------------------------------------------------
 # Solver runtime: the same in every file generated by solvergen 0.1.0, but for the parts
@@ -405,7 +402,7 @@ def _tables(device, dtype):
             return torch.tensor(values, dtype=dtype, device=device)
 
         tables = {"declared": _system_tensors(_DECLARED, device, dtype)}
-        action = torch.zeros(_S, _S, dtype=dtype, device=device)
+        action = torch.zeros(_BASIS, _BASIS, dtype=dtype, device=device)
         for row, column, value in _ACTION_CONSTANT:
             action[row, column] += value
         tables.update(
@@ -415,10 +412,11 @@ def _tables(device, dtype):
             action_rows=long(_ACTION_ROWS),
             action_reduced=long(_ACTION_REDUCED),
             action_scale=real(_ACTION_SCALE),
-            fallback=torch.diag(torch.arange(1, _S + 1, dtype=dtype, device=device)),
+            fallback=torch.diag(torch.arange(1, _BASIS + 1, dtype=dtype, device=device)),
             read_pairs=_read_pairs(device, dtype),
         )
         tables["sparse_lu"] = _sparse_lu_tensors(_SPARSE_LU, device)
+        tables["closed_form"] = _closed_form_tables(_BASIS, device, dtype)
         _TABLES[key] = tables
     return tables
 
@@ -716,8 +714,8 @@ def _eig_lapack_serial(matrix):
             try:
                 value, vector = torch.linalg.eig(single)
             except RuntimeError:
-                value = torch.full((_S,), float("nan"), dtype=complex_dtype, device=matrix.device)
-                vector = torch.full((_S, _S), float("nan"), dtype=complex_dtype, device=matrix.device)
+                value = torch.full(single.shape[-1:], float("nan"), dtype=complex_dtype, device=matrix.device)
+                vector = torch.full(single.shape, float("nan"), dtype=complex_dtype, device=matrix.device)
             values.append(value)
             vectors.append(vector)
         return torch.stack(values), torch.stack(vectors)
@@ -809,6 +807,193 @@ def _eig_charpoly(matrix):
     return roots * scale.squeeze(-1), vectors
 
 
+def _eig_closed_form(matrix, tables):
+    """Real eigenpairs of action matrices up to 4 x 4 with no iteration, LAPACK or host
+    synchronization: the characteristic polynomial (power traces and Newton's identities), its
+    real roots in closed form (_real_roots) refined by two Newton steps, and for each root the
+    largest column of the adjugate of (matrix - root I), which spans its null space. Entry-major
+    throughout ([n * n, B]: each operation is one contiguous row op). Eigenvalues [B, n] are
+    complex like LAPACK's: imaginary part 0 for real roots, inf for slots without one (the
+    caller rejects them); eigenvectors are the columns of [B, n, n]."""
+    n = matrix.shape[-1]
+    tiny = torch.finfo(matrix.dtype).tiny
+    scale = matrix.abs().amax(dim=(-2, -1)).clamp_min(tiny)
+    a = (matrix / scale[:, None, None]).flatten(1).t().contiguous()  # [n * n, B]
+    c = _characteristic_polynomial_entries(a, n, tables)
+    roots, real = _real_roots(c)  # [n, B]
+    for _ in range(2):
+        value, slope = torch.ones_like(roots), torch.zeros_like(roots)
+        for k in range(n - 1, -1, -1):
+            slope = slope * roots + value
+            value = value * roots + c[k]
+        step = value / slope
+        roots = roots - torch.where(real & torch.isfinite(step), step, torch.zeros_like(step))
+    # a - root I for each root: [n * n, roots, B], and its adjugate.
+    shifted = a.unsqueeze(1) - tables["diagonal"][:, None, None] * roots
+    adjugate = _adjugate_entries(shifted.view(n * n, -1), n, tables).view(n, n, -1)  # [i, j, root * B]
+    norms = adjugate.square().sum(0)  # [j, root * B]
+    vectors, largest = adjugate[:, 0], norms[0]
+    for j in range(1, n):  # the largest column (a running maximum: argmax over rows is slow)
+        larger = norms[j] > largest
+        vectors = torch.where(larger, adjugate[:, j], vectors)
+        largest = torch.where(larger, norms[j], largest)
+    vectors = (vectors / largest.sqrt().clamp_min(tiny)).view(n, n, -1)  # [i, root, B]
+    imaginary = torch.where(real, torch.zeros_like(roots), torch.full_like(roots, float("inf")))
+    eigenvalues = torch.complex((roots * scale).t(), imaginary.t())
+    return eigenvalues, vectors.permute(2, 0, 1).contiguous()
+
+
+def _characteristic_polynomial_entries(a, n, tables):
+    """det(lambda I - a) = sum_k c[k] lambda^k (c[n] = 1) for entry-major a [n * n, B]: the power
+    traces p_k = tr(a^k) give c by Newton's identities."""
+    transpose, diagonal = tables["transpose"], tables["diagonal_index"]
+    square = (a.index_select(0, tables["square_left"]) * a.index_select(0, tables["square_right"])).view(n * n, n, -1).sum(1)
+    traces = [a.index_select(0, diagonal).sum(0), (a * a.index_select(0, transpose)).sum(0)]
+    if n >= 3:
+        traces.append((square * a.index_select(0, transpose)).sum(0))
+    if n >= 4:
+        traces.append((square * square.index_select(0, transpose)).sum(0))
+    e = [torch.ones_like(traces[0])]  # elementary symmetric functions of the eigenvalues
+    for k in range(1, n + 1):
+        total = torch.zeros_like(e[0])
+        for i in range(1, k + 1):
+            total = total + (-1) ** (i - 1) * e[k - i] * traces[i - 1]
+        e.append(total / k)
+    return [(-1) ** (n - k) * e[n - k] for k in range(n + 1)]
+
+
+def _closed_form_tables(n, device, dtype):
+    """Index tables of _eig_closed_form for n x n matrices (entry (i, j) at row n i + j)."""
+    tables = dict(
+        transpose=_long([n * j + i for i in range(n) for j in range(n)], device),
+        diagonal_index=_long([n * i + i for i in range(n)], device),
+        diagonal=torch.tensor([float(i == j) for i in range(n) for j in range(n)], dtype=dtype, device=device),
+        square_left=_long([n * i + k for i in range(n) for j in range(n) for k in range(n)], device),
+        square_right=_long([n * k + j for i in range(n) for j in range(n) for k in range(n)], device),
+    )
+    if n == 4:
+        tables["adjugate_4"] = _adjugate_4_tables(device, dtype)
+    return tables
+
+
+def _adjugate_entries(m, n, tables):
+    """Adjugate of n x n matrices (n <= 4) stored entry-major, [n * n, K] -> [n * n, K]."""
+    if n == 4:
+        return _adjugate_4(m, tables["adjugate_4"])
+    if n == 1:
+        return torch.ones_like(m)
+    adjugate, _ = _adjugate(m.t().unflatten(-1, (n, n)))
+    return adjugate.flatten(-2).t()
+
+
+def _adjugate_4(m, tables):
+    """Adjugate of 4 x 4 matrices stored entry-major, [16, K] (row-major entries) -> [16, K], by
+    the Laplace expansion along row pairs: the six 2 x 2 minors of rows 0, 1 and of rows 2, 3,
+    then each cofactor as three products of an entry and a minor (see _adjugate_4_tables). A
+    few large elementwise operations instead of a hundred small ones."""
+    a, b, entry, minor, sign = tables
+    products = m.index_select(0, a) * m.index_select(0, b)
+    minors = products[:12] - products[12:]
+    terms = m.index_select(0, entry) * minors.index_select(0, minor)
+    return (terms * sign.unsqueeze(-1)).view(16, 3, -1).sum(1)
+
+
+def _adjugate_4_tables(device, dtype):
+    """Index tables of _adjugate_4. Minor k (k < 6: rows 0, 1; else rows 2, 3; columns
+    c1 < c2) = m[a_k] m[b_k] - m[a_(k+12)] m[b_(k+12)]. adj[i, j] = (-1)^(i + j) times the
+    determinant of m without row j and column i, expanded along the row that shares j's pair."""
+    def e(i, j):
+        return 4 * i + j
+
+    pairs = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    a = [e(r, c1) for r in (0, 2) for c1, _ in pairs] + [e(r + 1, c1) for r in (0, 2) for c1, _ in pairs]
+    b = [e(r + 1, c2) for r in (0, 2) for _, c2 in pairs] + [e(r, c2) for r in (0, 2) for _, c2 in pairs]
+    entry, minor, sign = [], [], []
+    for i in range(4):
+        for j in range(4):
+            row = j ^ 1  # the other row of j's pair; the minors come from the other pair
+            base = 6 if j < 2 else 0
+            columns = [k for k in range(4) if k != i]
+            for position, column in enumerate(columns):
+                entry.append(e(row, column))
+                minor.append(base + pairs.index(tuple(k for k in columns if k != column)))
+                sign.append((-1.0) ** (i + j + (row - (row > j)) + position))
+    long = [_long(values, device) for values in (a, b, entry, minor)]
+    return (*long, torch.tensor(sign, dtype=dtype, device=device))
+
+
+def _real_roots(c):
+    """Real roots of the monic polynomial sum_k c[k] x^k (c: [B] tensors, degree 1 to 4) in
+    closed form: roots [n, B] and which of them are real [n, B] (the others hold 0)."""
+    n = len(c) - 1
+    if n == 1:
+        return -c[0].unsqueeze(0), torch.ones_like(c[0], dtype=torch.bool).unsqueeze(0)
+    if n == 2:
+        return _quadratic_roots(c[1], c[0])
+    if n == 3:
+        return _cubic_roots(c[2], c[1], c[0])
+    return _quartic_roots(c[3], c[2], c[1], c[0])
+
+
+def _quadratic_roots(b, c):
+    """x^2 + b x + c = 0: roots [2, B] (the stable formula) and which are real."""
+    discriminant = b * b - 4 * c
+    root = discriminant.clamp_min(0).sqrt()
+    q = -0.5 * (b + torch.where(b >= 0, root, -root))
+    other = c / torch.where(q != 0, q, torch.ones_like(q))
+    real = (discriminant >= 0).expand(2, *b.shape)
+    return torch.where(real, torch.stack([q, torch.where(q != 0, other, q)]), torch.zeros_like(q)), real
+
+
+def _cubic_roots(a, b, c):
+    """x^3 + a x^2 + b x + c = 0 (Cardano, or Viete's cosines for three real roots): roots
+    [3, B], the largest real one first, and which are real."""
+    p = b - a * a / 3
+    q = 2 * a * a * a / 27 - a * b / 3 + c
+    discriminant = (q / 2) ** 2 + (p / 3) ** 3
+    # One real root: t = u - p / (3 u), u^3 = -q/2 - sign(q) sqrt(discriminant) (no cancellation).
+    root = discriminant.clamp_min(0).sqrt()
+    cube = -q / 2 - torch.where(q >= 0, root, -root)
+    u = cube.sign() * cube.abs().pow(1.0 / 3)
+    single = u - p / (3 * torch.where(u != 0, u, torch.ones_like(u)))
+    single = torch.where(u != 0, single, u)
+    # Three real roots: t_k = 2 r cos((phi - 2 pi k) / 3), r = sqrt(-p / 3), t_0 the largest.
+    r = (-p / 3).clamp_min(0).sqrt()
+    cosine = (-q / 2) / (r * r * r).clamp_min(torch.finfo(p.dtype).tiny)
+    phi = torch.acos(cosine.clamp(-1, 1))
+    k = torch.arange(3, dtype=p.dtype, device=p.device).unsqueeze(-1)
+    three = 2 * r * torch.cos((phi - 2 * torch.pi * k) / 3)
+    one = discriminant > 0
+    zero = torch.zeros_like(single)
+    t = torch.where(one, torch.stack([single, zero, zero]), three)
+    real = torch.stack([torch.ones_like(one), ~one, ~one])
+    return torch.where(real, t - a / 3, zero), real
+
+
+def _quartic_roots(b, c, d, e):
+    """x^4 + b x^3 + c x^2 + d x + e = 0 (Ferrari): roots [4, B] and which are real. With
+    x = y - b/4, y^4 + p y^2 + q y + r = (y^2 + p/2 + m)^2 - 2m (y - q / 4m)^2 for the largest
+    root m >= 0 of the resolvent cubic, which splits it into two quadratics (q = 0: a quadratic
+    in y^2)."""
+    p = c - 3 * b * b / 8
+    q = d - b * c / 2 + b * b * b / 8
+    r = e - b * d / 4 + b * b * c / 16 - 3 * b * b * b * b / 256
+    resolvent, _ = _cubic_roots(p, p * p / 4 - r, -q * q / 8)
+    m = resolvent[0].clamp_min(0)
+    s = (2 * m).sqrt()
+    split = s > 0
+    half = q / (2 * torch.where(split, s, torch.ones_like(s)))
+    first, first_real = _quadratic_roots(-s, p / 2 + m + half)
+    second, second_real = _quadratic_roots(s, p / 2 + m - half)
+    # q = 0: y^2 = z for the roots z of z^2 + p z + r.
+    z, z_real = _quadratic_roots(p, r)
+    z_real = z_real & (z >= 0)
+    root = z.clamp_min(0).sqrt()
+    y = torch.where(split, torch.cat([first, second]), torch.cat([root, -root]))
+    real = torch.where(split, torch.cat([first_real, second_real]), torch.cat([z_real, z_real]))
+    return torch.where(real, y - b / 4, torch.zeros_like(y)), real
+
+
 def _sparse_lu_tensors(plan, device):
     def level(step):
         return tuple(_long(step[key], device) for key in ("pivot", "column", "factor", "source", "target"))
@@ -840,7 +1025,7 @@ def _sparse_elimination(c, tables):
     for pivot, column, factor, source, target in lu["upward"]:
         f = values.index_select(0, column) / values.index_select(0, pivot)
         values.index_add_(0, target, f.index_select(0, factor) * values.index_select(0, source), alpha=-1)
-    x = values.index_select(0, lu["numerators"]).view(_NUM_REDUCED, _S, -1)
+    x = values.index_select(0, lu["numerators"]).view(_NUM_REDUCED, _BASIS, -1)
     x = x / values.index_select(0, lu["denominators"]).unsqueeze(1)
     x = x.permute(2, 0, 1).contiguous()
     return x, (growth <= _GROWTH_LIMIT.get(c.dtype, 4.0)) & torch.isfinite(x).flatten(1).all(dim=-1)
@@ -881,11 +1066,13 @@ def _template_candidates(c, tables, method):
     reduced, solved = _eliminate_template(c, tables)
     # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced.index_select(1, tables["action_reduced"])
-    action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
+    action = tables["action"].expand(batch, _BASIS, _BASIS).index_add(1, tables["action_rows"], -scaled)
     ok = torch.isfinite(c).all(dim=-1) & solved & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     if method == "charpoly":
         eigenvalues, vectors = _eig_charpoly(action)
+    elif method == "closed_form":
+        eigenvalues, vectors = _eig_closed_form(action, tables["closed_form"])
     else:
         eigenvalues, vectors = _eig_lapack(action)
         # Real solutions have real eigenvalues, whose LAPACK eigenvectors are real; complex
@@ -896,31 +1083,55 @@ def _template_candidates(c, tables, method):
 
 
 def _read_pairs(device, dtype):
-    """P[n] (S x (S + reduced)): P[n][i, j] = 1 for each read-off pair (basis i, monomial j)."""
-    pairs = torch.zeros(_TEMPLATE_UNKNOWNS, _S, _S + _NUM_REDUCED, dtype=dtype, device=device)
-    for n, i, j in zip(_READ_UNKNOWN, _READ_BASIS, _READ_VALUE):
-        pairs[n, i, j] = 1
+    """P[q] (basis x (basis + reduced)): P[q][i, j] = 1 for each read-off pair (basis i,
+    monomial j) of read monomial q."""
+    pairs = torch.zeros(_READ, _BASIS, _BASIS + _NUM_REDUCED, dtype=dtype, device=device)
+    for q, i, j in zip(_READ_MONOMIAL, _READ_BASIS, _READ_VALUE):
+        pairs[q, i, j] = 1
     return pairs
 
 
 def _read_off(eigenvalues, vectors, reduced, tables):
-    """Unknowns from the real eigenvectors v (columns of `vectors`, the basis monomials at a
-    solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs, which
-    the large entries dominate (accurate also for solutions far from the origin)."""
+    """The read monomials from the real eigenvectors v (columns of `vectors`, the basis monomials
+    at a solution, up to scale): a least-squares ratio v_(q m) / v_m over the read-off pairs,
+    which the large entries dominate (accurate also for solutions far from the origin). The
+    unknowns [B, basis, N], from the quadratic monomials (see _from_quadratics)."""
     batch = vectors.shape[0]
-    values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, S + T, S]
-    pairs = tables["read_pairs"]  # [n, S, S + T]
-    # sum_ij v_i P[n, i, j] values_j for every unknown n: one matrix product over all instances.
-    paired = pairs.flatten(0, 1) @ values.transpose(0, 1).reshape(_S + _NUM_REDUCED, batch * _S)
-    entry_major = vectors.transpose(0, 1).reshape(1, _S, batch * _S)  # v_i per (instance, slot)
-    numerator = (paired.view(_TEMPLATE_UNKNOWNS, _S, batch * _S) * entry_major).sum(1)  # [n, B * S]
-    weight = vectors * vectors  # v_i^2, once for every pair (i, j) of an unknown
-    denominator = weight.transpose(1, 2) @ pairs.sum(-1).t()  # [B, S, n]
-    x = numerator.t().reshape(batch, _S, _TEMPLATE_UNKNOWNS) / denominator
-    if _ACTION_VARIABLE >= 0:
-        column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
-        x = torch.where(column, eigenvalues.real.unsqueeze(-1), x)
-    return x
+    values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, basis + T, basis]
+    pairs = tables["read_pairs"]  # [R, basis, basis + T]
+    # sum_ij v_i P[q, i, j] values_j for every read monomial q: one matrix product over all instances.
+    paired = pairs.flatten(0, 1) @ values.transpose(0, 1).reshape(_BASIS + _NUM_REDUCED, batch * _BASIS)
+    entry_major = vectors.transpose(0, 1).reshape(1, _BASIS, batch * _BASIS)  # v_i per (instance, slot)
+    numerator = (paired.view(_READ, _BASIS, batch * _BASIS) * entry_major).sum(1)  # [R, B * basis]
+    weight = vectors * vectors  # v_i^2, once for every pair (i, j) of a read monomial
+    denominator = weight.transpose(1, 2) @ pairs.sum(-1).t()  # [B, basis, R]
+    q = numerator.t().reshape(batch, _BASIS, _READ) / denominator
+    if _ACTION_READ >= 0:
+        column = torch.arange(_READ, device=q.device) == _ACTION_READ
+        q = torch.where(column, eigenvalues.real.unsqueeze(-1), q)
+    return _from_quadratics(q)
+
+
+def _from_quadratics(q):
+    """x [B, P, N] from the quadratic monomials q [B, P, N (N + 1) / 2] (x_i x_j, i <= j) of each
+    pair of solutions +-x: with G = x x^T, x = G[:, k] / sqrt(G_kk) for the largest diagonal
+    entry G_kk (a running maximum over rows of q, each contiguous). NaN where G_kk <= 0 (the pair
+    is not real)."""
+    n = _TEMPLATE_UNKNOWNS
+    upper = [(i, j) for i in range(n) for j in range(i, n)]
+    rows = q.flatten(0, 1).t().contiguous()  # [R, B * P]
+
+    def gram(i, j):
+        return rows[upper.index((min(i, j), max(i, j)))]
+
+    top, column = gram(0, 0), [gram(i, 0) for i in range(n)]
+    for k in range(1, n):
+        larger = gram(k, k) > top
+        top = torch.where(larger, gram(k, k), top)
+        column = [torch.where(larger, gram(i, k), value) for i, value in enumerate(column)]
+    x = torch.stack(column, -1) / top.clamp_min(torch.finfo(q.dtype).tiny).sqrt().unsqueeze(-1)
+    x = torch.where((top > 0).unsqueeze(-1), x, torch.full_like(x, float("nan")))
+    return x.view(*q.shape[:2], n)
 
 
 # -- The solver ------------------------------------------------------------------------------------
@@ -948,7 +1159,9 @@ def _polished_candidates(c, ok, tables, system, settings):
     )
     z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
     x, error = _polish(c, z, candidate, settings.newton_steps, system)
-    return x, error, candidate
+    # Each eigenpair is a pair of solutions +-x; Newton's steps keep the sign symmetry exactly
+    # (every equation is even or odd), so -x is polished by negating x.
+    return torch.cat([x, -x], dim=1), error.repeat(1, 2), candidate.repeat(1, 2)
 
 
 def _solve(a, settings):
@@ -1149,8 +1362,10 @@ class _SolverBase(torch.nn.Module):
     solve, eigendecomposition, Newton steps): the baseline to compare against.
     precision="float64" (default) solves in float64 whatever the input dtype; "float32" solves
     in float32 (faster on GPUs; about 1e-5 relative error after polishing).
-    eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
-    that never synchronizes with the host ("lapack" or "charpoly" to choose).
+    eig="auto" uses LAPACK on the CPU and, on other devices, finds the real eigenpairs of the
+    4 x 4 action matrix in closed form (characteristic polynomial, closed-form
+    real roots, adjugate eigenvectors) with no host synchronization ("lapack", "closed_form" or
+    "charpoly" to choose).
     compile=True runs the coefficient programs and the IFT backward through torch.compile
     (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first call of each
     compiles them (seconds to minutes; torch caches the result on disk); only with
@@ -1179,8 +1394,8 @@ class _SolverBase(torch.nn.Module):
             raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
         if precision not in ("float64", "float32"):
             raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
-        if eig not in ("auto", "lapack", "charpoly"):
-            raise ValueError(f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}")
+        if eig not in ("auto", "lapack", "charpoly", "closed_form"):
+            raise ValueError(f"eig must be 'auto', 'lapack', 'charpoly' or 'closed_form', got {eig!r}")
         if compile not in (False, True):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         if compile and backward != "ift":
@@ -1198,7 +1413,7 @@ class _SolverBase(torch.nn.Module):
     def resolved_eig(self, device):
         if self.eig != "auto":
             return self.eig
-        return "lapack" if device.type == "cpu" else "charpoly"
+        return "lapack" if device.type == "cpu" else "closed_form"
 
     def extra_repr(self):
         return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}, compile={self.compile}"

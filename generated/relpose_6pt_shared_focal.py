@@ -2856,11 +2856,16 @@ _ACTION_ROWS = (0, 1, 2, 4, 5, 6, 7, 8)
 _ACTION_REDUCED = (0, 1, 2, 3, 4, 5, 6, 7)
 _ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
-# Read-off: unknown n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over these pairs (m, x_n m) of the
-# eigenvector v (basis monomials, then the reduced ones); the action variable is the eigenvalue.
+_BASIS = 15  # basis monomials: the action matrix is _BASIS x _BASIS
+_EVEN = False  # True: x and -x solve the system together; each eigenpair is one such pair
 _TEMPLATE_UNKNOWNS = 3
-_ACTION_VARIABLE = 0  # -1: the action is a linear form
-_READ_UNKNOWN = (
+
+# Read-off: monomial q = sum conj(v_m) v_(q m) / sum |v_m|^2 over these pairs (m, q m) of the
+# eigenvector v (basis monomials, then the reduced ones), for each read monomial q:
+# x, y, w.
+_READ = 3
+_ACTION_READ = 0  # the read monomial that is the eigenvalue (-1: none)
+_READ_MONOMIAL = (
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2,
     2, 2, 2, 2,
 )
@@ -2975,7 +2980,7 @@ def _tables(device, dtype):
             return torch.tensor(values, dtype=dtype, device=device)
 
         tables = {"declared": _system_tensors(_DECLARED, device, dtype)}
-        action = torch.zeros(_S, _S, dtype=dtype, device=device)
+        action = torch.zeros(_BASIS, _BASIS, dtype=dtype, device=device)
         for row, column, value in _ACTION_CONSTANT:
             action[row, column] += value
         tables.update(
@@ -2985,7 +2990,7 @@ def _tables(device, dtype):
             action_rows=long(_ACTION_ROWS),
             action_reduced=long(_ACTION_REDUCED),
             action_scale=real(_ACTION_SCALE),
-            fallback=torch.diag(torch.arange(1, _S + 1, dtype=dtype, device=device)),
+            fallback=torch.diag(torch.arange(1, _BASIS + 1, dtype=dtype, device=device)),
             read_pairs=_read_pairs(device, dtype),
         )
         tables["declared_program"] = _program_tensors(_COEFFICIENTS_PROGRAM, device, dtype)
@@ -3324,8 +3329,8 @@ def _eig_lapack_serial(matrix):
             try:
                 value, vector = torch.linalg.eig(single)
             except RuntimeError:
-                value = torch.full((_S,), float("nan"), dtype=complex_dtype, device=matrix.device)
-                vector = torch.full((_S, _S), float("nan"), dtype=complex_dtype, device=matrix.device)
+                value = torch.full(single.shape[-1:], float("nan"), dtype=complex_dtype, device=matrix.device)
+                vector = torch.full(single.shape, float("nan"), dtype=complex_dtype, device=matrix.device)
             values.append(value)
             vectors.append(vector)
         return torch.stack(values), torch.stack(vectors)
@@ -3442,7 +3447,7 @@ def _template_candidates(c, tables, method):
     reduced, solved = _eliminate_template(c, tables)
     # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced.index_select(1, tables["action_reduced"])
-    action = tables["action"].expand(batch, _S, _S).index_add(1, tables["action_rows"], -scaled)
+    action = tables["action"].expand(batch, _BASIS, _BASIS).index_add(1, tables["action_rows"], -scaled)
     ok = torch.isfinite(c).all(dim=-1) & solved & torch.isfinite(action).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     if method == "charpoly":
@@ -3457,31 +3462,33 @@ def _template_candidates(c, tables, method):
 
 
 def _read_pairs(device, dtype):
-    """P[n] (S x (S + reduced)): P[n][i, j] = 1 for each read-off pair (basis i, monomial j)."""
-    pairs = torch.zeros(_TEMPLATE_UNKNOWNS, _S, _S + _NUM_REDUCED, dtype=dtype, device=device)
-    for n, i, j in zip(_READ_UNKNOWN, _READ_BASIS, _READ_VALUE):
-        pairs[n, i, j] = 1
+    """P[q] (basis x (basis + reduced)): P[q][i, j] = 1 for each read-off pair (basis i,
+    monomial j) of read monomial q."""
+    pairs = torch.zeros(_READ, _BASIS, _BASIS + _NUM_REDUCED, dtype=dtype, device=device)
+    for q, i, j in zip(_READ_MONOMIAL, _READ_BASIS, _READ_VALUE):
+        pairs[q, i, j] = 1
     return pairs
 
 
 def _read_off(eigenvalues, vectors, reduced, tables):
-    """Unknowns from the real eigenvectors v (columns of `vectors`, the basis monomials at a
-    solution, up to scale): a least-squares ratio v_(x_n m) / v_m over the read-off pairs, which
-    the large entries dominate (accurate also for solutions far from the origin)."""
+    """The read monomials from the real eigenvectors v (columns of `vectors`, the basis monomials
+    at a solution, up to scale): a least-squares ratio v_(q m) / v_m over the read-off pairs,
+    which the large entries dominate (accurate also for solutions far from the origin). The
+    unknowns [B, basis, N]."""
     batch = vectors.shape[0]
-    values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, S + T, S]
-    pairs = tables["read_pairs"]  # [n, S, S + T]
-    # sum_ij v_i P[n, i, j] values_j for every unknown n: one matrix product over all instances.
-    paired = pairs.flatten(0, 1) @ values.transpose(0, 1).reshape(_S + _NUM_REDUCED, batch * _S)
-    entry_major = vectors.transpose(0, 1).reshape(1, _S, batch * _S)  # v_i per (instance, slot)
-    numerator = (paired.view(_TEMPLATE_UNKNOWNS, _S, batch * _S) * entry_major).sum(1)  # [n, B * S]
-    weight = vectors * vectors  # v_i^2, once for every pair (i, j) of an unknown
-    denominator = weight.transpose(1, 2) @ pairs.sum(-1).t()  # [B, S, n]
-    x = numerator.t().reshape(batch, _S, _TEMPLATE_UNKNOWNS) / denominator
-    if _ACTION_VARIABLE >= 0:
-        column = torch.arange(_TEMPLATE_UNKNOWNS, device=x.device) == _ACTION_VARIABLE
-        x = torch.where(column, eigenvalues.real.unsqueeze(-1), x)
-    return x
+    values = torch.cat([vectors, -(reduced @ vectors)], dim=1)  # [B, basis + T, basis]
+    pairs = tables["read_pairs"]  # [R, basis, basis + T]
+    # sum_ij v_i P[q, i, j] values_j for every read monomial q: one matrix product over all instances.
+    paired = pairs.flatten(0, 1) @ values.transpose(0, 1).reshape(_BASIS + _NUM_REDUCED, batch * _BASIS)
+    entry_major = vectors.transpose(0, 1).reshape(1, _BASIS, batch * _BASIS)  # v_i per (instance, slot)
+    numerator = (paired.view(_READ, _BASIS, batch * _BASIS) * entry_major).sum(1)  # [R, B * basis]
+    weight = vectors * vectors  # v_i^2, once for every pair (i, j) of a read monomial
+    denominator = weight.transpose(1, 2) @ pairs.sum(-1).t()  # [B, basis, R]
+    q = numerator.t().reshape(batch, _BASIS, _READ) / denominator
+    if _ACTION_READ >= 0:
+        column = torch.arange(_READ, device=q.device) == _ACTION_READ
+        q = torch.where(column, eigenvalues.real.unsqueeze(-1), q)
+    return q
 
 
 # -- The solver ------------------------------------------------------------------------------------
@@ -3741,7 +3748,10 @@ class _SolverBase(torch.nn.Module):
         if precision not in ("float64", "float32"):
             raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
         if eig not in ("auto", "lapack", "charpoly"):
-            raise ValueError(f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}")
+            raise ValueError(
+                f"eig must be 'auto', 'lapack' or 'charpoly', got {eig!r}"
+                " ('closed_form' needs an action matrix of at most 4 x 4; this one is 15 x 15)"
+            )
         if compile not in (False, True):
             raise ValueError(f"compile must be True or False, got {compile!r}")
         if compile and backward != "ift":

@@ -12,7 +12,7 @@ from .linear import LinearBlock, find_linear_block
 from .polynomials import PolynomialSystem, build_system
 from .problem import Problem
 from .sparse_lu import SparseLU, template_sparse_lu
-from .template import Template, choose_template, variable_orders, verify_template
+from .template import Template, choose_template, sign_parities, variable_orders, verify_template
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0) -> Elim
     n = len(system.unknowns)
     quotients = [analyze(system, instance, order) for order in variable_orders(n)]
     degrees = [system.degree(k) for k in range(system.num_equations)]
-    template, quotient = choose_template(instance, degrees, quotients, rng)
+    template, quotient = choose_template(instance, degrees, quotients, rng, sign_parities(system))
 
     # A second random instance must have the same algebra, and the template must reduce it too.
     check = random_instance(problem, system, rng)

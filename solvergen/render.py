@@ -12,13 +12,13 @@ from . import __version__
 from .compiler import CompiledProblem, Elimination
 from .jacobians import EvaluationTables, evaluation_tables
 from .linear import LinearBlock
-from .monomials import multiply, unit
+from .monomials import multiply
 from .monomials import name as monomial_name
 from .polynomials import PolynomialSystem
 from .printer import identifier, print_program, print_with_cse, wrap_assignment, wrap_expression
 from .levelwise import level_program
 from .structured import coefficient_program
-from .template import template_entries
+from .template import read_monomials, template_entries
 
 RESERVED = {"torch", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
 
@@ -188,10 +188,7 @@ def _template_context(elimination: Elimination) -> dict:
     reduced_index = {t: i for i, t in enumerate(template.reducible)}
     constant, action_rows, action_reduced, action_scale = [], [], [], []
     for j, b in enumerate(basis):
-        for i, coef in enumerate(template.action):
-            if not coef:
-                continue
-            m = multiply(b, unit(n, i))
+        for m, coef in template.action_products(b):
             if m in basis_index:
                 constant.append((j, basis_index[m], float(coef)))
             else:
@@ -199,12 +196,14 @@ def _template_context(elimination: Elimination) -> dict:
                 action_reduced.append(reduced_index[m])
                 action_scale.append(float(coef))
 
-    # Read-off pairs (m, x_n * m) with m in the basis and x_n * m in the basis or reduced set:
-    # x_n = sum conj(v_m) v_(x_n m) / sum |v_m|^2 over the pairs of unknown n.
+    # Read-off pairs (m, q * m) with m in the basis and q * m in the basis or reduced set, for each
+    # read monomial q (the unknowns; x_i x_j for even templates):
+    # q = sum conj(v_m) v_(q m) / sum |v_m|^2 over the pairs of q.
+    read = read_monomials(n, template.even)
     read_unknown, read_basis, read_value = [], [], []
-    for i in range(n):
+    for i, q in enumerate(read):
         for j, b in enumerate(basis):
-            m = multiply(b, unit(n, i))
+            m = multiply(b, q)
             if m in basis_index:
                 target = basis_index[m]
             elif m in reduced_index:
@@ -235,6 +234,12 @@ def _template_context(elimination: Elimination) -> dict:
         read_basis=read_basis,
         read_value=read_value,
         action_variable=-1 if template.action_variable is None else template.action_variable,
+        # the read monomial that is the eigenvalue (the action variable, or its square), or -1
+        action_read=-1 if template.action_variable is None else read.index(
+            template.action_products(tuple([0] * n))[0][0]),
+        even=template.even,
+        read_names=[monomial_name(q, unknown_names) for q in read],
+        num_basis=len(basis),
         template_num_unknowns=n,
     )
 

@@ -18,6 +18,14 @@ Search, all exact over Z_p:
    B a basis. Such a swap makes |T| one smaller and often the template much smaller (6-point
    focal: 31 x 46 with standard monomials, 21 x 36 after one swap).
 The smallest template over all actions and bases wins; ties go to fewer rows.
+
+Sign symmetry (Larsson and Astrom, "Uncovering symmetries in polynomial systems", ECCV 2016):
+when every equation has only even-degree or only odd-degree terms, x and -x solve the system
+together. The quotient ring then splits into an even and an odd part, and multiplication by
+x_a^2 maps the even part to itself: an "even" template reduces x_a^2 * b (b in the S/2 even
+standard monomials) and the quadratic monomials x_i x_j, and the eigenproblem is S/2 x S/2.
+Its eigenvectors give x_i x_j at each pair of solutions +-x (see the runtime's _read_off).
+Such a template is used whenever the system has the symmetry (P3P: 4 x 4 instead of 8 x 8).
 """
 from __future__ import annotations
 
@@ -45,6 +53,7 @@ class Template:
     excess: tuple[Exponent, ...]  # E': eliminated monomials whose columns are kept
     reducible: tuple[Exponent, ...]  # T: monomials reduced to the basis
     basis: tuple[Exponent, ...]  # B
+    even: bool = False  # the action is x_a^2 on the even part of a sign-symmetric system
 
     @property
     def columns(self) -> tuple[Exponent, ...]:
@@ -61,7 +70,9 @@ class Template:
         return rows * cols, rows
 
     def action_name(self, unknowns) -> str:
-        """The action form written with the given unknowns, e.g. "x" or "2*x + y"."""
+        """The action form written with the given unknowns, e.g. "x", "2*x + y" or "x^2"."""
+        if self.even:
+            return f"{unknowns[self.action_variable]}^2"
         return " + ".join((f"{c}*" if c != 1 else "") + str(s) for c, s in zip(self.action, unknowns) if c)
 
     @property
@@ -70,18 +81,48 @@ class Template:
         nonzero = [i for i, c in enumerate(self.action) if c]
         return nonzero[0] if len(nonzero) == 1 and self.action[nonzero[0]] == 1 else None
 
+    def action_products(self, b: Exponent) -> list[tuple[Exponent, int]]:
+        """The action times the basis monomial b, as (monomial, coefficient) terms."""
+        return action_products(b, self.action, self.even)
 
-def reducible_monomials(basis, action, n: int) -> list[Exponent]:
+
+def action_products(b: Exponent, action, even: bool) -> list[tuple[Exponent, int]]:
+    n = len(action)
+    if even:
+        (a,) = [i for i, c in enumerate(action) if c]
+        return [(multiply(b, square(n, a)), 1)]
+    return [(multiply(b, unit(n, i)), c) for i, c in enumerate(action) if c]
+
+
+def square(n: int, i: int) -> Exponent:
+    return multiply(unit(n, i), unit(n, i))
+
+
+def read_monomials(n: int, even: bool) -> list[Exponent]:
+    """What the eigenvectors are read off as: the unknowns, or (even templates) the quadratic
+    monomials x_i x_j, i <= j, in that order."""
+    if even:
+        return [multiply(unit(n, i), unit(n, j)) for i in range(n) for j in range(i, n)]
+    return [unit(n, i) for i in range(n)]
+
+
+def reducible_monomials(basis, action, n: int, even: bool = False) -> list[Exponent]:
     in_basis = set(basis)
-    out = set()
-    for b in basis:
-        for i, coef in enumerate(action):
-            if coef:
-                m = multiply(b, unit(n, i))
-                if m not in in_basis:
-                    out.add(m)
-    out.update(unit(n, i) for i in range(n) if unit(n, i) not in in_basis)
+    out = {m for b in basis for m, _ in action_products(b, action, even) if m not in in_basis}
+    out.update(m for m in read_monomials(n, even) if m not in in_basis)
     return sorted(out, key=grevlex_key, reverse=True)
+
+
+def sign_parities(system) -> tuple[int, ...] | None:
+    """Each equation's degree parity when every equation is even or odd (x and -x are then
+    solutions together), else None."""
+    parities = []
+    for k in range(system.num_equations):
+        found = {degree(coef.exponent) % 2 for _, coef in system.equation_terms(k)}
+        if len(found) != 1:
+            return None
+        parities.append(found.pop())
+    return tuple(parities)
 
 
 def _row_matrix(instance: Instance, rows, columns) -> np.ndarray:
@@ -96,11 +137,16 @@ def _row_matrix(instance: Instance, rows, columns) -> np.ndarray:
 
 
 class Expansion:
-    """All rows m * h_k up to total degree d, over all monomials up to degree d (cached)."""
+    """All rows m * h_k up to total degree d, over all monomials up to degree d (cached). With
+    `parities` (a sign-symmetric system) only the even rows and monomials: the odd ones never
+    meet the even part of the ring."""
 
-    def __init__(self, instance: Instance, degrees: list[int], n: int, d: int):
+    def __init__(self, instance: Instance, degrees: list[int], n: int, d: int, parities=None):
         self.rows = [(k, m) for k, dk in enumerate(degrees) if dk <= d for m in up_to_degree(n, d - dk)]
         self.monomials = up_to_degree(n, d)
+        if parities is not None:
+            self.rows = [(k, m) for k, m in self.rows if (degree(m) + parities[k]) % 2 == 0]
+            self.monomials = [m for m in self.monomials if degree(m) % 2 == 0]
         self.column = {m: j for j, m in enumerate(self.monomials)}
         self.matrix = _row_matrix(instance, self.rows, self.monomials) if len(self.rows) <= MAX_ROWS else None
         self.degrees = degrees
@@ -129,7 +175,7 @@ def _minimal_rows(mat: np.ndarray, keep_order: list[int], num_excess: int, num_r
     return sorted(independent[i] for i in support) if support is not None else None
 
 
-def _prune(expansion: Expansion, basis, action, reducible) -> Template | None:
+def _prune(expansion: Expansion, basis, action, reducible, even: bool) -> Template | None:
     split = expansion.split(basis, reducible)
     if split is None:
         return None
@@ -156,6 +202,7 @@ def _prune(expansion: Expansion, basis, action, reducible) -> Template | None:
             tuple(excess_kept),
             tuple(reducible),
             tuple(sorted(basis, key=grevlex_key, reverse=True)),
+            even,
         )
         if best is None or template.size < best.size:
             best = template
@@ -171,21 +218,26 @@ REMOVAL_ORDERS = (
 
 
 class TemplateSearch:
-    """Template search over actions and bases for one random instance."""
+    """Template search over actions and bases for one random instance (even templates of a
+    sign-symmetric system when `parities` is given)."""
 
-    def __init__(self, instance: Instance, degrees: list[int], n: int):
-        self.instance, self.degrees, self.n = instance, degrees, n
+    def __init__(self, instance: Instance, degrees: list[int], n: int, parities=None):
+        self.instance, self.degrees, self.n, self.parities = instance, degrees, n, parities
         self._expansions: dict[int, Expansion] = {}
+
+    @property
+    def even(self) -> bool:
+        return self.parities is not None
 
     def expansion(self, d: int) -> Expansion:
         if d not in self._expansions:
-            self._expansions[d] = Expansion(self.instance, self.degrees, self.n, d)
+            self._expansions[d] = Expansion(self.instance, self.degrees, self.n, d, self.parities)
         return self._expansions[d]
 
     def find(self, basis, action, quick: bool = False) -> Template | None:
         """Smallest template for this basis and action, or None within the limits. `quick`
         tries only the first degree that works (to screen candidates)."""
-        reducible = reducible_monomials(basis, action, self.n)
+        reducible = reducible_monomials(basis, action, self.n, self.even)
         start = max(degree(t) for t in reducible)
         best, first = None, None
         extra = 0 if quick else EXTRA_DEGREES_TRIED
@@ -195,7 +247,7 @@ class TemplateSearch:
             expansion = self.expansion(d)
             if expansion.matrix is None:
                 break
-            template = _prune(expansion, basis, action, reducible)
+            template = _prune(expansion, basis, action, reducible, self.even)
             if template is None:
                 continue
             first = d if first is None else first
@@ -231,7 +283,7 @@ def _local_basis_search(search: TemplateSearch, quotient: Quotient, start: Templ
     """Greedy: move to the best basis one chain swap away while the template shrinks."""
     current = start
     variable = start.action_variable
-    if variable is None:
+    if variable is None or start.even:
         return current
     seen = {frozenset(start.basis)}
     while True:
@@ -300,15 +352,20 @@ def variable_orders(n: int) -> list[tuple[int, ...]]:
 
 
 def choose_template(
-    instance: Instance, degrees: list[int], quotients: list[Quotient], rng: random.Random
+    instance: Instance, degrees: list[int], quotients: list[Quotient], rng: random.Random, parities=None
 ) -> tuple[Template, Quotient]:
     """The smallest template over actions (each unknown, else random linear forms) and bases
-    (standard monomials of each variable order, then a local search)."""
+    (standard monomials of each variable order, then a local search). For a sign-symmetric
+    system (`parities`, see sign_parities) the smallest even template, when there is one."""
     n = len(quotients[0].unknowns)
-    search = TemplateSearch(instance, degrees, n)
     distinct = {}
     for quotient in quotients:
         distinct.setdefault(quotient.basis, quotient)
+    if parities is not None:
+        found = _even_templates(TemplateSearch(instance, degrees, n, parities), distinct.values(), rng)
+        if found:
+            return min(found, key=lambda pair: pair[0].size)
+    search = TemplateSearch(instance, degrees, n)
     actions = [unit(n, i) for i in range(n)]
     found: list[tuple[Template, Quotient]] = []
     for _ in range(5):
@@ -335,3 +392,24 @@ def choose_template(
         if improved.size < best[0].size:
             best = (improved, quotient)
     return best
+
+
+def _even_templates(search: TemplateSearch, quotients, rng: random.Random) -> list[tuple[Template, Quotient]]:
+    """Even templates (action x_a^2 on the even standard monomials) for each quotient whose even
+    part has half the solutions (no solution at the origin) and each x_a^2 separating the pairs."""
+    n = search.n
+    found = []
+    for quotient in quotients:
+        even = [j for j, b in enumerate(quotient.basis) if degree(b) % 2 == 0]
+        if 2 * len(even) != quotient.num_solutions:
+            continue
+        basis = [quotient.basis[j] for j in even]
+        for a in range(n):
+            # x_a^2 * b in the even coordinates (the odd ones vanish for an even monomial).
+            action = np.array([quotient.normal_form({multiply(b, square(n, a)): 1})[even] for b in basis])
+            if not is_separating(action, rng):
+                continue
+            template = search.find(basis, unit(n, a))
+            if template is not None:
+                found.append((template, quotient))
+    return found

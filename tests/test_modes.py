@@ -12,13 +12,19 @@ import geometry
 WITH_TEMPLATE = [name for name in PROBLEMS if generated_module(name).TEMPLATE_SHAPE != (0, 0)]
 
 
-@pytest.mark.parametrize("name", WITH_TEMPLATE)
-def test_charpoly_eigen_path_matches_lapack(name):
-    """eig="charpoly" (Hessenberg, characteristic polynomial, Aberth roots: the path used on
-    GPUs, without host synchronization) meets the accuracy bars on the CPU too."""
+# Action matrices up to 4 x 4 also have the closed-form eigen path.
+CLOSED_FORM = [name for name in WITH_TEMPLATE if generated_module(name)._BASIS <= 4]
+DEVICE_PATHS = [(name, "charpoly") for name in WITH_TEMPLATE] + [(name, "closed_form") for name in CLOSED_FORM]
+
+
+@pytest.mark.parametrize("name, eig", DEVICE_PATHS)
+def test_device_eigen_paths_match_lapack(name, eig):
+    """eig="charpoly" (Hessenberg, characteristic polynomial, Aberth roots) and, for action
+    matrices up to 4 x 4, eig="closed_form" (closed-form real roots, adjugate eigenvectors): the
+    paths used on GPUs, without host synchronization, meet the accuracy bars on the CPU too."""
     module = generated_module(name)
     params, truth = geometry.INSTANCES[name](1000, np.random.default_rng(21))
-    solutions, valid = module.Solver(eig="charpoly")(torch.from_numpy(params))
+    solutions, valid = module.Solver(eig=eig)(torch.from_numpy(params))
     err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
     assert np.mean(err < 1e-6) >= 0.99, np.mean(err < 1e-6)
     assert np.median(np.log10(np.maximum(err, 1e-18))) <= -11
@@ -103,16 +109,18 @@ class _HostSynchronizations(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name", PROBLEMS)
-def test_device_path_never_synchronizes(name, monkeypatch):
-    """The path taken off the CPU (eig="charpoly", masking instead of compaction) runs the
-    forward, `select` and the IFT backward without one operation that waits for the device.
-    (A proxy on the CPU for CUDA's sync debug mode: this task had no GPU.) The CPU path's own
+@pytest.mark.parametrize(
+    "name, eig", [(name, "charpoly") for name in PROBLEMS] + [(name, "closed_form") for name in CLOSED_FORM]
+)
+def test_device_path_never_synchronizes(name, eig, monkeypatch):
+    """The paths taken off the CPU (eig="charpoly" or "closed_form", masking instead of
+    compaction) run the forward, `select` and the IFT backward without one operation that waits
+    for the device. (A proxy on the CPU for CUDA's sync debug mode: this task had no GPU.) The CPU path's own
     compaction is seen by the same detector."""
     module = generated_module(name)
     params, truth = geometry.INSTANCES[name](64, np.random.default_rng(25))
     params = torch.from_numpy(params)
-    solver = module.Solver(eig="charpoly")
+    solver = module.Solver(eig=eig)
     solver(params)  # tables built once per device, outside the check
 
     def run():

@@ -1,0 +1,108 @@
+"""Sign-symmetric systems (even templates, solutions in pairs +-x) and the closed-form eigen
+path for action matrices up to 4 x 4."""
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import generated_module
+
+import geometry
+import solvergen
+from solvergen.compiler import compile_problem
+from solvergen.polynomials import build_system
+from solvergen.spec import load_spec
+from solvergen.template import sign_parities
+
+
+def test_sign_parities(root):
+    assert sign_parities(build_system(load_spec(root / "problems" / "p3p.py"))) == (0, 0, 0)
+    assert sign_parities(build_system(load_spec(root / "problems" / "relpose_5pt_nullspace.py"))) is None
+
+
+def test_p3p_even_template(root):
+    """P3P's equations are even: the template reduces x1^2 on the 4 even standard monomials
+    (a 4 x 4 eigenproblem instead of 8 x 8), and every solution comes with its negative."""
+    compiled = compile_problem(load_spec(root / "problems" / "p3p.py"))
+    template = compiled.elimination.template
+    assert template.even and len(template.basis) == 4 and compiled.num_solutions == 8
+    assert "(action x1^2)" in compiled.describe()
+
+    module = generated_module("p3p")
+    params, truth = geometry.INSTANCES["p3p"](200, np.random.default_rng(31))
+    solutions, valid = module.Solver()(torch.from_numpy(params))
+    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
+    assert np.mean(err < 1e-9) == 1.0
+    for x, v in zip(solutions, valid):
+        found = x[v]
+        assert len(found) % 2 == 0
+        distance = (found.unsqueeze(0) + found.unsqueeze(1)).norm(dim=-1)  # x_i + x_j = 0 for a pair
+        assert (distance.min(dim=1).values < 1e-9).all()
+
+
+HEADER = "import sympy as sp\nfrom solvergen import Problem\n"
+
+
+def test_odd_and_even_equations(tmp_path):
+    """A system with an even and an odd equation (x^2 + y^2 = a, x^3 + b x y^2 + c y = 0): an
+    even template, and the generated solver finds the truth and its negative."""
+    spec = tmp_path / "mixed.py"
+    spec.write_text(HEADER + textwrap.dedent("""
+        x, y, a, b, c = sp.symbols('x y a b c')
+        problem = Problem('mixed', [x, y], [a, b, c], [x**2 + y**2 - a, x**3 + b*x*y**2 + c*y])
+    """))
+    solver = solvergen.load(spec, out_dir=tmp_path / "gen")
+    rng = np.random.default_rng(32)
+    x0, y0, b = rng.uniform(0.5, 2, size=(3, 100))
+    params = np.stack([x0**2 + y0**2, b, -(x0**3 + b * x0 * y0**2) / y0], -1)
+    solutions, valid = solver(torch.from_numpy(params))
+    truth = np.stack([x0, y0], -1)
+    for sign in (1, -1):
+        err = geometry.relative_errors(solutions.numpy(), valid.numpy(), sign * truth, False)
+        assert np.mean(err < 1e-9) == 1.0
+
+
+@pytest.mark.parametrize("name", ["implicit_example", "fundamental_7pt_nullspace", "p3p"])
+def test_closed_form_eigenpairs(name):
+    """Real eigenpairs of random n x n matrices (n = 2, 3, 4 for these problems) against
+    numpy: the same number of real eigenvalues, the same values, small residuals."""
+    module = generated_module(name)
+    n = module._BASIS
+    matrices = torch.from_numpy(np.random.default_rng(33).normal(size=(4000, n, n)))
+    tables = module._closed_form_tables(n, matrices.device, matrices.dtype)
+    values, vectors = module._eig_closed_form(matrices, tables)
+    real = values.imag == 0
+    reference = np.linalg.eigvals(matrices.numpy())
+    reference_real = np.abs(reference.imag) <= 1e-9 * np.maximum(1, np.abs(reference.real))
+    assert (real.sum(-1).numpy() == reference_real.sum(-1)).mean() >= 0.999
+    for ours, theirs, mask, mask_ref in zip(values.real.numpy(), reference.real, real.numpy(), reference_real):
+        if mask.sum() == mask_ref.sum():
+            np.testing.assert_allclose(np.sort(ours[mask]), np.sort(theirs[mask_ref]), rtol=1e-8, atol=1e-10)
+    residual = (matrices @ vectors - vectors * values.real.unsqueeze(1)).norm(dim=1)
+    assert residual[real].max() < 1e-10
+    assert torch.allclose(vectors.norm(dim=1)[real], torch.ones(()).double())
+
+
+def test_closed_form_special_polynomials():
+    """Roots where the general formulas divide by zero: a biquadratic quartic (no cubic term
+    after the shift), a triple root, a double root."""
+    module = generated_module("p3p")
+
+    def roots(coefficients):  # ascending, monic
+        c = [torch.tensor([float(v)], dtype=torch.float64) for v in coefficients]
+        values, real = module._real_roots(c)
+        return np.sort(values[real].numpy())
+
+    np.testing.assert_allclose(roots([4, 0, -5, 0, 1]), [-2, -1, 1, 2], atol=1e-12)  # (x^2 - 1)(x^2 - 4)
+    np.testing.assert_allclose(roots([-6, 11, -6, 1]), [1, 2, 3], atol=1e-12)
+    np.testing.assert_allclose(roots([-1, 3, -3, 1]), [1, 1, 1], atol=1e-12)  # (x - 1)^3
+    np.testing.assert_allclose(roots([1, -2, 1]), [1, 1], atol=1e-12)
+    assert len(roots([1, 0, 1])) == 0  # x^2 + 1
+    np.testing.assert_allclose(roots([24, -50, 35, -10, 1]), [1, 2, 3, 4], atol=1e-10)
+
+
+def test_closed_form_needs_a_small_action_matrix():
+    with pytest.raises(ValueError, match="closed_form.*at most 4 x 4"):
+        generated_module("relpose_5pt_nullspace").Solver(eig="closed_form")
