@@ -423,7 +423,6 @@ _ACTION_REDUCED = (0,)
 _ACTION_SCALE = (1.0,)
 
 _BASIS = 3  # basis monomials: the action matrix is _BASIS x _BASIS
-_EVEN = False  # True: x and -x solve the system together; each eigenpair is one such pair
 _TEMPLATE_UNKNOWNS = 1
 
 # Read-off: monomial q = sum conj(v_m) v_(q m) / sum |v_m|^2 over these pairs (m, q m) of the
@@ -994,10 +993,11 @@ def _eig_closed_form(matrix, tables):
 def _characteristic_polynomial_entries(a, n, tables):
     """det(lambda I - a) = sum_k c[k] lambda^k (c[n] = 1) for entry-major a [n * n, B]: the power
     traces p_k = tr(a^k) give c by Newton's identities."""
-    transpose, diagonal = tables["transpose"], tables["diagonal_index"]
-    square = (a.index_select(0, tables["square_left"]) * a.index_select(0, tables["square_right"])).view(n * n, n, -1).sum(1)
-    traces = [a.index_select(0, diagonal).sum(0), (a * a.index_select(0, transpose)).sum(0)]
+    transpose = tables["transpose"]
+    traces = [a.index_select(0, tables["diagonal_index"]).sum(0), (a * a.index_select(0, transpose)).sum(0)]
     if n >= 3:
+        square = a.index_select(0, tables["square_left"]) * a.index_select(0, tables["square_right"])
+        square = square.view(n * n, n, -1).sum(1)  # entries of a^2
         traces.append((square * a.index_select(0, transpose)).sum(0))
     if n >= 4:
         traces.append((square * square.index_select(0, transpose)).sum(0))

@@ -2890,7 +2890,6 @@ _ACTION_REDUCED = (0, 1, 2, 3, 4, 5)
 _ACTION_SCALE = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
 
 _BASIS = 10  # basis monomials: the action matrix is _BASIS x _BASIS
-_EVEN = False  # True: x and -x solve the system together; each eigenpair is one such pair
 _TEMPLATE_UNKNOWNS = 3
 
 # Read-off: monomial q = sum conj(v_m) v_(q m) / sum |v_m|^2 over these pairs (m, q m) of the

@@ -200,7 +200,7 @@ def _template_context(elimination: Elimination) -> dict:
     # read monomial q (the unknowns; x_i x_j for even templates):
     # q = sum conj(v_m) v_(q m) / sum |v_m|^2 over the pairs of q.
     read = read_monomials(n, template.even)
-    read_unknown, read_basis, read_value = [], [], []
+    read_monomial, read_basis, read_value = [], [], []
     for i, q in enumerate(read):
         for j, b in enumerate(basis):
             m = multiply(b, q)
@@ -210,7 +210,7 @@ def _template_context(elimination: Elimination) -> dict:
                 target = len(basis) + reduced_index[m]
             else:
                 continue
-            read_unknown.append(i)
+            read_monomial.append(i)
             read_basis.append(j)
             read_value.append(target)
     unknown_names = [str(s) for s in system.unknowns]
@@ -230,10 +230,9 @@ def _template_context(elimination: Elimination) -> dict:
         action_rows=action_rows,
         action_reduced=action_reduced,
         action_scale=action_scale,
-        read_unknown=read_unknown,
+        read_monomial=read_monomial,
         read_basis=read_basis,
         read_value=read_value,
-        action_variable=-1 if template.action_variable is None else template.action_variable,
         # the read monomial that is the eigenvalue (the action variable, or its square), or -1
         action_read=-1 if template.action_variable is None else read.index(
             template.action_products(tuple([0] * n))[0][0]),
