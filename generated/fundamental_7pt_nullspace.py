@@ -228,6 +228,7 @@ _TABLES = {}
 _POOL = None
 _COMPILED = {}  # function name -> torch.compile'd function (solvers built with compile=True)
 _CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
+_PARALLEL_BATCH = 4096  # from this batch on, chunks run concurrently on the CPU threads (measured: 1.0-1.4x)
 # Largest |factor| allowed in the fixed-pivot template elimination, else LAPACK (_sparse_elimination).
 # Measured, solutions after Newton as accurate as with LAPACK's: float64 1e3, float32 4.
 _GROWTH_LIMIT = {torch.float64: 1e3, torch.float32: 4.0}
@@ -480,13 +481,7 @@ def _relative_error(h, scale):
 def _per_matrix(fn, matrix):
     """fn(matrix) -> tuple of tensors, for a batch of small matrices that LAPACK decomposes one at
     a time (ATen loops over the batch on one thread). On the CPU the batch is split over the
-    intra-op threads (ATen releases the GIL): about 2x on 2 cores.
-
-    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
-    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
-    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
-    count is restored afterwards (set_num_threads also changes the default of new threads)."""
-    global _POOL
+    intra-op threads (`_on_threads`): about 2x on 2 cores."""
     threads = torch.get_num_threads()
     if (
         matrix.device.type == "cpu"
@@ -495,19 +490,33 @@ def _per_matrix(fn, matrix):
         and not matrix.requires_grad
         and not torch.compiler.is_compiling()  # (compiled: one batched LAPACK call in the graph)
     ):
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(threads)
-        parts = list(_POOL.map(lambda part: _single_threaded(fn, part), matrix.chunk(threads)))
-        torch.set_num_threads(threads)
+        parts = _on_threads(fn, [(part,) for part in matrix.chunk(threads)])
         return tuple(torch.cat(outputs) for outputs in zip(*parts))
     return fn(matrix)
 
 
-def _single_threaded(fn, matrix):
+def _on_threads(fn, parts):
+    """[fn(*part) for part in parts], run by a pool of as many Python threads as intra-op threads
+    (ATen releases the GIL while it computes).
+
+    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
+    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
+    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
+    count is restored afterwards (set_num_threads also changes the default of new threads)."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(threads)
+    results = list(_POOL.map(lambda part: _single_threaded(fn, *part), parts))
+    torch.set_num_threads(threads)
+    return results
+
+
+def _single_threaded(fn, *args):
     torch.set_num_threads(1)  # this worker thread's OpenMP team: itself only
-    return fn(matrix)
+    return fn(*args)
 
 
 # -- Small dense linear algebra: closed form up to 3 x 3 (no LAPACK call per matrix) -------------
@@ -552,14 +561,16 @@ def _polish(c, x, active, steps, system):
     A point whose relative residual is already at the rounding level (`_CONVERGED` units of
     roundoff) gains nothing from a step and takes none. On the CPU each step runs only on the
     instances that still have such a point (a host synchronization costs nothing there); after
-    the first step these are a minority, and dh/dx is evaluated for them only."""
+    the first step these are a minority, and dh/dx is evaluated for them only. Inside a compiled
+    graph (compile=True) every step runs on all points, masked: a data-dependent shape would split
+    the graph."""
     prepared = _prepare(c, system, jacobian=True)
     h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
     converged = _CONVERGED * torch.finfo(x.dtype).eps
     for _ in range(steps):
         todo = active & (error > converged)
-        if not _host_sync_is_free(x.device):
+        if not _host_sync_is_free(x.device) or torch.compiler.is_compiling():
             rows = None
         else:
             rows = todo.any(dim=-1).nonzero().squeeze(-1)
@@ -892,10 +903,13 @@ def _cubic_roots(a, b, c):
 
 
 def _quartic_roots(b, c, d, e):
-    """x^4 + b x^3 + c x^2 + d x + e = 0 (Ferrari): roots [4, B] and which are real. With
-    x = y - b/4, y^4 + p y^2 + q y + r = (y^2 + p/2 + m)^2 - 2m (y - q / 4m)^2 for the largest
-    root m >= 0 of the resolvent cubic, which splits it into two quadratics (q = 0: a quadratic
-    in y^2)."""
+    """x^4 + b x^3 + c x^2 + d x + e = 0: roots [4, B] and which are real. Ferrari splits it into
+    two quadratics x^2 + a1 x + b1 and x^2 + a2 x + b2; Newton steps on that factorization
+    (`_refine_factors`) then restore the digits the closed form loses to cancellation (real
+    roots close together, or far smaller than a complex pair), and each quadratic is solved
+    by the stable formula. Ferrari: with x = y - b/4, y^4 + p y^2 + q y + r =
+    (y^2 + p/2 + m)^2 - 2m (y - q / 4m)^2 for the largest root m >= 0 of the resolvent cubic
+    (m = 0: y^4 + p y^2 + r = (y^2 - z1)(y^2 - z2), z1 and z2 real)."""
     p = c - 3 * b * b / 8
     q = d - b * c / 2 + b * b * b / 8
     r = e - b * d / 4 + b * b * c / 16 - 3 * b * b * b * b / 256
@@ -904,15 +918,48 @@ def _quartic_roots(b, c, d, e):
     s = (2 * m).sqrt()
     split = s > 0
     half = q / (2 * torch.where(split, s, torch.ones_like(s)))
-    first, first_real = _quadratic_roots(-s, p / 2 + m + half)
-    second, second_real = _quadratic_roots(s, p / 2 + m - half)
-    # q = 0: y^2 = z for the roots z of z^2 + p z + r.
-    z, z_real = _quadratic_roots(p, r)
-    z_real = z_real & (z >= 0)
-    root = z.clamp_min(0).sqrt()
-    y = torch.where(split, torch.cat([first, second]), torch.cat([root, -root]))
-    real = torch.where(split, torch.cat([first_real, second_real]), torch.cat([z_real, z_real]))
-    return torch.where(real, y - b / 4, torch.zeros_like(y)), real
+    z, _ = _quadratic_roots(p, r)
+    # The two factors y^2 + A y + B, then in x (y = x + b/4).
+    zero = torch.zeros_like(s)
+    a1, a2 = torch.where(split, -s, zero), torch.where(split, s, zero)
+    b1 = torch.where(split, p / 2 + m + half, -z[0])
+    b2 = torch.where(split, p / 2 + m - half, -z[1])
+    shift = b * b / 16
+    b1, b2 = shift + a1 * b / 4 + b1, shift + a2 * b / 4 + b2
+    a1, a2 = a1 + b / 2, a2 + b / 2
+    a1, b1, a2, b2 = _refine_factors(a1, b1, a2, b2, b, c, d, e)
+    first, first_real = _quadratic_roots(a1, b1)
+    second, second_real = _quadratic_roots(a2, b2)
+    return torch.cat([first, second]), torch.cat([first_real, second_real])
+
+
+def _refine_factors(a1, b1, a2, b2, b, c, d, e, steps=2):
+    """Newton steps on (x^2 + a1 x + b1)(x^2 + a2 x + b2) = x^4 + b x^3 + c x^2 + d x + e, each
+    kept where it lowers the residual (the Jacobian is singular where the factors share a
+    root). After Orellana and De Michele (ACM TOMS 46(2), 2020), unscaled."""
+    size = b.abs() + c.abs() + d.abs() + e.abs()
+
+    def residual(a1, b1, a2, b2):
+        f = (a1 + a2 - b, b1 + b2 + a1 * a2 - c, a1 * b2 + a2 * b1 - d, b1 * b2 - e)
+        return f, sum(v.abs() for v in f) / size
+
+    f, error = residual(a1, b1, a2, b2)
+    for _ in range(steps):
+        # da2 = -f0 - da1 leaves [[a2 - a1, 1, 1], [b2 - b1, a2, a1], [0, b2, b1]] (da1, db1, db2)
+        # = (a1 f0 - f1, b1 f0 - f2, -f3), solved by Cramer's rule.
+        m00, m10, r0, r1, r2 = a2 - a1, b2 - b1, a1 * f[0] - f[1], b1 * f[0] - f[2], -f[3]
+        minor = a2 * b1 - a1 * b2
+        det = m00 * minor - m10 * (b1 - b2)
+        da1 = (r0 * minor - r1 * (b1 - b2) + r2 * (a1 - a2)) / det
+        db1 = (m00 * (r1 * b1 - a1 * r2) - m10 * (r0 * b1 - r2)) / det
+        db2 = (m00 * (a2 * r2 - b2 * r1) - m10 * (r2 - b2 * r0)) / det
+        candidate = (a1 + da1, b1 + db1, a2 - f[0] - da1, b2 + db2)
+        f1, error1 = residual(*candidate)
+        better = error1 < error  # False where NaN
+        a1, b1, a2, b2 = (torch.where(better, new, old) for new, old in zip(candidate, (a1, b1, a2, b2)))
+        f = tuple(torch.where(better, new, old) for new, old in zip(f1, f))
+        error = torch.where(better, error1, error)
+    return a1, b1, a2, b2
 
 
 def _sparse_lu_tensors(plan, device):
@@ -966,11 +1013,14 @@ def _dense_elimination(c, tables):
 def _eliminate_template(c, tables):
     """The template's reduced block X [B, T, S] and the rows [B] where it could be computed. On the
     CPU by the sparse elimination, with the rows it does not trust solved again by LAPACK (P3P at
-    batch 4,096: 6.6 ms against 28); on other devices by the batched dense solve (no host
-    synchronization)."""
+    batch 4,096: 6.6 ms against 28); inside a compiled graph by the sparse elimination alone (the
+    caller, `_candidates`, redoes the rows it does not trust); on other devices by the batched
+    dense solve (no host synchronization)."""
     if not _host_sync_is_free(c.device):
         return _dense_elimination(c, tables)
     x, solved = _sparse_elimination(c, tables)
+    if torch.compiler.is_compiling():
+        return x, solved
     again = (~solved).nonzero().squeeze(-1)
     if len(again):
         redone, redone_solved = _dense_elimination(c.index_select(0, again), tables)
@@ -1038,19 +1088,53 @@ def _read_off(eigenvalues, vectors, reduced, tables):
 
 def _by_chunks(fn, *rows):
     """fn(*rows) -> tuple of tensors, all with the batch first. On the CPU large batches run in
-    chunks of `_CHUNK` instances: their intermediates stay in cache and under the allocator's
-    threshold for fresh, page-faulting memory, which otherwise costs more than the arithmetic."""
-    if rows[0].device.type != "cpu" or len(rows[0]) <= 2 * _CHUNK:
+    chunks of at most `_CHUNK` instances: their intermediates stay in cache and under the
+    allocator's threshold for fresh, page-faulting memory, which otherwise costs more than the
+    arithmetic. Without autograd (the IFT forward), batches of at least `_PARALLEL_BATCH` run
+    as two chunks per intra-op thread, concurrently (`_on_threads`): most operations of a chunk
+    are too small for ATen to split them over threads (batch 6,000 to 10,000 on 2 cores: 1.02-1.4x)."""
+    batch, threads = len(rows[0]), torch.get_num_threads()
+    if rows[0].device.type != "cpu":
         return fn(*rows)
-    parts = [fn(*chunk) for chunk in zip(*(value.split(_CHUNK) for value in rows))]
+    if threads > 1 and batch >= _PARALLEL_BATCH and not torch.is_grad_enabled():
+        size = min(_CHUNK, -(-batch // (2 * threads)))
+        parts = _on_threads(fn, list(zip(*(value.split(size) for value in rows))))
+    elif batch > 2 * _CHUNK:
+        parts = [fn(*chunk) for chunk in zip(*(value.split(_CHUNK) for value in rows))]
+    else:
+        return fn(*rows)
     return tuple(torch.cat(outputs) for outputs in zip(*parts))
 
 
-def _polished_candidates(c, ok, tables, system, settings):
+def _candidates(c, ok, tables, system, settings):
+    """`_polished_candidates` without its last output. With compile=True and the closed-form
+    eigenpairs (no LAPACK call, no host synchronization on that path) the whole stage is compiled
+    into one graph of fused kernels. On the CPU, the rows it could not use (the sparse
+    elimination did not trust them) or that got no solution within `residual_tol` are then
+    redone as written with LAPACK's eigenpairs: the closed form works from the characteristic
+    polynomial, which loses real roots of badly scaled action matrices (P3P: about 5 instances
+    in 10,000) where LAPACK's backward-stable QR does not."""
+    compiled = _compiled(_polished_candidates, settings, len(c))
+    if compiled is _polished_candidates or settings.resolved_eig(c.device) != "closed_form":
+        return _polished_candidates(c, ok, tables, system, settings)[:3]
+    x, error, candidate, usable = compiled(c, ok, tables, system, settings)
+    if _host_sync_is_free(c.device):
+        solved = (candidate & (error <= settings.residual_tol)).any(dim=-1)
+        again = (ok & ~(usable & solved)).nonzero().squeeze(-1)
+        if len(again):
+            redone = _polished_candidates(
+                c.index_select(0, again), ok.index_select(0, again), tables, system, settings, eig="lapack"
+            )
+            x, error, candidate = (value.index_copy(0, again, part) for value, part in zip((x, error, candidate), redone))
+    return x, error, candidate
+
+
+def _polished_candidates(c, ok, tables, system, settings, eig=None):
     """The template's real solutions for coefficients c [B, n] (rows where `ok`), polished by
-    Newton on `system`: points [B, S, n_unknowns], their relative residual, and which are
-    candidates (real, finite, from a usable template)."""
-    z, eigenvalues, found = _template_candidates(c, tables, settings.resolved_eig(c.device))
+    Newton on `system`: points [B, S, n_unknowns], their relative residual, which are
+    candidates (real, finite, from a usable template), and the rows [B] whose template and
+    action matrix were usable. `eig`: the eigen method (default: the solver's)."""
+    z, eigenvalues, found = _template_candidates(c, tables, eig or settings.resolved_eig(c.device))
     candidate = (
         (ok & found).unsqueeze(-1)
         & torch.isfinite(z).all(dim=-1)
@@ -1058,7 +1142,7 @@ def _polished_candidates(c, ok, tables, system, settings):
     )
     z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
     x, error = _polish(c, z, candidate, settings.newton_steps, system)
-    return x, error, candidate
+    return x, error, candidate, found
 
 
 def _solve(a, settings):
@@ -1078,7 +1162,7 @@ def _solve(a, settings):
 
     # Candidates from the template, real ones polished by Newton in the template's unknowns.
     x, error, candidate = _by_chunks(
-        lambda c_rows, ok_rows: _polished_candidates(c_rows, ok_rows, tables, polish_system, settings), c_template, ok
+        lambda c_rows, ok_rows: _candidates(c_rows, ok_rows, tables, polish_system, settings), c_template, ok
     )
     valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
@@ -1259,13 +1343,14 @@ class _SolverBase(torch.nn.Module):
     solve, eigendecomposition, Newton steps): the baseline to compare against.
     precision="float64" (default) solves in float64 whatever the input dtype; "float32" solves
     in float32 (faster on GPUs; about 1e-5 relative error after polishing).
-    eig="auto" uses LAPACK on the CPU and, on other devices, finds the real eigenpairs of the
-    3 x 3 action matrix in closed form (characteristic polynomial, closed-form
-    real roots, adjugate eigenvectors) with no host synchronization ("lapack", "closed_form" or
-    "charpoly" to choose).
+    eig="auto" uses LAPACK on the CPU and, on other devices or with compile=True, finds the real
+    eigenpairs of the 3 x 3 action matrix in closed form (characteristic polynomial,
+    closed-form real roots, adjugate eigenvectors) with no host synchronization ("lapack",
+    "closed_form" or "charpoly" to choose).
     compile=True runs the coefficient programs and the IFT backward through torch.compile
-    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first call of each
-    compiles them (seconds to minutes; torch caches the result on disk); only with
+    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs), and with the closed-form
+    eigenpairs also the template elimination, eigenpairs, read-off and Newton steps. The first
+    call of each compiles them (seconds to minutes; torch caches the result on disk); only with
     backward="ift".
     """
 
@@ -1310,7 +1395,7 @@ class _SolverBase(torch.nn.Module):
     def resolved_eig(self, device):
         if self.eig != "auto":
             return self.eig
-        return "lapack" if device.type == "cpu" else "closed_form"
+        return "lapack" if device.type == "cpu" and not self.compile else "closed_form"
 
     def extra_repr(self):
         return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}, compile={self.compile}"

@@ -575,13 +575,7 @@ def _relative_error(h, scale):
 def _per_matrix(fn, matrix):
     """fn(matrix) -> tuple of tensors, for a batch of small matrices that LAPACK decomposes one at
     a time (ATen loops over the batch on one thread). On the CPU the batch is split over the
-    intra-op threads (ATen releases the GIL): about 2x on 2 cores.
-
-    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
-    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
-    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
-    count is restored afterwards (set_num_threads also changes the default of new threads)."""
-    global _POOL
+    intra-op threads (`_on_threads`): about 2x on 2 cores."""
     threads = torch.get_num_threads()
     if (
         matrix.device.type == "cpu"
@@ -590,19 +584,33 @@ def _per_matrix(fn, matrix):
         and not matrix.requires_grad
         and not torch.compiler.is_compiling()  # (compiled: one batched LAPACK call in the graph)
     ):
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(threads)
-        parts = list(_POOL.map(lambda part: _single_threaded(fn, part), matrix.chunk(threads)))
-        torch.set_num_threads(threads)
+        parts = _on_threads(fn, [(part,) for part in matrix.chunk(threads)])
         return tuple(torch.cat(outputs) for outputs in zip(*parts))
     return fn(matrix)
 
 
-def _single_threaded(fn, matrix):
+def _on_threads(fn, parts):
+    """[fn(*part) for part in parts], run by a pool of as many Python threads as intra-op threads
+    (ATen releases the GIL while it computes).
+
+    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
+    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
+    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
+    count is restored afterwards (set_num_threads also changes the default of new threads)."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(threads)
+    results = list(_POOL.map(lambda part: _single_threaded(fn, *part), parts))
+    torch.set_num_threads(threads)
+    return results
+
+
+def _single_threaded(fn, *args):
     torch.set_num_threads(1)  # this worker thread's OpenMP team: itself only
-    return fn(matrix)
+    return fn(*args)
 
 
 # -- Small dense linear algebra: closed form up to 3 x 3 (no LAPACK call per matrix) -------------
@@ -647,14 +655,16 @@ def _polish(c, x, active, steps, system):
     A point whose relative residual is already at the rounding level (`_CONVERGED` units of
     roundoff) gains nothing from a step and takes none. On the CPU each step runs only on the
     instances that still have such a point (a host synchronization costs nothing there); after
-    the first step these are a minority, and dh/dx is evaluated for them only."""
+    the first step these are a minority, and dh/dx is evaluated for them only. Inside a compiled
+    graph (compile=True) every step runs on all points, masked: a data-dependent shape would split
+    the graph."""
     prepared = _prepare(c, system, jacobian=True)
     h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
     converged = _CONVERGED * torch.finfo(x.dtype).eps
     for _ in range(steps):
         todo = active & (error > converged)
-        if not _host_sync_is_free(x.device):
+        if not _host_sync_is_free(x.device) or torch.compiler.is_compiling():
             rows = None
         else:
             rows = todo.any(dim=-1).nonzero().squeeze(-1)
@@ -957,8 +967,8 @@ class _SolverBase(torch.nn.Module):
     eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
     that never synchronizes with the host ("lapack" or "charpoly" to choose).
     compile=True runs the coefficient programs and the IFT backward through torch.compile
-    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first call of each
-    compiles them (seconds to minutes; torch caches the result on disk); only with
+    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first
+    call of each compiles them (seconds to minutes; torch caches the result on disk); only with
     backward="ift".
     """
 

@@ -2917,6 +2917,7 @@ _TABLES = {}
 _POOL = None
 _COMPILED = {}  # function name -> torch.compile'd function (solvers built with compile=True)
 _CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
+_PARALLEL_BATCH = 4096  # from this batch on, chunks run concurrently on the CPU threads (measured: 1.0-1.4x)
 _LEVELWISE_BATCH = 1024  # coefficient programs run level by level up to this batch (see levelwise.py)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
@@ -3204,13 +3205,7 @@ def _relative_error(h, scale):
 def _per_matrix(fn, matrix):
     """fn(matrix) -> tuple of tensors, for a batch of small matrices that LAPACK decomposes one at
     a time (ATen loops over the batch on one thread). On the CPU the batch is split over the
-    intra-op threads (ATen releases the GIL): about 2x on 2 cores.
-
-    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
-    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
-    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
-    count is restored afterwards (set_num_threads also changes the default of new threads)."""
-    global _POOL
+    intra-op threads (`_on_threads`): about 2x on 2 cores."""
     threads = torch.get_num_threads()
     if (
         matrix.device.type == "cpu"
@@ -3219,19 +3214,33 @@ def _per_matrix(fn, matrix):
         and not matrix.requires_grad
         and not torch.compiler.is_compiling()  # (compiled: one batched LAPACK call in the graph)
     ):
-        if _POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _POOL = ThreadPoolExecutor(threads)
-        parts = list(_POOL.map(lambda part: _single_threaded(fn, part), matrix.chunk(threads)))
-        torch.set_num_threads(threads)
+        parts = _on_threads(fn, [(part,) for part in matrix.chunk(threads)])
         return tuple(torch.cat(outputs) for outputs in zip(*parts))
     return fn(matrix)
 
 
-def _single_threaded(fn, matrix):
+def _on_threads(fn, parts):
+    """[fn(*part) for part in parts], run by a pool of as many Python threads as intra-op threads
+    (ATen releases the GIL while it computes).
+
+    Each worker runs with one intra-op thread: otherwise every worker would start an OpenMP team
+    of its own, and those teams, spinning idle, contend with the caller's next parallel op (the
+    template LU measured 2-7x slower right after an eigendecomposition). The caller's thread
+    count is restored afterwards (set_num_threads also changes the default of new threads)."""
+    global _POOL
+    threads = torch.get_num_threads()
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(threads)
+    results = list(_POOL.map(lambda part: _single_threaded(fn, *part), parts))
+    torch.set_num_threads(threads)
+    return results
+
+
+def _single_threaded(fn, *args):
     torch.set_num_threads(1)  # this worker thread's OpenMP team: itself only
-    return fn(matrix)
+    return fn(*args)
 
 
 # -- Small dense linear algebra: closed form up to 3 x 3 (no LAPACK call per matrix) -------------
@@ -3276,14 +3285,16 @@ def _polish(c, x, active, steps, system):
     A point whose relative residual is already at the rounding level (`_CONVERGED` units of
     roundoff) gains nothing from a step and takes none. On the CPU each step runs only on the
     instances that still have such a point (a host synchronization costs nothing there); after
-    the first step these are a minority, and dh/dx is evaluated for them only."""
+    the first step these are a minority, and dh/dx is evaluated for them only. Inside a compiled
+    graph (compile=True) every step runs on all points, masked: a data-dependent shape would split
+    the graph."""
     prepared = _prepare(c, system, jacobian=True)
     h, scale, jacobian = _evaluate(prepared, x, system, jacobian=True)
     error = _relative_error(h, scale)
     converged = _CONVERGED * torch.finfo(x.dtype).eps
     for _ in range(steps):
         todo = active & (error > converged)
-        if not _host_sync_is_free(x.device):
+        if not _host_sync_is_free(x.device) or torch.compiler.is_compiling():
             rows = None
         else:
             rows = todo.any(dim=-1).nonzero().squeeze(-1)
@@ -3525,19 +3536,53 @@ def _read_off(eigenvalues, vectors, reduced, tables):
 
 def _by_chunks(fn, *rows):
     """fn(*rows) -> tuple of tensors, all with the batch first. On the CPU large batches run in
-    chunks of `_CHUNK` instances: their intermediates stay in cache and under the allocator's
-    threshold for fresh, page-faulting memory, which otherwise costs more than the arithmetic."""
-    if rows[0].device.type != "cpu" or len(rows[0]) <= 2 * _CHUNK:
+    chunks of at most `_CHUNK` instances: their intermediates stay in cache and under the
+    allocator's threshold for fresh, page-faulting memory, which otherwise costs more than the
+    arithmetic. Without autograd (the IFT forward), batches of at least `_PARALLEL_BATCH` run
+    as two chunks per intra-op thread, concurrently (`_on_threads`): most operations of a chunk
+    are too small for ATen to split them over threads (batch 6,000 to 10,000 on 2 cores: 1.02-1.4x)."""
+    batch, threads = len(rows[0]), torch.get_num_threads()
+    if rows[0].device.type != "cpu":
         return fn(*rows)
-    parts = [fn(*chunk) for chunk in zip(*(value.split(_CHUNK) for value in rows))]
+    if threads > 1 and batch >= _PARALLEL_BATCH and not torch.is_grad_enabled():
+        size = min(_CHUNK, -(-batch // (2 * threads)))
+        parts = _on_threads(fn, list(zip(*(value.split(size) for value in rows))))
+    elif batch > 2 * _CHUNK:
+        parts = [fn(*chunk) for chunk in zip(*(value.split(_CHUNK) for value in rows))]
+    else:
+        return fn(*rows)
     return tuple(torch.cat(outputs) for outputs in zip(*parts))
 
 
-def _polished_candidates(c, ok, tables, system, settings):
+def _candidates(c, ok, tables, system, settings):
+    """`_polished_candidates` without its last output. With compile=True and the closed-form
+    eigenpairs (no LAPACK call, no host synchronization on that path) the whole stage is compiled
+    into one graph of fused kernels. On the CPU, the rows it could not use (the sparse
+    elimination did not trust them) or that got no solution within `residual_tol` are then
+    redone as written with LAPACK's eigenpairs: the closed form works from the characteristic
+    polynomial, which loses real roots of badly scaled action matrices (P3P: about 5 instances
+    in 10,000) where LAPACK's backward-stable QR does not."""
+    compiled = _compiled(_polished_candidates, settings, len(c))
+    if compiled is _polished_candidates or settings.resolved_eig(c.device) != "closed_form":
+        return _polished_candidates(c, ok, tables, system, settings)[:3]
+    x, error, candidate, usable = compiled(c, ok, tables, system, settings)
+    if _host_sync_is_free(c.device):
+        solved = (candidate & (error <= settings.residual_tol)).any(dim=-1)
+        again = (ok & ~(usable & solved)).nonzero().squeeze(-1)
+        if len(again):
+            redone = _polished_candidates(
+                c.index_select(0, again), ok.index_select(0, again), tables, system, settings, eig="lapack"
+            )
+            x, error, candidate = (value.index_copy(0, again, part) for value, part in zip((x, error, candidate), redone))
+    return x, error, candidate
+
+
+def _polished_candidates(c, ok, tables, system, settings, eig=None):
     """The template's real solutions for coefficients c [B, n] (rows where `ok`), polished by
-    Newton on `system`: points [B, S, n_unknowns], their relative residual, and which are
-    candidates (real, finite, from a usable template)."""
-    z, eigenvalues, found = _template_candidates(c, tables, settings.resolved_eig(c.device))
+    Newton on `system`: points [B, S, n_unknowns], their relative residual, which are
+    candidates (real, finite, from a usable template), and the rows [B] whose template and
+    action matrix were usable. `eig`: the eigen method (default: the solver's)."""
+    z, eigenvalues, found = _template_candidates(c, tables, eig or settings.resolved_eig(c.device))
     candidate = (
         (ok & found).unsqueeze(-1)
         & torch.isfinite(z).all(dim=-1)
@@ -3545,7 +3590,7 @@ def _polished_candidates(c, ok, tables, system, settings):
     )
     z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
     x, error = _polish(c, z, candidate, settings.newton_steps, system)
-    return x, error, candidate
+    return x, error, candidate, found
 
 
 def _solve(a, settings):
@@ -3565,7 +3610,7 @@ def _solve(a, settings):
 
     # Candidates from the template, real ones polished by Newton in the template's unknowns.
     x, error, candidate = _by_chunks(
-        lambda c_rows, ok_rows: _polished_candidates(c_rows, ok_rows, tables, polish_system, settings), c_template, ok
+        lambda c_rows, ok_rows: _candidates(c_rows, ok_rows, tables, polish_system, settings), c_template, ok
     )
     valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
@@ -3749,8 +3794,8 @@ class _SolverBase(torch.nn.Module):
     eig="auto" uses LAPACK on the CPU and, on other devices, a characteristic-polynomial method
     that never synchronizes with the host ("lapack" or "charpoly" to choose).
     compile=True runs the coefficient programs and the IFT backward through torch.compile
-    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first call of each
-    compiles them (seconds to minutes; torch caches the result on disk); only with
+    (fused kernels; needs a C++ compiler on the CPU, Triton on GPUs). The first
+    call of each compiles them (seconds to minutes; torch caches the result on disk); only with
     backward="ift".
     """
 
