@@ -1086,17 +1086,19 @@ def _read_off(eigenvalues, vectors, reduced, tables):
 # -- The solver ------------------------------------------------------------------------------------
 
 
-def _by_chunks(fn, *rows):
+def _by_chunks(fn, *rows, parallel=True):
     """fn(*rows) -> tuple of tensors, all with the batch first. On the CPU large batches run in
     chunks of at most `_CHUNK` instances: their intermediates stay in cache and under the
     allocator's threshold for fresh, page-faulting memory, which otherwise costs more than the
-    arithmetic. Without autograd (the IFT forward), batches of at least `_PARALLEL_BATCH` run
-    as two chunks per intra-op thread, concurrently (`_on_threads`): most operations of a chunk
-    are too small for ATen to split them over threads (batch 6,000 to 10,000 on 2 cores: 1.02-1.4x)."""
+    arithmetic. If `parallel` and without autograd (the IFT forward), batches of at least
+    `_PARALLEL_BATCH` run as two chunks per intra-op thread, concurrently (`_on_threads`): most
+    operations of a chunk are too small for ATen to split them over threads (batch 6,000 to
+    10,000 on 2 cores: 1.02-1.5x). Not for compiled stages, whose kernels use the threads
+    themselves (P3P: 1.25x slower so)."""
     batch, threads = len(rows[0]), torch.get_num_threads()
     if rows[0].device.type != "cpu":
         return fn(*rows)
-    if threads > 1 and batch >= _PARALLEL_BATCH and not torch.is_grad_enabled():
+    if parallel and threads > 1 and batch >= _PARALLEL_BATCH and not torch.is_grad_enabled():
         size = min(_CHUNK, -(-batch // (2 * threads)))
         parts = _on_threads(fn, list(zip(*(value.split(size) for value in rows))))
     elif batch > 2 * _CHUNK:
@@ -1114,9 +1116,9 @@ def _candidates(c, ok, tables, system, settings):
     redone as written with LAPACK's eigenpairs: the closed form works from the characteristic
     polynomial, which loses real roots of badly scaled action matrices (P3P: about 5 instances
     in 10,000) where LAPACK's backward-stable QR does not."""
-    compiled = _compiled(_polished_candidates, settings, len(c))
-    if compiled is _polished_candidates or settings.resolved_eig(c.device) != "closed_form":
+    if not _compiled_stage(settings, c):
         return _polished_candidates(c, ok, tables, system, settings)[:3]
+    compiled = _compiled(_polished_candidates, settings, len(c))
     x, error, candidate, usable = compiled(c, ok, tables, system, settings)
     if _host_sync_is_free(c.device):
         solved = (candidate & (error <= settings.residual_tol)).any(dim=-1)
@@ -1127,6 +1129,12 @@ def _candidates(c, ok, tables, system, settings):
             )
             x, error, candidate = (value.index_copy(0, again, part) for value, part in zip((x, error, candidate), redone))
     return x, error, candidate
+
+
+def _compiled_stage(settings, c):
+    """Whether `_candidates` runs compiled for coefficients c: compile=True, the closed-form
+    eigenpairs, and a batch that `_compiled` compiles (2 or more)."""
+    return settings.compile and len(c) > 1 and settings.resolved_eig(c.device) == "closed_form"
 
 
 def _polished_candidates(c, ok, tables, system, settings, eig=None):
@@ -1162,7 +1170,10 @@ def _solve(a, settings):
 
     # Candidates from the template, real ones polished by Newton in the template's unknowns.
     x, error, candidate = _by_chunks(
-        lambda c_rows, ok_rows: _candidates(c_rows, ok_rows, tables, polish_system, settings), c_template, ok
+        lambda c_rows, ok_rows: _candidates(c_rows, ok_rows, tables, polish_system, settings),
+        c_template,
+        ok,
+        parallel=not _compiled_stage(settings, c_template),
     )
     valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
