@@ -2967,7 +2967,7 @@ _TABLES = {}
 _POOL = None
 _COMPILED = {}  # function name -> torch.compile'd function (solvers built with compile=True)
 _CHUNK = 4096  # instances per chunk of the forward on the CPU (see _by_chunks)
-_PARALLEL_BATCH = 4096  # from this batch on, chunks run concurrently on the CPU threads (measured: 1.0-1.4x)
+_PARALLEL_BATCH = 4096  # from this batch on, chunks run concurrently on the CPU threads (measured: 1.0-1.5x)
 _LEVELWISE_BATCH = 1024  # coefficient programs run level by level up to this batch (see levelwise.py)
 _CONVERGED = 4.0  # relative residual, in units of roundoff, below which Newton stops
 
