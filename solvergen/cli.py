@@ -18,13 +18,16 @@ def main(argv=None) -> int:
     gen.add_argument("specs", nargs="+", metavar="SPEC.py", help="spec files defining `problem`")
     gen.add_argument("--out", default=DEFAULT_OUT_DIR, metavar="DIR",
                      help=f"output directory (default: {DEFAULT_OUT_DIR}/)")
+    gen.add_argument("--standalone", action="store_true",
+                     help="also write a copy of the runtime into DIR and import it: the generated "
+                          "files then need only torch")
     gen.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     args = parser.parse_args(argv)
 
     failed = 0
     for spec in args.specs:
         try:
-            print(generate(spec, args.out).summary(), flush=True)
+            print(generate(spec, args.out, standalone=args.standalone).summary(), flush=True)
         except SpecError as exc:
             print(f"error: {spec}: {exc}", file=sys.stderr, flush=True)
             failed += 1

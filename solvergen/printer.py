@@ -8,9 +8,14 @@ integers and rationals become float literals.
 from __future__ import annotations
 
 import keyword
+import re
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
+
+
+INLINE = 80  # characters: single-use assignments up to this length are written into their reader
+_NAME = re.compile(r"[A-Za-z_]\w*")
 
 
 class TorchPrinter(PythonCodePrinter):
@@ -70,15 +75,35 @@ def print_with_cse(
 
 
 def print_program(
-    assignments: list[tuple[sp.Symbol, sp.Expr]], outputs: list[sp.Expr], names: dict[sp.Symbol, str]
+    assignments: list[tuple[sp.Symbol, sp.Expr]],
+    outputs: list[sp.Expr],
+    names: dict[sp.Symbol, str],
+    inline: int = INLINE,
 ) -> tuple[list[str], list[str]]:
-    """Print straight-line code: assignment lines `t = ...` and the outputs."""
+    """Print straight-line code: assignment lines `t = ...` and the outputs. An assignment read
+    exactly once is written into its reader, parenthesized, where its text has at most
+    `inline` characters: the same operations in the same order, with fewer names."""
     names = dict(names)
     for sym, _ in assignments:
         names.setdefault(sym, sym.name)
     printer = TorchPrinter(names)
-    lines = [f"{printer.doprint(sym)} = {printer.doprint(expr)}" for sym, expr in assignments]
-    return lines, [printer.doprint(expr) for expr in outputs]
+    targets = [printer.doprint(sym) for sym, _ in assignments]
+    texts = [printer.doprint(expr) for _, expr in assignments] + [printer.doprint(expr) for expr in outputs]
+    reader: dict[str, list[int]] = {}  # assigned name -> indices of the texts that read it
+    for i, text in enumerate(texts):
+        for name in _NAME.findall(text):
+            reader.setdefault(name, []).append(i)
+    kept = []
+    for i, target in enumerate(targets):
+        readers = reader.get(target, [])
+        if len(readers) == 1 and readers[0] > i and len(texts[i]) <= inline:
+            j = readers[0]
+            value = texts[i] if _NAME.fullmatch(texts[i]) else f"({texts[i]})"
+            texts[j] = re.sub(rf"\b{re.escape(target)}\b", lambda _: value, texts[j])
+        else:
+            kept.append(i)
+    lines = [f"{targets[i]} = {texts[i]}" for i in kept]
+    return lines, texts[len(targets):]
 
 
 def _split_top_level(rhs: str) -> list[str]:

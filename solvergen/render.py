@@ -1,6 +1,12 @@
-"""Render a compiled problem into a self-contained Python module with the Jinja templates."""
+"""Render a compiled problem into a Python module: its printed functions and its plan.
+
+The compiler's results become `solvergen.runtime` plan objects here (`build_plan_parts`); a
+generated module writes them as Python literals (`literal`) next to its printed functions, and
+the runtime does the rest. The docstring is written from the same data (`docstring`).
+"""
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -13,14 +19,15 @@ from .compiler import CompiledProblem, Elimination
 from .jacobians import EvaluationTables, evaluation_tables
 from .linear import LinearBlock
 from .monomials import multiply
-from .monomials import name as monomial_name
 from .polynomials import PolynomialSystem
 from .printer import identifier, print_program, print_with_cse, wrap_assignment, wrap_expression
-from .levelwise import level_program
+from .runtime import plan as rt
+from .sparse_lu import SparseLU
 from .structured import coefficient_program
 from .template import read_monomials, template_entries
 
-RESERVED = {"torch", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
+RESERVED = {"torch", "runtime", "_a", "_p", "_x", "_w", "_ones", "_zeros"}
+WIDTH = 100  # columns of generated code
 
 
 def templates_dir() -> Path:
@@ -32,35 +39,63 @@ def templates_dir() -> Path:
     raise FileNotFoundError("solvergen templates not found")
 
 
-def pytuple(values, width: int = 100) -> str:
-    """A Python tuple literal, wrapped at `width` columns."""
+# -- Python literals of plan data ------------------------------------------------------------
+
+
+class Name(str):
+    """A name defined in the generated module, written as is (a function, a constant)."""
+
+
+def _tuple_literal(values, indent: int) -> str:
+    """A tuple of plain values (or of tuples of them) at column `indent`, wrapped at WIDTH
+    columns: numbers filled into lines, inner tuples too long for a line one per line."""
     items = [repr(tuple(v)) if isinstance(v, (tuple, list)) else repr(v) for v in values]
-    if not items:
-        return "()"
     one_line = "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-    if len(one_line) <= width - 30:
+    if indent + len(one_line) <= WIDTH - 2:
         return one_line
+    pad = " " * (indent + 4)
+    if any(isinstance(v, (tuple, list)) and len(pad) + len(item) + 1 > WIDTH for v, item in zip(values, items)):
+        inner = [_tuple_literal(v, indent + 4) if isinstance(v, (tuple, list)) else repr(v) for v in values]
+        return "(\n" + "".join(f"{pad}{item},\n" for item in inner) + " " * indent + ")"
     lines, current = [], ""
     for item in items:
-        if current and len(current) + len(item) + 1 > width - 4:
-            lines.append("    " + current.rstrip())
+        if current and len(pad) + len(current) + len(item) + 1 > WIDTH:
+            lines.append(pad + current.rstrip())
             current = ""
         current += item + ", "
-    lines.append("    " + current.rstrip())
-    return "(\n" + "\n".join(lines) + "\n)"
+    lines.append(pad + current.rstrip())
+    return "(\n" + "\n".join(lines) + "\n" + " " * indent + ")"
 
 
-def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())),
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["pytuple"] = pytuple
-    env.filters["pyrepr"] = repr
-    return env
+def literal(value, indent: int = 0) -> str:
+    """Python source for `value` at column `indent`: runtime plan objects as `runtime.Class(...)`
+    calls (fields equal to their defaults left out), tuples wrapped, `Name`s bare."""
+    if isinstance(value, Name):
+        return str(value)
+    if dataclasses.is_dataclass(value):
+        fields = []
+        for f in dataclasses.fields(value):
+            if not f.init:
+                continue
+            item = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING and item == f.default:
+                continue
+            fields.append(f"{f.name}={literal(item, indent + 4)}")
+        one_line = f"runtime.{type(value).__name__}(" + ", ".join(fields) + ")"
+        if indent + len(one_line) <= WIDTH - 2 and "\n" not in one_line:
+            return one_line
+        pad = " " * (indent + 4)
+        body = "".join(f"{pad}{field},\n" for field in fields)
+        return f"runtime.{type(value).__name__}(\n{body}{' ' * indent})"
+    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        pad = " " * (indent + 4)
+        return "(\n" + "".join(f"{pad}{literal(v, indent + 4)},\n" for v in value) + " " * indent + ")"
+    if isinstance(value, (tuple, list)):
+        return _tuple_literal(value, indent)
+    return repr(value)
+
+
+# -- Printed functions -----------------------------------------------------------------------
 
 
 def class_name(problem_name: str) -> str:
@@ -109,10 +144,15 @@ def _code(outputs, names, prefix, assignments=None):
     return body, results
 
 
+def _operations(assignments, outputs) -> int:
+    return sum(sp.count_ops(e) for _, e in assignments) + sum(sp.count_ops(e) for e in outputs)
+
+
 def _coefficient_code(system: PolynomialSystem, names, source: str):
     """The straight-line function c(params) of a system's coefficients: the expanded
     coefficients after cse, or the program along the equations as written
-    (`structured.coefficient_program`), whichever has fewer operations."""
+    (`structured.coefficient_program`), whichever has fewer operations. (The runtime derives
+    its level-wise form for small batches from the printed function.)"""
     exprs = [c.expr() for c in system.coefficients]
     expanded = sp.cse(exprs, symbols=sp.numbered_symbols("_t"))
     structured = coefficient_program(system, "_t")
@@ -123,65 +163,59 @@ def _coefficient_code(system: PolynomialSystem, names, source: str):
     unpack = _unpack([names[s] if any(e.has(s) for e in exprs) else "_" for s in system.parameters], source)
     if any(e.is_Number for e in exprs):
         unpack.append(f"_ones = {source}.new_ones({source}.shape[:-1])")
-    program = level_program(system.parameters, assignments, outputs)
-    if program is not None and not program.worthwhile:
-        program = None
-    return dict(unpack=unpack, lines=lines, outputs=printed, count=len(exprs), program=program)
+    return dict(unpack=unpack, lines=lines, outputs=printed, count=len(exprs))
 
 
-def _operations(assignments, outputs) -> int:
-    return sum(sp.count_ops(e) for _, e in assignments) + sum(sp.count_ops(e) for e in outputs)
-
-
-def _declared_context(compiled: CompiledProblem, names) -> dict:
+def _vjp_code(compiled: CompiledProblem, names) -> dict:
     system, derivatives = compiled.system, compiled.derivatives
-    vjp_lines, vjp_outputs = _code(
-        derivatives.parameter_vjp, names, "", derivatives.vjp_assignments
-    )
+    lines, outputs = _code(derivatives.parameter_vjp, names, "", derivatives.vjp_assignments)
     used = set().union(
         *(e.free_symbols for e in derivatives.parameter_vjp),
         *(e.free_symbols for _, e in derivatives.vjp_assignments),
     )
-    vjp_unpack = (
+    unpack = (
         _unpack([names[s] if s in used else "_" for s in system.unknowns], "_x")
         + _unpack([names[s] if s in used else "_" for s in system.parameters], "_a")
         + _unpack([names[w] if w in used else "_" for w in derivatives.weights], "_w")
     )
     if any(e == 0 for e in derivatives.parameter_vjp):
-        vjp_unpack.append(
-            "_zeros = _w.new_zeros(torch.broadcast_shapes(_x.shape[:-1], _a.shape[:-1], _w.shape[:-1]))"
-        )
-    return dict(
-        coefficients=_coefficient_code(system, names, "_a"),
-        evaluation=_evaluation_context(derivatives.evaluation),
-        vjp_unpack=vjp_unpack,
-        vjp_lines=vjp_lines,
-        vjp_outputs=vjp_outputs,
-    )
+        unpack.append("_zeros = _w.new_zeros(torch.broadcast_shapes(_x.shape[:-1], _a.shape[:-1], _w.shape[:-1]))")
+    return dict(unpack=unpack, lines=lines, outputs=outputs)
 
 
-def _evaluation_context(tables: EvaluationTables) -> dict:
-    return dict(
+# -- Plan data -------------------------------------------------------------------------------
+
+
+def _equations_plan(tables: EvaluationTables) -> rt.Equations:
+    return rt.Equations(
         unknowns=tables.num_unknowns,
         equations=tables.num_equations,
-        levels=[list(level) for level in tables.levels],
-        fields=[
-            ("term_equation", tables.term_equation, "equation of each term (one term per coefficient)"),
-            ("term_monomial", tables.term_monomial, "monomial of each term"),
-            ("derivative_position", tables.derivative_position, "dh/dx terms: flat (equation * N + unknown)"),
-            ("derivative_coefficient", tables.derivative_coefficient, "dh/dx terms: coefficient"),
-            ("derivative_factor", tables.derivative_factor, "dh/dx terms: exponent of the unknown"),
-            ("derivative_monomial", tables.derivative_monomial, "dh/dx terms: monomial x^(alpha - e_n)"),
-            ("constants", tables.constants, "(coefficient, value) of the coefficients that are numbers"),
-        ],
+        levels=tables.levels,
+        term_equation=tables.term_equation,
+        term_monomial=tables.term_monomial,
+        derivative_position=tables.derivative_position,
+        derivative_coefficient=tables.derivative_coefficient,
+        derivative_factor=tables.derivative_factor,
+        derivative_monomial=tables.derivative_monomial,
+        constants=tables.constants,
     )
 
 
-def _template_context(elimination: Elimination) -> dict:
-    system, template = elimination.system, elimination.template
-    rows, cols = template.shape
-    entries = template_entries(system, template)
+def _sparse_lu_plan(plan: SparseLU | None) -> rt.SparseLU | None:
+    if plan is None:
+        return None
 
+    def levels(steps):
+        return tuple(rt.SparseLevel(s.pivot, s.column, s.factor, s.source, s.target) for s in steps)
+
+    return rt.SparseLU(
+        plan.slots, plan.template_slots, levels(plan.forward), levels(plan.upward), plan.numerators, plan.denominators
+    )
+
+
+def _template_plan(elimination: Elimination) -> rt.Template:
+    system, template = elimination.system, elimination.template
+    entries = template_entries(system, template)
     n = len(system.unknowns)
     basis = list(template.basis)
     basis_index = {b: i for i, b in enumerate(basis)}
@@ -197,8 +231,7 @@ def _template_context(elimination: Elimination) -> dict:
                 action_scale.append(float(coef))
 
     # Read-off pairs (m, q * m) with m in the basis and q * m in the basis or reduced set, for each
-    # read monomial q (the unknowns; x_i x_j for even templates):
-    # q = sum conj(v_m) v_(q m) / sum |v_m|^2 over the pairs of q.
+    # read monomial q (the unknowns; x_i x_j for even templates).
     read = read_monomials(n, template.even)
     read_monomial, read_basis, read_value = [], [], []
     for i, q in enumerate(read):
@@ -213,37 +246,48 @@ def _template_context(elimination: Elimination) -> dict:
             read_monomial.append(i)
             read_basis.append(j)
             read_value.append(target)
-    unknown_names = [str(s) for s in system.unknowns]
-    return dict(
-        rows=rows,
-        cols=cols,
+    action_read = -1
+    if template.action_variable is not None:
+        action_read = read.index(template.action_products(tuple([0] * n))[0][0])
+    return rt.Template(
+        unknowns=n,
+        shape=Name("TEMPLATE_SHAPE"),
         square=len(template.excess) + len(template.reducible),
-        num_excess=len(template.excess),
-        num_reducible=len(template.reducible),
-        action_name=template.action_name(system.unknowns),
-        template_unknowns=unknown_names,
-        basis_names=[monomial_name(b, unknown_names) for b in basis],
-        sparse_lu=elimination.sparse_lu,
-        template_positions=[p for p, _ in entries],
-        template_sources=[j for _, j in entries],
-        action_constant=constant,
-        action_rows=action_rows,
-        action_reduced=action_reduced,
-        action_scale=action_scale,
-        read_monomial=read_monomial,
-        read_basis=read_basis,
-        read_value=read_value,
-        # the read monomial that is the eigenvalue (the action variable, or its square), or -1
-        action_read=-1 if template.action_variable is None else read.index(
-            template.action_products(tuple([0] * n))[0][0]),
+        num_reduced=len(template.reducible),
+        basis=len(basis),
+        positions=tuple(p for p, _ in entries),
+        sources=tuple(j for _, j in entries),
+        action_constant=tuple(constant),
+        action_rows=tuple(action_rows),
+        action_reduced=tuple(action_reduced),
+        action_scale=tuple(action_scale),
+        num_read=len(read),
+        read_monomial=tuple(read_monomial),
+        read_basis=tuple(read_basis),
+        read_value=tuple(read_value),
+        action_read=action_read,
         even=template.even,
-        read_names=[monomial_name(q, unknown_names) for q in read],
-        num_basis=len(basis),
-        template_num_unknowns=n,
+        sparse_lu=_sparse_lu_plan(elimination.sparse_lu),
     )
 
 
-def _linear_context(compiled: CompiledProblem, linear: LinearBlock, names) -> dict:
+def _gauge_plan(system: PolynomialSystem, linear: LinearBlock) -> rt.Gauge:
+    """The gauge equation alone, as a one-equation system over its own coefficients."""
+    terms = system.equation_terms(linear.gauge)
+    only = PolynomialSystem(
+        system.unknowns, system.parameters, system.param_ring,
+        tuple(replace(coef, equation=0) for _, coef in terms), (system.equations[linear.gauge],),
+    )
+    return rt.Gauge(
+        equation=linear.gauge,
+        degree=linear.gauge_degree,
+        coefficients=tuple(j for j, _ in terms),
+        constant=next(i for i, (_, coef) in enumerate(terms) if sum(coef.exponent) == 0),
+        equations=_equations_plan(evaluation_tables(only)),
+    )
+
+
+def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlock:
     system = compiled.system
     n = len(system.unknowns)
     matrix_positions, matrix_sources, rhs_positions, rhs_sources = [], [], [], []
@@ -256,48 +300,150 @@ def _linear_context(compiled: CompiledProblem, linear: LinearBlock, names) -> di
                 matrix_positions.append(i * n + coef.exponent.index(1))
                 matrix_sources.append(j)
     rng = random.Random(0)  # fixed: completes [L^T | G] to a square matrix for the QR
-    mix = [[round(rng.uniform(-1, 1), 6) for _ in range(linear.null_dim)] for _ in range(n)]
-    reduced = reduced_evaluation = None
-    if linear.reduced_problem is not None:
-        reduced = _coefficient_code(compiled.elimination.system, names, "_p")
-        reduced_evaluation = _evaluation_context(evaluation_tables(compiled.elimination.system))
-    gauge = None
-    if linear.chart:
-        # The gauge equation alone, as a one-equation system over its own coefficients.
-        terms = system.equation_terms(linear.gauge)
-        only = PolynomialSystem(
-            system.unknowns, system.parameters, system.param_ring,
-            tuple(replace(coef, equation=0) for _, coef in terms), (system.equations[linear.gauge],),
-        )
-        gauge = dict(
-            coefficients=[j for j, _ in terms],
-            constant=next(i for i, (_, coef) in enumerate(terms) if sum(coef.exponent) == 0),
-            evaluation=_evaluation_context(evaluation_tables(only)),
-        )
-    return dict(
-        gauge_system=gauge,
-        rank=len(linear.rows),
+    mix = tuple(tuple(round(rng.uniform(-1, 1), 6) for _ in range(linear.null_dim)) for _ in range(n))
+    reduced = None
+    if compiled.elimination is not None:
+        reduced = _equations_plan(evaluation_tables(compiled.elimination.system))
+    return rt.LinearBlock(
+        rows=tuple(linear.rows),
         null_dim=linear.null_dim,
         homogeneous=linear.homogeneous,
-        chart=linear.chart,
-        gauge=linear.gauge,
-        gauge_degree=linear.gauge_degree,
-        description=linear.describe(),
-        rows=list(linear.rows),
-        matrix_positions=matrix_positions,
-        matrix_sources=matrix_sources,
-        rhs_positions=rhs_positions,
-        rhs_sources=rhs_sources,
-        mix=mix,
-        used_parameters=list(linear.used_parameters),
-        num_reduced_unknowns=len(linear.reduced_unknowns),
-        reduced_unknowns=[str(s) for s in linear.reduced_unknowns],
-        reduced=reduced,
-        reduced_evaluation=reduced_evaluation,
+        matrix_positions=tuple(matrix_positions),
+        matrix_sources=tuple(matrix_sources),
+        rhs_positions=tuple(rhs_positions),
+        rhs_sources=tuple(rhs_sources),
+        null_mix=mix,
+        used_parameters=tuple(linear.used_parameters),
+        gauge=_gauge_plan(system, linear) if linear.chart else None,
+        reduced_coefficients=Name("_reduced_coefficients") if reduced else None,
+        reduced_equations=reduced,
     )
 
 
-def render(compiled: CompiledProblem, spec: str, spec_hash: str) -> str:
+# -- The docstring ---------------------------------------------------------------------------
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _words(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def forward_description(compiled: CompiledProblem) -> list[str]:
+    """What the forward does, in sentences, for every kind of plan."""
+    system, linear, elimination = compiled.system, compiled.linear, compiled.elimination
+    sentences = []
+    if linear is not None:
+        rank = len(linear.rows)
+        form = "x = N z" if linear.homogeneous else "x = x_p + N z"
+        sentences.append(
+            f"The {_count(rank, 'equation')} linear in the unknowns {'is' if rank == 1 else 'are'} eliminated "
+            f"with a batched QR null space: {form}, with N a basis of the {linear.null_dim}-dimensional null "
+            "space" + ("." if linear.homogeneous else " and x_p the least-norm solution.")
+        )
+    if elimination is not None:
+        template = elimination.template
+        rows, cols = template.shape
+        action = template.action_name(elimination.system.unknowns)
+        where = "The equations are solved "
+        if linear is not None:
+            coordinates = _words([str(s) for s in linear.reduced_unknowns])
+            where = f"The remaining equations are solved in the null-space coordinates {coordinates} "
+        sentences.append(
+            f"{where}with an elimination template ({rows} x {cols}): the eigenvectors of its "
+            f"{len(template.basis)} x {len(template.basis)} action matrix ({action}) give the solutions."
+        )
+        if template.even:
+            sentences.append(
+                "Every equation is even or odd, so x and -x solve the system together: each eigenvector gives "
+                f"such a pair, and half of the {compiled.num_solutions} solutions are the negatives of the others."
+            )
+    elif linear is not None and linear.homogeneous:
+        sentences.append("The null space is one-dimensional, and its basis vector is the solution up to scale.")
+    elif linear is not None:
+        sentences.append("The linear equations determine the unknowns: the solution is x_p.")
+    if linear is not None and linear.chart:
+        parity = "even" if linear.gauge_degree % 2 == 0 else "odd"
+        if elimination is not None:
+            sentences.append("They are solved in the chart whose last coordinate is 1.")
+        sentences.append(
+            f"Every solution is rescaled to satisfy the gauge (declared equation {linear.gauge}, of {parity} "
+            f"degree {linear.gauge_degree})"
+            + (": solutions are defined up to sign, and one representative of each pair +-x is returned "
+               "(compare up to sign)." if parity == "even" else ".")
+        )
+    k = len(system.equations)
+    sentences.append(
+        f"Every solution is polished by Newton steps on the {_count(k, 'declared equation')} and checked on "
+        f"{'it' if k == 1 else 'them'}."
+    )
+    return sentences
+
+
+def docstring(compiled: CompiledProblem) -> str:
+    problem, system = compiled.problem, compiled.system
+    s, n, m, k = compiled.num_solutions, len(system.unknowns), len(system.parameters), len(system.equations)
+    counted = _count(s, "solution")
+    if compiled.linear is not None and compiled.linear.chart and compiled.linear.gauge_degree % 2 == 0:
+        counted += " up to sign"
+    lines = [
+        f"Batched, differentiable solver for the problem `{problem.name}` ({counted}).",
+        "",
+        f"    solver = {class_name(problem.name)}()",
+        f"    solutions, valid = solver(params)  # [..., {m}] -> [..., {s}, {n}], [..., {s}]",
+        "",
+    ]
+    for label, names in (("Unknowns (last axis of `solutions`)", system.unknowns),
+                         ("Parameters (last axis of `params`)", system.parameters)):
+        text = f"{label}: " + ", ".join(str(v) for v in names)
+        lines += wrap_words(text, 96, "    ")
+    lines.append("")
+    lines += wrap_words("Forward: " + " ".join(forward_description(compiled)), 96, "")
+    lines += wrap_words(
+        "The solve runs in float64 (float32 with precision=\"float32\") on the device of `params`. "
+        f"Backward (default \"ift\"): the implicit function theorem on the {_count(k, 'declared equation')}, "
+        "per valid solution; QR and the eigendecomposition are never differentiated. Options: "
+        "solvergen.runtime.Solver.", 96, ""
+    )
+    return "\n".join(lines) + "\n"
+
+
+def wrap_words(text: str, width: int, indent: str) -> list[str]:
+    """Greedy word wrap; continuation lines start with `indent`."""
+    lines, current = [], ""
+    for word in text.split(" "):
+        if current and len(current) + 1 + len(word) > width:
+            lines.append(current)
+            current = indent + word
+        else:
+            current = f"{current} {word}" if current else word
+    lines.append(current)
+    return lines
+
+
+# -- The module ------------------------------------------------------------------------------
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["pytuple"] = lambda values: _tuple_literal(values, 0)
+    env.filters["pyrepr"] = repr
+    env.filters["literal"] = literal
+    return env
+
+
+def render(compiled: CompiledProblem, spec: str, spec_hash: str, standalone: str | None = None) -> str:
+    """The generated module's text. `standalone`: the name of the runtime copy next to it
+    (`solvergen generate --standalone`), or None to import the installed `solvergen.runtime`."""
     problem, system = compiled.problem, compiled.system
     taken = set(RESERVED)
     symbols = list(system.unknowns) + list(system.parameters) + list(compiled.derivatives.weights)
@@ -308,22 +454,34 @@ def render(compiled: CompiledProblem, spec: str, spec_hash: str) -> str:
         if s not in names:
             names[s] = identifier(str(s), taken)
 
+    linear = compiled.linear
+    reduced = None
+    if linear is not None and compiled.elimination is not None:
+        reduced = _coefficient_code(compiled.elimination.system, names, "_p")
     context = dict(
         version=__version__,
+        interface=rt.INTERFACE,
+        standalone=standalone,
         spec=spec,
         spec_hash=spec_hash,
         name=problem.name,
         class_name=class_name(problem.name),
-        num_unknowns=len(system.unknowns),
-        num_parameters=len(system.parameters),
-        num_equations=len(system.equations),
+        counts=", ".join(_count(len(v), w) for v, w in (
+            (system.unknowns, "unknown"), (system.parameters, "parameter"), (system.equations, "equation"))),
+        summary=compiled.describe(),
+        docstring=docstring(compiled),
         num_solutions=compiled.num_solutions,
         unknown_names=[str(s) for s in system.unknowns],
         parameter_names=[str(s) for s in system.parameters],
-        summary=compiled.describe(),
         template_shape=compiled.template_shape,
-        declared=_declared_context(compiled, names),
-        template=_template_context(compiled.elimination) if compiled.elimination else None,
-        linear=_linear_context(compiled, compiled.linear, names) if compiled.linear else None,
+        sign_gauge=linear is not None and linear.chart and linear.gauge_degree % 2 == 0,
+        coefficients=_coefficient_code(system, names, "_a"),
+        equations=_equations_plan(compiled.derivatives.evaluation),
+        vjp=_vjp_code(compiled, names),
+        linear=_linear_plan(compiled, linear) if linear is not None else None,
+        linear_description=linear.describe() if linear is not None else None,
+        reduced=reduced,
+        reduced_unknowns=[str(s) for s in linear.reduced_unknowns] if linear is not None else [],
+        template=_template_plan(compiled.elimination) if compiled.elimination else None,
     )
     return environment().get_template("solver.py.jinja").render(**context)

@@ -42,12 +42,13 @@ def test_compiled_equals_eager(name):
         solutions, valid = solver(a)
         (solutions * weights * valid.unsqueeze(-1)).sum().backward()
         results[compiled] = solutions.detach(), valid, a.grad, int(solver.ill_conditioned)
-    assert {"_coefficients", "_polished_candidates", "_implicit_vjp"} <= set(module._COMPILED)  # compiled paths ran
+    compiled_functions = {fn.__name__ for fn in module.PLAN.cache["compiled"]}
+    assert {"_coefficients", "polished_candidates", "implicit_vjp"} <= compiled_functions  # compiled paths ran
     (x0, v0, g0, ill0), (x1, v1, g1, ill1) = results[False], results[True]
     assert torch.equal(v0, v1) and not v1[7].any()
     assert ill0 == ill1
     # The same solutions; in the same order except in the rows the compiled stage hands back to
-    # LAPACK (`_candidates`), whose eigenvalue order differs from the closed form's.
+    # LAPACK (`template.solve_candidates`), whose eigenvalue order differs from the closed form's.
     distance = torch.cdist(x1, x0).masked_fill(~(v1.unsqueeze(-1) & v0.unsqueeze(-2)), float("inf"))
     scale = x0.norm(dim=-1).amax(dim=-1)[:, None]
     assert (distance.amin(dim=-1)[v1] <= 1e-10 * scale.expand_as(v1)[v1]).all()
@@ -74,20 +75,6 @@ def test_compile_needs_the_ift_backward():
         module.Solver(compile="yes")
 
 
-def test_cholesky_by_entries_equals_lapack():
-    """The compiled backward's Cholesky (entry by entry) against LAPACK's, run eagerly."""
-    module = generated_module("relpose_5pt")
-    jacobian = torch.randn(64, 16, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    gram = jacobian.transpose(1, 2) @ jacobian
-    gram[5] = -gram[5]  # not positive definite
-    gram[6, 2, 2] = float("nan")
-    inverse, info = module._inverse_cholesky_factor_by_entries(gram)
-    reference, reference_info = module._inverse_cholesky_factor(gram)
-    assert torch.equal(info == 0, reference_info == 0) and not (info[5] == 0 or info[6] == 0)
-    good = info == 0
-    torch.testing.assert_close(inverse[good], reference[good], rtol=1e-10, atol=1e-12)
-
-
 @pytest.mark.slow
 def test_compiled_natural_5pt_matches_finite_differences():
     """The natural 5-point: a sparse system with a least-squares IFT (Cholesky by entries)."""
@@ -97,7 +84,7 @@ def test_compiled_natural_5pt_matches_finite_differences():
 
 @pytest.mark.parametrize("batch", [0, 1, 2])
 def test_compiled_small_batches(batch):
-    """Batches of 0 and 1 run as written (see `_compiled`); 2 is the smallest compiled one."""
+    """Batches of 0 and 1 run as written (see `runtime.compiled`); 2 is the smallest compiled one."""
     module = generated_module("implicit_example")
     params, _ = geometry.INSTANCES["implicit_example"](4, np.random.default_rng(6))
     results = {}

@@ -8,12 +8,14 @@ from conftest import PROBLEMS, generated_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import geometry
+from solvergen.runtime import parallel
+from solvergen.runtime import template as template_stage
 
 WITH_TEMPLATE = [name for name in PROBLEMS if generated_module(name).TEMPLATE_SHAPE != (0, 0)]
 
 
 # Action matrices up to 4 x 4 also have the closed-form eigen path.
-CLOSED_FORM = [name for name in WITH_TEMPLATE if generated_module(name)._BASIS <= 4]
+CLOSED_FORM = [name for name in WITH_TEMPLATE if generated_module(name).PLAN.closed_form_eig]
 DEVICE_PATHS = [(name, "charpoly") for name in WITH_TEMPLATE] + [(name, "closed_form") for name in CLOSED_FORM]
 
 
@@ -35,7 +37,7 @@ def test_device_eigen_paths_match_lapack(name, eig):
 
 @pytest.mark.parametrize("name", ["p3p", "relpose_5pt", "relpose_6pt_shared_focal"])
 def test_chunked_forward_matches_whole_batch(name, monkeypatch):
-    """On the CPU large batches are solved in chunks (`_CHUNK` instances); the result is the
+    """On the CPU large batches are solved in chunks (`parallel.CHUNK` instances); the result is the
     whole batch's, including non-finite rows, which stay masked in their own chunk."""
     module = generated_module(name)
     params, _ = geometry.INSTANCES[name](300, np.random.default_rng(23))
@@ -43,7 +45,7 @@ def test_chunked_forward_matches_whole_batch(name, monkeypatch):
     params[7] = float("nan")
     params[250] = 0.0
     whole, whole_valid = module.Solver()(params)
-    monkeypatch.setattr(module, "_CHUNK", 64)
+    monkeypatch.setattr(parallel, "CHUNK", 64)
     chunked, chunked_valid = module.Solver()(params)
     assert torch.equal(whole_valid.sum(-1), chunked_valid.sum(-1))
     assert not whole_valid[7].any() and not whole_valid[250].any()
@@ -64,7 +66,7 @@ def test_masked_paths_match_compacted(name, monkeypatch):
     module = generated_module(name)
     # Both runs eliminate the template alike (LAPACK): the sparse elimination, CPU only, rounds
     # differently, which can reorder the eigenvalues (tests/test_sparse_lu.py checks it).
-    monkeypatch.setattr(module, "_eliminate_template", module._dense_elimination)
+    monkeypatch.setattr(template_stage, "eliminate", template_stage.dense_elimination)
     params, truth = geometry.INSTANCES[name](200, np.random.default_rng(24))
     params = torch.from_numpy(params)
     params[3] = float("nan")
@@ -78,7 +80,7 @@ def test_masked_paths_match_compacted(name, monkeypatch):
         return x.detach(), valid, p.grad
 
     x, valid, grad = solve_and_differentiate()
-    monkeypatch.setattr(module, "_host_sync_is_free", lambda device: False)
+    monkeypatch.setattr(parallel, "host_sync_is_free", lambda device: False)
     x_masked, valid_masked, grad_masked = solve_and_differentiate()
     assert torch.equal(valid, valid_masked)
     torch.testing.assert_close(x_masked, x, rtol=1e-9, atol=1e-12)
@@ -132,7 +134,7 @@ def test_device_path_never_synchronizes(name, eig, monkeypatch):
         return detector.seen
 
     assert "aten::nonzero" in run()  # on the CPU: compaction, and the detector sees it
-    monkeypatch.setattr(module, "_host_sync_is_free", lambda device: False)
+    monkeypatch.setattr(parallel, "host_sync_is_free", lambda device: False)
     assert run() == set()
 
 

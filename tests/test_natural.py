@@ -17,7 +17,7 @@ HEADER = "import sympy as sp\nfrom solvergen import Problem\n"
 def test_natural_problems_use_the_linear_pass():
     for name, rank in (("relpose_5pt", 5), ("fundamental_7pt", 7), ("homography_4pt", 8)):
         module = generated_module(name)
-        assert module._RANK == rank
+        assert module.PLAN.linear.rank == rank
         assert module.SIGN_GAUGE
     assert generated_module("homography_4pt").TEMPLATE_SHAPE == (0, 0)  # linear only: no template
 

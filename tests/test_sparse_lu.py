@@ -9,10 +9,15 @@ import torch
 from conftest import PROBLEMS, generated_module
 
 import geometry
+from solvergen.runtime import forward
+from solvergen.runtime import template as template_stage
 from solvergen.sparse_lu import plan_sparse_lu
 
 # The problems whose template is sparse enough for the sparse elimination (SparseLU.worthwhile).
-SPARSE_PROBLEMS = [name for name in PROBLEMS if hasattr(generated_module(name), "_SPARSE_LU")]
+SPARSE_PROBLEMS = [
+    name for name in PROBLEMS
+    if generated_module(name).PLAN.template is not None and generated_module(name).PLAN.template.sparse_lu is not None
+]
 
 
 def run_plan(plan, entries, num_reducible, num_basis):
@@ -56,22 +61,24 @@ def test_plan_solves_random_sparse_systems(seed):
     np.testing.assert_allclose(run_plan(plain, entries, num_reducible, num_basis), expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
 
 
-def template_coefficients(module, params):
+def template_coefficients(module, params, monkeypatch):
     """The coefficients the solver fills its template with, for a batch of parameters."""
     captured = []
-    original = module._template_candidates
+    original = template_stage.eigen_candidates
 
-    def capture(c, tables, method):
+    def capture(c, template, tables, method):
         captured.append(c)
-        return original(c, tables, method)
+        return original(c, template, tables, method)
 
-    module._template_candidates = capture
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(template_stage, "eigen_candidates", capture)
         with torch.no_grad():
             module.Solver()(params)
-    finally:
-        module._template_candidates = original
     return torch.cat(captured)
+
+
+def template_tables(module, c):
+    return forward.tensors(module.PLAN, c.device, c.dtype)["template"]
 
 
 def test_sparse_elimination_is_generated_where_it_pays():
@@ -80,41 +87,42 @@ def test_sparse_elimination_is_generated_where_it_pays():
 
 
 @pytest.mark.parametrize("name", SPARSE_PROBLEMS)
-def test_sparse_elimination_matches_lapack(name):
+def test_sparse_elimination_matches_lapack(name, monkeypatch):
     module = generated_module(name)
+    template = module.PLAN.template
     params, _ = geometry.INSTANCES[name](500, np.random.default_rng(31))
-    c = template_coefficients(module, torch.from_numpy(params))
-    tables = module._tables(c.device, c.dtype)
-    dense, dense_ok = module._dense_elimination(c, tables)
-    sparse, trusted = module._sparse_elimination(c, tables)
+    c = template_coefficients(module, torch.from_numpy(params), monkeypatch)
+    tables = template_tables(module, c)
+    dense, dense_ok = template_stage.dense_elimination(c, template, tables)
+    sparse, trusted = template_stage.sparse_elimination(c, template, tables)
     assert dense_ok.all()
     assert trusted.double().mean() >= 0.9  # the rest goes to LAPACK: correct, but slower
     scale = dense.abs().amax(dim=(1, 2), keepdim=True)
     difference = ((sparse - dense).abs() / scale)[trusted].amax(dim=(1, 2))
     assert difference.median() < 1e-12 and difference.max() < 1e-6, difference.max()
-    combined, solved = module._eliminate_template(c, tables)
+    combined, solved = template_stage.eliminate(c, template, tables)
     assert solved.all()
     torch.testing.assert_close(combined[~trusted], dense[~trusted], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(combined[trusted], sparse[trusted], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", [n for n in SPARSE_PROBLEMS if generated_module(n)._SPARSE_LU["forward"]])
-def test_untrusted_rows_go_to_lapack(name):
+@pytest.mark.parametrize("name", [n for n in SPARSE_PROBLEMS if generated_module(n).PLAN.template.sparse_lu.forward])
+def test_untrusted_rows_go_to_lapack(name, monkeypatch):
     """A zero pivot (here: its coefficient set to zero) and a NaN entry are not trusted; the zero
     pivot's row is solved by LAPACK, the NaN row fails alone."""
     module = generated_module(name)
+    template = module.PLAN.template
     params, _ = geometry.INSTANCES[name](8, np.random.default_rng(32))
-    c = template_coefficients(module, torch.from_numpy(params))
-    tables = module._tables(c.device, c.dtype)
-    lu = tables["sparse_lu"]
-    first_pivot = int(lu["forward"][0][0][0])
-    entry = (lu["template_slots"] == first_pivot).nonzero().item()
-    c[1, tables["template_sources"][entry]] = 0.0
-    c[2, tables["template_sources"][-1]] = float("nan")
-    _, trusted = module._sparse_elimination(c, tables)
+    c = template_coefficients(module, torch.from_numpy(params), monkeypatch)
+    tables = template_tables(module, c)
+    first_pivot = template.sparse_lu.forward[0].pivot[0]
+    entry = template.sparse_lu.template_slots.index(first_pivot)
+    c[1, template.sources[entry]] = 0.0
+    c[2, template.sources[-1]] = float("nan")
+    _, trusted = template_stage.sparse_elimination(c, template, tables)
     assert not trusted[1] and not trusted[2]
-    dense, dense_ok = module._dense_elimination(c, tables)
-    x, solved = module._eliminate_template(c, tables)
+    dense, dense_ok = template_stage.dense_elimination(c, template, tables)
+    x, solved = template_stage.eliminate(c, template, tables)
     assert solved[1] and dense_ok[1]
     torch.testing.assert_close(x[1], dense[1], rtol=1e-10, atol=1e-12)
     assert not (solved[2] and torch.isfinite(x[2]).all())  # the caller masks either

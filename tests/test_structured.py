@@ -4,10 +4,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-import pytest
 import sympy as sp
-import torch
-from conftest import ROOT, generated_module
+from conftest import ROOT
 
 from solvergen.polynomials import build_system
 from solvergen.spec import load_spec
@@ -41,41 +39,3 @@ def test_structured_program_refused_when_it_disagrees():
     assert coefficient_program(system) is not None
     wrong = dataclasses.replace(system, equations=(system.equations[0] + 1,) + system.equations[1:])
     assert coefficient_program(wrong) is None
-
-
-@pytest.mark.parametrize(
-    "name, straight, program",
-    [
-        ("relpose_5pt_nullspace", "_coefficients", "declared_program"),
-        ("relpose_6pt_shared_focal", "_coefficients", "declared_program"),
-        ("relpose_5pt", "_reduced_coefficients", "reduced_program"),
-    ],
-)
-def test_level_wise_program_equals_straight_line(name, straight, program):
-    """Small batches evaluate the coefficient program level by level (solvergen/levelwise.py):
-    the same values as the printed straight-line code. Under autograd the straight-line code
-    runs (its backward is cheaper)."""
-    module = generated_module(name)
-    function = getattr(module, straight)
-    tables = module._tables(torch.device("cpu"), torch.float64)[program]
-    width = tables["steps"][0][1] - 1  # rows: the inputs, a row of ones, then the operations
-    parameters = torch.randn(64, width, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    assert len(parameters) <= module._LEVELWISE_BATCH
-
-    def unused(_):
-        raise AssertionError("the straight-line code ran")
-
-    level_wise = module._coefficients_by_size(parameters, unused, tables)
-    torch.testing.assert_close(level_wise, function(parameters), rtol=1e-13, atol=1e-13)
-    with pytest.raises(AssertionError, match="straight-line code ran"):
-        module._coefficients_by_size(parameters.clone().requires_grad_(True), unused, tables)
-
-
-def test_level_wise_program_only_for_polynomials():
-    from solvergen.levelwise import level_program
-
-    a, b, t = sp.symbols("a b t")
-    program = level_program([a, b], [(t, a * b + 2 * a)], [t**2 - b, sp.Integer(0)])
-    assert program is not None and program.outputs[1] == 2  # the row of ones, scaled by 0
-    assert program.output_scale[1] == 0.0
-    assert level_program([a, b], [], [a / b]) is None  # a division: straight-line code only

@@ -1,5 +1,5 @@
-"""Sign-symmetric systems (even templates, solutions in pairs +-x) and the closed-form eigen
-path for action matrices up to 4 x 4."""
+"""Sign-symmetric systems (even templates, solutions in pairs +-x), and the compiled closed-form
+stage's redo path. (The closed-form eigenpairs and roots themselves: tests/runtime/.)"""
 from __future__ import annotations
 
 import textwrap
@@ -13,6 +13,7 @@ import geometry
 import solvergen
 from solvergen.compiler import compile_problem
 from solvergen.polynomials import build_system
+from solvergen.runtime import compiled, eig
 from solvergen.spec import load_spec
 from solvergen.template import sign_parities
 
@@ -64,57 +65,6 @@ def test_odd_and_even_equations(tmp_path):
         assert np.mean(err < 1e-9) == 1.0
 
 
-@pytest.mark.parametrize("name", ["implicit_example", "fundamental_7pt_nullspace", "p3p"])
-def test_closed_form_eigenpairs(name):
-    """Real eigenpairs of random n x n matrices (n = 2, 3, 4 for these problems) against
-    numpy: the same number of real eigenvalues, the same values, small residuals."""
-    module = generated_module(name)
-    n = module._BASIS
-    matrices = torch.from_numpy(np.random.default_rng(33).normal(size=(4000, n, n)))
-    tables = module._closed_form_tables(n, matrices.device, matrices.dtype)
-    values, vectors = module._eig_closed_form(matrices, tables)
-    real = values.imag == 0
-    reference = np.linalg.eigvals(matrices.numpy())
-    reference_real = np.abs(reference.imag) <= 1e-9 * np.maximum(1, np.abs(reference.real))
-    assert (real.sum(-1).numpy() == reference_real.sum(-1)).mean() >= 0.999
-    for ours, theirs, mask, mask_ref in zip(values.real.numpy(), reference.real, real.numpy(), reference_real):
-        if mask.sum() == mask_ref.sum():
-            np.testing.assert_allclose(np.sort(ours[mask]), np.sort(theirs[mask_ref]), rtol=1e-8, atol=1e-10)
-    residual = (matrices @ vectors - vectors * values.real.unsqueeze(1)).norm(dim=1)
-    assert residual[real].max() < 1e-10
-    assert torch.allclose(vectors.norm(dim=1)[real], torch.ones(()).double())
-
-
-def test_closed_form_special_polynomials():
-    """Roots where the general formulas divide by zero: a biquadratic quartic (no cubic term
-    after the shift), a triple root, a double root."""
-    module = generated_module("p3p")
-
-    def roots(coefficients):  # ascending, monic
-        c = [torch.tensor([float(v)], dtype=torch.float64) for v in coefficients]
-        values, real = module._real_roots(c)
-        return np.sort(values[real].numpy())
-
-    np.testing.assert_allclose(roots([4, 0, -5, 0, 1]), [-2, -1, 1, 2], atol=1e-12)  # (x^2 - 1)(x^2 - 4)
-    np.testing.assert_allclose(roots([-6, 11, -6, 1]), [1, 2, 3], atol=1e-12)
-    np.testing.assert_allclose(roots([-1, 3, -3, 1]), [1, 1, 1], atol=1e-12)  # (x - 1)^3
-    np.testing.assert_allclose(roots([1, -2, 1]), [1, 1], atol=1e-12)
-    assert len(roots([1, 0, 1])) == 0  # x^2 + 1
-    np.testing.assert_allclose(roots([24, -50, 35, -10, 1]), [1, 2, 3, 4], atol=1e-10)
-
-
-def test_quartic_with_widely_spread_roots():
-    """Two close real roots next to a complex pair 1e5 times larger (a P3P action matrix met
-    them): Ferrari's split loses digits to cancellation (it returned 6.13 and 5.45 for 5.70 and
-    5.89); the Newton steps on the factorization restore them."""
-    module = generated_module("p3p")
-    small = np.poly1d([1.0, -(5.698089 + 5.886083), 5.698089 * 5.886083])
-    large = np.poly1d([1.0, 733.455274, 366.727637**2 + 482758.729485**2])
-    coefficients = (small * large).coeffs[::-1]  # ascending
-    values, real = module._real_roots([torch.tensor([v], dtype=torch.float64) for v in coefficients])
-    np.testing.assert_allclose(np.sort(values[real].numpy()), [5.698089, 5.886083], rtol=1e-9)
-
-
 def test_compiled_stage_redoes_rows_without_a_solution(monkeypatch):
     """compile=True runs P3P's closed-form stage compiled; rows left without a solution are
     redone with LAPACK's eigenpairs. The closed form works from the characteristic polynomial,
@@ -122,15 +72,18 @@ def test_compiled_stage_redoes_rows_without_a_solution(monkeypatch):
     10,000 P3P instances); here it is made to lose every root of instance 0. (The compiled
     function is replaced by the same code run eagerly: compiling takes minutes.)"""
     module = generated_module("p3p")
-    closed_form = module._eig_closed_form
+    closed_form = eig.closed_form
 
     def losing_instance_0(matrix, tables):
         values, vectors = closed_form(matrix, tables)
         values[0] = complex(0.0, float("inf"))  # (also in a redo by the closed form, were there one)
         return values, vectors
 
-    monkeypatch.setattr(module, "_eig_closed_form", losing_instance_0)
-    monkeypatch.setattr(module, "_compiled", lambda fn, settings, batch: (lambda *a: fn(*a)) if settings.compile else fn)
+    monkeypatch.setattr(eig, "closed_form", losing_instance_0)
+    def run_eagerly(fn, settings, batch):
+        return (lambda *args: fn(*args)) if settings.compile else fn
+
+    monkeypatch.setattr(compiled, "compiled", run_eagerly)
     params, truth = geometry.p3p_instances(50, np.random.default_rng(0))
     errors = {}
     for label, solver in [("closed_form", module.Solver(eig="closed_form")), ("compiled", module.Solver(compile=True))]:

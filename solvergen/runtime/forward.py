@@ -1,0 +1,99 @@
+"""The forward pass: coefficients, the linear block, the template stage, back to the declared
+unknowns, the validity check."""
+from __future__ import annotations
+
+import torch
+
+from . import coefficients, equations, linear, parallel, template
+from .plan import Plan
+
+
+def tensors(plan: Plan, device, dtype) -> dict:
+    """The plan's tables as tensors on `device`, built once per device and dtype."""
+    cache = plan.cache.setdefault("tensors", {})
+    tables = cache.get((device, dtype))
+    if tables is None:
+        tables = {
+            "declared": equations.system_tensors(plan.equations, device, dtype),
+            "declared_program": coefficients.program_tensors(
+                plan.coefficients, plan.num_parameters, plan.cache, device, dtype
+            ),
+        }
+        if plan.template is not None:
+            tables["template"] = template.tensors(plan.template, device, dtype)
+        block = plan.linear
+        if block is not None:
+            tables["linear"] = linear.tensors(block, device, dtype)
+            if block.reduced_equations is not None:
+                tables["reduced"] = equations.system_tensors(block.reduced_equations, device, dtype)
+            if block.reduced_coefficients is not None:
+                tables["reduced_program"] = coefficients.program_tensors(
+                    block.reduced_coefficients, block.num_reduced_inputs, plan.cache, device, dtype
+                )
+        cache[(device, dtype)] = tables
+    return tables
+
+
+def solve(a, settings):
+    """a [B, M] (the compute dtype) -> solutions [B, S, N], valid [B, S], coefficients, for the
+    plan of `settings` (the solver module).
+
+    Rows with non-finite parameters or an unusable elimination are returned all-invalid; they
+    do not affect the other rows.
+    """
+    plan = settings.plan
+    tables = tensors(plan, a.device, a.dtype)
+    finite = torch.isfinite(a).all(dim=-1)
+    a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
+    c = coefficients.coefficients_of(a, plan.coefficients, tables["declared_program"], settings)
+    block = plan.linear
+    ok, c_template, polish_system = finite, c, tables["declared"]
+    if block is not None:
+        matrix, rhs, null, particular, full_rank = linear.null_space(c, block, tables["linear"])
+        ok = ok & full_rank
+        if plan.template is not None:
+            inputs = linear.reduced_inputs(a, null, particular, block, tables["linear"])
+            program = tables["reduced_program"]
+            c_template = coefficients.coefficients_of(inputs, block.reduced_coefficients, program, settings)
+            polish_system = tables["reduced"]
+
+    if plan.template is not None:
+        # Candidates from the template, real ones polished by Newton in the template's unknowns.
+        x, error, candidate = parallel.by_chunks(
+            lambda c_rows, ok_rows: template.solve_candidates(
+                c_rows, ok_rows, plan.template, tables["template"], polish_system, settings
+            ),
+            c_template,
+            ok,
+            parallel=not template.compiled_stage(settings, c_template),
+        )
+    else:
+        candidate = ok.unsqueeze(-1)
+
+    if block is not None:
+        # Back to the declared unknowns: x = x_p + N z (in a chart: z = [z, 1]), then the gauge.
+        if plan.template is not None:
+            if block.gauge is not None:
+                x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+            x = x @ null.transpose(1, 2) + particular.unsqueeze(1)
+        elif block.homogeneous:
+            x = null.transpose(1, 2)
+        else:
+            x = particular.unsqueeze(1)
+        if block.gauge is not None:
+            x, scalable = linear.rescale_to_gauge(x, c, block.gauge, tables["linear"])
+            candidate = candidate & scalable
+        if plan.template is not None:
+            # The remaining declared equations are the template's (already checked, scale-
+            # invariant); check the linear block too (a gauge holds by construction).
+            error = torch.maximum(error, linear.linear_error(matrix, rhs, x))
+        else:
+            h, scale, _ = equations.evaluate(equations.prepare(c, tables["declared"]), x, tables["declared"])
+            error = equations.relative_error(h, scale)
+    valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
+    x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
+
+    # Valid solutions first, in the order the solver found them.
+    order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
+    x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, plan.num_unknowns))
+    return x, valid.gather(1, order), c
