@@ -272,17 +272,19 @@ def _template_plan(elimination: Elimination) -> rt.Template:
 
 
 def _gauge_plan(system: PolynomialSystem, linear: LinearBlock) -> rt.Gauge:
-    """The gauge equation alone, as a one-equation system over its own coefficients."""
+    """The gauge q(x) + c = 0: q alone (its terms but the constant one) as a one-equation system
+    over its own coefficients, so that q(x) is evaluated without cancellation against c."""
     terms = system.equation_terms(linear.gauge)
+    q = [(j, coef) for j, coef in terms if sum(coef.exponent) > 0]
     only = PolynomialSystem(
         system.unknowns, system.parameters, system.param_ring,
-        tuple(replace(coef, equation=0) for _, coef in terms), (system.equations[linear.gauge],),
+        tuple(replace(coef, equation=0) for _, coef in q), (system.equations[linear.gauge],),
     )
     return rt.Gauge(
         equation=linear.gauge,
         degree=linear.gauge_degree,
-        coefficients=tuple(j for j, _ in terms),
-        constant=next(i for i, (_, coef) in enumerate(terms) if sum(coef.exponent) == 0),
+        coefficients=tuple(j for j, _ in q),
+        constant=next(j for j, coef in terms if sum(coef.exponent) == 0),
         equations=_equations_plan(evaluation_tables(only)),
     )
 

@@ -73,10 +73,9 @@ def rescale_to_gauge(x, c, gauge, tables):
     """Scale each point so that the gauge equation q(x) = c holds: the positive root for an
     even degree (one representative of +-x), the real root for an odd one. Returns the points
     and where the scaling exists."""
-    c = c.index_select(1, tables["gauge_coefficients"])
-    h, _, _ = equations.evaluate(equations.prepare(c, tables["gauge"]), x, tables["gauge"])
-    constant = c[:, gauge.constant].unsqueeze(-1)  # the gauge is q(x) + constant = 0
-    ratio = -constant / (h[..., 0] - constant)  # c / q(x)
+    q_coefficients = c.index_select(1, tables["gauge_coefficients"])
+    q, _, _ = equations.evaluate(equations.prepare(q_coefficients, tables["gauge"]), x, tables["gauge"])
+    ratio = -c[:, gauge.constant].unsqueeze(-1) / q[..., 0]  # the gauge is q(x) + c[constant] = 0
     if gauge.degree % 2 == 0:
         ok = ratio > 0
         scale = ratio.clamp_min(torch.finfo(x.dtype).tiny) ** (1.0 / gauge.degree)

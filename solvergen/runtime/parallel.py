@@ -53,9 +53,10 @@ def on_threads(fn, parts):
     threads = torch.get_num_threads()
     if _pool is None:
         _pool = ThreadPoolExecutor(threads)
-    results = list(_pool.map(lambda part: _single_threaded(fn, *part), parts))
-    torch.set_num_threads(threads)
-    return results
+    try:
+        return list(_pool.map(lambda part: _single_threaded(fn, *part), parts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _single_threaded(fn, *args):

@@ -115,9 +115,9 @@ class Gauge:
 
     equation: int  # its index among the declared equations
     degree: int
-    coefficients: tuple[int, ...]  # its coefficients among the declared ones
-    constant: int  # index (among those) of its x^0 coefficient, -c
-    equations: Equations  # the gauge alone, over its own coefficients
+    coefficients: tuple[int, ...]  # the declared coefficients of q's terms
+    constant: int  # the declared coefficient of the x^0 term: the gauge is q(x) + c[constant] = 0
+    equations: Equations  # q alone (without the constant term), over `coefficients`
 
 
 @dataclass(frozen=True)
