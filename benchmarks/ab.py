@@ -115,7 +115,8 @@ def main(argv=None) -> int:
     config = dict(old=str(args.old), new=str(args.new), rounds=args.rounds, forward_batch=args.forward_batch,
                   backward_batch=args.backward_batch, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"ab-{args.label}.json").write_text(json.dumps(dict(machine=machine, config=config, rows=rows), indent=2))
+    report = dict(machine=machine, config=config, rows=rows)
+    (args.out / f"ab-{args.label}.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"# A/B: {args.label}",
         "",

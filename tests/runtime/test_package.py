@@ -30,7 +30,9 @@ def test_import_loads_neither_sympy_nor_jinja2():
         "sorted(m for m in sys.modules if m.split('.')[0] in ('sympy', 'jinja2'))\n"
         "assert 'torch' in sys.modules\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import generated_module
 
-from solvergen import runtime
+from solvergen import render, runtime
 from solvergen.runtime import template as template_stage
 from solvergen.sparse_lu import plan_sparse_lu
 
@@ -37,13 +37,8 @@ def random_pattern(rng):
 
 def runtime_template(positions, plan):
     """A runtime Template whose entry k is coefficient k (c = the template's entries), with the
-    compile-time plan converted as solvergen/render.py does; no action matrix or read-off."""
-    levels = lambda steps: tuple(
-        runtime.SparseLevel(s.pivot, s.column, s.factor, s.source, s.target) for s in steps
-    )
-    lu = runtime.SparseLU(
-        plan.slots, plan.template_slots, levels(plan.forward), levels(plan.upward), plan.numerators, plan.denominators
-    )
+    compile-time plan converted by the renderer; no action matrix or read-off."""
+    lu = render._sparse_lu_plan(plan)
     return runtime.Template(
         unknowns=1, shape=(ROWS, COLS), square=EXCESS + REDUCED, num_reduced=REDUCED, basis=BASIS,
         positions=tuple(int(p) for p in positions), sources=tuple(range(len(positions))),
