@@ -80,3 +80,17 @@ def test_non_polynomial_functions_have_no_level_wise_form(body):
     with pytest.raises(levelwise.Unsupported):
         levelwise.trace(namespace["f"], 2)
     assert levelwise.level_program(namespace["f"], 2) is None
+
+
+def test_functions_that_do_not_stack_their_outputs_have_no_level_wise_form():
+    def returns_a_list(_a):
+        a, b = _a.movedim(-1, 0).contiguous().unbind(0)
+        return [a * b, +a]
+
+    def uses_a_string(_a):
+        a, b = _a.movedim(-1, 0).contiguous().unbind(0)
+        return torch.stack([a * "b", b]).movedim(0, -1)
+
+    for function in (returns_a_list, uses_a_string):
+        with pytest.raises(levelwise.Unsupported):
+            levelwise.trace(function, 2)

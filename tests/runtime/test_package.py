@@ -189,3 +189,13 @@ def test_select_on_real_solutions_up_to_sign():
     assert found.all() and (picked - reference).norm(dim=-1).max() < 1e-15
     unsigned, _ = module.Solver.select(solutions, valid, reference=reference, up_to_sign=False)
     assert ((unsigned - reference).norm(dim=-1) > 1e-6).all()
+
+
+def test_a_plan_needs_a_template_unless_the_linear_block_solves_everything():
+    plan = generated_module("p3p").PLAN
+    with pytest.raises(ValueError, match="a template is needed"):
+        runtime.Plan(
+            name="broken", unknown_names=plan.unknown_names, parameter_names=plan.parameter_names,
+            num_solutions=1, coefficients=plan.coefficients, equations=plan.equations,
+            parameter_vjp=plan.parameter_vjp,
+        )
