@@ -443,9 +443,13 @@ def environment() -> jinja2.Environment:
     return env
 
 
-def render(compiled: CompiledProblem, spec: str, spec_hash: str, standalone: str | None = None) -> str:
-    """The generated module's text. `standalone`: the name of the runtime copy next to it
-    (`solvergen generate --standalone`), or None to import the installed `solvergen.runtime`."""
+def render(
+    compiled: CompiledProblem, spec: str, spec_hash: str, compiler_hash: str, standalone: str | None = None
+) -> str:
+    """The generated module's text. `spec_hash`, `compiler_hash`: of the spec (with its helper
+    modules) and of the compiler's sources, for the header. `standalone`: the name of the runtime
+    copy next to it (`solvergen generate --standalone`), or None to import the installed
+    `solvergen.runtime`."""
     problem, system = compiled.problem, compiled.system
     taken = set(RESERVED)
     symbols = list(system.unknowns) + list(system.parameters) + list(compiled.derivatives.weights)
@@ -466,6 +470,7 @@ def render(compiled: CompiledProblem, spec: str, spec_hash: str, standalone: str
         standalone=standalone,
         spec=spec,
         spec_hash=spec_hash,
+        compiler_hash=compiler_hash,
         name=problem.name,
         class_name=class_name(problem.name),
         counts=", ".join(_count(len(v), w) for v, w in (

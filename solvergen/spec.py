@@ -1,16 +1,55 @@
 """Reading spec files: a Python file that defines a module-level `problem`."""
 from __future__ import annotations
 
+import hashlib
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SpecError
 from .problem import Problem
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+_helper_names: set[str] = set()  # modules that specs read in this process imported from their folders
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A spec file, its problem, and the modules beside it that it imports (helpers)."""
+
+    path: Path
+    problem: Problem
+    helpers: tuple[Path, ...]  # files of the local modules the spec uses, sorted
+
+    def sha256(self) -> str:
+        """Of the spec and its helpers: what the generated module was compiled from."""
+        digest = hashlib.sha256(self.path.read_bytes())
+        for helper in self.helpers:
+            digest.update(b"\0" + helper.name.encode() + b"\0" + helper.read_bytes())
+        return digest.hexdigest()
+
 
 def load_spec(path) -> Problem:
     """Execute a spec file and return its `problem`; any failure is a one-line SpecError."""
+    return read_spec(path).problem
+
+
+def _local_file(module, folder: Path) -> Path | None:
+    """The file of `module` if it lies in `folder` (and is not solvergen itself)."""
+    name = getattr(module, "__file__", None)
+    if not name:
+        return None
+    file = Path(name).resolve()
+    if folder not in file.parents or PACKAGE_DIR in file.parents or "site-packages" in file.parts:
+        return None
+    return file
+
+
+def read_spec(path) -> Spec:
+    """`load_spec`, and the spec's helpers: the modules it imports from its own folder. They are
+    imported afresh for each spec (a helper cached by an earlier spec, maybe from another folder
+    with a module of the same name, would hide the current one)."""
     path = Path(path)
     if not path.is_file():
         raise SpecError("no such file")
@@ -23,7 +62,11 @@ def load_spec(path) -> Problem:
     except SyntaxError as exc:
         raise SpecError(f"syntax error at line {exc.lineno}: {exc.msg}") from None
     namespace = {"__name__": "__solvergen_spec__", "__file__": str(path)}
-    sys.path.insert(0, str(path.resolve().parent))  # specs may import helpers beside them
+    folder = path.resolve().parent
+    for name in [name for name, module in sys.modules.items() if name in _helper_names or _local_file(module, folder)]:
+        del sys.modules[name]
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))  # specs may import helpers beside them
     try:
         exec(code, namespace)
     except SpecError:
@@ -39,4 +82,10 @@ def load_spec(path) -> Problem:
     problem = namespace["problem"]
     if not isinstance(problem, Problem):
         raise SpecError(f"`problem` is a {type(problem).__name__}, not a solvergen.Problem")
-    return problem
+    helpers = {}
+    for name in set(sys.modules) - before:
+        file = _local_file(sys.modules[name], folder)
+        if file is not None:
+            helpers[name] = file
+    _helper_names.update(helpers)
+    return Spec(path, problem, tuple(sorted(set(helpers.values()))))

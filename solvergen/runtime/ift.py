@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from . import coefficients, dense, equations, forward, newton, parallel
 from . import compiled as compilation
-from . import dense, equations, forward, parallel
+
+# The float64 refinement of float32 solutions in the backward (refine_in_float64). Measured on
+# 11,849 selected solutions (8 problems x 3 seeds x 500 instances): the only two float32 gradients
+# more than 1e-2 off float64's came from refinements whose second step was 0.45 and 0.28 times
+# the first (near-double roots); 0.1 zeroes 6 other gradients.
+CONTRACTION = 0.1
+REFINED_RESIDUAL = 1e-8  # relative residual a refined solution must reach (float64's residual_tol)
 
 
 def implicit_vjp(a, x, valid, c, grad, cond_max, plan, system):
@@ -73,24 +80,69 @@ def implicit_vjp(a, x, valid, c, grad, cond_max, plan, system):
 
 
 class ImplicitFunction(torch.autograd.Function):
-    """Forward: the solver without autograd. Backward: the implicit function theorem."""
+    """Forward: the solver without autograd. Backward: the implicit function theorem, in float64
+    (a float32 solve's solutions are refined in float64 first: `refine_in_float64`)."""
 
     @staticmethod
     def forward(ctx, params, solver):
         a = params.detach().to(solver.compute_dtype)
         x, valid, c = forward.solve(a, solver)
-        ctx.save_for_backward(a, x, valid, c)
+        ctx.save_for_backward(params.detach(), x, valid, c)
         ctx.solver = solver
-        ctx.dtype = params.dtype
         ctx.mark_non_differentiable(valid)
         return x.to(params.dtype), valid
 
     @staticmethod
     def backward(ctx, grad_solutions, grad_valid):
-        a, x, valid, c = ctx.saved_tensors
-        vjp = compilation.compiled(implicit_vjp, ctx.solver, len(a))
-        plan = ctx.solver.plan
-        system = forward.tensors(plan, a.device, a.dtype)["declared"]
-        grad, skipped = vjp(a, x, valid, c, grad_solutions.to(a.dtype), ctx.solver.cond_max, plan, system)
-        ctx.solver.ill_conditioned = skipped
-        return grad.to(ctx.dtype), None
+        params, x, valid, c = ctx.saved_tensors
+        solver = ctx.solver
+        grad = grad_solutions.to(torch.float64)
+        if x.dtype == torch.float64:
+            a, refused = params.to(torch.float64), 0
+        else:
+            a, x, valid, c, refused = refine_in_float64(params, x, valid, grad, solver)
+        vjp = compilation.compiled(implicit_vjp, solver, len(a))
+        system = forward.tensors(solver.plan, a.device, a.dtype)["declared"]
+        result, skipped = vjp(a, x, valid, c, grad, solver.cond_max, solver.plan, system)
+        solver.ill_conditioned = skipped + refused
+        return result.to(params.dtype), None
+
+
+def refine_in_float64(params, x, valid, grad, settings):
+    """For the backward of a float32 solve: the solutions that receive a gradient, refined by two
+    Newton steps in float64 on the declared equations (from float64 coefficients), so that the
+    IFT runs at the float64 solution. (The IFT at a float32 solution, with float32 Jacobians, was
+    more than 10% off float64's gradient on 6% of natural 5-point instances, and 1e-2 off on
+    22%.) A refinement is trusted where the second step is at most `CONTRACTION` times the first
+    (Newton's quadratic convergence: the float32 solution lay in the root's basin) and the
+    relative residual reaches `REFINED_RESIDUAL`. The others (near-double roots, where float32
+    cannot tell the two roots apart) get no gradient and count as ill-conditioned: their number
+    is returned with a, x, valid, c in float64."""
+    plan = settings.plan
+    a = params.to(torch.float64)
+    tables = forward.tensors(plan, a.device, torch.float64)
+    c = coefficients.coefficients_of(a, plan.coefficients, tables["declared_program"], settings)
+    wanted = valid & (grad != 0).any(dim=-1)
+    start = x.to(torch.float64)
+    batch, slots, n = start.shape
+    system = tables["declared"]
+    pairs = wanted.flatten().nonzero().squeeze(-1) if parallel.host_sync_is_free(a.device) else None
+    # On the CPU the wanted solutions only, with their instance's coefficients, unless a dense
+    # system would then build its coefficient matrices once per solution (as in implicit_vjp).
+    if pairs is not None and not (system["dense"] and len(pairs) > batch):
+        refined, kept = _refine(c.index_select(0, pairs // slots), start.view(-1, 1, n).index_select(0, pairs),
+                                torch.ones_like(pairs, dtype=torch.bool).unsqueeze(-1), system)
+        x = start.view(-1, n).index_copy(0, pairs, refined.squeeze(1)).view(batch, slots, n)
+        kept = torch.zeros_like(wanted).flatten().index_copy(0, pairs, kept.squeeze(1)).view_as(wanted)
+    else:  # every solution slot, masked
+        x, kept = _refine(c, start, wanted, system)
+    return a, x, kept, c, (wanted & ~kept).sum()
+
+
+def _refine(c, x, active, system):
+    """Two Newton steps from x [B, S, N] for the `active` points: the new points and where the
+    refinement is trusted (see `refine_in_float64`)."""
+    first, _ = newton.polish(c, x, active, 1, system)
+    refined, error = newton.polish(c, first, active, 1, system)
+    contracting = (refined - first).norm(dim=-1) <= CONTRACTION * (first - x).norm(dim=-1)
+    return refined, active & contracting & (error <= REFINED_RESIDUAL) & torch.isfinite(refined).all(dim=-1)
