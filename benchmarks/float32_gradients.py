@@ -20,64 +20,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import geometry  # noqa: E402
 from run import machine_info  # noqa: E402
+from test_gradients import float32_gradient_agreement  # noqa: E402
 
 from solvergen.generate import import_generated  # noqa: E402
 
 PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
-
-
-def picked_gradient(solver, params, truth, weights):
-    """The picked solution, whether it was found, the gradient of <weights, picked> wrt params,
-    and the solver's ill_conditioned count."""
-    a = params.clone().requires_grad_(True)
-    solutions, valid = solver(a)
-    picked, found = solver.select(solutions, valid, reference=truth.to(solutions.dtype))
-    (picked * weights.to(picked.dtype)).sum().backward()
-    ill = solver.ill_conditioned
-    return picked.detach().double(), found, a.grad.double(), int(ill) if ill is not None else 0
-
-
-def relative(a, b):
-    return (a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-300)
-
-
-def compare(module, count, seed, **float32_options):
-    params, truth = geometry.INSTANCES[module.PLAN.name](count, np.random.default_rng(seed))
-    params32 = torch.from_numpy(params).float()
-    truth = torch.from_numpy(truth)
-    weights = torch.randn(len(module.UNKNOWN_NAMES), dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-    x64, found64, g64, _ = picked_gradient(module.Solver(), params32.double(), truth, weights)
-    x32, found32, g32, ill32 = picked_gradient(
-        module.Solver(precision="float32", **float32_options), params32, truth, weights
-    )
-    err64, err32 = relative(x64, truth), relative(x32, truth)
-    if module.SIGN_GAUGE:  # solutions up to sign: select aligned them with the truth
-        err64 = torch.minimum(err64, relative(-x64, truth))
-        err32 = torch.minimum(err32, relative(-x32, truth))
-    both = found64 & found32 & (err64 < 1e-3) & (err32 < 1e-3)
-    zeroed = both & (g32 == 0).all(dim=-1) & (g64 != 0).any(dim=-1)
-    compared = both & ~zeroed
-    error = relative(g32, g64)[compared]
-    return dict(
-        problem=module.PLAN.name,
-        instances=count,
-        both_found=int(both.sum()),
-        zeroed=int(zeroed.sum()),
-        ill_conditioned=ill32,
-        within_1e2=float((error <= 1e-2).double().mean()) if len(error) else float("nan"),
-        over_10_percent=int((error > 0.1).sum()),
-        median=float(error.median()) if len(error) else float("nan"),
-        worst=float(error.max()) if len(error) else float("nan"),
-    )
 
 
 def main(argv=None) -> int:
@@ -92,7 +44,7 @@ def main(argv=None) -> int:
     rows = []
     for name in args.problems:
         module = import_generated(ROOT / "generated" / f"{name}.py")
-        row = compare(module, args.count, args.seed)
+        row = float32_gradient_agreement(module, args.count, args.seed)
         rows.append(row)
         print(
             f"{name:26s} both found {row['both_found']:4d}, zeroed {row['zeroed']:3d} (ill_conditioned "

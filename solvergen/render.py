@@ -340,20 +340,30 @@ def forward_description(compiled: CompiledProblem) -> list[str]:
     sentences = []
     if linear is not None:
         rank = len(linear.rows)
-        form = "x = N z" if linear.homogeneous else "x = x_p + N z"
-        sentences.append(
-            f"The {_count(rank, 'equation')} linear in the unknowns {'is' if rank == 1 else 'are'} eliminated "
-            f"with a batched QR null space: {form}, with N a basis of the {linear.null_dim}-dimensional null "
-            "space" + ("." if linear.homogeneous else " and x_p the least-norm solution.")
-        )
+        subject = "The equation" if rank == 1 else f"The {rank} equations"
+        subject += " linear in the unknowns"
+        if linear.null_dim == 0:
+            sentences.append(
+                f"{subject} {'determines' if rank == 1 else 'determine'} them: the solution is the least-norm "
+                "solution x_p of L x = b (batched QR)."
+            )
+        else:
+            form = "x = N z" if linear.homogeneous else "x = x_p + N z"
+            sentences.append(
+                f"{subject} {'is' if rank == 1 else 'are'} eliminated with a batched QR null space: {form}, "
+                f"with N a basis of the {linear.null_dim}-dimensional null space"
+                + ("." if linear.homogeneous else " and x_p the least-norm solution.")
+            )
     if elimination is not None:
         template = elimination.template
         rows, cols = template.shape
         action = template.action_name(elimination.system.unknowns)
-        where = "The equations are solved "
+        remaining = len(elimination.system.equations)
+        where = "The equation is solved " if remaining == 1 else "The equations are solved "
         if linear is not None:
-            coordinates = _words([str(s) for s in linear.reduced_unknowns])
-            where = f"The remaining equations are solved in the null-space coordinates {coordinates} "
+            coordinates = [str(s) for s in linear.reduced_unknowns]
+            where = "The remaining equation is solved" if remaining == 1 else "The remaining equations are solved"
+            where += f" in the null-space coordinate{'s' if len(coordinates) > 1 else ''} {_words(coordinates)} "
         sentences.append(
             f"{where}with an elimination template ({rows} x {cols}): the eigenvectors of its "
             f"{len(template.basis)} x {len(template.basis)} action matrix ({action}) give the solutions."
@@ -363,10 +373,8 @@ def forward_description(compiled: CompiledProblem) -> list[str]:
                 "Every equation is even or odd, so x and -x solve the system together: each eigenvector gives "
                 f"such a pair, and half of the {compiled.num_solutions} solutions are the negatives of the others."
             )
-    elif linear is not None and linear.homogeneous:
+    elif linear is not None and linear.null_dim == 1:
         sentences.append("The null space is one-dimensional, and its basis vector is the solution up to scale.")
-    elif linear is not None:
-        sentences.append("The linear equations determine the unknowns: the solution is x_p.")
     if linear is not None and linear.chart:
         parity = "even" if linear.gauge_degree % 2 == 0 else "odd"
         if elimination is not None:
@@ -378,11 +386,19 @@ def forward_description(compiled: CompiledProblem) -> list[str]:
                "(compare up to sign)." if parity == "even" else ".")
         )
     k = len(system.equations)
-    sentences.append(
-        f"Every solution is polished by Newton steps on the {_count(k, 'declared equation')} and checked on "
-        f"{'it' if k == 1 else 'them'}."
-    )
+    if elimination is None:
+        sentences.append(f"Every solution is checked on {_declared(k)}.")
+    elif linear is None:
+        sentences.append(f"Every solution is polished by Newton steps on {_declared(k)} and checked on "
+                         f"{'it' if k == 1 else 'them'}.")
+    else:
+        sentences.append(f"Every solution is polished by Newton steps on the remaining equations in the null-space "
+                         f"coordinates and checked on all {k} declared equations.")
     return sentences
+
+
+def _declared(k: int) -> str:
+    return "the declared equation" if k == 1 else f"the {k} declared equations"
 
 
 def docstring(compiled: CompiledProblem) -> str:
@@ -406,9 +422,9 @@ def docstring(compiled: CompiledProblem) -> str:
     lines += wrap_words("Forward: " + " ".join(forward_description(compiled)), 96, "")
     lines += wrap_words(
         "The solve runs in float64 (float32 with precision=\"float32\") on the device of `params`. "
-        f"Backward (default \"ift\"): the implicit function theorem on the {_count(k, 'declared equation')}, "
-        "per valid solution; QR and the eigendecomposition are never differentiated. Options: "
-        "solvergen.runtime.Solver.", 96, ""
+        f"Backward (default \"ift\"): the implicit function theorem on {_declared(k)}, per valid solution, "
+        "in float64 (the solutions of a float32 solve are refined first); QR and the eigendecomposition are "
+        "never differentiated. Options: solvergen.runtime.Solver.", 96, ""
     )
     return "\n".join(lines) + "\n"
 

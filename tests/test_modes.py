@@ -58,7 +58,7 @@ def test_chunked_forward_matches_whole_batch(name, monkeypatch):
     assert (nearest <= 1e-9 * size).all(), (nearest / size).max()
 
 
-@pytest.mark.parametrize("name", ["p3p", "relpose_5pt", "relpose_5pt_nullspace"])
+@pytest.mark.parametrize("name", PROBLEMS)
 def test_masked_paths_match_compacted(name, monkeypatch):
     """Off the CPU the solver masks instead of compacting (no host synchronization): Newton
     steps on every instance, the backward on every solution slot. Forced here on the CPU, the

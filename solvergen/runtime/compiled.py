@@ -5,6 +5,11 @@ import types
 
 import torch
 
+# torch.compile's backend. Tests also use "aot_eager": the same graph capture (dynamo and
+# autograd tracing, guards, dynamic shapes, graph breaks) without inductor's code generation,
+# which takes minutes per problem on the CPU.
+BACKEND = "inductor"
+
 
 def compiled(fn, settings, batch):
     """fn, or for solvers built with compile=True, torch.compile(fn): compiled once per function
@@ -15,9 +20,10 @@ def compiled(fn, settings, batch):
     if not settings.compile or batch <= 1:
         return fn
     functions = settings.plan.cache.setdefault("compiled", {})
-    if fn not in functions:
-        functions[fn] = torch.compile(_own_copy(fn), dynamic=True)
-    return functions[fn]
+    key = (fn, BACKEND)
+    if key not in functions:
+        functions[key] = torch.compile(_own_copy(fn), dynamic=True, backend=BACKEND)
+    return functions[key]
 
 
 def _own_copy(fn):

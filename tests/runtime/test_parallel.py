@@ -248,6 +248,21 @@ def test_concurrent_forward_equals_serial(name, threads, monkeypatch):
         assert (nearest[valid] <= 1e-9 * size[valid]).all(), (nearest / size)[valid].max()
 
 
+def test_concurrent_forward_at_the_default_threshold(threads, monkeypatch):
+    """With the default PARALLEL_BATCH and CHUNK (no patching), a batch of PARALLEL_BATCH runs
+    concurrently on the pool and gives the serial forward's result."""
+    module = generated_module("implicit_example")
+    params, _ = geometry.INSTANCES["implicit_example"](parallel.PARALLEL_BATCH, np.random.default_rng(42))
+    params = torch.from_numpy(params)
+    calls = []
+    concurrent, concurrent_valid = solve_recorded(module, params, monkeypatch, calls)
+    assert len(calls) >= 2 and threading.get_ident() not in {ident for _, ident in calls}
+    monkeypatch.setattr(parallel, "PARALLEL_BATCH", 10**9)
+    serial, serial_valid = solve_recorded(module, params, monkeypatch, [])
+    assert torch.equal(concurrent_valid, serial_valid) and serial_valid.all()
+    torch.testing.assert_close(concurrent, serial, rtol=1e-12, atol=1e-12)
+
+
 def test_thread_count_restored_when_a_chunk_raises(threads):
     """`on_threads` restores the caller's thread count (and so the default of new threads) also
     when a worker raises."""
