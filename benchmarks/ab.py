@@ -35,16 +35,16 @@ from solvergen.generate import import_generated  # noqa: E402
 PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
 
 
-def forward_seconds(module, params) -> float:
-    solver = module.Solver()
+def forward_seconds(module, params, precision) -> float:
+    solver = module.Solver(precision=precision)
     with torch.no_grad():
         start = time.perf_counter()
         solver(params)
         return time.perf_counter() - start
 
 
-def backward_seconds(module, params, truth, weights, loss) -> float:
-    solver = module.Solver()
+def backward_seconds(module, params, truth, weights, loss, precision) -> float:
+    solver = module.Solver(precision=precision)
     a = params.clone().requires_grad_(True)
     solutions, valid = solver(a)
     if loss == "selected":
@@ -57,17 +57,20 @@ def backward_seconds(module, params, truth, weights, loss) -> float:
     return time.perf_counter() - start
 
 
-def measure(name, modules, rounds, forward_batch, backward_batch, seed):
+def measure(name, modules, rounds, forward_batch, backward_batch, seed, precision="float64"):
     params, truth = geometry.INSTANCES[name](max(forward_batch, backward_batch), np.random.default_rng(seed))
-    params, truth = torch.from_numpy(params), torch.from_numpy(truth)
+    dtype = torch.float64 if precision == "float64" else torch.float32
+    params, truth = torch.from_numpy(params).to(dtype), torch.from_numpy(truth).to(dtype)
     old = modules[0]
     weights = torch.randn(old.NUM_SOLUTIONS, len(old.UNKNOWN_NAMES), dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(seed))
+                          generator=torch.Generator().manual_seed(seed)).to(dtype)
     tasks = {
-        f"forward {forward_batch}": lambda m: forward_seconds(m, params[:forward_batch]),
+        f"forward {forward_batch}": lambda m: forward_seconds(m, params[:forward_batch], precision),
         **{
             f"backward {backward_batch} {loss}": (
-                lambda m, loss=loss: backward_seconds(m, params[:backward_batch], truth[:backward_batch], weights, loss)
+                lambda m, loss=loss: backward_seconds(
+                    m, params[:backward_batch], truth[:backward_batch], weights, loss, precision
+                )
             )
             for loss in ("selected", "all")
         },
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     parser.add_argument("--forward-batch", type=int, default=10_000)
     parser.add_argument("--backward-batch", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
+                        help="the solvers' precision (and the parameters' dtype)")
     parser.add_argument("--label", default="runtime")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -110,17 +115,17 @@ def main(argv=None) -> int:
     rows = []
     for name in args.problems:
         modules = [import_generated(folder / f"{name}.py") for folder in (args.old, args.new)]
-        rows += measure(name, modules, args.rounds, args.forward_batch, args.backward_batch, args.seed)
+        rows += measure(name, modules, args.rounds, args.forward_batch, args.backward_batch, args.seed, args.precision)
     machine["load_average_end"] = load_average()
     config = dict(old=str(args.old), new=str(args.new), rounds=args.rounds, forward_batch=args.forward_batch,
-                  backward_batch=args.backward_batch, seed=args.seed)
+                  backward_batch=args.backward_batch, seed=args.seed, precision=args.precision)
     args.out.mkdir(parents=True, exist_ok=True)
     report = dict(machine=machine, config=config, rows=rows)
     (args.out / f"ab-{args.label}.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"# A/B: {args.label}",
         "",
-        f"Old: `{args.old}`, new: `{args.new}`. {args.rounds} rounds of old, new, new, old; float64. "
+        f"Old: `{args.old}`, new: `{args.new}`. {args.rounds} rounds of old, new, new, old; {args.precision}. "
         f"{machine['cpu']}, {machine['cpu_cores']} cores, torch {machine['versions']['torch']} "
         f"({machine['torch_threads']} threads), Python {machine['python']}, commit {machine['git_commit']} "
         f"(uncommitted changes: {machine['git_dirty']}), {machine['date']}; load average (1, 5, 15 min) "
