@@ -48,8 +48,7 @@ def solve_and_differentiate(solver, params, truth, weights):
     `select`, and the ill-conditioned counts of both backwards."""
     a = params.clone().requires_grad_(True)
     solutions, valid = solver(a)
-    # The same weights for every solution of an instance: the loss does not depend on their order.
-    (solutions * weights[:, :1] * valid.unsqueeze(-1)).sum().backward()
+    (solutions * weights * valid.unsqueeze(-1)).sum().backward()
     every, ill_every = a.grad, int(solver.ill_conditioned)
     a = params.clone().requires_grad_(True)
     picked, _ = solver.select(*solver(a), reference=truth)
@@ -89,13 +88,15 @@ def test_compiled_equals_eager(backend, name):
     for nearest, valid in ((distance.amin(dim=-1), v1), (distance.amin(dim=-2), v0)):
         relative = nearest[valid] / scale.expand_as(valid)[valid]
         assert relative.max() <= 1e-7 and (relative <= 1e-10).double().mean() >= 0.995, relative.max()
-    same_order = (x1 - x0).abs().amax(dim=(-2, -1)) <= 1e-10 * scale.squeeze(-1) + 1e-12
+    same_order = (x1 - x0).abs().amax(dim=(-2, -1)) <= 1e-7 * scale.squeeze(-1) + 1e-12
     assert same_order.double().mean() >= 0.98
-    for compiled_grad, eager_grad in ((g1, g0), (s1, s0)):
+    # The weights are per solution slot: compare the every-solution gradients where both runs
+    # returned the solutions in the same order.
+    for compiled_grad, eager_grad, rows in ((g1, g0, same_order), (s1, s0, torch.ones_like(same_order))):
         assert torch.isfinite(compiled_grad).all() and (compiled_grad[7] == 0).all()
         # Compiled code rounds differently (fused kernels; the least-squares backward's Cholesky
         # entry by entry), and ill-conditioned instances amplify that.
-        relative = (compiled_grad - eager_grad).norm(dim=-1) / eager_grad.norm(dim=-1).clamp_min(1e-300)
+        relative = ((compiled_grad - eager_grad).norm(dim=-1) / eager_grad.norm(dim=-1).clamp_min(1e-300))[rows]
         assert relative.median() < 1e-10 and (relative < 1e-6).double().mean() >= 0.99, relative.max()
 
 
