@@ -207,7 +207,7 @@ def solve_candidates(c, ok, template, tables, system, settings):
         again = (ok & ~(usable & solved)).nonzero().squeeze(-1)
         if len(again):
             redone = polished_candidates(
-                c.index_select(0, again), ok.index_select(0, again), template, tables, system, settings, eig="lapack"
+                c.index_select(0, again), ok.index_select(0, again), template, tables, system, settings, method="lapack"
             )
             x, error, candidate = (
                 value.index_copy(0, again, part) for value, part in zip((x, error, candidate), redone)
@@ -221,12 +221,12 @@ def compiled_stage(settings, c):
     return settings.compile and len(c) > 1 and settings.resolved_eig(c.device) == "closed_form"
 
 
-def polished_candidates(c, ok, template, tables, system, settings, eig=None):
+def polished_candidates(c, ok, template, tables, system, settings, method=None):
     """The template's real solutions for coefficients c [B, n] (rows where `ok`), polished by
     Newton on `system`: points [B, S, n_unknowns], their relative residual, which are
     candidates (real, finite, from a usable template), and the rows [B] whose template and
-    action matrix were usable. `eig`: the eigen method (default: the solver's)."""
-    z, eigenvalues, found = eigen_candidates(c, template, tables, eig or settings.resolved_eig(c.device))
+    action matrix were usable. `method`: the eigen method (default: the solver's)."""
+    z, eigenvalues, found = eigen_candidates(c, template, tables, method or settings.resolved_eig(c.device))
     candidate = (
         (ok & found).unsqueeze(-1)
         & torch.isfinite(z).all(dim=-1)
