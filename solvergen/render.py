@@ -273,12 +273,14 @@ def _template_plan(elimination: Elimination) -> rt.Template:
 
 def _gauge_plan(system: PolynomialSystem, linear: LinearBlock) -> rt.Gauge:
     """The gauge q(x) + c = 0: q alone (its terms but the constant one) as a one-equation system
-    over its own coefficients, so that q(x) is evaluated without cancellation against c."""
+    in the block's unknowns over its own coefficients, so that q(x) is evaluated without
+    cancellation against c (the gauge involves no free unknown)."""
     terms = system.equation_terms(linear.gauge)
     q = [(j, coef) for j, coef in terms if sum(coef.exponent) > 0]
     only = PolynomialSystem(
-        system.unknowns, system.parameters, system.param_ring,
-        tuple(replace(coef, equation=0) for _, coef in q), (system.equations[linear.gauge],),
+        tuple(system.unknowns[i] for i in linear.block), system.parameters, system.param_ring,
+        tuple(replace(coef, equation=0, exponent=tuple(coef.exponent[i] for i in linear.block)) for _, coef in q),
+        (system.equations[linear.gauge],),
     )
     return rt.Gauge(
         equation=linear.gauge,
@@ -291,7 +293,7 @@ def _gauge_plan(system: PolynomialSystem, linear: LinearBlock) -> rt.Gauge:
 
 def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlock:
     system = compiled.system
-    n = len(system.unknowns)
+    n = len(linear.block)
     matrix_positions, matrix_sources, rhs_positions, rhs_sources = [], [], [], []
     for i, k in enumerate(linear.rows):
         for j, coef in system.equation_terms(k):
@@ -299,7 +301,7 @@ def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlo
                 rhs_positions.append(i)
                 rhs_sources.append(j)
             else:
-                matrix_positions.append(i * n + coef.exponent.index(1))
+                matrix_positions.append(i * n + linear.block.index(coef.exponent.index(1)))
                 matrix_sources.append(j)
     rng = random.Random(0)  # fixed: completes [L^T | G] to a square matrix for the QR
     mix = tuple(tuple(round(rng.uniform(-1, 1), 6) for _ in range(linear.null_dim)) for _ in range(n))
@@ -308,6 +310,7 @@ def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlo
         reduced = _equations_plan(evaluation_tables(compiled.elimination.system))
     return rt.LinearBlock(
         rows=tuple(linear.rows),
+        block=tuple(linear.block),
         null_dim=linear.null_dim,
         homogeneous=linear.homogeneous,
         matrix_positions=tuple(matrix_positions),
@@ -316,6 +319,7 @@ def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlo
         rhs_sources=tuple(rhs_sources),
         null_mix=mix,
         used_parameters=tuple(linear.used_parameters),
+        free=tuple(i for i in range(len(system.unknowns)) if i not in linear.block),
         gauge=_gauge_plan(system, linear) if linear.chart else None,
         reduced_coefficients=Name("_reduced_coefficients") if reduced else None,
         reduced_equations=reduced,

@@ -129,6 +129,22 @@ def implicit_example_instances(n, rng):
     return x[:, None], np.stack([y1, y2], axis=1)
 
 
+def relpose_6pt_shared_focal_natural_instances(n, rng):
+    """Pixel correspondences and the truth [F / ||F|| (row-major), w = 1 / f^2]."""
+    q1, q2, E = two_view_scene(rng, n, 6)
+    f = rng.uniform(0.5, 2.0, size=n)
+    K = np.zeros((n, 3, 3))
+    K[:, 0, 0] = K[:, 1, 1] = f
+    K[:, 2, 2] = 1
+    p1 = np.einsum("nij,npj->npi", K, q1)
+    p2 = np.einsum("nij,npj->npi", K, q2)
+    Kinv = np.linalg.inv(K)
+    F = (Kinv.transpose(0, 2, 1) @ E @ Kinv).reshape(n, 9)
+    F = F / np.linalg.norm(F, axis=1, keepdims=True)
+    params = np.concatenate([p1[..., :2].reshape(n, 12), p2[..., :2].reshape(n, 12)], axis=1)
+    return params, np.concatenate([F, 1 / f[:, None] ** 2], axis=1)
+
+
 def relpose_5pt_instances(n, rng):
     q1, q2, E = two_view_scene(rng, n, 5)
     params = np.concatenate([q1[..., :2].reshape(n, 10), q2[..., :2].reshape(n, 10)], axis=1)
@@ -163,17 +179,20 @@ INSTANCES = {
     "relpose_6pt_shared_focal": relpose_6pt_shared_focal_instances,
     "implicit_example": implicit_example_instances,
     "relpose_5pt": relpose_5pt_instances,
+    "relpose_6pt_shared_focal_natural": relpose_6pt_shared_focal_natural_instances,
     "fundamental_7pt": fundamental_7pt_instances,
     "homography_4pt": homography_4pt_instances,
 }
 
 
-def relative_errors(solutions, valid, truth, up_to_sign=False):
-    """Per instance: min over valid solutions of |x - truth| / |truth| (inf if none); with
-    `up_to_sign`, of min(|x - truth|, |x + truth|)."""
+def relative_errors(solutions, valid, truth, up_to_sign=None):
+    """Per instance: min over valid solutions of |x - truth| / |truth| (inf if none). With
+    `up_to_sign` (True, or per unknown the factor that gives the same solution with the other
+    sign, such as a plan's `sign_flip`), also of |flip * x - truth|."""
     err = np.linalg.norm(solutions - truth[:, None, :], axis=-1)
-    if up_to_sign:
-        err = np.minimum(err, np.linalg.norm(solutions + truth[:, None, :], axis=-1))
+    if up_to_sign is not None and up_to_sign is not False:
+        flip = -1.0 if up_to_sign is True else np.asarray(up_to_sign)
+        err = np.minimum(err, np.linalg.norm(solutions * flip - truth[:, None, :], axis=-1))
     err = err / np.linalg.norm(truth, axis=-1)[:, None]
     err = np.where(valid, err, np.inf)
     return err.min(axis=1)

@@ -22,12 +22,14 @@ def ift_jacobians(solver, params):
     return solutions.detach(), valid, out
 
 
-def fd_jacobians(solver, params, solutions, valid, step, up_to_sign=False):
-    """Central differences, each perturbed solution matched to the nearest base solution.
+def fd_jacobians(solver, params, solutions, valid, step, flip=None):
+    """Central differences, each perturbed solution matched to the nearest base solution (and
+    with `flip`, a plan's `sign_flip`, given the sign of the base solution).
 
     Returns [B, S, N, M] and a mask [B, S] of slots whose match was unambiguous at every
     perturbation (the nearest perturbed solution much nearer than the second nearest).
     """
+    flip = None if flip is None else torch.tensor(flip, dtype=params.dtype)
     batch, slots, unknowns = solutions.shape
     out = torch.zeros(batch, slots, unknowns, params.shape[-1], dtype=params.dtype)
     clear = valid.clone()
@@ -39,9 +41,9 @@ def fd_jacobians(solver, params, solutions, valid, step, up_to_sign=False):
             p[:, m] += sign * h
             sol, ok = solver(p)
             dist = torch.cdist(solutions, sol)  # [B, S(base), S(moved)]
-            if up_to_sign:  # match each moved solution with its sign aligned to the base
-                flipped = torch.cdist(solutions, -sol)
-                sol_sign = torch.where(flipped < dist, -1.0, 1.0).to(sol.dtype)
+            if flip is not None:  # match each moved solution with its sign aligned to the base
+                flipped = torch.cdist(solutions, sol * flip)
+                sol_flipped = flipped < dist
                 dist = torch.minimum(dist, flipped)
             dist = torch.where(ok.unsqueeze(1), dist, torch.full_like(dist, float("inf")))
             dist = torch.cat([dist, torch.full_like(dist[..., :1], float("inf"))], dim=-1)  # S = 1
@@ -49,8 +51,8 @@ def fd_jacobians(solver, params, solutions, valid, step, up_to_sign=False):
             index = two.indices[..., 0]
             clear &= two.values[..., 0] * 100 < two.values[..., 1].clamp_max(1e300)
             picked = sol.gather(1, index.unsqueeze(-1).expand(-1, -1, unknowns))
-            if up_to_sign:
-                picked = picked * sol_sign.gather(2, index.unsqueeze(-1))
+            if flip is not None:
+                picked = torch.where(sol_flipped.gather(2, index.unsqueeze(-1)), picked * flip, picked)
             moved.append(picked)
         out[..., m] = (moved[0] - moved[1]) / (2 * h.view(-1, 1, 1))
     return out, clear
@@ -76,12 +78,13 @@ def assert_ift_matches_finite_differences(name, module, solver):
     params = torch.from_numpy(params)
     solutions, valid, ift = ift_jacobians(solver, params)
     truth = torch.from_numpy(truth).unsqueeze(1)
+    flip = module.PLAN.sign_flip
     distance = (solutions - truth).norm(dim=-1)
-    if module.SIGN_GAUGE:
-        distance = torch.minimum(distance, (solutions + truth).norm(dim=-1))
+    if flip is not None:
+        distance = torch.minimum(distance, (solutions * torch.tensor(flip, dtype=params.dtype) - truth).norm(dim=-1))
     truth_slot = torch.where(valid, distance, torch.inf).argmin(dim=1)
-    fd1, clear1 = fd_jacobians(solver, params, solutions, valid, 1e-7, module.SIGN_GAUGE)
-    fd2, clear2 = fd_jacobians(solver, params, solutions, valid, 2e-7, module.SIGN_GAUGE)
+    fd1, clear1 = fd_jacobians(solver, params, solutions, valid, 1e-7, flip)
+    fd2, clear2 = fd_jacobians(solver, params, solutions, valid, 2e-7, flip)
     reference = (4 * fd1 - fd2) / 3  # Richardson: the h^2 error of central differences cancels
     # Well-conditioned: the solution is far from its neighbours (unambiguous matching) and
     # the function is smooth at the step size (the two central differences nearly agree).
@@ -114,12 +117,12 @@ def assert_ift_matches_finite_differences(name, module, solver):
     picked, found = solver.select(x, v, reference=truth.squeeze(1))
     (picked * weights[0]).sum().backward()
     rows = torch.arange(len(params))
-    sign = torch.ones(len(params), dtype=params.dtype)
-    if module.SIGN_GAUGE:
-        slot = x.detach()[rows, truth_slot]
-        flipped = (slot + truth[:, 0]).norm(dim=-1) < (slot - truth[:, 0]).norm(dim=-1)
-        sign = torch.where(flipped, -1.0, 1.0).to(params.dtype)
-    expected = sign[:, None] * torch.einsum("bnm,n->bm", reference[rows, truth_slot], weights[0])
+    sign = torch.ones(len(params), x.shape[-1], dtype=params.dtype)  # the sign select gave the pick
+    if flip is not None:
+        slot, flip = x.detach()[rows, truth_slot], torch.tensor(flip, dtype=params.dtype)
+        flipped = (slot * flip - truth[:, 0]).norm(dim=-1) < (slot - truth[:, 0]).norm(dim=-1)
+        sign = torch.where(flipped.unsqueeze(-1), flip, sign)
+    expected = torch.einsum("bnm,bn->bm", reference[rows, truth_slot], sign * weights[0])
     judged = found & considered[rows, truth_slot]
     close = vector_difference(a.grad, expected) < 1e-5
     assert judged.double().mean() >= 0.95 and close[judged].double().mean() >= 0.99, close[judged].double().mean()
@@ -201,10 +204,7 @@ def float32_gradient_agreement(module, count, seed, **float32_options):
     x32, found32, g32, ill32 = _picked_gradient(
         module.Solver(precision="float32", **float32_options), params32, truth, weights
     )
-    err64, err32 = _relative(x64, truth), _relative(x32, truth)
-    if module.SIGN_GAUGE:  # solutions up to sign: select aligned them with the truth
-        err64 = torch.minimum(err64, _relative(-x64, truth))
-        err32 = torch.minimum(err32, _relative(-x32, truth))
+    err64, err32 = _relative(x64, truth), _relative(x32, truth)  # (select aligned their signs with it)
     both = found64 & found32 & (err64 < 1e-3) & (err32 < 1e-3)
     zeroed = both & (g32 == 0).all(dim=-1) & (g64 != 0).any(dim=-1)
     compared = both & ~zeroed

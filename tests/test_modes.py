@@ -27,7 +27,7 @@ def test_device_eigen_paths_match_lapack(name, eig):
     module = generated_module(name)
     params, truth = geometry.INSTANCES[name](1000, np.random.default_rng(21))
     solutions, valid = module.Solver(eig=eig)(torch.from_numpy(params))
-    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
+    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.PLAN.sign_flip)
     assert np.mean(err < 1e-6) >= 0.99, np.mean(err < 1e-6)
     assert np.median(np.log10(np.maximum(err, 1e-18))) <= -11
     lapack, lapack_valid = module.Solver(eig="lapack")(torch.from_numpy(params))
@@ -146,7 +146,7 @@ def test_float32_precision(name):
     solver = module.Solver(precision="float32", newton_steps=3)
     solutions, valid = solver(torch.from_numpy(params).float())
     assert solutions.dtype == torch.float32
-    err = geometry.relative_errors(solutions.double().numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
+    err = geometry.relative_errors(solutions.double().numpy(), valid.numpy(), truth, module.PLAN.sign_flip)
     assert np.median(np.log10(np.maximum(err, 1e-18))) <= -5
     assert np.mean(err < 1e-3) >= 0.95, np.mean(err < 1e-3)
 

@@ -34,10 +34,21 @@ def even_after_linear(rng, count):
 
 
 def odd_gauge(rng, count):
-    a, y, z = rng.uniform(0.5, 2, size=(3, count)) * rng.choice([-1, 1], size=(3, count))
-    b, c = y * y / (z * z), a * y * y * z
-    root = np.cbrt(c / (a * b))
-    truth = [[(a_ * s * np.sqrt(b_) * r, s * np.sqrt(b_) * r, r) for s in (1, -1)] for a_, b_, r in zip(a, b, root)]
+    a, d, y, z = rng.uniform(0.5, 2, size=(4, count)) * rng.choice([-1, 1], size=(4, count))
+    b, c = y * y / (z * z), (a * y + d * z) * y * z
+    truth = []
+    for a_, d_, b_, c_ in zip(a, d, b, c):
+        # y = s sqrt(b) z, x = (a s sqrt(b) + d) z, and x y z = c fixes z (the real cube root).
+        pairs = [(a_ * s * np.sqrt(b_) + d_, s * np.sqrt(b_)) for s in (1, -1)]
+        truth.append([(p * r, q * r, r) for p, q in pairs for r in [np.cbrt(c_ / (p * q))]])
+    return np.stack([a, d, b, c], -1), np.array(truth)
+
+
+def affine(rng, count):
+    a, b, t = rng.uniform(-1, 1, size=(3, count))
+    c = (t + b) * (a - 2 * t - b)
+    other = (a - 3 * b) / 2 - t  # the other root of (t + b)(a - 2 t - b) = c
+    truth = [[(s + b_, s, a_ - 2 * s - b_) for s in (t_, o_)] for a_, b_, t_, o_ in zip(a, b, t, other)]
     return np.stack([a, b, c], -1), np.array(truth)
 
 
@@ -62,12 +73,19 @@ VARIANTS = {
         even_after_linear,
         lambda plan: plan.template.even and plan.linear.homogeneous and plan.linear.gauge is None,
     ),
-    # x = a y, y^2 = b z^2, and the odd gauge x y z = c: 2 solutions, not up to sign.
+    # x = a y + d z, y^2 = b z^2, and the odd gauge x y z = c: 2 solutions, not up to sign.
     "odd_gauge": (
-        "x, y, z, a, b, c = sp.symbols('x y z a b c')\n"
-        "problem = Problem('odd_gauge', [x, y, z], [a, b, c], [x - a*y, y**2 - b*z**2, x*y*z - c])",
+        "x, y, z, a, d, b, c = sp.symbols('x y z a d b c')\n"
+        "problem = Problem('odd_gauge', [x, y, z], [a, d, b, c], [x - a*y - d*z, y**2 - b*z**2, x*y*z - c])",
         odd_gauge,
         lambda plan: plan.linear.gauge is not None and plan.linear.gauge.degree == 3 and not plan.sign_gauge,
+    ),
+    # x + y + z = a, x - y = b (an inhomogeneous block, 1-dimensional null space), x z = c.
+    "affine": (
+        "x, y, z, a, b, c = sp.symbols('x y z a b c')\n"
+        "problem = Problem('affine', [x, y, z], [a, b, c], [x + y + z - a, x - y - b, x*z - c])",
+        affine,
+        lambda plan: not plan.linear.homogeneous and plan.linear.null_dim == 1 and plan.template is not None,
     ),
     # x + 2y = a, x - y = b: the linear block is the whole problem.
     "linear_only": (

@@ -9,30 +9,49 @@ from conftest import PROBLEMS, generated_module
 import geometry
 
 
-@pytest.mark.parametrize("name", PROBLEMS)
-def test_garbage_rows_are_masked_and_do_not_disturb_others(name):
-    module = generated_module(name)
-    solver = module.Solver()
-    params, _ = geometry.INSTANCES[name](6, np.random.default_rng(5))
-    params = torch.from_numpy(params)
-    clean, clean_valid = solver(params)
+MODES = {
+    "ift": dict(),
+    "ift-float32": dict(precision="float32"),
+    "autograd": dict(backward="autograd"),
+}
 
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_garbage_rows_are_masked_and_do_not_disturb_others(name, mode):
+    """NaN, inf, zero and huge rows, in every backward mode: no raise, no solution for them,
+    zero gradient for them, finite gradients, and the other rows' solutions and gradients as in
+    the batch with clean rows in their place."""
+    module = generated_module(name)
+    solver = module.Solver(**MODES[mode])
+    params, _ = geometry.INSTANCES[name](8, np.random.default_rng(5))
+    params = torch.from_numpy(params).to(solver.compute_dtype)
+    good, bad = [0, 2, 5, 7], [1, 3, 4, 6]
+    # Per slot and unknown (P3P's solutions come in pairs +-x: one weight for both would cancel).
+    weights = torch.linspace(-1, 1, module.NUM_SOLUTIONS * len(module.UNKNOWN_NAMES), dtype=params.dtype)
+    weights = weights.view(module.NUM_SOLUTIONS, -1)
+
+    def solve(rows):
+        a = rows.clone().requires_grad_(True)
+        solutions, valid = solver(a)
+        (solutions * weights * valid.unsqueeze(-1)).sum().backward()
+        return solutions.detach(), valid, a.grad
+
+    clean, clean_valid, clean_grad = (value[good] for value in solve(params))  # the same batch, clean
     garbage = params.clone()
     garbage[1] = float("nan")
     garbage[3] = float("inf")
     garbage[4] = 0.0
-    a = garbage.clone().requires_grad_(True)
-    solutions, valid = solver(a)
-    good = [0, 2, 5]
-    assert not valid[[1, 3, 4]].any()
-    assert torch.equal(valid[good], clean_valid[good])
-    assert torch.equal(solutions[good], clean[good])
+    garbage[6] = 1e200 if params.dtype == torch.float64 else 1e30
+    solutions, valid, grad = solve(garbage)
+    assert not valid[bad].any()
+    assert torch.equal(valid[good], clean_valid)
+    float64 = params.dtype == torch.float64
+    torch.testing.assert_close(solutions[good], clean, rtol=1e-9 if float64 else 1e-4, atol=1e-12 if float64 else 1e-5)
     assert torch.isfinite(solutions).all()
-
-    (solutions * valid.unsqueeze(-1)).sum().backward()
-    assert torch.isfinite(a.grad).all()
-    assert (a.grad[[1, 3, 4]] == 0).all()
-    assert a.grad[good].abs().sum() > 0
+    assert torch.isfinite(grad).all() and (grad[bad] == 0).all()
+    torch.testing.assert_close(grad[good], clean_grad, rtol=1e-7 if float64 else 1e-5, atol=1e-9)
+    assert grad[good].abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", PROBLEMS)

@@ -34,7 +34,7 @@ def test_p3p_even_template(root):
     module = generated_module("p3p")
     params, truth = geometry.INSTANCES["p3p"](200, np.random.default_rng(31))
     solutions, valid = module.Solver()(torch.from_numpy(params))
-    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.SIGN_GAUGE)
+    err = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, module.PLAN.sign_flip)
     assert np.mean(err < 1e-9) == 1.0
     for x, v in zip(solutions, valid):
         found = x[v]

@@ -44,6 +44,10 @@ def solve(a, settings):
     plan = settings.plan
     tables = tensors(plan, a.device, a.dtype)
     finite = torch.isfinite(a).all(dim=-1)
+    if parallel.differentiated(a):  # rows whose coefficients overflow too (parallel.differentiated)
+        with torch.no_grad():
+            c = coefficients.coefficients_of(torch.where(finite.unsqueeze(-1), a, 1), plan.coefficients, None, settings)
+            finite &= torch.isfinite(c).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
     c = coefficients.coefficients_of(a, plan.coefficients, tables["declared_program"], settings)
     block = plan.linear
@@ -71,11 +75,14 @@ def solve(a, settings):
         candidate = ok.unsqueeze(-1)
 
     if block is not None:
-        # Back to the declared unknowns: x = x_p + N z (in a chart: z = [z, 1]), then the gauge.
+        # Back to the declared unknowns: the block x = x_p + N z (in a chart: z = [z, 1]), then
+        # the gauge; the free unknowns are the template's last ones.
         if plan.template is not None:
+            free = x[..., x.shape[-1] - len(block.free):]
+            z = x[..., : x.shape[-1] - len(block.free)]
             if block.gauge is not None:
-                x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
-            x = x @ null.transpose(1, 2) + particular.unsqueeze(1)
+                z = torch.cat([z, torch.ones_like(z[..., :1])], dim=-1)
+            x = z @ null.transpose(1, 2) + particular.unsqueeze(1)
         elif block.homogeneous:
             x = null.transpose(1, 2)
         else:
@@ -84,9 +91,11 @@ def solve(a, settings):
             x, scalable = linear.rescale_to_gauge(x, c, block.gauge, tables["linear"])
             candidate = candidate & scalable
         if plan.template is not None:
-            # The remaining declared equations are the template's (already checked, scale-
-            # invariant); check the linear block too (a gauge holds by construction).
+            # The remaining declared equations are the template's (already checked, invariant
+            # under the gauge's scaling); check the linear block too (a gauge holds by construction).
             error = torch.maximum(error, linear.linear_error(matrix, rhs, x))
+            if block.free:
+                x = torch.cat([x, free], dim=-1).index_select(-1, tables["linear"]["assemble"])
         else:
             h, scale, _ = equations.evaluate(equations.prepare(c, tables["declared"]), x, tables["declared"])
             error = equations.relative_error(h, scale)

@@ -27,6 +27,9 @@ def tensors(linear: LinearBlock, device, dtype) -> dict:
     if linear.gauge is not None:
         tables["gauge"] = equations.system_tensors(linear.gauge.equations, device, dtype)
         tables["gauge_coefficients"] = long(linear.gauge.coefficients)
+    if linear.free:  # the declared unknowns from [block, free]: cat([x_block, x_free])[..., assemble]
+        order = linear.block + linear.free
+        tables["assemble"] = long(sorted(range(len(order)), key=order.__getitem__))
     return tables
 
 
@@ -42,9 +45,14 @@ def null_space(c, linear, tables):
     # QR of the square [L^T | G]: the first `rank` columns of Q span the row space of L, the
     # others its null space (orthonormal, in a generic basis).
     square = torch.cat([matrix.transpose(1, 2), tables["null_mix"].expand(batch, -1, -1)], dim=2)
+    ok = torch.ones_like(c[:, 0], dtype=torch.bool)
+    if parallel.differentiated(square):  # rank-deficient rows: a full-rank stand-in (parallel.differentiated)
+        with torch.no_grad():
+            ok = _full_rank(torch.linalg.qr(square)[1], rank)
+        stand_in = torch.cat([torch.eye(n, rank, dtype=c.dtype, device=c.device), tables["null_mix"]], dim=1)
+        square = torch.where(ok[:, None, None], square, stand_in)
     q, r = parallel.per_matrix(torch.linalg.qr, square)
-    pivots = r.diagonal(dim1=-2, dim2=-1)[:, :rank].abs()
-    ok = torch.isfinite(pivots).all(dim=-1) & (pivots.amin(dim=-1) > 1e-10 * pivots.amax(dim=-1))
+    ok = ok & _full_rank(r, rank)
     rhs = c.new_zeros(batch, rank).index_copy_(1, tables["rhs_positions"], -c.index_select(1, tables["rhs_sources"]))
     if linear.homogeneous:
         particular = c.new_zeros(batch, n)
@@ -53,6 +61,12 @@ def null_space(c, linear, tables):
         y = torch.linalg.solve_triangular(r[:, :rank, :rank].transpose(1, 2), rhs.unsqueeze(-1), upper=False)
         particular = (q[:, :, :rank] @ y).squeeze(-1)
     return matrix, rhs, q[:, :, rank:], particular, ok
+
+
+def _full_rank(r, rank):
+    """Whether the first `rank` columns of the QR's R have full rank (relative to its largest pivot)."""
+    pivots = r.diagonal(dim1=-2, dim2=-1)[:, :rank].abs()
+    return torch.isfinite(pivots).all(dim=-1) & (pivots.amin(dim=-1) > 1e-10 * pivots.amax(dim=-1))
 
 
 def reduced_inputs(a, null, particular, linear, tables):
@@ -75,7 +89,10 @@ def rescale_to_gauge(x, c, gauge, tables):
     and where the scaling exists."""
     q_coefficients = c.index_select(1, tables["gauge_coefficients"])
     q, _, _ = equations.evaluate(equations.prepare(q_coefficients, tables["gauge"]), x, tables["gauge"])
-    ratio = -c[:, gauge.constant].unsqueeze(-1) / q[..., 0]  # the gauge is q(x) + c[constant] = 0
+    q = q[..., 0]
+    if parallel.differentiated(q):  # q = 0 cannot be scaled; divide by 1 there (parallel.differentiated)
+        q = torch.where(q == 0, torch.full_like(q, float("inf")), q)
+    ratio = -c[:, gauge.constant].unsqueeze(-1) / q  # the gauge is q(x) + c[constant] = 0
     if gauge.degree % 2 == 0:
         ok = ratio > 0
         scale = ratio.clamp_min(torch.finfo(x.dtype).tiny) ** (1.0 / gauge.degree)

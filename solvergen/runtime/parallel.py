@@ -24,6 +24,13 @@ def host_sync_is_free(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def differentiated(*tensors) -> bool:
+    """Whether autograd records this computation (backward="autograd"): singular rows then need
+    safe stand-ins, because the backward of a singular solve raises, and 0 * inf is NaN even in
+    rows whose result is discarded."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def per_matrix(fn, matrix):
     """fn(matrix) -> tuple of tensors, for a batch of small matrices that LAPACK decomposes one at
     a time (ATen loops over the batch on one thread). On the CPU the batch is split over the

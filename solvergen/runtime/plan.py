@@ -117,23 +117,27 @@ class Gauge:
     degree: int
     coefficients: tuple[int, ...]  # the declared coefficients of q's terms
     constant: int  # the declared coefficient of the x^0 term: the gauge is q(x) + c[constant] = 0
-    equations: Equations  # q alone (without the constant term), over `coefficients`
+    equations: Equations  # q alone (without the constant term) over `coefficients`, in the block's unknowns
 
 
 @dataclass(frozen=True)
 class LinearBlock:
     """The declared equations linear in the unknowns, L x = b (solvergen/linear.py): eliminated
-    with a batched QR null space, x = x_p + N z (x_p = 0 for a homogeneous block)."""
+    with a batched QR null space, x = x_p + N z (x_p = 0 for a homogeneous block). x is the block
+    of unknowns that the linear equations involve; the other unknowns are free: the reduced
+    equations keep them, after the null-space coordinates."""
 
     rows: tuple[int, ...]  # the declared equations that form L
+    block: tuple[int, ...]  # the unknowns of x, in declared order
     null_dim: int
     homogeneous: bool
-    matrix_positions: tuple[int, ...]  # flat (row * N + unknown) position of each entry of L
+    matrix_positions: tuple[int, ...]  # flat (row * block size + position in the block) of each entry of L
     matrix_sources: tuple[int, ...]  # coefficient index of each entry of L
     rhs_positions: tuple[int, ...]  # row of each entry of b = -(constant coefficient)
     rhs_sources: tuple[int, ...]
-    null_mix: tuple[tuple[float, ...], ...]  # fixed columns G completing [L^T | G] for the QR
+    null_mix: tuple[tuple[float, ...], ...]  # fixed columns G completing [L^T | G] for the QR (block x k)
     used_parameters: tuple[int, ...]  # declared parameters that the reduced equations use
+    free: tuple[int, ...] = ()  # the other unknowns, in declared order
     gauge: Optional[Gauge] = None  # homogeneous blocks: solved in a chart, then rescaled
     # The remaining equations in the null-space coordinates (the template's system): their
     # printed coefficient function, whose inputs are [N flattened, x_p (inhomogeneous blocks),
@@ -192,6 +196,14 @@ class Plan:
         """Whether solutions are defined up to sign (an even-degree gauge)."""
         gauge = self.linear.gauge if self.linear else None
         return gauge is not None and gauge.degree % 2 == 0
+
+    @property
+    def sign_flip(self) -> Optional[tuple[float, ...]]:
+        """For solutions defined up to sign: per unknown, the factor that gives the same solution
+        with the other sign (-1 on the gauge's block, 1 on the free unknowns); None otherwise."""
+        if not self.sign_gauge:
+            return None
+        return tuple(-1.0 if i in self.linear.block else 1.0 for i in range(self.num_unknowns))
 
     @property
     def template_shape(self) -> tuple[int, int]:

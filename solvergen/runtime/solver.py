@@ -136,8 +136,9 @@ class Solver(torch.nn.Module):
 
         reference [..., N]: the valid solution closest to it; with `up_to_sign` (default: the
             problem's `sign_gauge`, True where solutions are defined up to sign) distances are
-            taken up to sign and the pick is multiplied by the sign that aligns it with the
-            reference.
+            taken up to sign and the pick is given the sign that aligns it with the reference.
+            The sign flips the gauge's block of unknowns (`plan.sign_flip`: F, not a focal
+            length beside it); for a problem without a sign gauge, every unknown.
         score: [..., S] (higher is better), or a callable solutions -> score: the best valid one.
         Gradients flow to the picked solution only. Instances without a valid solution get
         zeros, zero gradient and found = False.
@@ -146,22 +147,24 @@ class Solver(torch.nn.Module):
             raise ValueError("give exactly one of reference= or score=")
         if up_to_sign is None:
             up_to_sign = cls.sign_gauge
+        flip = cls.plan.sign_flip or (-1.0,) * solutions.shape[-1]
+        flip = torch.tensor(flip, dtype=solutions.dtype, device=solutions.device)
         with torch.no_grad():
-            sign = torch.ones(valid.shape, dtype=solutions.dtype, device=solutions.device)
+            flipped = torch.zeros(valid.shape, dtype=torch.bool, device=solutions.device)
             if reference is not None:
                 reference = reference.to(solutions.dtype).unsqueeze(-2)
                 distance = (solutions - reference).norm(dim=-1)
                 if up_to_sign:
-                    flipped = (solutions + reference).norm(dim=-1)
-                    sign = torch.where(flipped < distance, -sign, sign)
-                    distance = torch.minimum(distance, flipped)
+                    other = (solutions * flip - reference).norm(dim=-1)
+                    flipped = other < distance
+                    distance = torch.minimum(distance, other)
                 key = -distance
             else:
                 key = score(solutions) if callable(score) else score
             key = torch.where(valid & ~torch.isnan(key), key, torch.full_like(key, -float("inf")))
             index = key.argmax(dim=-1, keepdim=True)
             found = valid.gather(-1, index).squeeze(-1)
-            sign = sign.gather(-1, index)
+            sign = torch.where(flipped.gather(-1, index), flip, torch.ones_like(flip))
         picked = solutions.gather(-2, index.unsqueeze(-1).expand(*index.shape, solutions.shape[-1]))
         picked = picked.squeeze(-2) * sign
         return torch.where(found.unsqueeze(-1), picked, torch.zeros_like(picked)), found

@@ -71,17 +71,29 @@ def sparse_elimination(c, template, tables):
     values = c.new_zeros(lu["slots"] + 1, c.shape[0])
     values.index_copy_(0, lu["template_slots"], c.index_select(1, tables["sources"]).t())
     growth = c.new_zeros(c.shape[0])
+    # Under autograd a zero pivot divides by 1 instead and marks the row (see parallel.differentiated).
+    zero_pivot = c.new_zeros(c.shape[0], dtype=torch.bool) if parallel.differentiated(c) else None
+
+    def divide(numerator, denominator):
+        nonlocal zero_pivot
+        if zero_pivot is None:
+            return numerator / denominator
+        zero = denominator == 0
+        zero_pivot = zero_pivot | zero.reshape(-1, c.shape[0]).any(dim=0)
+        return numerator / torch.where(zero, torch.ones_like(denominator), denominator)
+
     for pivot, column, factor, source, target in lu["forward"]:
-        f = values.index_select(0, column) / values.index_select(0, pivot)
+        f = divide(values.index_select(0, column), values.index_select(0, pivot))
         growth = torch.maximum(growth, f.abs().amax(dim=0))  # NaN propagates: untrusted
         values.index_add_(0, target, f.index_select(0, factor) * values.index_select(0, source), alpha=-1)
     for pivot, column, factor, source, target in lu["upward"]:
-        f = values.index_select(0, column) / values.index_select(0, pivot)
+        f = divide(values.index_select(0, column), values.index_select(0, pivot))
         values.index_add_(0, target, f.index_select(0, factor) * values.index_select(0, source), alpha=-1)
     x = values.index_select(0, lu["numerators"]).view(template.num_reduced, template.basis, -1)
-    x = x / values.index_select(0, lu["denominators"]).unsqueeze(1)
+    x = divide(x, values.index_select(0, lu["denominators"]).unsqueeze(1))
     x = x.permute(2, 0, 1).contiguous()
-    return x, (growth <= GROWTH_LIMIT.get(c.dtype, 4.0)) & torch.isfinite(x).flatten(1).all(dim=-1)
+    trusted = (growth <= GROWTH_LIMIT.get(c.dtype, 4.0)) & torch.isfinite(x).flatten(1).all(dim=-1)
+    return x, trusted if zero_pivot is None else trusted & ~zero_pivot
 
 
 def dense_elimination(c, template, tables):
@@ -93,6 +105,14 @@ def dense_elimination(c, template, tables):
     entries = c.index_select(1, tables["sources"])
     flat = c.new_zeros(c.shape[0], rows * cols).index_copy_(1, tables["positions"], entries)
     matrices = flat.view(-1, rows, cols)
+    if parallel.differentiated(matrices):  # singular rows solve [I | 0] instead (see `differentiated`)
+        with torch.no_grad():
+            singular = torch.linalg.lu_factor_ex(matrices[:, :, :square]).info != 0
+            singular |= ~torch.isfinite(matrices).flatten(1).all(dim=-1)
+        stand_in = torch.eye(rows, cols, dtype=c.dtype, device=c.device)  # (the square block is rows x rows)
+        matrices = torch.where(singular[:, None, None], stand_in, matrices)
+        solution = torch.linalg.solve(matrices[:, :, :square], matrices[:, :, square:])
+        return solution[:, square - template.num_reduced :, :], ~singular
     solution, info = parallel.per_matrix(lambda t: torch.linalg.solve_ex(t[:, :, :square], t[:, :, square:]), matrices)
     return solution[:, square - template.num_reduced :, :], info == 0
 
@@ -140,6 +160,8 @@ def eigen_candidates(c, template, tables, method):
         # Real solutions have real eigenvalues, whose LAPACK eigenvectors are real; complex
         # eigenvalues are rejected by the caller, so the read-off can stay in real arithmetic
         # (contiguous: a strided operand makes bmm copy it matrix by matrix).
+        if parallel.differentiated(vectors):  # (eig's backward refuses phase-dependent losses)
+            vectors = torch.where((eigenvalues.imag == 0).unsqueeze(-2), vectors, torch.zeros_like(vectors))
         vectors = vectors.real.contiguous()
     return read_off(eigenvalues, vectors, reduced, template, tables), eigenvalues, ok
 
@@ -159,6 +181,8 @@ def read_off(eigenvalues, vectors, reduced, template, tables):
     numerator = (paired.view(count, n, batch * n) * entry_major).sum(1)  # [R, B * basis]
     weight = vectors * vectors  # v_i^2, once for every pair (i, j) of a read monomial
     denominator = weight.transpose(1, 2) @ pairs.sum(-1).t()  # [B, basis, R]
+    if parallel.differentiated(numerator, denominator):
+        denominator = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
     q = numerator.t().reshape(batch, n, count) / denominator
     if template.action_read >= 0:
         column = torch.arange(count, device=q.device) == template.action_read

@@ -26,6 +26,7 @@ def hand_made_block(rng, rows, unknowns, homogeneous, dropped=0):
     rhs_sources = tuple(len(positions) + i for i in range(len(rhs_rows)))
     block = LinearBlock(
         rows=tuple(range(rows)),
+        block=tuple(range(unknowns)),
         null_dim=unknowns - rows,
         homogeneous=homogeneous,
         matrix_positions=tuple(int(p) for p in positions),
@@ -119,7 +120,7 @@ def test_reduced_inputs_layout():
     a = torch.from_numpy(rng.normal(size=(5, 4)))
     for homogeneous in (False, True):
         block = LinearBlock(
-            rows=(0,), null_dim=2, homogeneous=homogeneous, matrix_positions=(), matrix_sources=(),
+            rows=(0,), block=(0, 1, 2), null_dim=2, homogeneous=homogeneous, matrix_positions=(), matrix_sources=(),
             rhs_positions=(), rhs_sources=(), null_mix=((0.0, 0.0),) * 3, used_parameters=(2, 0),
         )
         inputs = linear.reduced_inputs(a, null, particular, block, linear.tensors(block, CPU, torch.float64))
@@ -132,15 +133,26 @@ def test_reduced_inputs_layout():
         np.testing.assert_array_equal(inputs.numpy(), np.stack(expected, axis=1))
 
 
-# The declared equations that remain after the linear block (neither linear nor the gauge).
-REMAINING = {"implicit_example": [0], "relpose_5pt": list(range(5, 15))}
+# The declared equations that remain after the linear block (neither linear nor the gauge), and
+# whether the block is homogeneous, has a gauge, free unknowns, and parameters of its own.
+REMAINING = {
+    "implicit_example": [0],  # y1 = 1 / x (a 0-dimensional null space), y2 free
+    "relpose_5pt": list(range(5, 15)),
+    "relpose_6pt_shared_focal_natural": list(range(6, 16)),  # F in a chart, w free
+}
+KINDS = {
+    "implicit_example": (False, False, True, True),
+    "relpose_5pt": (True, True, False, False),
+    "relpose_6pt_shared_focal_natural": (True, True, True, False),
+}
 
 
-@pytest.mark.parametrize("name", ["implicit_example", "relpose_5pt"])
+@pytest.mark.parametrize("name", list(REMAINING))
 def test_reduced_equations_are_the_declared_ones_in_null_space_coordinates(name):
     """The compiled plans' reduced equations, with coefficients from `reduced_inputs`, evaluated
     at random z equal the remaining declared equations at x = x_p + N z (in the chart z_last = 1
-    for a gauge): an inhomogeneous block with a used parameter, and a homogeneous chart."""
+    for a gauge), with the free unknowns as they are: an inhomogeneous block with a used
+    parameter and a free unknown, a homogeneous chart, and a chart with a free unknown."""
     plan = generated_module(name).PLAN
     block = plan.linear
     tables = forward.tensors(plan, CPU, torch.float64)
@@ -149,16 +161,20 @@ def test_reduced_equations_are_the_declared_ones_in_null_space_coordinates(name)
     a = torch.from_numpy(params)
     c = plan.coefficients(a)
     _, _, null, particular, ok = linear.null_space(c, block, tables["linear"])
-    assert ok.all() and (block.gauge is not None) == (name == "relpose_5pt")
-    assert block.homogeneous == (name == "relpose_5pt")
-    assert (len(block.used_parameters) > 0) == (name != "relpose_5pt")
+    assert ok.all()
+    assert KINDS[name] == (block.homogeneous, block.gauge is not None, bool(block.free), bool(block.used_parameters))
     inputs = linear.reduced_inputs(a, null, particular, block, tables["linear"])
     c_reduced = block.reduced_coefficients(inputs)
     reduced = tables["reduced"]
     assert reduced["equations"] == len(REMAINING[name])
     z = torch.from_numpy(rng.normal(size=(40, 3, reduced["unknowns"])))
-    coordinates = torch.cat([z, torch.ones_like(z[..., :1])], -1) if block.gauge is not None else z
-    x = coordinates @ null.transpose(1, 2) + particular.unsqueeze(1)
+    free = z[..., z.shape[-1] - len(block.free):]
+    coordinates = z[..., : z.shape[-1] - len(block.free)]
+    if block.gauge is not None:
+        coordinates = torch.cat([coordinates, torch.ones_like(coordinates[..., :1])], -1)
+    x = torch.zeros(40, 3, plan.num_unknowns, dtype=torch.float64)
+    x[..., list(block.block)] = coordinates @ null.transpose(1, 2) + particular.unsqueeze(1)
+    x[..., list(block.free)] = free
     h_reduced, _, _ = equations.evaluate(equations.prepare(c_reduced, reduced), z, reduced)
     declared = tables["declared"]
     h, scale, _ = equations.evaluate(equations.prepare(c, declared), x, declared)

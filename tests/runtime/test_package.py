@@ -162,19 +162,30 @@ def test_select_uses_the_class_sign_gauge():
     solution nearest to the reference as it is. up_to_sign= overrides the default."""
     relpose, p3p = generated_module("relpose_5pt").Solver, generated_module("p3p").Solver
     assert relpose.sign_gauge and not p3p.sign_gauge
-    first = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]], dtype=torch.float64)
-    nearest = -first + 0.3  # |nearest - reference| = 0.3 sqrt(3) < |first - reference| = 2 |first|
-    far = first + 10.0
-    solutions = torch.stack([first, nearest, far], dim=1)  # [2, 3, 3]
-    valid = torch.ones(2, 3, dtype=torch.bool)
-    reference = -first
+    for solver, unknowns in ((relpose, 9), (p3p, 3)):
+        first = torch.linspace(-1, 2, 2 * unknowns, dtype=torch.float64).view(2, unknowns) + 0.25
+        nearest = -first + 0.3  # |nearest - reference| = 0.3 sqrt(n) < |first - reference| = 2 |first|
+        far = first + 10.0
+        solutions = torch.stack([first, nearest, far], dim=1)  # [2, 3, n]
+        valid = torch.ones(2, 3, dtype=torch.bool)
+        reference = -first
+        picked, found = solver.select(solutions, valid, reference=reference)
+        assert found.all() and torch.equal(picked, reference if solver is relpose else nearest)
+        other = solver.select(solutions, valid, reference=reference, up_to_sign=solver is not relpose)[0]
+        assert torch.equal(other, nearest if solver is relpose else reference)
 
-    picked, found = relpose.select(solutions, valid, reference=reference)
+
+def test_select_flips_only_the_gauge_block():
+    """A natural form with a free unknown beside the gauge's block (F and w = 1 / f^2): up to
+    sign means +-F with the same w; the pick is aligned on F, and w keeps its sign."""
+    solver = generated_module("relpose_6pt_shared_focal_natural").Solver
+    assert solver.plan.sign_flip == (-1.0,) * 9 + (1.0,)
+    solution = torch.linspace(-1, 1, 10, dtype=torch.float64) + 0.05
+    solutions = torch.stack([solution, solution + 5.0]).unsqueeze(0)  # [1, 2, 10]
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    reference = torch.cat([-solution[:9], solution[9:]]).unsqueeze(0)
+    picked, found = solver.select(solutions, valid, reference=reference)
     assert found.all() and torch.equal(picked, reference)
-    picked, found = p3p.select(solutions, valid, reference=reference)
-    assert found.all() and torch.equal(picked, nearest)
-    assert torch.equal(relpose.select(solutions, valid, reference=reference, up_to_sign=False)[0], nearest)
-    assert torch.equal(p3p.select(solutions, valid, reference=reference, up_to_sign=True)[0], reference)
 
 
 def test_select_on_real_solutions_up_to_sign():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import generated_module
 
+import solvergen
 from solvergen import render, runtime
 from solvergen.runtime import template as template_stage
 from solvergen.sparse_lu import plan_sparse_lu
@@ -228,13 +229,24 @@ def test_from_quadratics():
 # -- The stage on a generated plan -----------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def quadratic(tmp_path_factory):
+    """The plan of a * z^2 + b * z + c = 0: the 1 x 3 template c0 z^2 + c1 z + c2 (basis [z, 1])."""
+    folder = tmp_path_factory.mktemp("quadratic")
+    spec = folder / "quadratic.py"
+    spec.write_text(
+        "import sympy as sp\nfrom solvergen import Problem\nz, a, b, c = sp.symbols('z a b c')\n"
+        "problem = Problem('quadratic', [z], [a, b, c], [a*z**2 + b*z + c])\n"
+    )
+    return solvergen.load(spec, out_dir=folder / "generated").plan
+
+
 @pytest.mark.parametrize("method", ["lapack", "charpoly", "closed_form"])
-def test_eigen_candidates_of_a_quadratic(method):
-    """implicit_example's template is c0 z^2 + c1 z + c2 (basis [z, 1]): its candidates are the
-    roots of that quadratic; complex roots come with complex eigenvalues, and c0 = 0 (a zero
-    pivot, which LAPACK finds singular too) leaves the row unusable."""
-    module = generated_module("implicit_example")
-    template = module.PLAN.template
+def test_eigen_candidates_of_a_quadratic(method, quadratic):
+    """The template c0 z^2 + c1 z + c2 (basis [z, 1]): its candidates are the roots of that
+    quadratic; complex roots come with complex eigenvalues, and c0 = 0 (a zero pivot, which
+    LAPACK finds singular too) leaves the row unusable."""
+    template = quadratic.template
     assert template.shape == (1, 3) and template.basis == 2 and template.unknowns == 1
     tables = template_stage.tensors(template, CPU, torch.float64)
     rng = np.random.default_rng(6)
