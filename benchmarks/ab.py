@@ -35,16 +35,17 @@ from solvergen.generate import import_generated  # noqa: E402
 PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
 
 
-def forward_seconds(module, params, precision) -> float:
-    solver = module.Solver(precision=precision)
-    with torch.no_grad():
+def forward_seconds(module, params, precision, backward="ift") -> float:
+    solver = module.Solver(precision=precision, backward=backward)
+    recording = backward == "autograd"  # the autograd baseline's forward records its graph
+    with torch.set_grad_enabled(recording):
         start = time.perf_counter()
-        solver(params)
+        solver(params.clone().requires_grad_(recording))
         return time.perf_counter() - start
 
 
-def backward_seconds(module, params, truth, weights, loss, precision) -> float:
-    solver = module.Solver(precision=precision)
+def backward_seconds(module, params, truth, weights, loss, precision, backward="ift") -> float:
+    solver = module.Solver(precision=precision, backward=backward)
     a = params.clone().requires_grad_(True)
     solutions, valid = solver(a)
     if loss == "selected":
@@ -57,7 +58,7 @@ def backward_seconds(module, params, truth, weights, loss, precision) -> float:
     return time.perf_counter() - start
 
 
-def measure(name, modules, rounds, forward_batch, backward_batch, seed, precision="float64"):
+def measure(name, modules, rounds, forward_batch, backward_batch, seed, precision="float64", backward="ift"):
     params, truth = geometry.INSTANCES[name](max(forward_batch, backward_batch), np.random.default_rng(seed))
     dtype = torch.float64 if precision == "float64" else torch.float32
     params, truth = torch.from_numpy(params).to(dtype), torch.from_numpy(truth).to(dtype)
@@ -65,11 +66,11 @@ def measure(name, modules, rounds, forward_batch, backward_batch, seed, precisio
     weights = torch.randn(old.NUM_SOLUTIONS, len(old.UNKNOWN_NAMES), dtype=torch.float64,
                           generator=torch.Generator().manual_seed(seed)).to(dtype)
     tasks = {
-        f"forward {forward_batch}": lambda m: forward_seconds(m, params[:forward_batch], precision),
+        f"forward {forward_batch}": lambda m: forward_seconds(m, params[:forward_batch], precision, backward),
         **{
             f"backward {backward_batch} {loss}": (
                 lambda m, loss=loss: backward_seconds(
-                    m, params[:backward_batch], truth[:backward_batch], weights, loss, precision
+                    m, params[:backward_batch], truth[:backward_batch], weights, loss, precision, backward
                 )
             )
             for loss in ("selected", "all")
@@ -107,6 +108,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=("float64", "float32"), default="float64",
                         help="the solvers' precision (and the parameters' dtype)")
+    parser.add_argument("--backward", choices=("ift", "autograd"), default="ift",
+                        help="the solvers' backward (autograd: the forward is timed with autograd recording)")
     parser.add_argument("--label", default="runtime")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
@@ -115,17 +118,19 @@ def main(argv=None) -> int:
     rows = []
     for name in args.problems:
         modules = [import_generated(folder / f"{name}.py") for folder in (args.old, args.new)]
-        rows += measure(name, modules, args.rounds, args.forward_batch, args.backward_batch, args.seed, args.precision)
+        rows += measure(name, modules, args.rounds, args.forward_batch, args.backward_batch, args.seed, args.precision,
+                        args.backward)
     machine["load_average_end"] = load_average()
     config = dict(old=str(args.old), new=str(args.new), rounds=args.rounds, forward_batch=args.forward_batch,
-                  backward_batch=args.backward_batch, seed=args.seed, precision=args.precision)
+                  backward_batch=args.backward_batch, seed=args.seed, precision=args.precision,
+                  backward=args.backward)
     args.out.mkdir(parents=True, exist_ok=True)
     report = dict(machine=machine, config=config, rows=rows)
     (args.out / f"ab-{args.label}.json").write_text(json.dumps(report, indent=2))
     lines = [
         f"# A/B: {args.label}",
         "",
-        f"Old: `{args.old}`, new: `{args.new}`. {args.rounds} rounds of old, new, new, old; {args.precision}. "
+        f"Old: `{args.old}`, new: `{args.new}`. {args.rounds} rounds of old, new, new, old; {args.precision}, backward={args.backward}. "
         f"{machine['cpu']}, {machine['cpu_cores']} cores, torch {machine['versions']['torch']} "
         f"({machine['torch_threads']} threads), Python {machine['python']}, commit {machine['git_commit']} "
         f"(uncommitted changes: {machine['git_dirty']}), {machine['date']}; load average (1, 5, 15 min) "
