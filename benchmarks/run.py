@@ -570,11 +570,10 @@ class BatchedPeer:
 
 def relative_errors(case: Case, solutions: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """geometry.relative_errors on the first len(solutions) instances, up to sign where the
-    problem fixes the scale of its solutions only up to sign (SIGN_GAUGE)."""
+    problem fixes the scale of its solutions only up to sign (the plan's `sign_flip`: the
+    gauge's block changes sign, free unknowns such as a focal length do not)."""
     truth = case.truth[: solutions.shape[0]]
-    if getattr(case.module, "SIGN_GAUGE", False):
-        return geometry.relative_errors(solutions, valid, truth, up_to_sign=True)
-    return geometry.relative_errors(solutions, valid, truth)
+    return geometry.relative_errors(solutions, valid, truth, up_to_sign=case.module.PLAN.sign_flip)
 
 
 def homogeneous(points: np.ndarray) -> np.ndarray:
