@@ -7,21 +7,24 @@ import torch
 from conftest import PROBLEMS, generated_module
 
 import geometry
+from solvergen.runtime import compiled
 
 
 MODES = {
     "ift": dict(),
     "ift-float32": dict(precision="float32"),
     "autograd": dict(backward="autograd"),
+    "compiled": dict(compile=True),  # with the aot_eager backend, in the `compiled` group
 }
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [m if m != "compiled" else pytest.param(m, marks=pytest.mark.compiled) for m in MODES])
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_garbage_rows_are_masked_and_do_not_disturb_others(name, mode):
+def test_garbage_rows_are_masked_and_do_not_disturb_others(name, mode, monkeypatch):
     """NaN, inf, zero and huge rows, in every backward mode: no raise, no solution for them,
     zero gradient for them, finite gradients, and the other rows' solutions and gradients as in
     the batch with clean rows in their place."""
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")
     module = generated_module(name)
     solver = module.Solver(**MODES[mode])
     params, _ = geometry.INSTANCES[name](8, np.random.default_rng(5))
