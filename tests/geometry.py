@@ -106,7 +106,9 @@ def _random_calibration(rng, n):
     return K
 
 
-def relpose_6pt_shared_focal_instances(n, rng):
+def _shared_focal_scene(n, rng):
+    """Six correspondences in pixels p1, p2 [n, 6, 3] with K = diag(f, f, 1), F [n, 9] with
+    p2^T F p1 = 0 (F = K^-T E K^-1), and the focal lengths f [n]."""
     q1, q2, E = two_view_scene(rng, n, 6)
     f = rng.uniform(0.5, 2.0, size=n)
     K = np.zeros((n, 3, 3))
@@ -115,9 +117,13 @@ def relpose_6pt_shared_focal_instances(n, rng):
     p1 = np.einsum("nij,npj->npi", K, q1)
     p2 = np.einsum("nij,npj->npi", K, q2)
     Kinv = np.linalg.inv(K)
-    F = Kinv.transpose(0, 2, 1) @ E @ Kinv
+    return p1, p2, (Kinv.transpose(0, 2, 1) @ E @ Kinv).reshape(n, 9), f
+
+
+def relpose_6pt_shared_focal_instances(n, rng):
+    p1, p2, F, f = _shared_focal_scene(n, rng)
     N = epipolar_null_space(p1, p2, 3)
-    c = np.einsum("nkj,nj->nk", N, F.reshape(n, 9))
+    c = np.einsum("nkj,nj->nk", N, F)
     truth = np.stack([c[:, 0] / c[:, 2], c[:, 1] / c[:, 2], 1 / f**2], axis=1)
     return N.reshape(n, 27), truth
 
@@ -131,15 +137,7 @@ def implicit_example_instances(n, rng):
 
 def relpose_6pt_shared_focal_natural_instances(n, rng):
     """Pixel correspondences and the truth [F / ||F|| (row-major), w = 1 / f^2]."""
-    q1, q2, E = two_view_scene(rng, n, 6)
-    f = rng.uniform(0.5, 2.0, size=n)
-    K = np.zeros((n, 3, 3))
-    K[:, 0, 0] = K[:, 1, 1] = f
-    K[:, 2, 2] = 1
-    p1 = np.einsum("nij,npj->npi", K, q1)
-    p2 = np.einsum("nij,npj->npi", K, q2)
-    Kinv = np.linalg.inv(K)
-    F = (Kinv.transpose(0, 2, 1) @ E @ Kinv).reshape(n, 9)
+    p1, p2, F, f = _shared_focal_scene(n, rng)
     F = F / np.linalg.norm(F, axis=1, keepdims=True)
     params = np.concatenate([p1[..., :2].reshape(n, 12), p2[..., :2].reshape(n, 12)], axis=1)
     return params, np.concatenate([F, 1 / f[:, None] ** 2], axis=1)

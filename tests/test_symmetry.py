@@ -1,5 +1,5 @@
-"""Sign-symmetric systems (even templates, solutions in pairs +-x), and the compiled closed-form
-stage's redo path. (The closed-form eigenpairs and roots themselves: tests/runtime/.)"""
+"""Sign-symmetric systems (even templates, solutions in pairs +-x). (The closed-form eigenpairs and
+roots: tests/runtime/; the compiled closed-form stage's redo path: tests/test_compile.py.)"""
 from __future__ import annotations
 
 import textwrap
@@ -13,7 +13,6 @@ import geometry
 import solvergen
 from solvergen.compiler import compile_problem
 from solvergen.polynomials import build_system
-from solvergen.runtime import compiled, eig
 from solvergen.spec import load_spec
 from solvergen.template import sign_parities
 
@@ -63,34 +62,6 @@ def test_odd_and_even_equations(tmp_path):
     for sign in (1, -1):
         err = geometry.relative_errors(solutions.numpy(), valid.numpy(), sign * truth, False)
         assert np.mean(err < 1e-9) == 1.0
-
-
-def test_compiled_stage_redoes_rows_without_a_solution(monkeypatch):
-    """compile=True runs P3P's closed-form stage compiled; rows left without a solution are
-    redone with LAPACK's eigenpairs. The closed form works from the characteristic polynomial,
-    which can lose the real roots of a badly scaled action matrix (seen about 5 times in
-    10,000 P3P instances); here it is made to lose every root of instance 0. (The compiled
-    function is replaced by the same code run eagerly: compiling takes minutes.)"""
-    module = generated_module("p3p")
-    closed_form = eig.closed_form
-
-    def losing_instance_0(matrix, tables):
-        values, vectors = closed_form(matrix, tables)
-        values[0] = complex(0.0, float("inf"))  # (also in a redo by the closed form, were there one)
-        return values, vectors
-
-    monkeypatch.setattr(eig, "closed_form", losing_instance_0)
-    def run_eagerly(fn, settings, batch):
-        return (lambda *args: fn(*args)) if settings.compile else fn
-
-    monkeypatch.setattr(compiled, "compiled", run_eagerly)
-    params, truth = geometry.p3p_instances(50, np.random.default_rng(0))
-    errors = {}
-    for label, solver in [("closed_form", module.Solver(eig="closed_form")), ("compiled", module.Solver(compile=True))]:
-        solutions, valid = solver(torch.from_numpy(params))
-        errors[label] = geometry.relative_errors(solutions.numpy(), valid.numpy(), truth, False)
-    assert errors["closed_form"][0] == np.inf and (errors["closed_form"][1:] < 1e-9).all()
-    assert (errors["compiled"] < 1e-9).all()
 
 
 def test_closed_form_needs_a_small_action_matrix():
