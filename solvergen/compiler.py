@@ -6,13 +6,15 @@ import random
 from dataclasses import dataclass
 
 from .errors import SpecError
-from .groebner import analyze, random_instance
+from .groebner import algebra, check_radical, random_instance
 from .jacobians import Derivatives, derive
 from .linear import LinearBlock, find_linear_block
 from .polynomials import PolynomialSystem, build_system
 from .problem import Problem
 from .sparse_lu import SparseLU, template_sparse_lu
-from .template import Template, choose_template, sign_parities, variable_orders, verify_template
+from .progress import Progress
+from .template import (SearchBudget, SearchReport, Template, choose_template, sign_parities,
+                       variable_orders, verify_template)
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class Elimination:
     template: Template
     variable_order: tuple[int, ...]  # the grevlex variable order of the Groebner basis used
     sparse_lu: SparseLU | None  # the template's fixed-pivot elimination, where it pays (CPU forward)
+    search: SearchReport  # what the template search tried
 
 
 @dataclass(frozen=True)
@@ -51,39 +54,55 @@ class CompiledProblem:
         return ", ".join(parts)
 
 
-def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0) -> Elimination:
+def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0,
+              budget: SearchBudget | None = None, progress: Progress | None = None) -> Elimination:
     """Groebner basis, solution count and the smallest template found, checked twice."""
+    progress = Progress() if progress is None else progress
     rng = random.Random(seed)
-    instance = random_instance(problem, system, rng)
-    n = len(system.unknowns)
-    quotients = [analyze(system, instance, order) for order in variable_orders(n)]
+    with progress.stage("Groebner basis"):
+        instance = random_instance(problem, system, rng)
+        n = len(system.unknowns)
+        ring = algebra(system, instance)
+        check_radical(ring, rng)
+        quotients = [ring.quotient(order) for order in variable_orders(n)]
     degrees = [system.degree(k) for k in range(system.num_equations)]
-    template, quotient = choose_template(instance, degrees, quotients, rng, sign_parities(system))
+    with progress.stage("template search"):
+        template, quotient, report = choose_template(
+            instance, degrees, quotients, rng, sign_parities(system), budget, progress)
 
     # A second random instance must have the same algebra, and the template must reduce it too.
-    check = random_instance(problem, system, rng)
-    other = analyze(system, check, quotient.order)
-    if other.num_solutions != quotient.num_solutions or other.basis != quotient.basis:
-        raise SpecError(
-            "two random instances have different numbers of solutions "
-            f"({quotient.num_solutions} and {other.num_solutions}); the parameters are not generic "
-            "(give the problem a sampler of consistent instances)"
-        )
-    if not (verify_template(template, instance, quotient) and verify_template(template, check, other)):
-        raise AssertionError("internal error: the template disagrees with Groebner normal forms")
-    sparse_lu = template_sparse_lu(system, template, seed)
-    return Elimination(problem, system, quotient.num_solutions, template, quotient.order, sparse_lu)
+    with progress.stage("template check"):
+        check = random_instance(problem, system, rng)
+        other = algebra(system, check).quotient(quotient.order)
+        if other.num_solutions != quotient.num_solutions or other.basis != quotient.basis:
+            raise SpecError(
+                "two random instances have different numbers of solutions "
+                f"({quotient.num_solutions} and {other.num_solutions}); the parameters are not "
+                "generic (give the problem a sampler of consistent instances)"
+            )
+        if not (verify_template(template, instance, quotient) and verify_template(template, check, other)):
+            raise AssertionError("internal error: the template disagrees with Groebner normal forms")
+        sparse_lu = template_sparse_lu(system, template, seed)
+    return Elimination(problem, system, quotient.num_solutions, template, quotient.order, sparse_lu, report)
 
 
-def compile_problem(problem: Problem, seed: int = 0) -> CompiledProblem:
-    """Run every symbolic pass. Deterministic for a given problem and seed."""
-    system = build_system(problem)
-    linear = find_linear_block(problem, system, seed)
+def compile_problem(problem: Problem, seed: int = 0, budget: SearchBudget | None = None,
+                    progress: Progress | None = None) -> CompiledProblem:
+    """Run every symbolic pass. Deterministic for a given problem, seed and work budget (see
+    `SearchBudget`); `progress` (silent by default) is told each stage and search step."""
+    progress = Progress() if progress is None else progress
+    with progress.stage("polynomial system"):
+        system = build_system(problem)
+    with progress.stage("linear elimination"):
+        linear = find_linear_block(problem, system, seed)
     if linear is None:
-        elimination = eliminate(problem, system, seed)
+        elimination = eliminate(problem, system, seed, budget, progress)
     elif linear.reduced_problem is None:
         elimination = None
     else:
-        elimination = eliminate(linear.reduced_problem, build_system(linear.reduced_problem), seed)
+        reduced = linear.reduced_problem
+        elimination = eliminate(reduced, build_system(reduced), seed, budget, progress)
     num_solutions = elimination.num_solutions if elimination else 1
-    return CompiledProblem(problem, system, derive(system), num_solutions, linear, elimination)
+    with progress.stage("derivatives"):
+        derivatives = derive(system)
+    return CompiledProblem(problem, system, derivatives, num_solutions, linear, elimination)

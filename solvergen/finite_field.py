@@ -1,11 +1,14 @@
-"""Exact linear algebra over the prime field Z_p, vectorised with numpy int64.
+"""Exact linear algebra over the prime field Z_p, on FLINT (python-flint's `nmod_mat`).
 
-p < 2^31 keeps every product below 2^62, so no intermediate overflows.
+Matrices come in and go out as numpy int64 arrays with entries in [0, p); the elimination itself
+runs in FLINT, the reference implementation of this arithmetic. p < 2^31 also keeps every
+product of two entries below 2^62, so the numpy code around these functions never overflows.
 """
 from __future__ import annotations
 
 from fractions import Fraction
 
+import flint
 import numpy as np
 
 PRIME = 2147483629  # the largest prime below 2^31
@@ -20,60 +23,67 @@ def to_field(value, prime: int = PRIME) -> int:
     return q.numerator * pow(q.denominator, -1, prime) % prime
 
 
-def pivot_columns(matrix: np.ndarray, prime: int = PRIME, stop_after: int | None = None) -> list[int]:
-    """Columns that hold pivots in a row echelon form of `matrix` (columns taken left to right).
+def to_nmod(matrix, prime: int = PRIME) -> flint.nmod_mat:
+    """A numpy integer matrix as an nmod_mat, written entry by entry from its nonzeros (the
+    matrices of template search are sparse: this is much faster than a dense conversion)."""
+    a = np.asarray(matrix)
+    rows, cols = a.shape
+    out = flint.nmod_mat(rows, cols, prime)
+    a = a % prime
+    for i, j in zip(*np.nonzero(a)):
+        out[int(i), int(j)] = int(a[i, j])
+    return out
 
-    The input is not modified. `stop_after` ends the search once that column index is passed.
-    """
-    m = np.array(matrix, dtype=np.int64) % prime
-    rows, cols = m.shape
-    pivots: list[int] = []
-    r = 0
-    last = cols if stop_after is None else min(cols, stop_after + 1)
-    for c in range(last):
-        if r == rows:
-            break
-        nonzero = np.flatnonzero(m[r:, c])
-        if nonzero.size == 0:
-            continue
-        i = r + int(nonzero[0])
-        if i != r:
-            m[[r, i]] = m[[i, r]]
-        inv = pow(int(m[r, c]), -1, prime)
-        m[r, c:] = (m[r, c:] * inv) % prime
-        below = r + 1 + np.flatnonzero(m[r + 1 :, c])
-        if below.size:
-            m[below, c:] = (m[below, c:] - np.outer(m[below, c], m[r, c:])) % prime
+
+def from_nmod(matrix: flint.nmod_mat, rows: int | None = None) -> np.ndarray:
+    """The first `rows` rows (default all) of an nmod_mat as a numpy int64 array."""
+    rows = matrix.nrows() if rows is None else rows
+    cols = matrix.ncols()
+    return np.array([[int(matrix[i, j]) for j in range(cols)] for i in range(rows)],
+                    dtype=np.int64).reshape(rows, cols)
+
+
+def _pivots(reduced: flint.nmod_mat, rank: int) -> list[int]:
+    """Pivot columns of a reduced row echelon form: each row's first nonzero (one pass over the
+    columns, since they increase row by row)."""
+    pivots = []
+    c = 0
+    for i in range(rank):
+        while reduced[i, c] == 0:
+            c += 1
         pivots.append(c)
-        r += 1
+        c += 1
     return pivots
 
 
-def solve(a: np.ndarray, b: np.ndarray, prime: int = PRIME) -> np.ndarray | None:
+def pivot_columns(matrix, prime: int = PRIME, stop_after: int | None = None) -> list[int]:
+    """Columns that hold pivots in a row echelon form of `matrix` (columns taken left to right):
+    the first maximal set of independent columns. `stop_after` keeps only those up to that
+    column index (they do not depend on the columns after it)."""
+    a = np.asarray(matrix)
+    if a.size == 0:
+        return []
+    if stop_after is not None:
+        a = a[:, : stop_after + 1]
+    reduced, rank = to_nmod(a, prime).rref()
+    return _pivots(reduced, rank)
+
+
+def solve(a, b, prime: int = PRIME) -> np.ndarray | None:
     """Solve a x = b for square a over Z_p; None if a is singular."""
-    n = a.shape[0]
-    m = np.concatenate([np.array(a, dtype=np.int64), np.array(b, dtype=np.int64)], axis=1) % prime
-    for c in range(n):
-        nonzero = np.flatnonzero(m[c:, c])
-        if nonzero.size == 0:
-            return None
-        i = c + int(nonzero[0])
-        if i != c:
-            m[[c, i]] = m[[i, c]]
-        m[c] = (m[c] * pow(int(m[c, c]), -1, prime)) % prime
-        others = np.flatnonzero(m[:, c])
-        others = others[others != c]
-        if others.size:
-            m[others] = (m[others] - np.outer(m[others, c], m[c])) % prime
-    return m[:, n:]
+    try:
+        x = to_nmod(a, prime).solve(to_nmod(b, prime))
+    except ZeroDivisionError:
+        return None
+    return from_nmod(x)
 
 
-def independent_rows(matrix: np.ndarray, prime: int = PRIME) -> list[int]:
+def independent_rows(matrix, prime: int = PRIME) -> list[int]:
     """Rows (in order) that are independent of the rows before them."""
     return pivot_columns(np.asarray(matrix).T, prime)
 
 
-def left_solution_support(matrix: np.ndarray, num_excess: int, num_target: int,
+def left_solution_support(matrix, num_excess: int, num_target: int,
                           prime: int = PRIME) -> list[int] | None:
     """For a matrix [E | T | ...] with independent rows whose span reduces T, the rows used by
     the unique Y with Y E = 0 and Y T = I."""
@@ -93,33 +103,15 @@ def left_solution_support(matrix: np.ndarray, num_excess: int, num_target: int,
     return [i for i in range(a.shape[0]) if y[i].any()]
 
 
-def row_reduce(matrix: np.ndarray, prime: int = PRIME) -> tuple[np.ndarray, list[int]]:
-    """Reduced row echelon form over Z_p and its pivot columns."""
-    m = np.array(matrix, dtype=np.int64) % prime
-    rows, cols = m.shape
-    pivots: list[int] = []
-    r = 0
-    for c in range(cols):
-        if r == rows:
-            break
-        nonzero = np.flatnonzero(m[r:, c])
-        if nonzero.size == 0:
-            continue
-        i = r + int(nonzero[0])
-        if i != r:
-            m[[r, i]] = m[[i, r]]
-        m[r] = (m[r] * pow(int(m[r, c]), -1, prime)) % prime
-        others = np.flatnonzero(m[:, c])
-        others = others[others != r]
-        if others.size:
-            m[others] = (m[others] - np.outer(m[others, c], m[r])) % prime
-        pivots.append(c)
-        r += 1
-    return m[:r], pivots
+def row_reduce(matrix, prime: int = PRIME) -> tuple[np.ndarray, list[int]]:
+    """Reduced row echelon form over Z_p (its nonzero rows) and its pivot columns."""
+    reduced, rank = to_nmod(matrix, prime).rref()
+    return from_nmod(reduced, rank), _pivots(reduced, rank)
 
 
-def null_space(matrix: np.ndarray, prime: int = PRIME) -> np.ndarray:
-    """A basis (columns) of {x : matrix x = 0} over Z_p."""
+def null_space(matrix, prime: int = PRIME) -> np.ndarray:
+    """A basis (columns) of {x : matrix x = 0} over Z_p: one column per free column f of the
+    reduced row echelon form, 1 at f and 0 at the other free columns."""
     reduced, pivots = row_reduce(matrix, prime)
     n = np.asarray(matrix).shape[1]
     free = [c for c in range(n) if c not in pivots]

@@ -6,9 +6,11 @@ that it is special is negligible, and two instances are compared as a check.
 """
 from __future__ import annotations
 
+import heapq
 import random
 from dataclasses import dataclass, field
 
+import flint
 import numpy as np
 import sympy as sp
 
@@ -31,18 +33,20 @@ class Instance:
 
 @dataclass(frozen=True)
 class Quotient:
-    """The quotient ring C[x]/I of one instance: its standard monomial basis and normal forms.
+    """The quotient ring C[x]/I of one instance in the grevlex standard monomials of one variable
+    order: its basis, the leading monomials of the Groebner basis, and normal forms.
 
-    The Groebner basis is computed in grevlex for the variable order `order` (a permutation
-    of the unknowns); every exponent stored here is in the problem's own variable order.
+    `order[i]` is the index of the i-th variable of the monomial order; every exponent stored
+    here is in the problem's own variable order. The arithmetic is the instance's `Algebra`'s:
+    normal forms are its coordinates, changed to this basis.
     """
 
     unknowns: tuple[sp.Symbol, ...]
-    order: tuple[int, ...]  # order[i] = index of the i-th variable of the monomial order
+    order: tuple[int, ...]
     basis: tuple[Exponent, ...]  # standard monomials, grevlex-descending (problem order)
-    leading: tuple[Exponent, ...]  # leading monomials of the reduced Groebner basis
-    groebner: object  # sympy GroebnerBasis over GF(p), in the permuted variables
-    _monomial_forms: dict = field(default_factory=dict, compare=False, repr=False)
+    leading: tuple[Exponent, ...]  # minimal generators of the leading-monomial ideal
+    algebra: "Algebra" = field(compare=False, repr=False)
+    to_basis: flint.nmod_mat = field(compare=False, repr=False)  # algebra coordinates -> basis
 
     @property
     def num_solutions(self) -> int:
@@ -50,36 +54,102 @@ class Quotient:
 
     def normal_form(self, poly: ZpPoly) -> np.ndarray:
         """Coordinates of poly mod I in `basis` (the standard monomials)."""
-        if len(poly) == 1:
-            (monomial, coef), = poly.items()
-            return (coef * self._monomial_normal_form(monomial)) % ff.PRIME
-        return self._normal_form(poly)
+        return ff.from_nmod(self.algebra.form(poly) * self.to_basis)[0]
 
-    def _monomial_normal_form(self, monomial: Exponent) -> np.ndarray:
-        if monomial not in self._monomial_forms:
-            self._monomial_forms[monomial] = self._normal_form({monomial: 1})
-        return self._monomial_forms[monomial]
 
-    def _normal_form(self, poly: ZpPoly) -> np.ndarray:
-        gens = [self.unknowns[i] for i in self.order]
-        permuted = {_permute(e, self.order): c for e, c in poly.items()}
-        _, remainder = self.groebner.reduce(sp.Poly.from_dict(permuted, *gens, modulus=ff.PRIME))
-        index = {b: i for i, b in enumerate(self.basis)}
-        out = np.zeros(len(self.basis), dtype=np.int64)
-        for monom, coef in remainder.terms():
-            out[index[_unpermute(tuple(monom), self.order)]] = int(coef) % ff.PRIME
+class Algebra:
+    """The quotient ring of one instance, from one Groebner basis (sympy, grevlex, the problem's
+    variable order): its standard monomials B and the multiplication matrices M_i
+    (row j = x_i * b_j mod I, in B), on FLINT. Other variable orders' bases come from these by
+    FGLM (Faugere, Gianni, Lazard, Mora, J. Symbolic Comput. 1993) instead of further Groebner
+    bases: one Groebner basis per instance, whatever the number of orders tried."""
+
+    def __init__(self, unknowns, basis: list[Exponent], multiplication: list[flint.nmod_mat]):
+        self.unknowns = tuple(unknowns)
+        self.basis = tuple(basis)
+        self.multiplication = multiplication
+        one = flint.nmod_mat(1, len(basis), ff.PRIME)
+        one[0, self.basis.index(tuple([0] * len(unknowns)))] = 1
+        self._forms: dict[Exponent, flint.nmod_mat] = {tuple([0] * len(unknowns)): one}
+        self._quotients: dict[tuple[int, ...], Quotient] = {}
+
+    @property
+    def num_solutions(self) -> int:
+        return len(self.basis)
+
+    def monomial_form(self, monomial: Exponent) -> flint.nmod_mat:
+        """The monomial mod I as a 1 x S row in B: x_i * m is (m's row) * M_i."""
+        form = self._forms.get(monomial)
+        if form is None:
+            i = next(i for i, e in enumerate(monomial) if e)
+            lower = tuple(e - (j == i) for j, e in enumerate(monomial))
+            form = self.monomial_form(lower) * self.multiplication[i]
+            self._forms[monomial] = form
+        return form
+
+    def form(self, poly: ZpPoly) -> flint.nmod_mat:
+        out = flint.nmod_mat(1, len(self.basis), ff.PRIME)
+        for monomial, coef in poly.items():
+            out += self.monomial_form(monomial) * coef
         return out
+
+    def distinct_solutions(self, rng: random.Random) -> int:
+        """The number of distinct solutions: distinct eigenvalues of a random linear form's
+        multiplication matrix (the values of the form at the solutions), i.e. the degree of the
+        square-free part of its characteristic polynomial."""
+        s = len(self.basis)
+        combination = flint.nmod_mat(s, s, ff.PRIME)
+        for m in self.multiplication:
+            combination += m * rng.randrange(1, ff.PRIME)
+        charpoly = combination.charpoly()
+        return charpoly.degree() - charpoly.gcd(charpoly.derivative()).degree()
+
+    def quotient(self, order: tuple[int, ...]) -> Quotient:
+        """The grevlex standard monomials for variable order `order`, by FGLM: monomials in
+        increasing order whose normal form is independent of the smaller ones'."""
+        order = tuple(order)
+        if order in self._quotients:
+            return self._quotients[order]
+        n, s = len(self.unknowns), len(self.basis)
+
+        def key(m):
+            return grevlex_key(_permute(m, order))
+
+        zero = tuple([0] * n)
+        queue = [(key(zero), zero)]
+        queued = {zero}
+        basis, leading, echelon = [], [], []  # echelon: (pivot column, row scaled to pivot 1)
+        while queue:
+            _, m = heapq.heappop(queue)
+            if any(divides(lm, m) for lm in leading):
+                continue
+            v = ff.from_nmod(self.monomial_form(m))[0]
+            for pivot, row in echelon:
+                if v[pivot]:
+                    v = (v - v[pivot] * row) % ff.PRIME
+            nonzero = np.flatnonzero(v)
+            if nonzero.size == 0:
+                leading.append(m)
+                continue
+            pivot = int(nonzero[0])
+            echelon.append((pivot, (v * pow(int(v[pivot]), -1, ff.PRIME)) % ff.PRIME))
+            basis.append(m)
+            for i in range(n):
+                nxt = multiply(m, unit(n, i))
+                if nxt not in queued:
+                    queued.add(nxt)
+                    heapq.heappush(queue, (key(nxt), nxt))
+        if len(basis) != s:
+            raise AssertionError("internal error: FGLM found a basis of the wrong size")
+        basis.sort(key=grevlex_key, reverse=True)
+        change = flint.nmod_mat([[int(x) for x in self.monomial_form(b).entries()] for b in basis], ff.PRIME)
+        quotient = Quotient(self.unknowns, order, tuple(basis), tuple(leading), self, change.inv())
+        self._quotients[order] = quotient
+        return quotient
 
 
 def _permute(exponent: Exponent, order: tuple[int, ...]) -> Exponent:
     return tuple(exponent[i] for i in order)
-
-
-def _unpermute(exponent: Exponent, order: tuple[int, ...]) -> Exponent:
-    out = [0] * len(order)
-    for position, i in enumerate(order):
-        out[i] = exponent[position]
-    return tuple(out)
 
 
 def random_instance(problem: Problem, system: PolynomialSystem, rng: random.Random) -> Instance:
@@ -88,7 +158,7 @@ def random_instance(problem: Problem, system: PolynomialSystem, rng: random.Rand
         if problem.sampler is None:
             values = [rng.randrange(1, ff.PRIME) for _ in system.parameters]
         else:
-            raw = list(problem.sampler(rng))
+            raw = list(problem.sampled_parameters(rng))
             if len(raw) != len(system.parameters):
                 raise SpecError(
                     f"sampler returned {len(raw)} values for {len(system.parameters)} parameters"
@@ -107,25 +177,20 @@ def random_instance(problem: Problem, system: PolynomialSystem, rng: random.Rand
     raise SpecError("could not draw a random instance whose denominators do not vanish")
 
 
-def analyze(system: PolynomialSystem, instance: Instance, order: tuple[int, ...] | None = None) -> Quotient:
-    """Groebner basis (grevlex, variables in `order`) of one instance.
+def algebra(system: PolynomialSystem, instance: Instance) -> Algebra:
+    """The quotient ring of one instance: one Groebner basis (grevlex, the problem's variable
+    order) and its multiplication matrices.
 
-    Refuses systems without solutions and systems that are not zero-dimensional.
+    Refuses systems without solutions, systems that are not zero-dimensional and systems with
+    multiple roots (a non-radical ideal: every solution of a template would come twice).
     """
     n = len(system.unknowns)
-    order = tuple(range(n)) if order is None else tuple(order)
-    gens = [system.unknowns[i] for i in order]
-    polys = [
-        sp.Poly.from_dict({_permute(e, order): c for e, c in eq.items()}, *gens, modulus=ff.PRIME)
-        for eq in instance.equations
-        if eq
-    ]
+    gens = list(system.unknowns)
+    polys = [sp.Poly.from_dict(eq, *gens, modulus=ff.PRIME) for eq in instance.equations if eq]
     if not polys:
         raise SpecError("the equations vanish identically for random parameters")
-    basis_polys = sp.groebner(polys, *gens, order="grevlex", modulus=ff.PRIME)
-    leading = []
-    for g in basis_polys.polys:
-        leading.append(max((tuple(m) for m in g.monoms()), key=grevlex_key))
+    groebner = sp.groebner(polys, *gens, order="grevlex", modulus=ff.PRIME)
+    leading = [max((tuple(m) for m in g.monoms()), key=grevlex_key) for g in groebner.polys]
     if any(sum(lm) == 0 for lm in leading):
         raise SpecError(
             "the system has no solutions for generic parameters"
@@ -133,19 +198,65 @@ def analyze(system: PolynomialSystem, instance: Instance, order: tuple[int, ...]
                " (more equations than unknowns: if the parameters are constrained, "
                "give the problem a sampler of consistent instances)")
         )
-    free = [
-        str(gens[i]) for i in range(n)
-        if not any(lm[i] > 0 and sum(lm) == lm[i] for lm in leading)
-    ]
+    free = [str(gens[i]) for i in range(n) if not any(lm[i] > 0 and sum(lm) == lm[i] for lm in leading)]
     if free:
         raise SpecError(
             "the system has infinitely many solutions (it is not zero-dimensional; "
-            f"not determined: {', '.join(free)})"
+            f"not determined: {', '.join(free)})" + _spurious_component_hint(system, instance)
         )
-    basis = [_unpermute(b, order) for b in _standard_monomials(leading, n)]
-    basis.sort(key=grevlex_key, reverse=True)
-    leading = [_unpermute(lm, order) for lm in leading]
-    return Quotient(tuple(system.unknowns), order, tuple(basis), tuple(leading), basis_polys)
+    basis = sorted(_standard_monomials(leading, n), key=grevlex_key, reverse=True)
+    index = {b: j for j, b in enumerate(basis)}
+    multiplication = []
+    for i in range(n):
+        m = flint.nmod_mat(len(basis), len(basis), ff.PRIME)
+        for j, b in enumerate(basis):
+            product = multiply(b, unit(n, i))
+            if product in index:
+                m[j, index[product]] = 1
+                continue
+            _, remainder = groebner.reduce(sp.Poly.from_dict({product: 1}, *gens, modulus=ff.PRIME))
+            for monom, coef in remainder.terms():
+                m[j, index[tuple(monom)]] = int(coef) % ff.PRIME
+        multiplication.append(m)
+    return Algebra(system.unknowns, basis, multiplication)
+
+
+def check_radical(ring: Algebra, rng: random.Random) -> None:
+    """One-line error when the solutions are not simple (the ideal is not radical)."""
+    distinct = ring.distinct_solutions(rng)
+    if distinct != ring.num_solutions:
+        raise SpecError(
+            f"the system has multiple roots for generic parameters ({ring.num_solutions} solutions "
+            f"counted with multiplicity, {distinct} distinct): the ideal is not radical; look for "
+            "an equation that is a power or a product with a repeated factor, or for equations "
+            "that touch (two that are tangent at every solution)"
+        )
+
+
+def _spurious_component_hint(system: PolynomialSystem, instance: Instance) -> str:
+    """Where a positive-dimensional component lies on a coordinate hyperplane x_i = 0 (what
+    clearing a denominator x_i by hand introduces), name it: the system restricted to x_i != 0
+    (saturated by x_i, with an extra unknown t and t x_i - 1 = 0) is then zero-dimensional."""
+    gens = list(system.unknowns)
+    t = sp.Dummy("t")
+    polys = [sp.Poly.from_dict(eq, *gens, modulus=ff.PRIME) for eq in instance.equations if eq]
+    culprits = []
+    for i, x in enumerate(gens):
+        saturated = [p.as_expr() for p in polys] + [t * x - 1]
+        g = sp.groebner(saturated, *gens, t, order="grevlex", modulus=ff.PRIME)
+        if g.is_zero_dimensional:
+            culprits.append(str(x))
+    if not culprits:
+        return ""
+    return (f"; the extra solutions lie on {' or '.join(c + ' = 0' for c in culprits)}: an equation "
+            "multiplied by that unknown (a cleared denominator?) adds them, so divide it out")
+
+
+def analyze(system: PolynomialSystem, instance: Instance, order: tuple[int, ...] | None = None) -> Quotient:
+    """The quotient ring of one instance in the grevlex standard monomials of `order` (default:
+    the problem's variable order). See `algebra` for the errors raised."""
+    n = len(system.unknowns)
+    return algebra(system, instance).quotient(tuple(range(n)) if order is None else tuple(order))
 
 
 def _standard_monomials(leading: list[Exponent], n: int) -> list[Exponent]:

@@ -77,11 +77,13 @@ class Problem:
         equations: expressions (or `Eq`s, or matrices of them) that vanish at the solutions;
             polynomial in the unknowns, polynomial or rational in the parameters. More
             equations than unknowns is fine when they are consistent for generic parameters.
-        sampler: optional `sampler(rng) -> sequence of parameter values` returning parameters
-            for which the system has solutions. Only needed when generic parameters make the
-            system inconsistent (e.g. all six distances of P4Pf); the compiler draws random
-            instances from it. `rng` is a `random.Random`; values may be ints, Fractions or
-            sympy Rationals (they are used exactly, over a prime field).
+        sampler: optional `sampler(rng) -> parameter values`, or `-> (parameter values,
+            unknown values)`: random parameters for which the system has solutions, with one
+            solution when it returns a pair (the ground truth that `solvergen check` measures
+            errors against). Needed when generic parameters make the system inconsistent (e.g.
+            all six distances of P4Pf): the compiler then draws its random instances from it.
+            `rng` is a `random.Random`; values may be ints, Fractions or sympy Rationals (the
+            compiler uses them exactly, over a prime field).
     """
 
     def __init__(
@@ -124,6 +126,17 @@ class Problem:
         missing = [s for s in self.unknowns if s not in used]
         if missing:
             raise SpecError(f"unknown {missing[0]} appears in no equation")
+
+    def sample(self, rng) -> tuple[list, list | None]:
+        """One draw of the sampler: (parameter values, unknown values or None)."""
+        drawn = self.sampler(rng)
+        if (isinstance(drawn, tuple) and len(drawn) == 2 and all(hasattr(part, "__len__") for part in drawn)
+                and len(drawn[0]) == len(self.parameters) and len(drawn[1]) == len(self.unknowns)):
+            return list(drawn[0]), list(drawn[1])
+        return list(drawn), None
+
+    def sampled_parameters(self, rng) -> list:
+        return self.sample(rng)[0]
 
     @property
     def unknown_names(self) -> tuple[str, ...]:

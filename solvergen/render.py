@@ -464,12 +464,14 @@ def environment() -> jinja2.Environment:
 
 
 def render(
-    compiled: CompiledProblem, spec: str, spec_hash: str, compiler_hash: str, standalone: str | None = None
+    compiled: CompiledProblem, spec: str, spec_hash: str, compiler_hash: str, standalone: str | None = None,
+    budget: str | None = None,
 ) -> str:
     """The generated module's text. `spec_hash`, `compiler_hash`: of the spec (with its helper
     modules) and of the compiler's sources, for the header. `standalone`: the name of the runtime
     copy next to it (`solvergen generate --standalone`), or None to import the installed
-    `solvergen.runtime`."""
+    `solvergen.runtime`. `budget`: the template search budget's option when not the default
+    (`generate.budget_option`), shown in the regenerate command."""
     problem, system = compiled.problem, compiled.system
     taken = set(RESERVED)
     symbols = list(system.unknowns) + list(system.parameters) + list(compiled.derivatives.weights)
@@ -489,6 +491,7 @@ def render(
         interface=rt.INTERFACE,
         standalone=standalone,
         spec=spec,
+        regenerate=f"solvergen generate {spec}" + (f" --budget {budget}" if budget else ""),
         spec_hash=spec_hash,
         compiler_hash=compiler_hash,
         name=problem.name,

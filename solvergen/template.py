@@ -30,7 +30,8 @@ Such a template is used whenever the system has the symmetry (P3P: 4 x 4 instead
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from itertools import permutations
 
 import numpy as np
@@ -38,12 +39,15 @@ import numpy as np
 from . import finite_field as ff
 from .errors import SpecError
 from .groebner import Instance, Quotient, action_matrix, is_separating
+from .progress import Progress, SearchStatus
 from .monomials import Exponent, degree, grevlex_key, multiply, unit, up_to_degree
 
 MAX_ROWS = 4000
 MAX_EXTRA_DEGREE = 8
 EXTRA_DEGREES_TRIED = 2  # after the first degree that works
 BASIS_SEARCH_STARTS = 2  # local basis search from this many of the best standard templates
+DEFAULT_WORK = 200.0  # template search budget, in elimination work units (`elimination_work`)
+DEFAULT_TIME_LIMIT = 600.0  # seconds: a safety limit; the work budget is what bounds a search
 
 
 @dataclass(frozen=True)
@@ -175,15 +179,28 @@ def _minimal_rows(mat: np.ndarray, keep_order: list[int], num_excess: int, num_r
     return sorted(independent[i] for i in support) if support is not None else None
 
 
-def _prune(expansion: Expansion, basis, action, reducible, even: bool) -> Template | None:
+def elimination_work(rows: int, cols: int) -> float:
+    """Work of one elimination of a rows x cols matrix, in budget units: rows * cols * rank
+    (at most min(rows, cols)) / 10^9, so a 1000 x 1000 elimination is 1."""
+    return rows * cols * min(rows, cols) / 1e9
+
+
+def _prune(expansion: Expansion, basis, action, reducible, even: bool, budget=None) -> Template | None:
     split = expansion.split(basis, reducible)
     if split is None:
         return None
     mat, excess = split
+    work = elimination_work(*mat.shape)
+    if budget is not None:
+        budget.spend(work)
     if not _reduces(mat, len(excess), len(reducible)):
         return None
     best = None
     for removal_key in REMOVAL_ORDERS:
+        if budget is not None:
+            if best is not None and budget.exhausted:
+                break
+            budget.spend(2 * work)
         keep_order = sorted(
             range(len(expansion.rows)),
             key=lambda r: removal_key(*expansion.rows[r], expansion.degrees),
@@ -217,13 +234,79 @@ REMOVAL_ORDERS = (
 )
 
 
+@dataclass
+class SearchBudget:
+    """How much template search to do: `work` in elimination units (`elimination_work`; the
+    search is deterministic for a given work budget) and a wall-clock safety limit `seconds`
+    (None: none). The search stops starting new candidates once either is spent and keeps the
+    best template verified so far; only the first template is searched for past the budget.
+    Hitting `seconds` rather than `work` makes the result depend on the machine: the report
+    says so."""
+
+    work: float = DEFAULT_WORK
+    seconds: float | None = DEFAULT_TIME_LIMIT
+    spent: float = 0.0
+    _started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def spend(self, work: float) -> None:
+        self.spent += work
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._started
+
+    @property
+    def out_of_work(self) -> bool:
+        return self.spent >= self.work
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.seconds is not None and self.elapsed >= self.seconds
+
+    @property
+    def exhausted(self) -> bool:
+        return self.out_of_work or self.out_of_time
+
+
+@dataclass(frozen=True)
+class SearchReport:
+    """What the template search tried, for the generation summary."""
+
+    candidates: int  # (basis, action) pairs whose templates were computed
+    bases: int  # distinct monomial bases tried
+    actions: int  # distinct action forms tried
+    work: float  # elimination work spent (budget units)
+    budget: float
+    stopped_by: str | None  # "work" or "time" when the budget ended the search early
+    seconds: float
+
+    def describe(self) -> str:
+        text = (f"{self.candidates} candidate templates ({self.bases} bases, {self.actions} actions), "
+                f"work {self.work:.1f} of {self.budget:g}")
+        if self.stopped_by == "work":
+            text += ", stopped by the work budget (raise --budget to search further)"
+        elif self.stopped_by == "time":
+            text += (", stopped by the time limit: the result may differ on another machine "
+                     "(raise --time-limit, or lower --budget for a deterministic search)")
+        return text
+
+
 class TemplateSearch:
     """Template search over actions and bases for one random instance (even templates of a
-    sign-symmetric system when `parities` is given)."""
+    sign-symmetric system when `parities` is given), within a budget, reporting each candidate
+    to `progress` (a `progress.Progress`)."""
 
-    def __init__(self, instance: Instance, degrees: list[int], n: int, parities=None):
+    def __init__(self, instance: Instance, degrees: list[int], n: int, parities=None,
+                 budget: SearchBudget | None = None, progress=None):
         self.instance, self.degrees, self.n, self.parities = instance, degrees, n, parities
+        self.budget = SearchBudget() if budget is None else budget
+        self.progress = Progress() if progress is None else progress
+        self.status = SearchStatus(budget=self.budget.work)
+        self.best: Template | None = None
+        self.tried: set = set()  # (basis, action) pairs
+        self.stopped_by: str | None = None
         self._expansions: dict[int, Expansion] = {}
+        self._pruned: dict = {}
 
     @property
     def even(self) -> bool:
@@ -234,6 +317,22 @@ class TemplateSearch:
             self._expansions[d] = Expansion(self.instance, self.degrees, self.n, d, self.parities)
         return self._expansions[d]
 
+    @property
+    def exhausted(self) -> bool:
+        """True once the budget is spent and a template has been found (then recorded in
+        `stopped_by`); a search without any template yet goes on."""
+        if self.best is None or not self.budget.exhausted:
+            return False
+        if self.stopped_by is None:
+            self.stopped_by = "work" if self.budget.out_of_work else "time"
+        return True
+
+    def _prune(self, d: int, basis, action, reducible) -> Template | None:
+        key = (d, frozenset(basis), tuple(action))
+        if key not in self._pruned:
+            self._pruned[key] = _prune(self.expansion(d), basis, action, reducible, self.even, self.budget)
+        return self._pruned[key]
+
     def find(self, basis, action, quick: bool = False) -> Template | None:
         """Smallest template for this basis and action, or None within the limits. `quick`
         tries only the first degree that works (to screen candidates)."""
@@ -242,18 +341,33 @@ class TemplateSearch:
         best, first = None, None
         extra = 0 if quick else EXTRA_DEGREES_TRIED
         for d in range(start, start + MAX_EXTRA_DEGREE + 1):
-            if first is not None and d > first + extra:
+            if first is not None and (d > first + extra or self.exhausted):
                 break
-            expansion = self.expansion(d)
-            if expansion.matrix is None:
+            if self.expansion(d).matrix is None:
                 break
-            template = _prune(expansion, basis, action, reducible, self.even)
+            template = self._prune(d, basis, action, reducible)
             if template is None:
                 continue
             first = d if first is None else first
             if best is None or template.size < best.size:
                 best = template
+        self._record(basis, action, best)
         return best
+
+    def _record(self, basis, action, template: Template | None) -> None:
+        self.tried.add((frozenset(basis), tuple(action)))
+        if template is not None and (self.best is None or template.size < self.best.size):
+            self.best = template
+        status = self.status
+        status.candidates, status.work = len(self.tried), self.budget.spent
+        if self.best is not None:
+            rows, cols = self.best.shape
+            status.best = f"{rows}x{cols}"
+        self.progress.search(status)
+
+    def report(self) -> SearchReport:
+        return SearchReport(len(self.tried), len({b for b, _ in self.tried}),
+                            len({a for _, a in self.tried}), self.budget.spent, self.budget.work, self.stopped_by, self.budget.elapsed)
 
 
 def _is_basis(quotient: Quotient, basis) -> bool:
@@ -289,6 +403,8 @@ def _local_basis_search(search: TemplateSearch, quotient: Quotient, start: Templ
     while True:
         best = None
         for basis in _chain_swaps(list(current.basis), variable, search.n):
+            if search.exhausted:
+                return current if best is None or best.size >= current.size else best
             key = frozenset(basis)
             if key in seen:
                 continue
@@ -352,46 +468,67 @@ def variable_orders(n: int) -> list[tuple[int, ...]]:
 
 
 def choose_template(
-    instance: Instance, degrees: list[int], quotients: list[Quotient], rng: random.Random, parities=None
-) -> tuple[Template, Quotient]:
+    instance: Instance, degrees: list[int], quotients: list[Quotient], rng: random.Random, parities=None,
+    budget: SearchBudget | None = None, progress=None,
+) -> tuple[Template, Quotient, SearchReport]:
     """The smallest template over actions (each unknown, else random linear forms) and bases
-    (standard monomials of each variable order, then a local search). For a sign-symmetric
-    system (`parities`, see sign_parities) the smallest even template, when there is one."""
+    (standard monomials of each variable order, then a local search), within `budget`. For a
+    sign-symmetric system (`parities`, see sign_parities) the smallest even template, when there
+    is one.
+
+    Anytime: every (basis, action) pair is first screened at the first degree that works, so
+    that a template exists early; then each pair, best screened first, gets its full search
+    (more degrees); then the local basis search. Once the budget is spent, the best template
+    so far is returned. Within the budget the result is that of the full search."""
     n = len(quotients[0].unknowns)
+    budget = SearchBudget() if budget is None else budget
     distinct = {}
     for quotient in quotients:
         distinct.setdefault(quotient.basis, quotient)
     if parities is not None:
-        found = _even_templates(TemplateSearch(instance, degrees, n, parities), distinct.values(), rng)
+        search = TemplateSearch(instance, degrees, n, parities, budget, progress)
+        found = _even_templates(search, distinct.values(), rng)
         if found:
-            return min(found, key=lambda pair: pair[0].size)
-    search = TemplateSearch(instance, degrees, n)
+            template, quotient = min(found, key=lambda pair: pair[0].size)
+            return template, quotient, search.report()
+    search = TemplateSearch(instance, degrees, n, None, budget, progress)
     actions = [unit(n, i) for i in range(n)]
-    found: list[tuple[Template, Quotient]] = []
+    screened: list[tuple[Template, Quotient]] = []
     for _ in range(5):
         for quotient in distinct.values():
             for action in actions:
+                if search.exhausted:
+                    break
                 if not is_separating(action_matrix(quotient, action), rng):
                     continue
-                template = search.find(quotient.basis, action)
+                template = search.find(quotient.basis, action, quick=True)
                 if template is not None:
-                    found.append((template, quotient))
-        if found:
+                    screened.append((template, quotient))
+        if screened:
             break
         # No unknown separates the solutions: try random linear forms.
         actions = [tuple(rng.randrange(1, 6) for _ in range(n))]
-    if not found:
+    if not screened:
         raise SpecError(
             "no elimination template found within the size limits "
             f"({MAX_ROWS} rows, degree + {MAX_EXTRA_DEGREE})"
         )
+    # Full searches, the best screened first; `found` keeps the screening order for ties.
+    found = list(screened)
+    for i in sorted(range(len(screened)), key=lambda i: screened[i][0].size):
+        if search.exhausted:
+            break
+        quick, quotient = screened[i]
+        found[i] = (search.find(quotient.basis, quick.action) or quick, quotient)
     found.sort(key=lambda pair: pair[0].size)
     best = found[0]
     for template, quotient in found[:BASIS_SEARCH_STARTS]:
+        if search.exhausted:
+            break
         improved = _local_basis_search(search, quotient, template)
         if improved.size < best[0].size:
             best = (improved, quotient)
-    return best
+    return best[0], best[1], search.report()
 
 
 def _even_templates(search: TemplateSearch, quotients, rng: random.Random) -> list[tuple[Template, Quotient]]:
@@ -409,6 +546,8 @@ def _even_templates(search: TemplateSearch, quotients, rng: random.Random) -> li
             action = np.array([quotient.normal_form({multiply(b, square(n, a)): 1})[even] for b in basis])
             if not is_separating(action, rng):
                 continue
+            if search.exhausted:
+                return found
             template = search.find(basis, unit(n, a))
             if template is not None:
                 found.append((template, quotient))

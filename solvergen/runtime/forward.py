@@ -106,3 +106,12 @@ def solve(a, settings):
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, plan.num_unknowns))
     return x, valid.gather(1, order), c
+
+
+def relative_residuals(plan: Plan, a, x):
+    """The declared equations' relative residual at given points: max_k |h_k(x, a)| / sum of
+    the sizes of h_k's terms (what validity is decided on). a [B, M], x [B, S, N] -> [B, S]."""
+    tables = tensors(plan, a.device, a.dtype)
+    system = tables["declared"]
+    h, scale, _ = equations.evaluate(equations.prepare(plan.coefficients(a), system), x, system)
+    return equations.relative_error(h, scale)
