@@ -248,8 +248,10 @@ def _spurious_component_hint(system: PolynomialSystem, instance: Instance) -> st
             culprits.append(str(x))
     if not culprits:
         return ""
-    return (f"; the extra solutions lie on {' or '.join(c + ' = 0' for c in culprits)}: an equation "
-            "multiplied by that unknown (a cleared denominator?) adds them, so divide it out")
+    names = " or ".join(c + " = 0" for c in culprits)
+    return (f"; the extra solutions lie on {names} (without them it is zero-dimensional): if an "
+            f"equation was multiplied by {culprits[0]} (a cleared denominator), divide it out, or "
+            f"exclude them with an extra unknown t and the equation t*{culprits[0]} - 1 = 0")
 
 
 def analyze(system: PolynomialSystem, instance: Instance, order: tuple[int, ...] | None = None) -> Quotient:

@@ -30,6 +30,8 @@ from .template import template_entries
 
 THRESHOLD = 0.1  # threshold pivoting: |pivot| >= THRESHOLD * max |column| (median over samples)
 WORTHWHILE = 0.1  # generated only when its updates are at most this share of a dense LU's
+TRUSTED = 0.9  # ... and when the online growth check trusts it on this share of the samples
+GROWTH_LIMIT = 1e3  # the runtime's float64 growth limit (runtime/template.py GROWTH_LIMIT)
 MAX_ROWS = 200  # larger templates keep LAPACK: the pivot search is quadratic in the columns
 # (measured: 100 rows 0.5 s, 300 rows 25 s on random 4% patterns)
 
@@ -56,16 +58,19 @@ class SparseLU:
     denominators: tuple[int, ...]  # [num_reducible]: X[t, b] = numerators[t, b] / denominators[t]
     updates: int  # scalar updates per instance
     dense_updates: int  # those of a dense LU with back substitution, for comparison
+    trusted_share: float = 1.0  # samples whose forward factors stay within GROWTH_LIMIT
 
     @property
     def worthwhile(self) -> bool:
         """Whether the sparse elimination beats LAPACK: each level costs a handful of tensor
-        operations, so it pays only for sparse templates (measured at batch 4,096 on 2 cores:
+        operations, so it pays only for sparse templates, and only if few instances fail the
+        growth check and go to LAPACK anyway (P3.5Pf's 97 x 113 template: 55%). Measured at
+        batch 4,096 on 2 cores:
         P3P's even template, 145 of 2,584 dense updates, 6.6 ms against 28 (its former 25 x 33
         one: 140 of 9,700, 7 ms against 52); the 6-point, 2,917 of 9,170, 50 ms
         against 59 and no gain in the whole forward; the dense 5-point template, 945 of 1,185,
         13 ms against 12)."""
-        return self.updates <= WORTHWHILE * self.dense_updates
+        return self.updates <= WORTHWHILE * self.dense_updates and self.trusted_share >= TRUSTED
 
 
 @dataclass
@@ -103,13 +108,14 @@ def plan_sparse_lu(positions, shape, num_excess: int, num_reducible: int, sample
     nonzero[list(positions)] = True
     nonzero = nonzero.reshape(rows, cols)
     values = None if samples is None else np.array(samples, dtype=float)
+    growth = None if values is None else np.zeros(len(values))
     remaining = list(range(rows))
     forward: list[_Step] = []
     for phase in (range(num_excess), range(num_excess, square)):
         left = list(phase)
         while left:
             step = _choose_pivot(nonzero, values, remaining, left)
-            _apply(nonzero, values, step)
+            _apply(nonzero, values, step, growth)
             forward.append(step)
             remaining.remove(step.row)
             left.remove(step.col)
@@ -140,6 +146,7 @@ def plan_sparse_lu(positions, shape, num_excess: int, num_reducible: int, sample
         denominators=tuple(slot[s.row * cols + s.col] for s in by_reduced),
         updates=sum(len(s.rows) * (len(s.cols) + 1) for s in forward + upward),
         dense_updates=sum(k * (k + cols - square) for k in range(square)) + square * (square - 1) // 2 * (cols - square),
+        trusted_share=1.0 if growth is None else float(np.mean(growth <= GROWTH_LIMIT)),
     )
 
 
@@ -164,12 +171,17 @@ def _choose_pivot(nonzero, values, remaining, columns) -> _Step:
     return _Step(r, j, [q for q in candidates if q != r], [c for c in np.flatnonzero(nonzero[r]) if c != j])
 
 
-def _apply(nonzero, values, step: _Step) -> None:
+def _apply(nonzero, values, step: _Step, growth=None) -> None:
+    """Eliminate the step's column from its rows (structure, and the sample values if given;
+    `growth` [samples] keeps the largest |factor| seen, as the online check does)."""
     for q in step.rows:
         nonzero[q, step.cols] = True
         nonzero[q, step.col] = False
         if values is not None:
-            factor = values[:, q, step.col] / values[:, step.row, step.col]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                factor = values[:, q, step.col] / values[:, step.row, step.col]
+            if growth is not None:
+                np.maximum(growth, np.where(np.isfinite(factor), np.abs(factor), np.inf), out=growth)
             values[:, q, :] -= factor[:, None] * values[:, step.row, :]
             values[:, q, step.col] = 0.0
 

@@ -170,6 +170,40 @@ def homography_4pt_instances(n, rng):
     return params, H / np.linalg.norm(H, axis=1, keepdims=True)
 
 
+def gp3p_scene(n, rng):
+    """A rig seeing three points along rays c_i + l_i d_i (rig frame): world points X [n, 3, 3],
+    centres c, directions d (unit), depths l [n, 3], with rig point = R X + t."""
+    R = random_rotation(rng, n)
+    t = rng.normal(size=(n, 3))
+    c = rng.normal(size=(n, 3, 3))
+    d = rng.normal(size=(n, 3, 3))
+    d /= np.linalg.norm(d, axis=-1, keepdims=True)
+    depth = rng.uniform(1.0, 4.0, size=(n, 3))
+    rig = c + depth[..., None] * d
+    X = np.einsum("nji,npj->npi", R, rig - t[:, None, :])
+    return X, c, d, depth
+
+
+def gp3p_instances(n, rng):
+    X, c, d, depth = gp3p_scene(n, rng)
+    return np.concatenate([X.reshape(n, 9), c.reshape(n, 9), d.reshape(n, 9)], axis=1), depth
+
+
+def p35pf_instances(n, rng):
+    """Four world points in front of a camera P = diag(f, f, 1) [R | t]: parameters
+    [X_1..X_4, u1 v1 u2 v2 u3 v3 u4] and the truth P / ||P|| (row-major)."""
+    R = random_rotation(rng, n)
+    f = rng.uniform(0.5, 2.0, size=n)
+    t = np.concatenate([rng.uniform(-1, 1, size=(n, 2)), rng.uniform(4, 8, size=(n, 1))], axis=1)
+    P = np.concatenate([R, t[:, :, None]], axis=2)
+    P[:, :2] *= f[:, None, None]
+    X = rng.uniform(-2, 2, size=(n, 4, 3))
+    h = np.einsum("nij,npj->npi", P[:, :, :3], X) + P[:, None, :, 3]
+    image = (h[..., :2] / h[..., 2:]).reshape(n, 8)
+    P = P.reshape(n, 12)
+    return np.concatenate([X.reshape(n, 12), image[:, :7]], axis=1), P / np.linalg.norm(P, axis=1, keepdims=True)
+
+
 INSTANCES = {
     "p3p": p3p_instances,
     "relpose_5pt_nullspace": relpose_5pt_nullspace_instances,
@@ -180,6 +214,8 @@ INSTANCES = {
     "relpose_6pt_shared_focal_natural": relpose_6pt_shared_focal_natural_instances,
     "fundamental_7pt": fundamental_7pt_instances,
     "homography_4pt": homography_4pt_instances,
+    "gp3p": gp3p_instances,
+    "p35pf": p35pf_instances,
 }
 
 

@@ -18,6 +18,8 @@ EXPECTED_SOLUTIONS = {
     "fundamental_7pt": 3,
     "homography_4pt": 1,
     "relpose_6pt_shared_focal_natural": 15,  # as its null-space form: pairs +-F count once
+    "gp3p": 8,
+    "p35pf": 16,  # 10 and 6 spurious complex ones (problems/p35pf.py)
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import PROBLEMS, generated_module
+from conftest import PROBLEMS, float32_solve_cases, generated_module
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import geometry
@@ -138,7 +138,7 @@ def test_device_path_never_synchronizes(name, eig, monkeypatch):
     assert run() == set()
 
 
-@pytest.mark.parametrize("name", PROBLEMS)
+@pytest.mark.parametrize("name", float32_solve_cases())
 def test_float32_precision(name):
     """precision="float32" solves in float32: median log10 error <= -5 after polishing."""
     module = generated_module(name)

@@ -389,3 +389,25 @@ def test_six_point_shared_focal_matches_poselib(form):
     assert accurate >= 0.8 * compared, f"PoseLib accurate on only {accurate}/{compared} instances"
     assert accurate_agree >= MIN_AGREEMENT * accurate, f"solution sets agree on {accurate_agree}/{accurate}"
     assert ours_truth >= MIN_AGREEMENT * N_INSTANCES, f"true focal among our filtered solutions on {ours_truth}"
+
+
+def test_gp3p_matches_poselib():
+    """PoseLib's gp3p returns every real pose (no cheirality filter), as we do: the sets of
+    depths must agree, each PoseLib pose turned into depths l_i = d_i . (R X_i + t - c_i)."""
+    module = generated_module("gp3p")
+    X, c, d, depth = geometry.gp3p_scene(N_INSTANCES, np.random.default_rng(13))
+    params = np.concatenate([X.reshape(N_INSTANCES, 9), c.reshape(N_INSTANCES, 9),
+                             d.reshape(N_INSTANCES, 9)], axis=1)
+    solutions, valid = module.Solver()(torch.from_numpy(params))
+    solutions, valid = solutions.numpy(), valid.numpy()
+    poses, us = _timed(poselib.gp3p, [(c[i], d[i], X[i]) for i in range(N_INSTANCES)])
+    same = truth = 0
+    for i in range(N_INSTANCES):
+        theirs = [np.einsum("pk,pk->p", d[i], (pose.R @ X[i].T).T + pose.t - c[i]) for pose in poses[i]]
+        ours = list(solutions[i][valid[i]])
+        same += _sets_agree(ours, theirs, _relative)
+        truth += any(np.linalg.norm(x - depth[i]) < TOL * np.linalg.norm(depth[i]) for x in ours)
+    _report("gp3p", same_sets=f"{same / N_INSTANCES:.2%}", ours_truth_found=f"{truth / N_INSTANCES:.2%}",
+            poselib_us_per_call=f"{us:.1f}")
+    assert same >= MIN_AGREEMENT * N_INSTANCES, f"solution sets agree on {same} of {N_INSTANCES}"
+    assert truth >= MIN_AGREEMENT * N_INSTANCES, truth

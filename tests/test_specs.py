@@ -38,6 +38,12 @@ BAD_SPECS = {
     "inconsistent_overdetermined": ("x, a, b = sp.symbols('x a b')\n"
                                     "problem = Problem('p', [x], [a, b], [x - a, x - b])\n",
                                     "no solutions"),
+    "double_root": ("x, y, a = sp.symbols('x y a')\n"
+                    "problem = Problem('p', [x, y], [a], [(x - a)**2, y - x])\n",
+                    "multiple roots for generic parameters (2 solutions counted with multiplicity, 1 distinct)"),
+    "cleared_denominator": ("x, y, a, b = sp.symbols('x y a b')\n"
+                            "problem = Problem('p', [x, y], [a, b], [x * (y**2 - a), x * (x + y - b)])\n",
+                            "the extra solutions lie on x = 0"),
     "raises": ("x, a = sp.symbols('x a')\nraise RuntimeError('boom')\n", "RuntimeError: boom"),
     "non_rational_parameter": ("x, a = sp.symbols('x a')\nproblem = Problem('p', [x], [a], [x**2 - sp.sqrt(a)])\n",
                                "not rational in the parameters"),
