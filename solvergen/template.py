@@ -185,11 +185,27 @@ def elimination_work(rows: int, cols: int) -> float:
     return rows * cols * min(rows, cols) / 1e9
 
 
+def _certificate_rows(mat: np.ndarray, num_excess: int) -> np.ndarray:
+    """Rows that a certificate (Y with Y E = 0) can use: a row holding the only nonzero of an E
+    column among the rows left must have Y = 0 there, so it is dropped, and again until no E
+    column is lonely. The same certificates remain, on (much) fewer rows at high degrees."""
+    nonzero = mat[:, :num_excess] != 0
+    alive = np.ones(len(mat), dtype=bool)
+    while True:
+        lonely = nonzero[alive].sum(axis=0) == 1
+        dropped = alive & nonzero[:, lonely].any(axis=1)
+        if not dropped.any():
+            return np.flatnonzero(alive)
+        alive &= ~dropped
+
+
 def _prune(expansion: Expansion, basis, action, reducible, even: bool, budget=None) -> Template | None:
     split = expansion.split(basis, reducible)
     if split is None:
         return None
     mat, excess = split
+    rows = _certificate_rows(mat, len(excess))  # expansion rows in play
+    mat = mat[rows]
     work = elimination_work(*mat.shape)
     if budget is not None:
         budget.spend(work)
@@ -202,8 +218,8 @@ def _prune(expansion: Expansion, basis, action, reducible, even: bool, budget=No
                 break
             budget.spend(2 * work)
         keep_order = sorted(
-            range(len(expansion.rows)),
-            key=lambda r: removal_key(*expansion.rows[r], expansion.degrees),
+            range(len(rows)),
+            key=lambda r: removal_key(*expansion.rows[rows[r]], expansion.degrees),
         )
         keep = _minimal_rows(mat, keep_order, len(excess), len(reducible))
         if keep is None:
@@ -215,7 +231,7 @@ def _prune(expansion: Expansion, basis, action, reducible, even: bool, budget=No
             raise AssertionError("template block is not square after pruning")
         template = Template(
             tuple(action),
-            tuple(expansion.rows[r] for r in keep),
+            tuple(expansion.rows[rows[r]] for r in keep),
             tuple(excess_kept),
             tuple(reducible),
             tuple(sorted(basis, key=grevlex_key, reverse=True)),

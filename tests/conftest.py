@@ -12,16 +12,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for `import geometry
 PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
 
 # Known limitations, measured and kept visible: strict xfails, so that a fix makes them fail.
+# Problems below the accuracy bars of tests/test_accuracy.py in float64 (then every accuracy
+# and gradient bar is missed), and problems that miss only the precision="float32" bars.
+ACCURACY_LIMITATIONS = {
+    "relpose_8pt_radial": "the Gauss-Jordan parameters C (cond(A_e) ~ 2.5e3, up to 1e5) and the "
+                          "F33 = 1 chart: truth found on 97.6% of instances (bar 99.5%), median "
+                          "log10 error -13.5; the IFT agrees with finite differences on 92%",
+}
 FLOAT32_SOLVE_LIMITATIONS = {
     "p35pf": "precision='float32' on its 97 x 113 template finds the truth (1e-3) on 93% of "
              "instances, under the 95% bar (float64: 100%)",
+    **ACCURACY_LIMITATIONS,
 }
+
+
+def _cases(names, limitations):
+    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=limitations[name]))
+            if name in limitations else name for name in names]
+
+
+def accuracy_cases(names=None):
+    """PROBLEMS (or `names`) for the accuracy and gradient bars, known limitations as strict xfails."""
+    return _cases(PROBLEMS if names is None else names, ACCURACY_LIMITATIONS)
 
 
 def float32_solve_cases():
     """PROBLEMS for the precision='float32' accuracy tests, known limitations as strict xfails."""
-    return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=FLOAT32_SOLVE_LIMITATIONS[name]))
-            if name in FLOAT32_SOLVE_LIMITATIONS else name for name in PROBLEMS]
+    return _cases(PROBLEMS, FLOAT32_SOLVE_LIMITATIONS)
 
 
 def pytest_addoption(parser):

@@ -204,6 +204,42 @@ def p35pf_instances(n, rng):
     return np.concatenate([X.reshape(n, 12), image[:, :7]], axis=1), P / np.linalg.norm(P, axis=1, keepdims=True)
 
 
+def radial_scene(n, rng):
+    """Eight correspondences seen through one division-model distortion lam (shared): distorted
+    points x1, x2 [n, 8, 2], lam [n], F [n, 3, 3] with F33 = 1 (on the undistorted points)."""
+    q1, q2, E = two_view_scene(rng, n, 8)
+    K = np.zeros((n, 3, 3))
+    K[:, 0, 0] = K[:, 1, 1] = rng.uniform(0.3, 0.6, size=n)
+    K[:, 2, 2] = 1
+    lam = rng.uniform(-0.5, -0.05, size=n)
+    distorted = []
+    for q in (q1, q2):
+        u = np.einsum("nij,npj->npi", K, q)
+        u = u[..., :2] / u[..., 2:]
+        r = np.sum(u * u, axis=-1)
+        # d = s u with s / (1 + lam s^2 r) = 1: the root of lam r s^2 - s + 1 = 0 near 1.
+        s = 2 / (1 + np.sqrt(1 - 4 * lam[:, None] * r))
+        distorted.append(u * s[..., None])
+    Kinv = np.linalg.inv(K)
+    F = Kinv.transpose(0, 2, 1) @ E @ Kinv
+    return distorted[0], distorted[1], lam, F / F[:, 2:3, 2:3]
+
+
+def radial_coefficients(x1, x2):
+    """The 8 x 15 epipolar coefficient matrix of problems/relpose_8pt_radial.py (numpy)."""
+    u1, v1, u2, v2 = x1[..., 0], x1[..., 1], x2[..., 0], x2[..., 1]
+    r1, r2 = u1 * u1 + v1 * v1, u2 * u2 + v2 * v2
+    return np.stack([u2 * u1, u2 * v1, v2 * u1, v2 * v1, u2, v2, u2 * r1, v2 * r1,
+                     r1 * r2, u1 * r2, v1 * r2, r1 + r2, u1, v1, np.ones_like(u1)], axis=-1)
+
+
+def relpose_8pt_radial_instances(n, rng):
+    x1, x2, lam, F = radial_scene(n, rng)
+    A = radial_coefficients(x1, x2)
+    C = np.linalg.solve(A[..., :8], A[..., 8:]).reshape(n, 56)
+    return C, np.stack([lam, F[:, 2, 0], F[:, 2, 1]], axis=1)
+
+
 INSTANCES = {
     "p3p": p3p_instances,
     "relpose_5pt_nullspace": relpose_5pt_nullspace_instances,
@@ -216,6 +252,7 @@ INSTANCES = {
     "homography_4pt": homography_4pt_instances,
     "gp3p": gp3p_instances,
     "p35pf": p35pf_instances,
+    "relpose_8pt_radial": relpose_8pt_radial_instances,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import PROBLEMS, float32_solve_cases, generated_module
+from conftest import PROBLEMS, accuracy_cases, float32_solve_cases, generated_module
 
 import geometry
 
@@ -66,7 +66,7 @@ def vector_difference(a, b):
     return (a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-300)
 
 
-@pytest.mark.parametrize("name", PROBLEMS)
+@pytest.mark.parametrize("name", accuracy_cases())
 def test_ift_matches_finite_differences(name):
     module = generated_module(name)
     assert_ift_matches_finite_differences(name, module, module.Solver())
