@@ -13,7 +13,7 @@ from .polynomials import PolynomialSystem, build_system
 from .problem import Problem
 from .sparse_lu import SparseLU, template_sparse_lu
 from .progress import Progress
-from .template import (SearchBudget, SearchReport, Template, choose_template, sign_parities,
+from .template import (SearchBudget, SearchReport, Template, choose_template, sign_symmetry,
                        variable_orders, verify_template)
 
 
@@ -68,7 +68,7 @@ def eliminate(problem: Problem, system: PolynomialSystem, seed: int = 0,
     degrees = [system.degree(k) for k in range(system.num_equations)]
     with progress.stage("template search"):
         template, quotient, report = choose_template(
-            instance, degrees, quotients, rng, sign_parities(system), budget, progress)
+            instance, degrees, quotients, rng, sign_symmetry(system), budget, progress)
 
     # A second random instance must have the same algebra, and the template must reduce it too.
     with progress.stage("template check"):

@@ -232,7 +232,7 @@ def _template_plan(elimination: Elimination) -> rt.Template:
 
     # Read-off pairs (m, q * m) with m in the basis and q * m in the basis or reduced set, for each
     # read monomial q (the unknowns; x_i x_j for even templates).
-    read = read_monomials(n, template.even)
+    read = read_monomials(n, template.symmetric)
     read_monomial, read_basis, read_value = [], [], []
     for i, q in enumerate(read):
         for j, b in enumerate(basis):
@@ -267,6 +267,7 @@ def _template_plan(elimination: Elimination) -> rt.Template:
         read_value=tuple(read_value),
         action_read=action_read,
         even=template.even,
+        fixed=tuple(i for i in range(n) if i not in template.symmetric) if template.even else (),
         sparse_lu=_sparse_lu_plan(elimination.sparse_lu),
     )
 
@@ -372,10 +373,17 @@ def forward_description(compiled: CompiledProblem) -> list[str]:
             f"{where}with an elimination template ({rows} x {cols}): the eigenvectors of its "
             f"{len(template.basis)} x {len(template.basis)} action matrix ({action}) give the solutions."
         )
-        if template.even:
+        if template.even and len(template.symmetric) == len(elimination.system.unknowns):
             sentences.append(
                 "Every equation is even or odd, so x and -x solve the system together: each eigenvector gives "
                 f"such a pair, and half of the {compiled.num_solutions} solutions are the negatives of the others."
+            )
+        elif template.even:
+            names = [str(elimination.system.unknowns[i]) for i in template.symmetric]
+            sentences.append(
+                f"Every equation is even or odd in {_words(names)}, so negating them gives another solution: "
+                f"each eigenvector gives such a pair, and half of the {compiled.num_solutions} solutions are "
+                "the others with those unknowns negated."
             )
     elif linear is not None and linear.null_dim == 1:
         sentences.append("The null space is one-dimensional, and its basis vector is the solution up to scale.")

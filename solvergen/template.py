@@ -20,19 +20,21 @@ Search, all exact over Z_p:
 The smallest template over all actions and bases wins; ties go to fewer rows.
 
 Sign symmetry (Larsson and Astrom, "Uncovering symmetries in polynomial systems", ECCV 2016):
-when every equation has only even-degree or only odd-degree terms, x and -x solve the system
-together. The quotient ring then splits into an even and an odd part, and multiplication by
-x_a^2 maps the even part to itself: an "even" template reduces x_a^2 * b (b in the S/2 even
-standard monomials) and the quadratic monomials x_i x_j, and the eigenproblem is S/2 x S/2.
-Its eigenvectors give x_i x_j at each pair of solutions +-x (see the runtime's _read_off).
-Such a template is used whenever the system has the symmetry (P3P: 4 x 4 instead of 8 x 8).
+when every equation has only even-degree or only odd-degree terms in some unknowns S, negating
+them maps solutions to solutions (all unknowns: x and -x; P3P). The quotient ring then splits
+into a part even and a part odd in S, and multiplication by x_a^2 (a in S) maps the even part
+to itself: an "even" template reduces x_a^2 * b (b in the S/2 even standard monomials), the
+quadratic monomials x_i x_j of S and the other unknowns, and the eigenproblem is S/2 x S/2.
+Its eigenvectors give those at each pair of solutions (see the runtime's `read_off`). Such a
+template is used whenever the system has the symmetry, for the largest such S (P3P: 4 x 4
+instead of 8 x 8; P4Pf in depths and w = f^2: S = the depths, 10 x 10 instead of 20 x 20).
 """
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass, field
-from itertools import permutations
+from itertools import combinations, permutations
 
 import numpy as np
 
@@ -57,7 +59,13 @@ class Template:
     excess: tuple[Exponent, ...]  # E': eliminated monomials whose columns are kept
     reducible: tuple[Exponent, ...]  # T: monomials reduced to the basis
     basis: tuple[Exponent, ...]  # B
-    even: bool = False  # the action is x_a^2 on the even part of a sign-symmetric system
+    # Unknowns negated together by the system's sign symmetry, when the template is "even": the
+    # action is x_a^2 on the part of the ring even in them (empty: an ordinary template).
+    symmetric: tuple[int, ...] = ()
+
+    @property
+    def even(self) -> bool:
+        return bool(self.symmetric)
 
     @property
     def columns(self) -> tuple[Exponent, ...]:
@@ -87,12 +95,12 @@ class Template:
 
     def action_products(self, b: Exponent) -> list[tuple[Exponent, int]]:
         """The action times the basis monomial b, as (monomial, coefficient) terms."""
-        return action_products(b, self.action, self.even)
+        return action_products(b, self.action, self.symmetric)
 
 
-def action_products(b: Exponent, action, even: bool) -> list[tuple[Exponent, int]]:
+def action_products(b: Exponent, action, symmetric=()) -> list[tuple[Exponent, int]]:
     n = len(action)
-    if even:
+    if symmetric:
         (a,) = [i for i, c in enumerate(action) if c]
         return [(multiply(b, square(n, a)), 1)]
     return [(multiply(b, unit(n, i)), c) for i, c in enumerate(action) if c]
@@ -102,31 +110,57 @@ def square(n: int, i: int) -> Exponent:
     return multiply(unit(n, i), unit(n, i))
 
 
-def read_monomials(n: int, even: bool) -> list[Exponent]:
+def read_monomials(n: int, symmetric=()) -> list[Exponent]:
     """What the eigenvectors are read off as: the unknowns, or (even templates) the quadratic
-    monomials x_i x_j, i <= j, in that order."""
-    if even:
-        return [multiply(unit(n, i), unit(n, j)) for i in range(n) for j in range(i, n)]
+    monomials x_i x_j, i <= j, of the `symmetric` unknowns, then the other unknowns, in that
+    order (all of them even in the symmetric unknowns)."""
+    if symmetric:
+        quadratic = [multiply(unit(n, i), unit(n, j)) for i in symmetric for j in symmetric if i <= j]
+        return quadratic + [unit(n, i) for i in range(n) if i not in symmetric]
     return [unit(n, i) for i in range(n)]
 
 
-def reducible_monomials(basis, action, n: int, even: bool = False) -> list[Exponent]:
+def reducible_monomials(basis, action, n: int, symmetric=()) -> list[Exponent]:
     in_basis = set(basis)
-    out = {m for b in basis for m, _ in action_products(b, action, even) if m not in in_basis}
-    out.update(m for m in read_monomials(n, even) if m not in in_basis)
+    out = {m for b in basis for m, _ in action_products(b, action, symmetric) if m not in in_basis}
+    out.update(m for m in read_monomials(n, symmetric) if m not in in_basis)
     return sorted(out, key=grevlex_key, reverse=True)
 
 
-def sign_parities(system) -> tuple[int, ...] | None:
-    """Each equation's degree parity when every equation is even or odd (x and -x are then
-    solutions together), else None."""
-    parities = []
-    for k in range(system.num_equations):
-        found = {degree(coef.exponent) % 2 for _, coef in system.equation_terms(k)}
-        if len(found) != 1:
-            return None
-        parities.append(found.pop())
-    return tuple(parities)
+def partial_degree(exponent: Exponent, symmetric) -> int:
+    """The degree in the unknowns `symmetric`."""
+    return sum(exponent[i] for i in symmetric)
+
+
+@dataclass(frozen=True)
+class SignSymmetry:
+    """Negating the unknowns `symmetric` maps solutions to solutions: every equation has terms
+    of one parity (`parities`) of degree in them (Larsson and Astrom, ECCV 2016)."""
+
+    symmetric: tuple[int, ...]
+    parities: tuple[int, ...]
+
+
+MAX_SYMMETRY_SEARCH = 12  # unknowns up to which every subset is tried (else only all of them)
+
+
+def sign_symmetry(system) -> SignSymmetry | None:
+    """The largest set of unknowns (the first in subset order among equals) whose negation is a
+    symmetry of the system, or None. All unknowns first: x and -x solving together."""
+    n = len(system.unknowns)
+    terms = [[coef.exponent for _, coef in system.equation_terms(k)] for k in range(system.num_equations)]
+    sizes = range(n, 0, -1) if n <= MAX_SYMMETRY_SEARCH else [n]
+    for size in sizes:
+        for subset in combinations(range(n), size):
+            parities = []
+            for exponents in terms:
+                found = {partial_degree(e, subset) % 2 for e in exponents}
+                if len(found) != 1:
+                    break
+                parities.append(found.pop())
+            else:
+                return SignSymmetry(subset, tuple(parities))
+    return None
 
 
 def _row_matrix(instance: Instance, rows, columns) -> np.ndarray:
@@ -142,15 +176,16 @@ def _row_matrix(instance: Instance, rows, columns) -> np.ndarray:
 
 class Expansion:
     """All rows m * h_k up to total degree d, over all monomials up to degree d (cached). With
-    `parities` (a sign-symmetric system) only the even rows and monomials: the odd ones never
-    meet the even part of the ring."""
+    a `symmetry` (SignSymmetry) only the rows and monomials even in its unknowns: the odd ones
+    never meet the even part of the ring."""
 
-    def __init__(self, instance: Instance, degrees: list[int], n: int, d: int, parities=None):
+    def __init__(self, instance: Instance, degrees: list[int], n: int, d: int, symmetry=None):
         self.rows = [(k, m) for k, dk in enumerate(degrees) if dk <= d for m in up_to_degree(n, d - dk)]
         self.monomials = up_to_degree(n, d)
-        if parities is not None:
-            self.rows = [(k, m) for k, m in self.rows if (degree(m) + parities[k]) % 2 == 0]
-            self.monomials = [m for m in self.monomials if degree(m) % 2 == 0]
+        if symmetry is not None:
+            s, parities = symmetry.symmetric, symmetry.parities
+            self.rows = [(k, m) for k, m in self.rows if (partial_degree(m, s) + parities[k]) % 2 == 0]
+            self.monomials = [m for m in self.monomials if partial_degree(m, s) % 2 == 0]
         self.column = {m: j for j, m in enumerate(self.monomials)}
         self.matrix = _row_matrix(instance, self.rows, self.monomials) if len(self.rows) <= MAX_ROWS else None
         self.degrees = degrees
@@ -199,7 +234,7 @@ def _certificate_rows(mat: np.ndarray, num_excess: int) -> np.ndarray:
         alive &= ~dropped
 
 
-def _prune(expansion: Expansion, basis, action, reducible, even: bool, budget=None) -> Template | None:
+def _prune(expansion: Expansion, basis, action, reducible, symmetric=(), budget=None) -> Template | None:
     split = expansion.split(basis, reducible)
     if split is None:
         return None
@@ -235,7 +270,7 @@ def _prune(expansion: Expansion, basis, action, reducible, even: bool, budget=No
             tuple(excess_kept),
             tuple(reducible),
             tuple(sorted(basis, key=grevlex_key, reverse=True)),
-            even,
+            tuple(symmetric),
         )
         if best is None or template.size < best.size:
             best = template
@@ -309,12 +344,12 @@ class SearchReport:
 
 class TemplateSearch:
     """Template search over actions and bases for one random instance (even templates of a
-    sign-symmetric system when `parities` is given), within a budget, reporting each candidate
+    sign-symmetric system when `symmetry` is given), within a budget, reporting each candidate
     to `progress` (a `progress.Progress`)."""
 
-    def __init__(self, instance: Instance, degrees: list[int], n: int, parities=None,
+    def __init__(self, instance: Instance, degrees: list[int], n: int, symmetry: SignSymmetry | None = None,
                  budget: SearchBudget | None = None, progress=None):
-        self.instance, self.degrees, self.n, self.parities = instance, degrees, n, parities
+        self.instance, self.degrees, self.n, self.symmetry = instance, degrees, n, symmetry
         self.budget = SearchBudget() if budget is None else budget
         self.progress = Progress() if progress is None else progress
         self.status = SearchStatus(budget=self.budget.work)
@@ -325,12 +360,13 @@ class TemplateSearch:
         self._pruned: dict = {}
 
     @property
-    def even(self) -> bool:
-        return self.parities is not None
+    def symmetric(self) -> tuple[int, ...]:
+        """The unknowns of the sign symmetry, for even templates (empty: ordinary ones)."""
+        return self.symmetry.symmetric if self.symmetry is not None else ()
 
     def expansion(self, d: int) -> Expansion:
         if d not in self._expansions:
-            self._expansions[d] = Expansion(self.instance, self.degrees, self.n, d, self.parities)
+            self._expansions[d] = Expansion(self.instance, self.degrees, self.n, d, self.symmetry)
         return self._expansions[d]
 
     @property
@@ -346,13 +382,13 @@ class TemplateSearch:
     def _prune(self, d: int, basis, action, reducible) -> Template | None:
         key = (d, frozenset(basis), tuple(action))
         if key not in self._pruned:
-            self._pruned[key] = _prune(self.expansion(d), basis, action, reducible, self.even, self.budget)
+            self._pruned[key] = _prune(self.expansion(d), basis, action, reducible, self.symmetric, self.budget)
         return self._pruned[key]
 
     def find(self, basis, action, quick: bool = False) -> Template | None:
         """Smallest template for this basis and action, or None within the limits. `quick`
         tries only the first degree that works (to screen candidates)."""
-        reducible = reducible_monomials(basis, action, self.n, self.even)
+        reducible = reducible_monomials(basis, action, self.n, self.symmetric)
         start = max(degree(t) for t in reducible)
         best, first = None, None
         extra = 0 if quick else EXTRA_DEGREES_TRIED
@@ -484,12 +520,13 @@ def variable_orders(n: int) -> list[tuple[int, ...]]:
 
 
 def choose_template(
-    instance: Instance, degrees: list[int], quotients: list[Quotient], rng: random.Random, parities=None,
+    instance: Instance, degrees: list[int], quotients: list[Quotient], rng: random.Random,
+    symmetry: SignSymmetry | None = None,
     budget: SearchBudget | None = None, progress=None,
 ) -> tuple[Template, Quotient, SearchReport]:
     """The smallest template over actions (each unknown, else random linear forms) and bases
     (standard monomials of each variable order, then a local search), within `budget`. For a
-    sign-symmetric system (`parities`, see sign_parities) the smallest even template, when there
+    sign-symmetric system (`symmetry`, see sign_symmetry) the smallest even template, when there
     is one.
 
     Anytime: every (basis, action) pair is first screened at the first degree that works, so
@@ -501,8 +538,8 @@ def choose_template(
     distinct = {}
     for quotient in quotients:
         distinct.setdefault(quotient.basis, quotient)
-    if parities is not None:
-        search = TemplateSearch(instance, degrees, n, parities, budget, progress)
+    if symmetry is not None:
+        search = TemplateSearch(instance, degrees, n, symmetry, budget, progress)
         found = _even_templates(search, distinct.values(), rng)
         if found:
             template, quotient = min(found, key=lambda pair: pair[0].size)
@@ -548,22 +585,23 @@ def choose_template(
 
 
 def _even_templates(search: TemplateSearch, quotients, rng: random.Random) -> list[tuple[Template, Quotient]]:
-    """Even templates (action x_a^2 on the even standard monomials) for each quotient whose even
-    part has half the solutions (no solution at the origin) and each x_a^2 separating the pairs."""
-    n = search.n
+    """Even templates (action x_a^2, a a symmetric unknown, on the standard monomials even in
+    the symmetric unknowns) for each quotient whose even part has half the solutions (no
+    solution with the symmetric unknowns all zero) and each x_a^2 separating the pairs."""
+    n, symmetric = search.n, search.symmetric
     found = []
     for quotient in quotients:
-        even = [j for j, b in enumerate(quotient.basis) if degree(b) % 2 == 0]
+        even = [j for j, b in enumerate(quotient.basis) if partial_degree(b, symmetric) % 2 == 0]
         if 2 * len(even) != quotient.num_solutions:
             continue
         basis = [quotient.basis[j] for j in even]
-        for a in range(n):
+        for a in symmetric:
+            if search.exhausted:
+                return found
             # x_a^2 * b in the even coordinates (the odd ones vanish for an even monomial).
             action = np.array([quotient.normal_form({multiply(b, square(n, a)): 1})[even] for b in basis])
             if not is_separating(action, rng):
                 continue
-            if search.exhausted:
-                return found
             template = search.find(basis, unit(n, a))
             if template is not None:
                 found.append((template, quotient))

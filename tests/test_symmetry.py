@@ -14,12 +14,12 @@ import solvergen
 from solvergen.compiler import compile_problem
 from solvergen.polynomials import build_system
 from solvergen.spec import load_spec
-from solvergen.template import sign_parities
+from solvergen.template import SignSymmetry, sign_symmetry
 
 
-def test_sign_parities(root):
-    assert sign_parities(build_system(load_spec(root / "problems" / "p3p.py"))) == (0, 0, 0)
-    assert sign_parities(build_system(load_spec(root / "problems" / "relpose_5pt_nullspace.py"))) is None
+def test_sign_symmetry(root):
+    assert sign_symmetry(build_system(load_spec(root / "problems" / "p3p.py"))) == SignSymmetry((0, 1, 2), (0, 0, 0))
+    assert sign_symmetry(build_system(load_spec(root / "problems" / "relpose_5pt_nullspace.py"))) is None
 
 
 def test_p3p_even_template(root):
@@ -67,3 +67,42 @@ def test_odd_and_even_equations(tmp_path):
 def test_closed_form_needs_a_small_action_matrix():
     with pytest.raises(ValueError, match="closed_form.*at most 4 x 4"):
         generated_module("relpose_5pt_nullspace").Solver(eig="closed_form")
+
+
+PARTIAL = '''
+import sympy as sp
+from solvergen import Problem
+
+x1, x2, w = sp.symbols("x1 x2 w")
+a = sp.symbols("a1:6")
+problem = Problem("partial_symmetry", unknowns=[x1, x2, w], parameters=a, equations=[
+    x1**2 + x2**2 - w - a[0], x1 * x2 - a[1] * w - a[2], w**2 - a[3] * x1**2 - a[4]])
+'''
+
+
+def test_partial_sign_symmetry(tmp_path):
+    """Equations even in (x1, x2) with w untouched: an even template on the part of the ring
+    even in x1, x2 (a 4 x 4 eigenproblem for 8 solutions), each eigenvector giving the pair
+    (x1, x2, w) and (-x1, -x2, w); the truth and its partner are found."""
+    from solvergen.generate import generate, import_generated
+    from solvergen.template import sign_symmetry
+
+    spec = tmp_path / "partial_symmetry.py"
+    spec.write_text(PARTIAL)
+    compiled = compile_problem(load_spec(spec))
+    assert sign_symmetry(compiled.system).symmetric == (0, 1)
+    assert compiled.elimination.template.symmetric == (0, 1) and compiled.num_solutions == 8
+    module = import_generated(generate(spec, tmp_path).path)
+    assert module.PLAN.template.even and module.PLAN.template.fixed == (2,)
+    assert module.PLAN.template.basis == 4
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.5, 2, size=(500, 3)) * rng.choice([-1, 1], size=(500, 3))
+    b = rng.normal(size=(500, 2))
+    params = np.stack([x[:, 0] ** 2 + x[:, 1] ** 2 - x[:, 2], b[:, 0], x[:, 0] * x[:, 1] - b[:, 0] * x[:, 2],
+                       b[:, 1], x[:, 2] ** 2 - b[:, 1] * x[:, 0] ** 2], axis=1)
+    solutions, valid = module.Solver()(torch.from_numpy(params))
+    partner = x * np.array([-1, -1, 1])
+    for truth in (x, partner):
+        err = np.linalg.norm(solutions.numpy() - truth[:, None], axis=-1) / np.linalg.norm(truth, axis=-1)[:, None]
+        err = np.where(valid.numpy(), err, np.inf).min(axis=1)
+        assert np.mean(err < 1e-8) >= 0.995, np.mean(err < 1e-8)

@@ -96,15 +96,18 @@ class Template:
     action_scale: tuple[float, ...]
     # Read-off: monomial q = sum v_m v_(q m) / sum v_m^2 over the pairs (m, q m) of an
     # eigenvector v (basis monomials, then the reduced ones), for each read monomial q: the
-    # unknowns, or for an even template the quadratic monomials x_i x_j (i <= j).
+    # unknowns, or for an even template the quadratic monomials x_i x_j (i <= j; see `fixed`).
     num_read: int
     read_monomial: tuple[int, ...]
     read_basis: tuple[int, ...]
     read_value: tuple[int, ...]
     action_read: int = -1  # the read monomial that is the eigenvalue (-1: none)
     # Even template: x and -x solve the system together and each eigenpair is one such pair
-    # (the action is x_a^2 on the even part of the quotient ring).
+    # (the action is x_a^2 on the even part of the quotient ring). With `fixed`, only the other
+    # unknowns are negated (a partial sign symmetry); the read monomials are then the quadratic
+    # ones of the negated unknowns, then the fixed unknowns themselves.
     even: bool = False
+    fixed: tuple[int, ...] = ()
     sparse_lu: Optional[SparseLU] = None  # where a fixed-pivot elimination pays (CPU)
 
 

@@ -187,7 +187,24 @@ def read_off(eigenvalues, vectors, reduced, template, tables):
     if template.action_read >= 0:
         column = torch.arange(count, device=q.device) == template.action_read
         q = torch.where(column, eigenvalues.real.unsqueeze(-1), q)
-    return from_quadratics(q, template.unknowns) if template.even else q
+    if not template.even:
+        return q
+    if not template.fixed:
+        return from_quadratics(q, template.unknowns)
+    # Partial symmetry: the quadratic monomials of the negated unknowns, then the fixed ones.
+    negated = [i for i in range(template.unknowns) if i not in template.fixed]
+    pairs = len(negated) * (len(negated) + 1) // 2
+    x = torch.cat([from_quadratics(q[..., :pairs], len(negated)), q[..., pairs:]], dim=-1)
+    order = negated + list(template.fixed)
+    return x[..., [order.index(i) for i in range(template.unknowns)]]
+
+
+def sign_flip(template, x):
+    """x with the unknowns of an even template's sign symmetry negated (all but `fixed`)."""
+    if not template.fixed:
+        return -x
+    keep = torch.tensor([i in template.fixed for i in range(template.unknowns)], device=x.device)
+    return torch.where(keep, x, -x)
 
 
 def from_quadratics(q, n):
@@ -259,7 +276,8 @@ def polished_candidates(c, ok, template, tables, system, settings, method=None):
     z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
     x, error = newton.polish(c, z, candidate, settings.newton_steps, system)
     if template.even:
-        # Each eigenpair is a pair of solutions +-x; Newton's steps keep the sign symmetry exactly
-        # (every equation is even or odd), so -x is polished by negating x.
-        return torch.cat([x, -x], dim=1), error.repeat(1, 2), candidate.repeat(1, 2), found
+        # Each eigenpair is a pair of solutions +-x (or x with some unknowns negated: `fixed`);
+        # Newton's steps keep the sign symmetry exactly (every equation is even or odd in the
+        # negated unknowns), so the other is polished by negating them.
+        return torch.cat([x, sign_flip(template, x)], dim=1), error.repeat(1, 2), candidate.repeat(1, 2), found
     return x, error, candidate, found
