@@ -84,11 +84,13 @@ def independent_rows(matrix, prime: int = PRIME) -> list[int]:
 
 
 def left_solution_support(matrix, num_excess: int, num_target: int,
-                          prime: int = PRIME) -> list[int] | None:
+                          prime: int = PRIME, columns: list[int] | None = None) -> list[int] | None:
     """For a matrix [E | T | ...] with independent rows whose span reduces T, the rows used by
-    the unique Y with Y E = 0 and Y T = I."""
+    the unique Y with Y E = 0 and Y T = I. `columns`: the pivot columns of [E | T] when known
+    (they depend only on the row space: those of any matrix with the same rows' span)."""
     a = np.asarray(matrix)[:, : num_excess + num_target] % prime
-    columns = pivot_columns(a, prime)
+    if columns is None:
+        columns = pivot_columns(a, prime)
     if len(columns) != a.shape[0]:
         return None
     rhs = np.zeros((len(columns), num_target), dtype=np.int64)

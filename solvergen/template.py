@@ -48,7 +48,7 @@ MAX_ROWS = 4000
 MAX_EXTRA_DEGREE = 8
 EXTRA_DEGREES_TRIED = 2  # after the first degree that works
 BASIS_SEARCH_STARTS = 2  # local basis search from this many of the best standard templates
-DEFAULT_WORK = 200.0  # template search budget, in elimination work units (`elimination_work`)
+DEFAULT_WORK = 150.0  # template search budget, in elimination work units (`elimination_work`)
 DEFAULT_TIME_LIMIT = 600.0  # seconds: a safety limit; the work budget is what bounds a search
 
 
@@ -200,17 +200,18 @@ class Expansion:
         return self.matrix[:, cols], excess
 
 
-def _reduces(mat: np.ndarray, num_excess: int, num_reducible: int) -> bool:
-    """Are all T columns pivots when eliminating in column order [E | T]?"""
+def _reducing_pivots(mat: np.ndarray, num_excess: int, num_reducible: int) -> list[int] | None:
+    """The pivot columns of [E | T] when all T columns are pivots (the rows reduce T), else None."""
     pivots = ff.pivot_columns(mat[:, : num_excess + num_reducible])
-    return sum(1 for c in pivots if c >= num_excess) == num_reducible
+    return pivots if sum(1 for c in pivots if c >= num_excess) == num_reducible else None
 
 
-def _minimal_rows(mat: np.ndarray, keep_order: list[int], num_excess: int, num_reducible: int):
-    """A minimal set of rows that still reduces T (see the module docstring, step 2)."""
+def _minimal_rows(mat: np.ndarray, keep_order: list[int], num_excess: int, num_reducible: int, pivots):
+    """A minimal set of rows that still reduces T (see the module docstring, step 2). `pivots`:
+    the pivot columns of [E | T], which its independent rows share (same row space)."""
     independent = [keep_order[i] for i in ff.independent_rows(mat[keep_order])]
     sub = mat[independent]
-    support = ff.left_solution_support(sub, num_excess, num_reducible)
+    support = ff.left_solution_support(sub, num_excess, num_reducible, columns=pivots)
     return sorted(independent[i] for i in support) if support is not None else None
 
 
@@ -244,19 +245,20 @@ def _prune(expansion: Expansion, basis, action, reducible, symmetric=(), budget=
     work = elimination_work(*mat.shape)
     if budget is not None:
         budget.spend(work)
-    if not _reduces(mat, len(excess), len(reducible)):
+    pivots = _reducing_pivots(mat, len(excess), len(reducible))
+    if pivots is None:
         return None
     best = None
     for removal_key in REMOVAL_ORDERS:
         if budget is not None:
             if best is not None and budget.exhausted:
                 break
-            budget.spend(2 * work)
+            budget.spend(work)  # the independent rows; the certificate's solve is smaller
         keep_order = sorted(
             range(len(rows)),
             key=lambda r: removal_key(*expansion.rows[rows[r]], expansion.degrees),
         )
-        keep = _minimal_rows(mat, keep_order, len(excess), len(reducible))
+        keep = _minimal_rows(mat, keep_order, len(excess), len(reducible), pivots)
         if keep is None:
             continue
         sub = mat[keep]
