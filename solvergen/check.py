@@ -146,5 +146,8 @@ def run_check(args) -> CheckResult:
     result = check(args.spec, n=args.n, seed=args.seed, dtype=getattr(torch, args.dtype),
                    out_dir=args.out, budget=args.budget)
     if args.plot:
-        result.plot(args.plot)
+        try:
+            result.plot(args.plot)
+        except ImportError:
+            raise SpecError("--plot needs matplotlib (pip install matplotlib)") from None
     return result
