@@ -26,6 +26,15 @@ FLOAT32_SOLVE_LIMITATIONS = {
 }
 
 
+# compile=True against eager on ill-conditioned instances: compiled code rounds the coefficients
+# differently, and a root whose residual is near the validity tolerance changes sides.
+COMPILED_LIMITATIONS = {
+    "p35pf": "compiled and eager validity differ on 1 of 300 instances (a pair of solutions of an "
+             "ill-conditioned instance of the 97 x 113 template)",
+    **ACCURACY_LIMITATIONS,
+}
+
+
 def _cases(names, limitations):
     return [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=limitations[name]))
             if name in limitations else name for name in names]

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import PROBLEMS, generated_module
+from conftest import COMPILED_LIMITATIONS, PROBLEMS, generated_module
 from test_gradients import assert_ift_matches_finite_differences
 
 import geometry
@@ -26,14 +26,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def cases(names):
+def cases(names, limitations=None):
     """(backend, problem): inductor for the implicit example (default suite) and, slow, for the
-    others; aot_eager for each (the `compiled` group)."""
+    others; aot_eager for each (the `compiled` group). `limitations`: problem -> reason of a
+    known, measured shortfall (strict xfail)."""
     out = []
     for name in names:
+        known = [pytest.mark.xfail(strict=True, reason=limitations[name])] if limitations and name in limitations else []
         inductor = [] if name == "implicit_example" else [pytest.mark.slow]
-        out.append(pytest.param("inductor", name, marks=inductor, id=f"inductor-{name}"))
-        out.append(pytest.param("aot_eager", name, marks=[pytest.mark.compiled], id=f"aot_eager-{name}"))
+        out.append(pytest.param("inductor", name, marks=inductor + known, id=f"inductor-{name}"))
+        out.append(pytest.param("aot_eager", name, marks=[pytest.mark.compiled] + known, id=f"aot_eager-{name}"))
     return out
 
 
@@ -56,7 +58,7 @@ def solve_and_differentiate(solver, params, truth, weights):
     return solutions.detach(), valid, every, a.grad, (ill_every, int(solver.ill_conditioned))
 
 
-@pytest.mark.parametrize("backend, name", cases(PROBLEMS), indirect=["backend"])
+@pytest.mark.parametrize("backend, name", cases(PROBLEMS, COMPILED_LIMITATIONS), indirect=["backend"])
 def test_compiled_equals_eager(backend, name):
     module = generated_module(name)
     plan = module.PLAN
