@@ -292,9 +292,9 @@ class SearchBudget:
     """How much template search to do: `work` in elimination units (`elimination_work`; the
     search is deterministic for a given work budget) and a wall-clock safety limit `seconds`
     (None: none). The search stops starting new candidates once either is spent and keeps the
-    best template verified so far; only the first template is searched for past the budget.
-    Hitting `seconds` rather than `work` makes the result depend on the machine: the report
-    says so."""
+    best template verified so far; only the first template is searched for past the work
+    budget, and a search without any template by `seconds` is refused (SpecError). Hitting
+    `seconds` rather than `work` makes the result depend on the machine: the report says so."""
 
     work: float = DEFAULT_WORK
     seconds: float | None = DEFAULT_TIME_LIMIT
@@ -383,6 +383,11 @@ class TemplateSearch:
 
     def _prune(self, d: int, basis, action, reducible) -> Template | None:
         key = (d, frozenset(basis), tuple(action))
+        if self.best is None and self.budget.out_of_time:
+            raise SpecError(
+                f"no elimination template found within the time limit ({self.budget.seconds:g} s, "
+                f"{len(self.tried)} candidates tried); raise --time-limit"
+            )
         if key not in self._pruned:
             self._pruned[key] = _prune(self.expansion(d), basis, action, reducible, self.symmetric, self.budget)
         return self._pruned[key]

@@ -13,6 +13,7 @@ from conftest import ROOT
 
 from solvergen import finite_field as ff
 from solvergen.cli import main
+from solvergen.errors import SpecError
 from solvergen.compiler import compile_problem
 from solvergen.generate import generate
 from solvergen.groebner import algebra, random_instance
@@ -109,11 +110,21 @@ def test_budget_stops_early_with_a_verified_template_and_is_deterministic(tmp_pa
 
 
 def test_time_limit_is_reported(tmp_path):
-    spec = ROOT / "problems" / "relpose_6pt_shared_focal.py"
-    problem = read_spec(spec).problem
-    compiled = compile_problem(problem, budget=SearchBudget(work=1e9, seconds=1e-9))
+    """The time limit ends the search after a template was found (reported as machine-dependent),
+    and refuses the problem, in one line, when none was found by then."""
+    problem = read_spec(ROOT / "problems" / "relpose_6pt_shared_focal.py").problem
+    budget = SearchBudget(work=1e9, seconds=3600)
+
+    class ExpireAfterFirstTemplate(Progress):
+        def search(self, status):
+            if status.best != "none yet":
+                budget.seconds = 1e-9
+
+    compiled = compile_problem(problem, budget=budget, progress=ExpireAfterFirstTemplate())
     assert compiled.elimination.search.stopped_by == "time"
     assert "may differ on another machine" in compiled.elimination.search.describe()
+    with pytest.raises(SpecError, match="no elimination template found within the time limit"):
+        compile_problem(problem, budget=SearchBudget(work=1e9, seconds=1e-9))
 
 
 def test_progress_displays():
