@@ -7,7 +7,8 @@
 Each problem is compiled in a fresh process (`compile_problem`, the work of `solvergen
 generate` without rendering) under cProfile, and the cumulative times of the stages are read
 from the profile, so that checkouts without a progress display are measured the same way:
-  - algebra: the Groebner bases (groebner.analyze before FLINT, groebner.algebra after);
+  - algebra: the Groebner bases (groebner.analyze before FLINT; groebner.algebra and the FGLM
+    changes of order, Algebra.quotient, after);
   - template search: template.choose_template;
   - total: compile_problem.
 Writes benchmarks/results/generation-<label>.json and .md (machine, versions, commit).
@@ -39,7 +40,7 @@ total = time.perf_counter() - start
 stats = pstats.Stats(profile).stats
 def cumulative(module, *names):
     return sum(v[3] for (f, _, n), v in stats.items() if f.endswith(module) and n in names)
-print(json.dumps(dict(total=total, algebra=cumulative("groebner.py", "analyze", "algebra"),
+print(json.dumps(dict(total=total, algebra=cumulative("groebner.py", "analyze", "algebra", "quotient"),
                       template=cumulative("template.py", "choose_template"),
                       shape=list(compiled.template_shape), solutions=compiled.num_solutions)))
 """

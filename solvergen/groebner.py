@@ -254,13 +254,6 @@ def _spurious_component_hint(system: PolynomialSystem, instance: Instance) -> st
             f"exclude them with an extra unknown t and the equation t*{culprits[0]} - 1 = 0")
 
 
-def analyze(system: PolynomialSystem, instance: Instance, order: tuple[int, ...] | None = None) -> Quotient:
-    """The quotient ring of one instance in the grevlex standard monomials of `order` (default:
-    the problem's variable order). See `algebra` for the errors raised."""
-    n = len(system.unknowns)
-    return algebra(system, instance).quotient(tuple(range(n)) if order is None else tuple(order))
-
-
 def _standard_monomials(leading: list[Exponent], n: int) -> list[Exponent]:
     zero = tuple([0] * n)
     seen = {zero}
