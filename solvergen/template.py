@@ -299,14 +299,19 @@ class SearchBudget:
     work: float = DEFAULT_WORK
     seconds: float | None = DEFAULT_TIME_LIMIT
     spent: float = 0.0
-    _started: float = field(default_factory=time.perf_counter, repr=False)
+    _started: float | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Start the clock (the first template search that uses this budget does)."""
+        if self._started is None:
+            self._started = time.perf_counter()
 
     def spend(self, work: float) -> None:
         self.spent += work
 
     @property
     def elapsed(self) -> float:
-        return time.perf_counter() - self._started
+        return 0.0 if self._started is None else time.perf_counter() - self._started
 
     @property
     def out_of_work(self) -> bool:
@@ -353,6 +358,7 @@ class TemplateSearch:
                  budget: SearchBudget | None = None, progress=None):
         self.instance, self.degrees, self.n, self.symmetry = instance, degrees, n, symmetry
         self.budget = SearchBudget() if budget is None else budget
+        self.budget.start()
         self.progress = Progress() if progress is None else progress
         self.status = SearchStatus(budget=self.budget.work)
         self.best: Template | None = None
