@@ -53,6 +53,14 @@ def tensors(template: Template, device, dtype) -> dict:
             numerators=long(lu.numerators),
             denominators=long(lu.denominators),
         )
+    if template.fixed:
+        # Partial sign symmetry: the read-off gives the negated unknowns, then the fixed ones;
+        # `unknown_order` puts them back in order, and `pair_sign` makes each pair's other member.
+        negated = [i for i in range(template.unknowns) if i not in template.fixed]
+        order = negated + list(template.fixed)
+        tables["unknown_order"] = long([order.index(i) for i in range(template.unknowns)])
+        tables["pair_sign"] = torch.tensor([1.0 if i in template.fixed else -1.0 for i in range(template.unknowns)],
+                                           dtype=dtype, device=device)
     if n <= 4:
         tables["closed_form"] = eig.closed_form_tables(n, device, dtype)
     return tables
@@ -192,19 +200,10 @@ def read_off(eigenvalues, vectors, reduced, template, tables):
     if not template.fixed:
         return from_quadratics(q, template.unknowns)
     # Partial symmetry: the quadratic monomials of the negated unknowns, then the fixed ones.
-    negated = [i for i in range(template.unknowns) if i not in template.fixed]
-    pairs = len(negated) * (len(negated) + 1) // 2
-    x = torch.cat([from_quadratics(q[..., :pairs], len(negated)), q[..., pairs:]], dim=-1)
-    order = negated + list(template.fixed)
-    return x[..., [order.index(i) for i in range(template.unknowns)]]
-
-
-def sign_flip(template, x):
-    """x with the unknowns of an even template's sign symmetry negated (all but `fixed`)."""
-    if not template.fixed:
-        return -x
-    keep = torch.tensor([i in template.fixed for i in range(template.unknowns)], device=x.device)
-    return torch.where(keep, x, -x)
+    negated = template.unknowns - len(template.fixed)
+    pairs = negated * (negated + 1) // 2
+    x = torch.cat([from_quadratics(q[..., :pairs], negated), q[..., pairs:]], dim=-1)
+    return x.index_select(-1, tables["unknown_order"])
 
 
 def from_quadratics(q, n):
@@ -279,5 +278,6 @@ def polished_candidates(c, ok, template, tables, system, settings, method=None):
         # Each eigenpair is a pair of solutions +-x (or x with some unknowns negated: `fixed`);
         # Newton's steps keep the sign symmetry exactly (every equation is even or odd in the
         # negated unknowns), so the other is polished by negating them.
-        return torch.cat([x, sign_flip(template, x)], dim=1), error.repeat(1, 2), candidate.repeat(1, 2), found
+        other = x * tables["pair_sign"] if template.fixed else -x
+        return torch.cat([x, other], dim=1), error.repeat(1, 2), candidate.repeat(1, 2), found
     return x, error, candidate, found
