@@ -202,7 +202,7 @@ def algebra(system: PolynomialSystem, instance: Instance) -> Algebra:
     if free:
         raise SpecError(
             "the system has infinitely many solutions (it is not zero-dimensional; "
-            f"not determined: {', '.join(free)})" + _spurious_component_hint(system, instance)
+            f"not determined: {', '.join(free)})" + _spurious_component_hint(gens, polys)
         )
     basis = sorted(_standard_monomials(leading, n), key=grevlex_key, reverse=True)
     index = {b: j for j, b in enumerate(basis)}
@@ -233,13 +233,12 @@ def check_radical(ring: Algebra, rng: random.Random) -> None:
         )
 
 
-def _spurious_component_hint(system: PolynomialSystem, instance: Instance) -> str:
-    """Where a positive-dimensional component lies on a coordinate hyperplane x_i = 0 (what
-    clearing a denominator x_i by hand introduces), name it: the system restricted to x_i != 0
-    (saturated by x_i, with an extra unknown t and t x_i - 1 = 0) is then zero-dimensional."""
-    gens = list(system.unknowns)
+def _spurious_component_hint(gens, polys) -> str:
+    """Where a positive-dimensional component of the instance's equations `polys` lies on a
+    coordinate hyperplane x_i = 0 (what clearing a denominator x_i by hand introduces), name it:
+    the system restricted to x_i != 0 (saturated by x_i, with an extra unknown t and
+    t x_i - 1 = 0) is then zero-dimensional."""
     t = sp.Dummy("t")
-    polys = [sp.Poly.from_dict(eq, *gens, modulus=ff.PRIME) for eq in instance.equations if eq]
     culprits = []
     for i, x in enumerate(gens):
         saturated = [p.as_expr() for p in polys] + [t * x - 1]

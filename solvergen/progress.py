@@ -13,14 +13,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchStatus:
-    """Where the template search is: shown by the progress displays, kept for the summary."""
+    """Where the template search is, as the progress displays show it."""
 
-    candidates: int = 0  # (basis, action) pairs whose templates were computed
-    best: str = "none yet"  # the best template so far, e.g. "21x36 (action x)"
-    work: float = 0.0  # elimination work spent, in budget units (see template.SearchBudget)
-    budget: float = 0.0
+    candidates: int  # (basis, action) pairs whose templates were computed
+    best: str  # the best template so far, e.g. "21x36", or "none yet"
+    work: float  # elimination work spent, in budget units (see template.SearchBudget)
+    budget: float
 
 
 class Progress:

@@ -25,13 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from .runtime.template import GROWTH_LIMIT as RUNTIME_GROWTH_LIMIT
 from .template import template_entries
 
 THRESHOLD = 0.1  # threshold pivoting: |pivot| >= THRESHOLD * max |column| (median over samples)
 WORTHWHILE = 0.1  # generated only when its updates are at most this share of a dense LU's
 TRUSTED = 0.9  # ... and when the online growth check trusts it on this share of the samples
-GROWTH_LIMIT = 1e3  # the runtime's float64 growth limit (runtime/template.py GROWTH_LIMIT)
+GROWTH_LIMIT = RUNTIME_GROWTH_LIMIT[torch.float64]  # what the online check allows (float64)
 MAX_ROWS = 200  # larger templates keep LAPACK: the pivot search is quadratic in the columns
 # (measured: 100 rows 0.5 s, 300 rows 25 s on random 4% patterns)
 

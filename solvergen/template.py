@@ -336,7 +336,6 @@ class SearchReport:
     work: float  # elimination work spent (budget units)
     budget: float
     stopped_by: str | None  # "work" or "time" when the budget ended the search early
-    seconds: float
 
     def describe(self) -> str:
         text = (f"{self.candidates} candidate templates ({self.bases} bases, {self.actions} actions), "
@@ -360,7 +359,6 @@ class TemplateSearch:
         self.budget = SearchBudget() if budget is None else budget
         self.budget.start()
         self.progress = Progress() if progress is None else progress
-        self.status = SearchStatus(budget=self.budget.work)
         self.best: Template | None = None
         self.tried: set = set()  # (basis, action) pairs
         self.stopped_by: str | None = None
@@ -423,16 +421,12 @@ class TemplateSearch:
         self.tried.add((frozenset(basis), tuple(action)))
         if template is not None and (self.best is None or template.size < self.best.size):
             self.best = template
-        status = self.status
-        status.candidates, status.work = len(self.tried), self.budget.spent
-        if self.best is not None:
-            rows, cols = self.best.shape
-            status.best = f"{rows}x{cols}"
-        self.progress.search(status)
+        best = "none yet" if self.best is None else "x".join(map(str, self.best.shape))
+        self.progress.search(SearchStatus(len(self.tried), best, self.budget.spent, self.budget.work))
 
     def report(self) -> SearchReport:
         return SearchReport(len(self.tried), len({b for b, _ in self.tried}),
-                            len({a for _, a in self.tried}), self.budget.spent, self.budget.work, self.stopped_by, self.budget.elapsed)
+                            len({a for _, a in self.tried}), self.budget.spent, self.budget.work, self.stopped_by)
 
 
 def _is_basis(quotient: Quotient, basis) -> bool:
