@@ -33,7 +33,6 @@ class Generated:
     description: str  # solutions, linear elimination, template
     seconds: float
     search: SearchReport | None = None  # None when the linear pass leaves no template
-    stage_seconds: dict | None = None  # time per compile stage
 
     def summary(self) -> str:
         text = f"{self.name}: {self.description}, {self.seconds:.1f} s -> {self.path}"
@@ -106,8 +105,7 @@ def generate(spec_path, out_dir=DEFAULT_OUT_DIR, standalone: bool = False, budge
         write_runtime_copy(target.parent)
     _write_atomically(target, text)
     search = compiled.elimination.search if compiled.elimination is not None else None
-    return Generated(spec.problem.name, target, compiled.describe(), time.perf_counter() - start,
-                     search, dict(progress.times))
+    return Generated(spec.problem.name, target, compiled.describe(), time.perf_counter() - start, search)
 
 
 def write_runtime_copy(out_dir) -> Path:
