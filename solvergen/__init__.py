@@ -11,12 +11,24 @@ import importlib
 
 __version__ = "0.2.0"
 
-_LAZY = {"Problem": ".problem", "SpecError": ".errors", "generate": ".generate", "load": ".generate"}
+_LAZY = {
+    "Argmin": ".declarative",
+    "Implicit": ".declarative",
+    "Problem": ".problem",
+    "SpecError": ".errors",
+    "blackbox": ".blackbox_layer",
+    "generate": ".generate",
+    "load": ".generate",
+}
 
-__all__ = ["Problem", "SpecError", "generate", "load", "__version__"]
+__all__ = ["Argmin", "Implicit", "Problem", "SpecError", "generate", "load", "blackbox", "__version__"]
 
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        module = importlib.import_module(_LAZY[name], __name__)
+        # Bind every lazy name of that submodule here: importing .generate bound the package
+        # attribute `generate` to the submodule, which would shadow the function from now on.
+        globals().update({lazy: getattr(module, lazy) for lazy, where in _LAZY.items() if where == _LAZY[name]})
+        return globals()[name]
     raise AttributeError(f"module 'solvergen' has no attribute {name!r}")

@@ -19,6 +19,7 @@ import torch
 
 from .errors import SpecError
 from .generate import load
+from .problem import Problem
 from .runtime.forward import relative_residuals
 from .spec import read_spec
 
@@ -114,6 +115,9 @@ def check(spec_path, n: int = 2000, seed: int = 0, dtype=torch.float64, out_dir=
     if n < 1:
         raise SpecError(f"--n must be at least 1, got {n}")
     spec = read_spec(Path(spec_path))
+    if not isinstance(spec.problem, Problem):
+        raise SpecError(f"solvergen check measures Problem solvers; {spec.problem.name} is an "
+                        f"{type(spec.problem).__name__} layer (its tests: tests/test_declarative.py)")
     solver = load(spec_path, out_dir, **load_options)
     params, truth, source = draw_instances(spec.problem, n, seed)
     a = torch.from_numpy(params).to(dtype)

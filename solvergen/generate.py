@@ -12,9 +12,12 @@ from pathlib import Path
 
 from . import __version__
 from .compiler import compile_problem
+from .declarative import Argmin, Implicit
 from .errors import SpecError
 from .progress import Progress
+from .kkt import derive
 from .render import render, templates_dir
+from .render_declarative import describe, render_declarative
 from .runtime import INTERFACE
 from .spec import Spec, read_spec
 from .template import DEFAULT_TIME_LIMIT, DEFAULT_WORK, SearchBudget, SearchReport
@@ -93,8 +96,14 @@ def generate(spec_path, out_dir=DEFAULT_OUT_DIR, standalone: bool = False, budge
     start = time.perf_counter()
     progress = Progress() if progress is None else progress
     spec = read_spec(spec_path)
-    compiled = compile_problem(spec.problem, budget=SearchBudget(work=budget, seconds=time_limit),
-                               progress=progress)
+    if (Path(out_dir) / f"{spec.problem.name}.py").resolve() == spec_path.resolve():
+        raise SpecError(f"the generated module would overwrite the spec itself: choose another --out folder "
+                        f"(or name) than {spec_path}")
+    budget_limits = SearchBudget(work=budget, seconds=time_limit)
+    if isinstance(spec.problem, (Argmin, Implicit)):
+        return _generate_declarative(spec, spec_path, out_dir, standalone, budget_limits, budget_option(budget),
+                                     progress, start)
+    compiled = compile_problem(spec.problem, budget=budget_limits, progress=progress)
     with progress.stage("rendering"):
         text = render(
             compiled, spec_label(spec_path), spec.sha256(), compiler_fingerprint(),
@@ -106,6 +115,32 @@ def generate(spec_path, out_dir=DEFAULT_OUT_DIR, standalone: bool = False, budge
     _write_atomically(target, text)
     search = compiled.elimination.search if compiled.elimination is not None else None
     return Generated(spec.problem.name, target, compiled.describe(), time.perf_counter() - start, search)
+
+
+def _generate_declarative(spec: Spec, spec_path: Path, out_dir, standalone: bool, budget: SearchBudget,
+                          budget_text: str | None, progress: Progress, start: float) -> Generated:
+    """`generate` for an Argmin or Implicit spec: derivatives (solvergen/kkt.py), the global
+    forward's elimination template where the spec is polynomial, then the module. A polynomial
+    system the template compiler refuses (e.g. infinitely many critical points) leaves the
+    local forward, and the summary says why."""
+    with progress.stage("deriving"):
+        system = derive(spec.problem)
+    critical, refused = None, None
+    if system.critical_points is not None:
+        try:
+            critical = compile_problem(system.critical_points, budget=budget, progress=progress)
+        except SpecError as exc:
+            refused = str(exc)
+    with progress.stage("rendering"):
+        text = render_declarative(system, spec_label(spec_path), spec.sha256(), compiler_fingerprint(),
+                                  STANDALONE_RUNTIME if standalone else None, critical, refused, budget_text)
+    target = Path(out_dir) / f"{spec.problem.name}.py"
+    if standalone:
+        write_runtime_copy(target.parent)
+    _write_atomically(target, text)
+    search = critical.elimination.search if critical is not None and critical.elimination is not None else None
+    return Generated(spec.problem.name, target, describe(system, critical, refused), time.perf_counter() - start,
+                     search)
 
 
 def write_runtime_copy(out_dir) -> Path:

@@ -18,6 +18,13 @@ INLINE = 80  # characters: single-use assignments up to this length are written 
 _NAME = re.compile(r"[A-Za-z_]\w*")
 
 
+# sympy function -> torch function (elementwise), for the declarative layers' expressions.
+TORCH_FUNCTIONS = {
+    name: name for name in ("exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
+                            "tanh", "asinh", "acosh", "atanh", "erf")
+}
+
+
 class TorchPrinter(PythonCodePrinter):
     def __init__(self, names: dict[sp.Symbol, str]):
         super().__init__({"fully_qualified_modules": False, "standard": "python3"})
@@ -34,10 +41,22 @@ class TorchPrinter(PythonCodePrinter):
         if exp.is_Integer and exp == -1:
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
             return f"1.0/{b}"
+        if exp == sp.S.Half:
+            return f"torch.sqrt({self._print(base)})"
+        if exp == -sp.S.Half:
+            return f"1.0/torch.sqrt({self._print(base)})"
         if exp.is_Integer:  # an integer exponent stays an int
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Pow"], strict=True)
             return f"{b}**{int(exp)}"
         return super()._print_Pow(expr, rational=rational)
+
+    def _print_NumberSymbol(self, expr):  # pi, E, ...: float literals
+        return repr(float(expr))
+
+    _print_Pi = _print_Exp1 = _print_EulerGamma = _print_GoldenRatio = _print_NumberSymbol
+
+    def _print_torch_function(self, expr):
+        return f"torch.{TORCH_FUNCTIONS[type(expr).__name__]}({', '.join(self._print(arg) for arg in expr.args)})"
 
     def _print_Rational(self, expr):
         return repr(float(expr))
@@ -49,6 +68,10 @@ class TorchPrinter(PythonCodePrinter):
         # A float literal: torch converts a Python int operand to the tensor's dtype on every
         # operation (about 1.5 us per operation on the CPU).
         return f"{int(expr)}.0"
+
+
+for _name in TORCH_FUNCTIONS:  # sympy's printer dispatches on _print_<class name>
+    setattr(TorchPrinter, f"_print_{_name}", TorchPrinter._print_torch_function)
 
 
 def identifier(name: str, taken: set[str]) -> str:

@@ -67,6 +67,12 @@ def flatten_equations(value) -> tuple[sp.Expr, ...]:
     return tuple(out)
 
 
+def check_name(name) -> None:
+    """A spec's name names the generated file and class: a Python identifier."""
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise SpecError(f"problem name {name!r} is not a Python identifier")
+
+
 class Problem:
     """A system of polynomial equations to compile into a batched, differentiable solver.
 
@@ -94,8 +100,7 @@ class Problem:
         equations,
         sampler: Callable | None = None,
     ):
-        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
-            raise SpecError(f"problem name {name!r} is not a Python identifier")
+        check_name(name)
         self.name = name
         self.unknowns = flatten_symbols(unknowns, "unknowns")
         self.parameters = flatten_symbols(parameters, "parameters")

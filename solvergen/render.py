@@ -213,7 +213,7 @@ def _sparse_lu_plan(plan: SparseLU | None) -> rt.SparseLU | None:
     )
 
 
-def _template_plan(elimination: Elimination) -> rt.Template:
+def _template_plan(elimination: Elimination, shape) -> rt.Template:
     system, template = elimination.system, elimination.template
     entries = template_entries(system, template)
     n = len(system.unknowns)
@@ -251,7 +251,7 @@ def _template_plan(elimination: Elimination) -> rt.Template:
         action_read = read.index(template.action_products(tuple([0] * n))[0][0])
     return rt.Template(
         unknowns=n,
-        shape=Name("TEMPLATE_SHAPE"),
+        shape=shape,
         square=len(template.excess) + len(template.reducible),
         num_reduced=len(template.reducible),
         basis=len(basis),
@@ -292,7 +292,7 @@ def _gauge_plan(system: PolynomialSystem, linear: LinearBlock) -> rt.Gauge:
     )
 
 
-def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlock:
+def _linear_plan(compiled: CompiledProblem, linear: LinearBlock, prefix: str = "") -> rt.LinearBlock:
     system = compiled.system
     n = len(linear.block)
     matrix_positions, matrix_sources, rhs_positions, rhs_sources = [], [], [], []
@@ -322,7 +322,7 @@ def _linear_plan(compiled: CompiledProblem, linear: LinearBlock) -> rt.LinearBlo
         used_parameters=tuple(linear.used_parameters),
         free=tuple(i for i in range(len(system.unknowns)) if i not in linear.block),
         gauge=_gauge_plan(system, linear) if linear.chart else None,
-        reduced_coefficients=Name("_reduced_coefficients") if reduced else None,
+        reduced_coefficients=Name(prefix + "_reduced_coefficients") if reduced else None,
         reduced_equations=reduced,
     )
 
@@ -471,6 +471,58 @@ def environment() -> jinja2.Environment:
     return env
 
 
+def header_context(spec: str, spec_hash: str, compiler_hash: str, standalone: str | None, budget: str | None) -> dict:
+    """The header fields every generated module has (see `render`)."""
+    return dict(
+        version=__version__,
+        interface=rt.INTERFACE,
+        standalone=standalone,
+        spec=spec,
+        regenerate=f"solvergen generate {spec}" + (f" --budget {budget}" if budget else ""),
+        spec_hash=spec_hash,
+        compiler_hash=compiler_hash,
+    )
+
+
+def problem_context(compiled: CompiledProblem, prefix: str = "", plan_name: str = "PLAN",
+                    taken: set[str] | None = None) -> dict:
+    """What templates/problem_body.jinja prints for a compiled problem: its functions, tables and
+    Plan. In a Problem module (`prefix` "") the Plan refers to the module's constants; with a
+    prefix (a Problem inside another module: the critical points of a declarative layer) its
+    names start with the prefix and the Plan holds its constants as literals."""
+    problem, system = compiled.problem, compiled.system
+    taken = set(RESERVED) if taken is None else taken
+    symbols = list(system.unknowns) + list(system.parameters) + list(compiled.derivatives.weights)
+    if compiled.linear is not None and compiled.elimination is not None:
+        symbols += list(compiled.elimination.system.parameters) + list(compiled.elimination.system.unknowns)
+    names: dict[sp.Symbol, str] = {}
+    for s in symbols:
+        if s not in names:
+            names[s] = identifier(str(s), taken)
+    linear = compiled.linear
+    reduced = None
+    if linear is not None and compiled.elimination is not None:
+        reduced = _coefficient_code(compiled.elimination.system, names, "_p")
+    nested = prefix != ""
+    return dict(
+        name=problem.name,
+        coefficients=_coefficient_code(system, names, "_a"),
+        equations=_equations_plan(compiled.derivatives.evaluation),
+        vjp=_vjp_code(compiled, names),
+        linear=_linear_plan(compiled, linear, prefix) if linear is not None else None,
+        linear_description=linear.describe() if linear is not None else None,
+        reduced=reduced,
+        reduced_unknowns=[str(s) for s in linear.reduced_unknowns] if linear is not None else [],
+        template=(_template_plan(compiled.elimination, compiled.template_shape if nested else Name("TEMPLATE_SHAPE"))
+                  if compiled.elimination else None),
+        prefix=prefix,
+        plan_name=plan_name,
+        plan_unknown_names=_tuple_literal([str(v) for v in system.unknowns], 4) if nested else "UNKNOWN_NAMES",
+        plan_parameter_names=_tuple_literal([str(v) for v in system.parameters], 4) if nested else "PARAMETER_NAMES",
+        plan_num_solutions=str(compiled.num_solutions) if nested else "NUM_SOLUTIONS",
+    )
+
+
 def render(
     compiled: CompiledProblem, spec: str, spec_hash: str, compiler_hash: str, standalone: str | None = None,
     budget: str | None = None,
@@ -481,28 +533,9 @@ def render(
     `solvergen.runtime`. `budget`: the template search budget's option when not the default
     (`generate.budget_option`), shown in the regenerate command."""
     problem, system = compiled.problem, compiled.system
-    taken = set(RESERVED)
-    symbols = list(system.unknowns) + list(system.parameters) + list(compiled.derivatives.weights)
-    if compiled.linear is not None and compiled.elimination is not None:
-        symbols += list(compiled.elimination.system.parameters) + list(compiled.elimination.system.unknowns)
-    names: dict[sp.Symbol, str] = {}
-    for s in symbols:
-        if s not in names:
-            names[s] = identifier(str(s), taken)
-
     linear = compiled.linear
-    reduced = None
-    if linear is not None and compiled.elimination is not None:
-        reduced = _coefficient_code(compiled.elimination.system, names, "_p")
     context = dict(
-        version=__version__,
-        interface=rt.INTERFACE,
-        standalone=standalone,
-        spec=spec,
-        regenerate=f"solvergen generate {spec}" + (f" --budget {budget}" if budget else ""),
-        spec_hash=spec_hash,
-        compiler_hash=compiler_hash,
-        name=problem.name,
+        **header_context(spec, spec_hash, compiler_hash, standalone, budget),
         class_name=class_name(problem.name),
         counts=", ".join(_count(len(v), w) for v, w in (
             (system.unknowns, "unknown"), (system.parameters, "parameter"), (system.equations, "equation"))),
@@ -513,13 +546,6 @@ def render(
         parameter_names=[str(s) for s in system.parameters],
         template_shape=compiled.template_shape,
         sign_gauge=linear is not None and linear.chart and linear.gauge_degree % 2 == 0,
-        coefficients=_coefficient_code(system, names, "_a"),
-        equations=_equations_plan(compiled.derivatives.evaluation),
-        vjp=_vjp_code(compiled, names),
-        linear=_linear_plan(compiled, linear) if linear is not None else None,
-        linear_description=linear.describe() if linear is not None else None,
-        reduced=reduced,
-        reduced_unknowns=[str(s) for s in linear.reduced_unknowns] if linear is not None else [],
-        template=_template_plan(compiled.elimination) if compiled.elimination else None,
+        **problem_context(compiled),
     )
     return environment().get_template("solver.py.jinja").render(**context)

@@ -7,8 +7,11 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from .declarative import Argmin, Implicit
 from .errors import SpecError
 from .problem import Problem
+
+SPEC_KINDS = (Problem, Argmin, Implicit)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 _helper_names: set[str] = set()  # modules that specs read in this process imported from their folders
@@ -19,7 +22,7 @@ class Spec:
     """A spec file, its problem, and the modules beside it that it imports (helpers)."""
 
     path: Path
-    problem: Problem
+    problem: Problem | Argmin | Implicit
     helpers: tuple[Path, ...]  # files of the local modules the spec uses, sorted
 
     def sha256(self) -> str:
@@ -30,7 +33,7 @@ class Spec:
         return digest.hexdigest()
 
 
-def load_spec(path) -> Problem:
+def load_spec(path) -> Problem | Argmin | Implicit:
     """Execute a spec file and return its `problem`; any failure is a one-line SpecError."""
     return read_spec(path).problem
 
@@ -80,8 +83,8 @@ def read_spec(path) -> Spec:
     if "problem" not in namespace:
         raise SpecError("the spec defines no module-level `problem`")
     problem = namespace["problem"]
-    if not isinstance(problem, Problem):
-        raise SpecError(f"`problem` is a {type(problem).__name__}, not a solvergen.Problem")
+    if not isinstance(problem, SPEC_KINDS):
+        raise SpecError(f"`problem` is a {type(problem).__name__}, not a solvergen.Problem, Argmin or Implicit")
     helpers = {}
     for name in set(sys.modules) - before:
         file = _local_file(sys.modules[name], folder)

@@ -76,6 +76,15 @@ def test_missing_spec_file(tmp_path):
     assert result.returncode != 0 and result.stderr.strip() == "error: nope.py: no such file"
 
 
+def test_generating_over_the_spec_itself_is_refused(tmp_path):
+    spec = tmp_path / "cubic.py"
+    text = HEADER + "x, a = sp.symbols('x a')\nproblem = Problem('cubic', [x], [a], [x**3 - a])\n"
+    spec.write_text(text)
+    result = run_cli("generate", str(spec), "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode != 0 and "would overwrite the spec itself" in result.stderr
+    assert spec.read_text() == text
+
+
 def test_good_and_bad_specs_together(tmp_path):
     good = tmp_path / "good.py"
     good.write_text(HEADER + "x, a = sp.symbols('x a')\nproblem = Problem('cubic', [x], [a], [x**3 - a*x + 1])\n")

@@ -92,7 +92,7 @@ def test_partial_sign_symmetry(tmp_path):
     compiled = compile_problem(load_spec(spec))
     assert sign_symmetry(compiled.system).symmetric == (0, 1)
     assert compiled.elimination.template.symmetric == (0, 1) and compiled.num_solutions == 8
-    module = import_generated(generate(spec, tmp_path).path)
+    module = import_generated(generate(spec, tmp_path / "generated").path)
     assert module.PLAN.template.even and module.PLAN.template.fixed == (2,)
     assert module.PLAN.template.basis == 4
     rng = np.random.default_rng(5)

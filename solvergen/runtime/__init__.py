@@ -18,11 +18,14 @@ only torch and the standard library:
     newton.py        Newton polishing
     dense.py         small dense linear algebra (closed-form inverses, Gram solves)
     ift.py           the backward: the implicit function theorem
+    declarative.py   declarative layers (Argmin, Implicit): local forward, attach, IFT backward
     parallel.py      CPU chunks and threads; masking instead of host synchronization elsewhere
     compiled.py      compile=True: torch.compile per plan
 """
+from .declarative import DeclarativeLayer
 from .plan import (
     INTERFACE,
+    DeclarativePlan,
     Equations,
     Gauge,
     LinearBlock,
@@ -36,6 +39,8 @@ from .solver import Solver
 
 __all__ = [
     "INTERFACE",
+    "DeclarativeLayer",
+    "DeclarativePlan",
     "Equations",
     "Gauge",
     "LinearBlock",

@@ -216,3 +216,50 @@ class Plan:
     def closed_form_eig(self) -> bool:
         """Whether the action matrix is small enough for closed-form eigenpairs (4 x 4 at most)."""
         return self.template is not None and self.template.basis <= 4
+
+
+@dataclass(frozen=True, eq=False)
+class DeclarativePlan:
+    """A declarative layer as data (solvergen/kkt.py): its sizes and printed functions.
+
+    Implicit (F(y, a) = 0): `residual` F [B, K], `jacobian` dF/dy [B, K, N], `parameter_vjp`
+    (y, a, w [B, K]) -> sum_k w_k dF_k/da [B, M].
+    Argmin (min f s.t. c = (h, g), h = 0, g <= 0): `objective` [B], `gradient` df/dy [B, N],
+    `constraints` c [B, E + I], `constraint_jacobian` [B, E + I, N], `lagrangian_hessian`
+    (y, a, m [B, E + I]) -> [B, N, N], `parameter_vjp` (y, a, m, w [B, N + E + I]) -> [B, M]
+    (the VJP of the KKT equations' parameter derivative).
+    Both: `init` (a) -> the default start point [B, N]."""
+
+    name: str
+    kind: str  # "implicit" or "argmin"
+    unknown_names: tuple[str, ...]
+    parameter_names: tuple[str, ...]
+    init: Callable
+    parameter_vjp: Callable
+    num_equations: int = 0
+    num_equalities: int = 0
+    num_inequalities: int = 0
+    default_init: bool = False  # whether the spec gave init= (else `init` returns zeros)
+    residual: Optional[Callable] = None
+    jacobian: Optional[Callable] = None
+    objective: Optional[Callable] = None
+    gradient: Optional[Callable] = None
+    constraints: Optional[Callable] = None
+    constraint_jacobian: Optional[Callable] = None
+    lagrangian_hessian: Optional[Callable] = None
+    # The global forward: the Plan of the polynomial system whose solutions are the layer's
+    # candidates (an Argmin's critical points: unknowns y, then the equality multipliers; an
+    # Implicit's solutions). None: the local forward.
+    critical_points: Optional[Plan] = None
+
+    @property
+    def num_unknowns(self) -> int:
+        return len(self.unknown_names)
+
+    @property
+    def num_parameters(self) -> int:
+        return len(self.parameter_names)
+
+    @property
+    def num_constraints(self) -> int:
+        return self.num_equalities + self.num_inequalities

@@ -10,6 +10,18 @@ BACKWARDS = ("ift", "autograd")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
+def flat_params(params, m: int):
+    """Check a module's `params` ([..., m], float32 or float64) in one-line errors: -> the rows
+    [B, m] and the batch shape."""
+    if not isinstance(params, torch.Tensor):
+        raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
+    if params.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"params must be float32 or float64, got {params.dtype}")
+    if params.dim() == 0 or params.shape[-1] != m:
+        raise ValueError(f"params must have shape [..., {m}], got {list(params.shape)}")
+    return params.reshape(-1, m), params.shape[:-1]
+
+
 class Solver(torch.nn.Module):
     """`solutions, valid = solver(params)`.
 
@@ -113,15 +125,7 @@ class Solver(torch.nn.Module):
         return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}, compile={self.compile}"
 
     def forward(self, params):
-        m = self.plan.num_parameters
-        if not isinstance(params, torch.Tensor):
-            raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
-        if params.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"params must be float32 or float64, got {params.dtype}")
-        if params.dim() == 0 or params.shape[-1] != m:
-            raise ValueError(f"params must have shape [..., {m}], got {list(params.shape)}")
-        batch_shape = params.shape[:-1]
-        flat = params.reshape(-1, m)
+        flat, batch_shape = flat_params(params, self.plan.num_parameters)
         if self.backward == "ift":
             x, valid = ift.ImplicitFunction.apply(flat, self)
         else:

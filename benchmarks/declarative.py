@@ -1,0 +1,226 @@
+"""Declarative layers: forward and backward times, the IFT against its baselines, and the peers.
+
+    python benchmarks/declarative.py                       # batches 1, 64, 1024, 10000
+    python benchmarks/declarative.py --batches 1,64 --problems qp_layer
+
+Per layer and batch size (float64, CPU): the forward; the backward of a fixed random linear
+loss of y with
+  - "ift": the generated backward (implicit function theorem with generated VJPs),
+  - "autograd": backward="autograd", through the forward's iterations,
+  - "dense_ift": the DDN library's generic method, written here: the KKT (or equation) system's
+    Jacobians and the mixed second derivatives d2/dy da built by autograd, one backward pass per
+    output entry, then a dense solve (the forward's result is reused);
+the bytes saved for backward by each; and for qp_layer the peers qpth and cvxpylayers (forward
+plus backward of the same loss, on the same instances). Times are medians of repeated calls.
+Results: benchmarks/results/declarative.{json,md}, with the machine and versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import solvergen  # noqa: E402
+from run import machine_info, saved_bytes_of, version  # noqa: E402
+from solvergen.spec import read_spec  # noqa: E402
+
+PROBLEMS = ("robust_line_fit", "qp_layer", "tanh_fixed_point", "kabsch_quaternion")
+
+
+def instances(name: str, count: int, seed: int = 0) -> torch.Tensor:
+    """Parameters from the spec's sampler (tanh_fixed_point: contractions W, random x)."""
+    if name == "tanh_fixed_point":
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(count, 6, 6, generator=g, dtype=torch.float64)
+        W = 0.9 * W / torch.linalg.matrix_norm(W, ord=2)[:, None, None]
+        return torch.cat([W.flatten(1), torch.randn(count, 6, generator=g, dtype=torch.float64)], -1)
+    problem = read_spec(ROOT / "problems" / f"{name}.py").problem
+    rng = random.Random(seed)
+    return torch.tensor([problem.sampler(rng) for _ in range(count)], dtype=torch.float64)
+
+
+def median_time(fn, repeats: int, budget: float) -> float:
+    fn()  # warm-up
+    times, started = [], time.perf_counter()
+    while len(times) < repeats and (len(times) < 2 or time.perf_counter() - started < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def dense_ift_gradient(layer, params, y, m, weights):
+    """DDN's generic backward: Jacobians of the KKT (or equation) residual r(z, a) wrt z and a
+    by autograd, one backward pass per residual entry, then -w^T (dr/dz)^-1 dr/da."""
+    plan = layer.plan
+    a = params.detach().requires_grad_(True)
+    z = torch.cat([y, m], -1).detach().requires_grad_(True)
+    n = plan.num_unknowns
+    if plan.kind == "implicit":
+        r = plan.residual(z[..., :n], a)
+    else:  # stationarity by autograd (as DDN differentiates the objective), then the constraints
+        yv = z[..., :n]
+        f = plan.objective(yv, a)
+        c = plan.constraints(yv, a)
+        lagrangian = f + (z[..., n:] * c).sum(-1)
+        stationarity = torch.autograd.grad(lagrangian.sum(), yv, create_graph=True)[0]
+        r = torch.cat([stationarity, c], -1)
+    rows_z, rows_a = [], []
+    for k in range(r.shape[-1]):  # one backward pass per output entry, as the DDN library does
+        gz, ga = torch.autograd.grad(r[..., k].sum(), (z, a), retain_graph=True, allow_unused=True)
+        rows_z.append(gz if gz is not None else torch.zeros_like(z))
+        rows_a.append(ga if ga is not None else torch.zeros_like(a))
+    jz, ja = torch.stack(rows_z, -2), torch.stack(rows_a, -2)  # [B, K, Z], [B, K, M]
+    rhs = torch.cat([weights, torch.zeros_like(m)], -1)
+    w = torch.linalg.lstsq(jz.transpose(-1, -2), rhs.unsqueeze(-1)).solution  # jz^T w = rhs
+    return -(ja.transpose(-1, -2) @ w).squeeze(-1)
+
+
+def bench_layer(name: str, batches, repeats: int, budget: float, records: list) -> None:
+    ift = solvergen.load(ROOT / "problems" / f"{name}.py")
+    autograd = solvergen.load(ROOT / "problems" / f"{name}.py", backward="autograd")
+    for batch in batches:
+        params = instances(name, batch, seed=batch)
+        weights = torch.randn(batch, ift.plan.num_unknowns, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(1))
+        record = {"layer": name, "batch": batch, "forward_path": ift.forward_path}
+        with torch.no_grad():
+            record["forward_ms"] = 1e3 * median_time(lambda: ift(params), repeats, budget)
+            y, ok = ift(params)
+            m = torch.cat(ift.multipliers, -1) if ift.multipliers is not None else y.new_zeros(batch, 0)
+        record["ok_percent"] = 100.0 * ok.double().mean().item()
+
+        def backward_of(model):
+            def run():
+                p = params.clone().requires_grad_(True)
+                out, _ = model(p)
+                (out * weights).sum().backward()
+                return p.grad
+            return run
+
+        for mode, model in (("ift", ift), ("autograd", autograd)):
+            record[f"{mode}_forward_backward_ms"] = 1e3 * median_time(backward_of(model), repeats, budget)
+            record[f"{mode}_saved_bytes"] = saved_bytes_of(
+                lambda model=model: model(params.clone().requires_grad_(True))[0].sum())
+        record["ift_backward_ms"] = record["ift_forward_backward_ms"] - record["forward_ms"]
+        record["autograd_backward_ms"] = record["autograd_forward_backward_ms"] - record["forward_ms"]
+        dense_batch = min(batch, 1024)  # its per-entry passes: cap the batch, time scaled to the full batch
+        dense = lambda: dense_ift_gradient(ift, params[:dense_batch], y[:dense_batch], m[:dense_batch],  # noqa: E731
+                                           weights[:dense_batch])
+        record["dense_ift_backward_ms"] = 1e3 * median_time(dense, repeats, budget) * batch / dense_batch
+        record["dense_ift_batch_measured"] = dense_batch
+        if name == "qp_layer":
+            peers(params, weights, repeats, budget, record)
+        records.append(record)
+        print(json.dumps(record), flush=True)
+
+
+def peers(params, weights, repeats, budget, record):
+    """qpth and cvxpylayers on the same QPs: forward plus backward of the same loss."""
+    Q, p = params[:, :64].view(-1, 8, 8), params[:, 64:72]
+    A, b = params[:, 72:88].view(-1, 2, 8), params[:, 88:90]
+    G, h = params[:, 90:138].view(-1, 6, 8), params[:, 138:144]
+    try:
+        from qpth.qp import QPFunction
+
+        def run_qpth():
+            tensors = [t.clone().requires_grad_(True) for t in (Q, p, G, h, A, b)]
+            (QPFunction(verbose=-1, eps=1e-12, maxIter=50)(*tensors) * weights).sum().backward()
+
+        record["qpth_forward_backward_ms"] = 1e3 * median_time(run_qpth, repeats, budget)
+    except ImportError:
+        record["qpth_forward_backward_ms"] = None
+    try:
+        import cvxpy as cp
+        from cvxpylayers.torch import CvxpyLayer
+
+        if len(params) > 1024:  # a thread pool of per-instance conic solves: minutes at 10,000
+            record["cvxpylayers_forward_backward_ms"] = None
+            return
+        x = cp.Variable(8)
+        Lp, pp = cp.Parameter((8, 8)), cp.Parameter(8)
+        Ap, bp, Gp, hp = cp.Parameter((2, 8)), cp.Parameter(2), cp.Parameter((6, 8)), cp.Parameter(6)
+        problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(Lp @ x) + pp @ x), [Ap @ x == bp, Gp @ x <= hp])
+        layer = CvxpyLayer(problem, parameters=[Lp, pp, Ap, bp, Gp, hp], variables=[x])
+        L = torch.linalg.cholesky(Q).transpose(-1, -2)  # Q = L^T L with L upper: 1/2 |L x|^2
+
+        def run_cvxpylayers():
+            tensors = [t.clone().requires_grad_(True) for t in (L, p, A, b, G, h)]
+            (layer(*tensors)[0] * weights).sum().backward()
+
+        record["cvxpylayers_forward_backward_ms"] = 1e3 * median_time(run_cvxpylayers, max(2, repeats // 4), budget)
+    except ImportError:
+        record["cvxpylayers_forward_backward_ms"] = None
+
+
+def markdown(data: dict) -> str:
+    machine = data["machine"]
+    lines = [
+        "# Declarative layers: forward, backward and peers",
+        "",
+        f"`python benchmarks/declarative.py {data['arguments']}`; {machine['date']}; {machine['cpu']}, "
+        f"torch threads {machine['torch_threads']}; torch {machine['versions']['torch']}, "
+        f"qpth {data['versions']['qpth']}, cvxpylayers {data['versions']['cvxpylayers']}, cvxpy {data['versions']['cvxpy']}; "
+        f"load average at start {machine['load_average_start']}.",
+        "",
+        "float64, CPU. Times in ms per call for the whole batch (medians). Backward = forward and backward "
+        "minus the forward. dense IFT: the DDN library's generic method (autograd Jacobians, one pass per "
+        "residual entry; measured at a batch of at most 1,024 and scaled). Saved: bytes saved for backward.",
+        "",
+        "| layer | batch | forward | IFT backward | autograd backward | dense IFT backward | dense / IFT | autograd / IFT "
+        "| saved, IFT | saved, autograd | qpth (fwd+bwd) | cvxpylayers (fwd+bwd) | ok % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def ms(value):
+        return "-" if value is None else f"{value:.3g}"
+
+    for r in data["records"]:
+        ift = max(r["ift_backward_ms"], 1e-6)
+        lines.append(
+            f"| {r['layer']} | {r['batch']} | {ms(r['forward_ms'])} | {ms(r['ift_backward_ms'])} | "
+            f"{ms(r['autograd_backward_ms'])} | {ms(r['dense_ift_backward_ms'])} | {r['dense_ift_backward_ms'] / ift:.1f}x | "
+            f"{r['autograd_backward_ms'] / ift:.1f}x | {r['ift_saved_bytes'] / 1e6:.2f} MB | "
+            f"{r['autograd_saved_bytes'] / 1e6:.2f} MB | {ms(r.get('qpth_forward_backward_ms'))} | "
+            f"{ms(r.get('cvxpylayers_forward_backward_ms'))} | {r['ok_percent']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", default=",".join(PROBLEMS))
+    parser.add_argument("--batches", default="1,64,1024,10000")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--budget", type=float, default=5.0, help="seconds per timed quantity (at least 2 calls)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    records = []
+    for name in args.problems.split(","):
+        bench_layer(name, [int(b) for b in args.batches.split(",")], args.repeats, args.budget, records)
+    data = {
+        "arguments": " ".join(sys.argv[1:] if argv is None else argv),
+        "machine": machine_info("cpu"),
+        "versions": {p: version(p) for p in ("qpth", "cvxpylayers", "cvxpy")},
+        "records": records,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "declarative.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / "declarative.md").write_text(markdown(data))
+    print(markdown(data))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,529 @@
+"""Declarative layers at run time (`Argmin`, `Implicit`; plan: `DeclarativePlan`).
+
+Global forward (a polynomial spec without inequalities: `plan.critical_points`): every solution
+of the polynomial system (an Argmin's critical points with their multipliers, an Implicit's
+solutions) by the elimination template of a generated `Solver`; the layer keeps the real
+critical point with the smallest objective (Argmin; `ok` also needs the second-order condition,
+so a saddle is never ok) or the real solution nearest the start point (Implicit).
+
+Local forward (batched, rows masked as they converge; on the CPU the loop stops when every row
+has converged, elsewhere it runs `max_iterations` without a host synchronization):
+    Implicit: damped Newton on F (Gauss-Newton on J^T J when overdetermined), backtracking
+        line search on |F|^2 that keeps every value finite.
+    Argmin without constraints: Newton with the Hessian's eigenvalues floored in absolute value
+        (a descent direction at saddles), Armijo backtracking on f.
+    Argmin with equalities only: Newton on the KKT equations, backtracking on their residual.
+    Argmin with inequalities: primal-dual interior point with slacks (g + s = 0, mu s = sigma
+        tau), fraction-to-the-boundary steps, down to residuals and complementarity 1e-8; then
+        Newton on the KKT equations of the active set (multiplier larger than slack) polishes
+        to `tol`.
+Backward: the implicit function theorem. Argmin: on the KKT system of stationarity and the
+constraints, with the inequalities active at the solution (multiplier larger than slack) as
+equalities and the inactive ones dropped (a weakly active one, mu = slack = 0, counts as
+inactive: the one-sided derivative of moving into the interior). The KKT matrix is
+[[d2L/dy2, A^T], [A, 0]]; the parameter side is the generated vector-Jacobian product, so no
+d(.)/da matrix is formed. Implicit: J^T w = grad (J (J^T J)^-1 grad when overdetermined).
+Rows that did not converge, or whose matrix is singular or worse conditioned than `cond_max`,
+get zero gradient; the latter are counted in `ill_conditioned`.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import parallel
+from .plan import DeclarativePlan
+from .solver import Solver, flat_params
+
+BACKWARDS = ("ift", "autograd")
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
+ARMIJO = 1e-4  # sufficient decrease of the line searches
+HALVINGS = 30  # backtracking steps before a row gives up for this iteration
+SIGMA = 0.1  # interior point: centring (target complementarity = SIGMA * mean mu s)
+BOUNDARY = 0.995  # interior point: fraction to the boundary
+POLISH_FROM = 1e-8  # interior point: residual and complementarity from which the active set is polished
+POLISH_STEPS = 3  # interior point: Newton steps of the polish
+
+
+def _solve(matrix, rhs):
+    """Batched solve of matrix x = rhs [B, n]; rows that are singular or not finite get x = 0
+    and usable = False."""
+    x, info = torch.linalg.solve_ex(matrix, rhs.unsqueeze(-1))
+    x = x.squeeze(-1)
+    usable = (info == 0) & torch.isfinite(x).all(dim=-1)
+    return torch.where(usable.unsqueeze(-1), x, torch.zeros_like(x)), usable
+
+
+def _all(mask) -> bool:
+    """Whether every row is done, where asking costs nothing (the CPU); elsewhere False."""
+    return parallel.host_sync_is_free(mask.device) and bool(mask.all())
+
+
+def _backtrack(merit, y, step, value, slope, active):
+    """Armijo backtracking, per row: the first alpha in 1, 1/2, ... with a finite merit(y +
+    alpha step) <= value + ARMIJO alpha slope (+ the rounding error of value). Rows that are not `active` or find no alpha keep y.
+    merit: y -> (value [B], anything to return with it)."""
+    accepted = ~active
+    new_y, new_value, new_extra = y, value, None
+    slack = 8 * torch.finfo(value.dtype).eps * (1 + value.abs())  # rounding: no decrease to see
+    alpha = 1.0
+    for _ in range(HALVINGS):
+        candidate = y + alpha * step
+        candidate_value, extra = merit(candidate)
+        better = (~accepted & torch.isfinite(candidate_value) & torch.isfinite(candidate).all(dim=-1)
+                  & (candidate_value <= value + ARMIJO * alpha * slope + slack))
+        new_y = torch.where(better.unsqueeze(-1), candidate, new_y)
+        new_value = torch.where(better, candidate_value, new_value)
+        new_extra = extra if new_extra is None else _where_tree(better, extra, new_extra)
+        accepted = accepted | better
+        if _all(accepted):
+            break
+        alpha *= 0.5
+    return new_y, new_value, new_extra, accepted
+
+
+def _where_tree(mask, a, b):
+    if isinstance(a, tuple):
+        return tuple(_where_tree(mask, x, z) for x, z in zip(a, b))
+    shape = mask.shape + (1,) * (a.dim() - mask.dim())
+    return torch.where(mask.view(shape), a, b)
+
+
+# -- Implicit ---------------------------------------------------------------------------------
+
+
+def _newton_step(J, F):
+    """Newton step J d = -F (square), least squares (overdetermined) by the normal equations
+    with a tiny damping; rows where the square solve fails use the damped normal equations."""
+    JT = J.transpose(-1, -2)
+    normal = JT @ J
+    damping = 1e-12 * normal.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1).clamp_min(1e-300)
+    eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
+    damped, damped_ok = _solve(normal + damping[:, None, None] * eye, -(JT @ F.unsqueeze(-1)).squeeze(-1))
+    if J.shape[-2] != J.shape[-1]:
+        return damped
+    step, usable = _solve(J, -F)
+    return torch.where(usable.unsqueeze(-1), step, damped)
+
+
+def solve_implicit(plan: DeclarativePlan, a, y, layer):
+    """Damped Newton on F(y, a) = 0 from y: -> y, converged [B]."""
+
+    def merit(z):
+        F = plan.residual(z, a)
+        return (F * F).sum(-1), F
+
+    value, F = merit(y)
+    done = F.abs().amax(dim=-1) <= layer.tol
+    for _ in range(layer.max_iterations):
+        if _all(done):
+            break
+        step = _newton_step(plan.jacobian(y, a), F)
+        y, value, F, _ = _backtrack(merit, y, step, value, -2 * value, ~done)
+        done = torch.isfinite(y).all(dim=-1) & (F.abs().amax(dim=-1) <= layer.tol)
+    return y, done
+
+
+# -- Argmin -----------------------------------------------------------------------------------
+
+
+def _floored_inverse_apply(H, g, relative=1e-8):
+    """H_mod^-1 g with H_mod = V |Lambda| V^T, eigenvalues floored at relative * max(1, |lambda|max)."""
+    values, vectors = torch.linalg.eigh(H)
+    floor = relative * values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    inverse = 1 / values.abs().clamp_min(floor)
+    return (vectors @ (inverse * (vectors.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+
+
+def _kkt_matrix(H, A, active):
+    """[[H, A_act^T], [A_act, diag(inactive)]]: the KKT matrix with the inactive constraints'
+    rows and columns replaced by the identity (their multipliers are fixed at 0)."""
+    A = A * active.unsqueeze(-1).to(A.dtype)
+    corner = torch.diag_embed((~active).to(A.dtype))
+    top = torch.cat([H, A.transpose(-1, -2)], dim=-1)
+    return torch.cat([top, torch.cat([A, corner], dim=-1)], dim=-2)
+
+
+def _second_order_ok(H, A, active):
+    """Strict local minimum on the active constraints (second-order sufficient condition): the
+    KKT matrix has exactly as many negative eigenvalues as active constraints and no (near) zero
+    one; with A of full row rank this is the reduced Hessian being positive definite."""
+    values = torch.linalg.eigvalsh(_kkt_matrix(H, A, active))
+    scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
+    nonsingular = (values.abs() > 1e-10 * scale).all(dim=-1)
+    return nonsingular & ((values < 0).sum(-1) == active.sum(-1))
+
+
+def _kkt_residual(plan, a, y, m, active):
+    """Stationarity and active constraints, [B, N + C] (inactive constraints' entries: m)."""
+    c = plan.constraints(y, a)
+    A = plan.constraint_jacobian(y, a)
+    stationarity = plan.gradient(y, a) + (A.transpose(-1, -2) @ (m * active).unsqueeze(-1)).squeeze(-1)
+    return torch.cat([stationarity, torch.where(active, c, m)], dim=-1)
+
+
+def _kkt_newton(plan, a, y, m, active, iterations, tol, line_search=True):
+    """Newton on the KKT equations with the `active` constraints as equalities: -> y, m, done."""
+    n = y.shape[-1]
+
+    def merit(z):
+        r = _kkt_residual(plan, a, z[..., :n], z[..., n:], active)
+        return (r * r).sum(-1), r
+
+    z = torch.cat([y, m], dim=-1)
+    value, r = merit(z)
+    done = r.abs().amax(dim=-1) <= tol
+    for _ in range(iterations):
+        if _all(done):
+            break
+        y, m = z[..., :n], z[..., n:]
+        K = _kkt_matrix(plan.lagrangian_hessian(y, a, m * active), plan.constraint_jacobian(y, a), active)
+        step, _ = _solve(K, -r)
+        if line_search:
+            z, value, r, _ = _backtrack(merit, z, step, value, -2 * value, ~done)
+        else:
+            z = torch.where(done.unsqueeze(-1), z, z + step)
+            value, r = merit(z)
+        done = torch.isfinite(z).all(dim=-1) & (r.abs().amax(dim=-1) <= tol)
+    return z[..., :n], z[..., n:], done
+
+
+def _least_squares_multipliers(plan, a, y, active):
+    """Multipliers m of the active constraints minimising |df/dy + A^T m|; 0 for the others."""
+    A = plan.constraint_jacobian(y, a) * active.unsqueeze(-1).to(y.dtype)
+    gram = A @ A.transpose(-1, -2) + torch.diag_embed((~active).to(y.dtype))
+    gram = gram + 1e-14 * gram.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-300)[:, None, None] * torch.eye(
+        gram.shape[-1], dtype=y.dtype, device=y.device)
+    m, _ = _solve(gram, -(A @ plan.gradient(y, a).unsqueeze(-1)).squeeze(-1))
+    return m * active
+
+
+def _unconstrained(plan, a, y, layer):
+    empty = y.new_zeros(y.shape[0], 0)
+
+    def merit(z):
+        return plan.objective(z, a), None
+
+    f, g = plan.objective(y, a), plan.gradient(y, a)
+    done = g.abs().amax(dim=-1) <= layer.tol
+    for _ in range(layer.max_iterations):
+        if _all(done):
+            break
+        step = -_floored_inverse_apply(plan.lagrangian_hessian(y, a, empty), g)
+        y, f, _, _ = _backtrack(merit, y, step, f, (g * step).sum(-1), ~done)
+        g = plan.gradient(y, a)
+        done = torch.isfinite(y).all(dim=-1) & (g.abs().amax(dim=-1) <= layer.tol)
+    return y, empty, done
+
+
+def _interior_point(plan, a, y, layer):
+    """Primal-dual interior point (module docstring): -> y, multipliers (h's, then g's), done."""
+    E = plan.num_equalities
+    c = plan.constraints(y, a)
+    s = (-c[..., E:]).clamp_min(1.0)
+    mu = torch.ones_like(s)
+    nu = y.new_zeros(y.shape[0], E)
+    eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+    done = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    coarse = max(layer.tol, POLISH_FROM)
+    for _ in range(layer.max_iterations):
+        A = plan.constraint_jacobian(y, a)
+        Ae, Ai = A[..., :E, :], A[..., E:, :]
+        r_d = plan.gradient(y, a) + (A.transpose(-1, -2) @ torch.cat([nu, mu], -1).unsqueeze(-1)).squeeze(-1)
+        r_e, r_i = c[..., :E], c[..., E:] + s
+        tau = (mu * s).mean(-1, keepdim=True)
+        done = (torch.cat([r_d, r_e, r_i], -1).abs().amax(dim=-1) <= coarse) & (tau.squeeze(-1) <= coarse)
+        if _all(done):
+            break
+        r_c = mu * s - SIGMA * tau
+        H = plan.lagrangian_hessian(y, a, torch.cat([nu, mu], -1))
+        values, vectors = torch.linalg.eigh(H)  # the convex part of H: a descent direction
+        H = vectors @ torch.diag_embed(values.clamp_min(0)) @ vectors.transpose(-1, -2)
+        D = mu / s
+        M = H + Ai.transpose(-1, -2) @ (D.unsqueeze(-1) * Ai) + 1e-12 * eye
+        rhs = -(r_d + (Ai.transpose(-1, -2) @ ((mu * r_i - r_c) / s).unsqueeze(-1)).squeeze(-1))
+        K = torch.cat([torch.cat([M, Ae.transpose(-1, -2)], -1),
+                       torch.cat([Ae, Ae.new_zeros(Ae.shape[0], E, E)], -1)], -2)
+        step, _ = _solve(K, torch.cat([rhs, -r_e], -1))
+        dy, dnu = step[..., : y.shape[-1]], step[..., y.shape[-1]:]
+        ds = -r_i - (Ai @ dy.unsqueeze(-1)).squeeze(-1)
+        dmu = (-r_c - mu * ds) / s
+        alpha_p = _to_boundary(s, ds)
+        alpha_d = _to_boundary(mu, dmu)
+        keep = done.unsqueeze(-1)
+        y = torch.where(keep, y, y + alpha_p * dy)
+        s = torch.where(keep, s, s + alpha_p * ds)
+        nu = torch.where(keep, nu, nu + alpha_d * dnu)
+        mu = torch.where(keep, mu, mu + alpha_d * dmu)
+        c = plan.constraints(y, a)
+    active = torch.cat([torch.ones_like(nu, dtype=torch.bool), mu > s], -1)
+    m = torch.cat([nu, mu], -1) * active
+    # Polish: Newton on the KKT equations with that active set as equalities, kept where it
+    # converges and stays consistent (inactive inequalities satisfied, multipliers >= 0).
+    y_p, m_p, converged = _kkt_newton(plan, a, y, m, active, POLISH_STEPS, layer.tol, line_search=False)
+    g = plan.constraints(y_p, a)[..., E:]
+    consistent = ((g <= layer.tol) | active[..., E:]).all(dim=-1) & (m_p[..., E:] >= 0).all(dim=-1)
+    polished = converged & consistent & done
+    y = torch.where(polished.unsqueeze(-1), y_p, y)
+    m = torch.where(polished.unsqueeze(-1), m_p * active, m)
+    return y, m, polished
+
+
+def _to_boundary(value, step):
+    """The largest alpha <= 1 keeping value + alpha step >= (1 - BOUNDARY) value, per row [B, 1]."""
+    ratio = torch.where(step < 0, -value / step.clamp_max(-1e-300), torch.full_like(value, float("inf")))
+    return (BOUNDARY * ratio.amin(dim=-1, keepdim=True)).clamp_max(1.0) if value.shape[-1] else value.new_ones(value.shape[0], 1)
+
+
+def active_set(plan, a, y, m):
+    """Equalities always; an inequality when its multiplier is positive."""
+    E = plan.num_equalities
+    active = m > 0
+    active[..., :E] = True
+    return active
+
+
+def solve_argmin(plan: DeclarativePlan, a, y, layer):
+    """The local forward of an Argmin from y: -> y, multipliers [B, E + I], ok [B]."""
+    if plan.num_inequalities:
+        y, m, done = _interior_point(plan, a, y, layer)
+    elif plan.num_equalities:
+        active = torch.ones(y.shape[0], plan.num_equalities, dtype=torch.bool, device=y.device)
+        m = _least_squares_multipliers(plan, a, y, active)
+        y, m, done = _kkt_newton(plan, a, y, m, active, layer.max_iterations, layer.tol)
+    else:
+        y, m, done = _unconstrained(plan, a, y, layer)
+    return y, m, done & second_order(plan, a, y, m)
+
+
+def second_order(plan, a, y, m):
+    """Strict local minimum (`_second_order_ok`) and feasible inequalities, per row."""
+    active = active_set(plan, a, y, m)
+    with torch.no_grad():
+        H = plan.lagrangian_hessian(y, a, m)
+        A = plan.constraint_jacobian(y, a)
+        ok = _second_order_ok(H, A, active)
+        if plan.num_inequalities:
+            ok = ok & (m[..., plan.num_equalities:] >= 0).all(dim=-1)
+    return ok
+
+
+# -- The global forward ------------------------------------------------------------------------
+
+
+def solve_global(layer, a, start):
+    """Every solution of the layer's polynomial system (`plan.critical_points`, solved by the
+    elimination template), then per row: for an Argmin the real critical point with the smallest
+    objective, for an Implicit the real solution nearest `start` (the first one without it).
+    When the system is symmetric under y -> -y (an even template), the representative of +-y is
+    the one whose entry of largest magnitude is positive. -> y, multipliers [B, E], found [B]."""
+    plan = layer.plan
+    solutions, valid = layer.critical_points(a)  # [B, S, N (+ E)]
+    batch, slots, _ = solutions.shape
+    n = plan.num_unknowns
+    y_all = solutions[..., :n]
+    if plan.kind == "argmin":
+        with torch.no_grad():
+            key = plan.objective(y_all.reshape(batch * slots, n), a.repeat_interleave(slots, 0)).view(batch, slots)
+    elif start is not None:
+        key = (y_all.detach() - start.unsqueeze(1)).norm(dim=-1)
+    else:
+        key = torch.arange(slots, device=a.device, dtype=a.dtype).expand(batch, slots)  # the first valid one
+    key = torch.where(valid & torch.isfinite(key), key, torch.full_like(key, float("inf")))
+    index = key.argmin(dim=-1)
+    found = valid.gather(1, index.unsqueeze(-1)).squeeze(-1)
+    picked = solutions.gather(1, index.view(batch, 1, 1).expand(batch, 1, solutions.shape[-1])).squeeze(1)
+    y, m = picked[..., :n], picked[..., n:]
+    template = plan.critical_points.template
+    if template is not None and template.even and not template.fixed:
+        with torch.no_grad():
+            largest = y.abs().argmax(dim=-1, keepdim=True)
+            sign = torch.where(y.gather(-1, largest) < 0, -1.0, 1.0).to(y.dtype)
+        y = y * sign  # the multipliers of +-y are the same (stationarity is odd in y)
+    return y, m, found
+
+
+# -- The backward -----------------------------------------------------------------------------
+
+
+def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
+    """d<grad, y>/da by the implicit function theorem: -> gradient [B, M], ill-conditioned count."""
+    usable = ok & (grad != 0).any(dim=-1) & torch.isfinite(grad).all(dim=-1)
+    if plan.kind == "implicit":
+        J = plan.jacobian(y, a)
+        if J.shape[-2] == J.shape[-1]:
+            matrix, rhs = J.transpose(-1, -2), grad
+        else:  # w = J (J^T J)^-1 grad
+            matrix, rhs = J.transpose(-1, -2) @ J, grad
+    else:
+        active = active_set(plan, a, y, m)
+        matrix = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
+        rhs = torch.cat([grad, grad.new_zeros(grad.shape[0], plan.num_constraints)], -1)
+    singular = torch.linalg.svdvals(matrix)
+    conditioned = singular[..., -1] > singular[..., 0] / cond_max
+    w, solved = _solve(matrix, rhs)
+    good = usable & conditioned & solved
+    if plan.kind == "implicit" and J.shape[-2] != J.shape[-1]:
+        w = (J @ w.unsqueeze(-1)).squeeze(-1)
+    w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w))
+    vjp = plan.parameter_vjp(y, a, w) if plan.kind == "implicit" else plan.parameter_vjp(y, a, m, w)
+    gradient = torch.where(good.unsqueeze(-1), -vjp, torch.zeros_like(vjp))
+    return gradient, (usable & ~(conditioned & solved)).sum()
+
+
+class _ImplicitFunction(torch.autograd.Function):
+    """y (computed without autograd) with the IFT gradient wrt the parameters attached."""
+
+    @staticmethod
+    def forward(ctx, a, y, m, ok, layer):
+        ctx.save_for_backward(a, y, m, ok)
+        ctx.layer = layer
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, y, m, ok = ctx.saved_tensors
+        layer = ctx.layer
+        with torch.no_grad():
+            gradient, ill = implicit_gradient(layer.plan, a, y, m, ok, grad.to(a.dtype), layer.cond_max)
+        layer.ill_conditioned = ill
+        return gradient, None, None, None, None
+
+
+class DeclarativeLayer(torch.nn.Module):
+    """`y, ok = layer(params, init=None)`; `y = layer.attach(params, y_hat)`.
+
+    params: [..., M] float32 or float64, any device. y: [..., N] with the dtype and device of
+    params. ok: [...] bool: the row converged (residual of the equations or of the KKT system at
+    most `tol`) and, for an Argmin, is a strict local minimum (second-order sufficient condition
+    on the active constraints). Rows that are not ok hold the last iterate and get zero gradient.
+    init: [..., N] start point; default: the spec's `init=` (zeros without it).
+
+    backward="ift" (default): the implicit function theorem (module docstring of
+    runtime/declarative.py); after each backward `ill_conditioned` counts the rows left out for a
+    singular or worse than `cond_max` conditioned matrix. backward="autograd" differentiates
+    through the forward's iterations (the baseline).
+    max_iterations=50: the forward's iteration cap. tol: 1e-10 (float64) or 1e-5 (float32)
+    on the largest absolute residual. refine_steps=1: Newton steps of `attach`.
+    precision="float64" (default) solves in float64 whatever the input dtype.
+    After a call, `multipliers` is (equality multipliers [..., E], inequality multipliers
+    [..., I]) of an Argmin (None for an Implicit).
+    """
+
+    plan: DeclarativePlan  # set by each generated subclass
+
+    def __init__(self, backward="ift", max_iterations=50, tol=None, refine_steps=1, cond_max=1e10,
+                 precision="float64"):
+        super().__init__()
+        if getattr(type(self), "plan", None) is None:
+            raise TypeError("solvergen.runtime.DeclarativeLayer is a base class: use a generated layer")
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+        if int(max_iterations) < 1 or int(refine_steps) < 0:
+            raise ValueError("max_iterations must be at least 1 and refine_steps at least 0")
+        self.backward = backward
+        self.max_iterations = int(max_iterations)
+        self.compute_dtype = PRECISIONS[precision]
+        self.tol = float(tol) if tol is not None else (1e-10 if precision == "float64" else 1e-5)
+        self.refine_steps = int(refine_steps)
+        self.cond_max = float(cond_max)
+        self.multipliers = None
+        self.ill_conditioned = None
+        self.critical_points = None
+        if self.plan.critical_points is not None:  # the global forward's solver
+            solver = type(f"{type(self).__name__}CriticalPoints", (Solver,), {"plan": self.plan.critical_points})
+            self.critical_points = solver(backward=backward, precision=precision)
+
+    @property
+    def forward_path(self) -> str:
+        """"global" (all solutions of the polynomial system) or "local" (iterations from a start)."""
+        return "global" if self.critical_points is not None else "local"
+
+    def solutions(self, params):
+        """All solutions of the global forward's polynomial system, as a Problem solver returns
+        them: [..., S, N'] and valid [..., S] (an Argmin's critical points: y, then the equality
+        multipliers)."""
+        if self.critical_points is None:
+            raise ValueError(f"{self.plan.name} has no global forward (not polynomial, or with inequalities)")
+        return self.critical_points(params)
+
+    def extra_repr(self):
+        return f"backward={self.backward!r}, max_iterations={self.max_iterations}, tol={self.tol:g}"
+
+    def _points(self, value, batch_shape, flat_batch, name, like):
+        n = self.plan.num_unknowns
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if value.shape[-1:] != (n,):
+            raise ValueError(f"{name} must have shape [..., {n}], got {list(value.shape)}")
+        try:
+            value = value.expand(*batch_shape, n)
+        except RuntimeError:
+            raise ValueError(f"{name} has shape {list(value.shape)}, which does not match params' batch shape "
+                             f"{list(batch_shape)}") from None
+        return value.reshape(flat_batch, n).to(like)
+
+    def _split(self, m, batch_shape):
+        if self.plan.kind != "argmin":
+            return None
+        E = self.plan.num_equalities
+        return (m[..., :E].reshape(*batch_shape, E), m[..., E:].reshape(*batch_shape, self.plan.num_inequalities))
+
+    def forward(self, params, init=None):
+        a_in, batch_shape = flat_params(params, self.plan.num_parameters)
+        finite = torch.isfinite(a_in).all(dim=-1)
+        a = torch.where(finite.unsqueeze(-1), a_in, torch.ones_like(a_in)).to(self.compute_dtype)
+        with torch.no_grad():
+            start = self.plan.init(a) if init is None else None
+        if init is not None:
+            start = self._points(init, batch_shape, len(a), "init", a).detach()
+        with torch.set_grad_enabled(self.backward == "autograd" and torch.is_grad_enabled()):
+            y, m, ok = self._solve(a if self.backward == "autograd" else a.detach(), start, init is not None)
+        ok = ok & finite
+        if self.backward == "ift":
+            y = _ImplicitFunction.apply(a, y.detach(), m.detach(), ok, self)
+        y = torch.where(finite.unsqueeze(-1), y, torch.zeros_like(y))
+        self.multipliers = self._split(m.detach().to(params.dtype), batch_shape)
+        return y.to(params.dtype).reshape(*batch_shape, -1), ok.reshape(batch_shape)
+
+    def _solve(self, a, start, init_given):
+        plan = self.plan
+        if self.critical_points is not None:
+            y, m, found = solve_global(self, a, start if init_given or plan.default_init else None)
+            ok = found & (second_order(plan, a, y.detach(), m.detach()) if plan.kind == "argmin" else found)
+            return y, m, ok
+        if plan.kind == "implicit":
+            y, ok = solve_implicit(plan, a, start, self)
+            return y, a.new_zeros(len(a), 0), ok
+        return solve_argmin(plan, a, start, self)
+
+    def attach(self, params, y_hat):
+        """y_hat (computed by any means) after `refine_steps` Newton steps, with the IFT gradient
+        wrt params attached. Multipliers come from least squares on stationarity, with the
+        inequalities within `tol` of 0 as the active ones."""
+        a_in, batch_shape = flat_params(params, self.plan.num_parameters)
+        finite = torch.isfinite(a_in).all(dim=-1)
+        a = torch.where(finite.unsqueeze(-1), a_in, torch.ones_like(a_in)).to(self.compute_dtype)
+        y = self._points(y_hat, batch_shape, len(a), "y_hat", a).detach()
+        plan = self.plan
+        with torch.no_grad():
+            if plan.kind == "implicit":
+                for _ in range(self.refine_steps):
+                    y = y + _newton_step(plan.jacobian(y, a), plan.residual(y, a))
+                ok = plan.residual(y, a).abs().amax(dim=-1) <= self.tol
+                m = a.new_zeros(len(a), 0)
+            else:
+                c = plan.constraints(y, a)
+                active = torch.ones_like(c, dtype=torch.bool)
+                active[..., plan.num_equalities:] = c[..., plan.num_equalities:] >= -self.tol
+                m = _least_squares_multipliers(plan, a, y, active)
+                if self.refine_steps:
+                    y, m, _ = _kkt_newton(plan, a, y, m, active, self.refine_steps, self.tol, line_search=False)
+                m = m * active
+                r = _kkt_residual(plan, a, y, m, active)
+                ok = (r.abs().amax(dim=-1) <= self.tol) & second_order(plan, a, y, m)
+        ok = ok & finite & torch.isfinite(y).all(dim=-1)
+        out = _ImplicitFunction.apply(a, y, m, ok, self)
+        self.multipliers = self._split(m.to(params.dtype), batch_shape)
+        return torch.where(finite.unsqueeze(-1), out, torch.zeros_like(out)).to(params.dtype).reshape(*batch_shape, -1)

@@ -1,0 +1,441 @@
+"""Declarative layers (`Argmin`, `Implicit`): spec errors, values against independent references
+(closed forms, a fixed-point iteration, scipy, the `Problem` solver), gradients against central
+finite differences, masking of bad rows."""
+from __future__ import annotations
+
+import random
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, generated_module
+
+import solvergen
+from solvergen import SpecError
+from solvergen.generate import generate
+from solvergen.spec import read_spec
+
+HEADER = "import sympy as sp\nfrom solvergen import Argmin, Implicit\n"
+
+# Small layers with closed forms, written to a temporary folder.
+PROJECTIONS = {
+    # The DDN library's linear-equality node gets this gradient wrong.
+    "sum_projection": """
+        y = sp.symbols("y0:5"); x = sp.symbols("x0:5")
+        problem = Argmin("sum_projection", y, x, sum((a - b)**2 for a, b in zip(y, x)) / 2, equalities=[sum(y) - 1])
+    """,
+    "simplex_projection": """
+        y = sp.symbols("y0:4"); x = sp.symbols("x0:4")
+        problem = Argmin("simplex_projection", y, x, sum((a - b)**2 for a, b in zip(y, x)) / 2,
+                         equalities=[sp.Eq(sum(y), 1)], inequalities=[v >= 0 for v in y], init=sp.Rational(1, 4))
+    """,
+    "ball_projection": """
+        y = sp.symbols("y0:3"); x = sp.symbols("x0:3")
+        problem = Argmin("ball_projection", y, x, sum((a - b)**2 for a, b in zip(y, x)) / 2,
+                         inequalities=[sum(v**2 for v in y) <= 1])
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def projections(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("projections")
+    layers = {}
+    for name, body in PROJECTIONS.items():
+        spec = folder / f"{name}.py"
+        spec.write_text(HEADER + textwrap.dedent(body))
+        layers[name] = solvergen.load(spec, out_dir=folder / "generated")
+    return layers
+
+
+def layer(name, **options):
+    return generated_module(name).Layer(**options)
+
+
+def finite_difference_check(model, params, h=1e-5, seed=12345):
+    """Relative error of the IFT gradient of <w, y> against central differences, per row, and
+    the rows' scale (the norm of the finite-difference gradient)."""
+    w = torch.randn(params.shape[0], model.plan.num_unknowns, generator=torch.Generator().manual_seed(seed),
+                    dtype=params.dtype)
+    p = params.clone().requires_grad_(True)
+    y, ok = model(p)
+    (y * w).sum().backward()
+    fd = torch.zeros_like(params)
+    for j in range(params.shape[1]):
+        e = torch.zeros(params.shape[1], dtype=params.dtype)
+        e[j] = h
+        fd[:, j] = ((model(params + e)[0] - model(params - e)[0]) * w).sum(-1) / (2 * h)
+    return (p.grad - fd).norm(dim=-1), fd.norm(dim=-1), ok
+
+
+# -- Specs ------------------------------------------------------------------------------------
+
+BAD_SPECS = {
+    "objective not scalar": ("problem = Argmin('a', sp.symbols('y0:2'), [sp.Symbol('p')], sp.Matrix(sp.symbols('y0:2')))",
+                             "the objective must be a scalar expression, got a 2x1 Matrix"),
+    "constraint without unknown": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], y**2, equalities=[p - 1])",
+                                   "equality 0 (p - 1) does not involve any unknown"),
+    "Abs of an unknown": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], sp.Abs(y - p))",
+                          "the objective uses Abs(...) of an unknown, which is not smooth"),
+    "Max in an equation": ("y, p = sp.symbols('y p')\nproblem = Implicit('a', [y], [p], [sp.Max(y, p) - 1])",
+                           "equation 0 uses Max(...) of an unknown"),
+    "undefined function": ("y, p = sp.symbols('y p')\nproblem = Implicit('a', [y], [p], [sp.Function('f')(y) - p])",
+                           "equation 0 uses the undefined function f"),
+    "too few equations": ("y, z, p = sp.symbols('y z p')\nproblem = Implicit('a', [y, z], [p], [y - p])",
+                          "1 equation(s) for 2 unknowns"),
+    "equality among inequalities": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], y**2, inequalities=[sp.Eq(y, p)])",
+                                    "is not an inequality"),
+    "init uses an unknown": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], (y - p)**2, init=[y])",
+                             "init entry 0 uses y: it may use the parameters only"),
+    "init of the wrong length": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], (y - p)**2, init=[p, p])",
+                                 "init has 2 entries for 1 unknowns"),
+    "undeclared symbol": ("y, p, q = sp.symbols('y p q')\nproblem = Argmin('a', [y], [p], (y - q)**2)",
+                          "the objective uses undeclared symbol(s) q"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SPECS)
+def test_bad_declarative_spec_is_refused_in_one_line(case, tmp_path):
+    body, message = BAD_SPECS[case]
+    spec = tmp_path / "spec.py"
+    spec.write_text(HEADER + body + "\n")
+    with pytest.raises(SpecError) as error:
+        generate(spec, tmp_path / "out")
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_inequality_relations_are_read_as_expressions_below_zero():
+    y, p = __import__("sympy").symbols("y p")
+    problem = solvergen.Argmin("a", [y], [p], (y - p) ** 2, inequalities=[y >= p, y <= 2, y - 3])
+    assert problem.inequalities == (p - y, y - 2, y - 3)
+
+
+# -- Implicit ---------------------------------------------------------------------------------
+
+
+def test_implicit_example_layer_matches_the_closed_form_and_the_problem_solver():
+    model = layer("implicit_example_layer")
+    x = torch.tensor([[0.6], [0.8], [1.2], [1.7]], dtype=torch.float64, requires_grad=True)
+    y, ok = model(x)
+    assert ok.all()
+    xs = x.detach().squeeze(-1)
+    y2 = (4 - xs**2 - 1 / xs**2).sqrt()
+    torch.testing.assert_close(y.detach(), torch.stack([1 / xs, y2], -1), rtol=0, atol=1e-9)
+    y[:, 1].sum().backward()
+    torch.testing.assert_close(x.grad.squeeze(-1), (-xs + 1 / xs**3) / y2, rtol=1e-9, atol=0)
+    # The Problem solver of the same system: its solution with y2 > 0, and the same gradient.
+    solver = generated_module("implicit_example").Solver()
+    x2 = x.detach().clone().requires_grad_(True)
+    solutions, valid = solver(x2)
+    picked, found = solver.select(solutions, valid, score=lambda s: s[..., 1])
+    assert found.all()
+    torch.testing.assert_close(picked.detach(), y.detach(), rtol=0, atol=1e-9)
+    picked[:, 1].sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, rtol=1e-8, atol=0)
+
+
+def test_rows_without_a_solution_or_with_nan_are_masked_and_leave_the_others_unchanged():
+    model = layer("implicit_example_layer")
+    good = torch.tensor([[0.6], [1.2]], dtype=torch.float64)
+    alone, _ = model(good)
+    mixed = torch.tensor([[0.6], [3.0], [float("nan")], [1.2]], dtype=torch.float64, requires_grad=True)
+    y, ok = model(mixed)
+    assert ok.tolist() == [True, False, False, True]
+    assert torch.equal(y[[0, 3]].detach(), alone) and torch.equal(y[2].detach(), torch.zeros(2, dtype=torch.float64))
+    y.sum().backward()
+    assert torch.isfinite(mixed.grad).all() and (mixed.grad[[1, 2]] == 0).all() and (mixed.grad[[0, 3]] != 0).all()
+
+
+def tanh_instances(count, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(count, 6, 6, generator=g, dtype=torch.float64)
+    W = 0.9 * W / torch.linalg.matrix_norm(W, ord=2)[:, None, None]  # a contraction
+    x = torch.randn(count, 6, generator=g, dtype=torch.float64)
+    return torch.cat([W.flatten(1), x], -1), W, x
+
+
+def fixed_point(W, x, iterations=600):
+    y = torch.zeros_like(x)
+    for _ in range(iterations):
+        y = torch.tanh((W @ y.unsqueeze(-1)).squeeze(-1) + x)
+    return y
+
+
+def test_tanh_fixed_point_matches_the_fixed_point_iteration_and_attach_gives_the_same_gradient():
+    model = layer("tanh_fixed_point")
+    params, W, x = tanh_instances(400)
+    y, ok = model(params)
+    reference = fixed_point(W, x)
+    assert ok.float().mean() >= 0.995
+    assert ((y - reference).abs().amax(-1) <= 1e-8).float().mean() >= 0.995
+    # attach: a y_hat from the plain iteration, the IFT gradient attached.
+    w = torch.randn(20, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    p1 = params[:20].clone().requires_grad_(True)
+    (model(p1)[0] * w).sum().backward()
+    p2 = params[:20].clone().requires_grad_(True)
+    attached = model.attach(p2, reference[:20])
+    torch.testing.assert_close(attached.detach(), reference[:20], rtol=0, atol=1e-12)
+    (attached * w).sum().backward()
+    torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-8, atol=1e-12)
+
+
+def test_tanh_fixed_point_gradients_match_finite_differences_and_autograd():
+    model = layer("tanh_fixed_point")
+    params, _, _ = tanh_instances(25, seed=2)
+    error, scale, ok = finite_difference_check(model, params)
+    assert ok.all() and (error <= 1e-5 * scale).float().mean() >= 0.99
+    baseline = layer("tanh_fixed_point", backward="autograd")
+    p1, p2 = params.clone().requires_grad_(True), params.clone().requires_grad_(True)
+    model(p1)[0].sum().backward()
+    baseline(p2)[0].sum().backward()
+    torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-7, atol=1e-10)
+
+
+def test_float32_params_give_float32_outputs():
+    model = layer("tanh_fixed_point")
+    params, W, x = tanh_instances(8, seed=3)
+    y, ok = model(params.float())
+    assert y.dtype == torch.float32 and ok.all()
+    torch.testing.assert_close(y.double(), fixed_point(W, x), rtol=0, atol=1e-6)
+
+
+# -- Argmin -----------------------------------------------------------------------------------
+
+
+def robust_line_reference(p, start):
+    """scipy's trust-region Newton with the pseudo-Huber gradient and Hessian written here, then
+    plain Newton steps (scipy stops with gradients near 1e-7 on some instances)."""
+    from scipy.optimize import minimize
+
+    xs, ys = p[:20], p[20:]
+
+    def parts(theta):
+        r = ys - theta[0] * xs - theta[1]
+        root = np.sqrt(1 + r**2)
+        d1, d2 = r / root, 1 / root**3  # d/dr and d2/dr2 of sqrt(1 + r^2) - 1
+        jac = np.stack([-xs, -np.ones_like(xs)], 1)  # dr/dtheta
+        return np.sum(root - 1), jac.T @ d1, jac.T @ (d2[:, None] * jac)
+
+    result = minimize(lambda t: parts(t)[0], start, jac=lambda t: parts(t)[1], hess=lambda t: parts(t)[2],
+                      method="trust-exact", options=dict(gtol=1e-13))
+    theta = result.x
+    for _ in range(5):  # the objective is convex: Newton converges quadratically from there
+        _, gradient, hessian = parts(theta)
+        theta = theta - np.linalg.solve(hessian, gradient)
+    return theta
+
+
+def robust_line_instances(count, seed=0):
+    problem = read_spec(ROOT / "problems" / "robust_line_fit.py").problem
+    rng = random.Random(seed)
+    return torch.tensor([problem.sampler(rng) for _ in range(count)], dtype=torch.float64)
+
+
+def test_robust_line_fit_matches_scipy():
+    model = layer("robust_line_fit")
+    params = robust_line_instances(200)
+    y, ok = model(params)
+    assert ok.float().mean() >= 0.995
+    reference = np.stack([robust_line_reference(p, np.zeros(2)) for p in params.numpy()])
+    close = (np.abs(y.numpy() - reference).max(-1) <= 1e-8)
+    assert close.mean() >= 0.995
+
+
+def test_robust_line_fit_gradients_match_finite_differences_and_autograd():
+    model = layer("robust_line_fit")
+    params = robust_line_instances(30, seed=1)
+    error, scale, ok = finite_difference_check(model, params)
+    assert ok.all() and (error <= 1e-5 * scale).float().mean() >= 0.99
+    baseline = layer("robust_line_fit", backward="autograd")
+    p1, p2 = params.clone().requires_grad_(True), params.clone().requires_grad_(True)
+    model(p1)[0].sum().backward()
+    baseline(p2)[0].sum().backward()
+    torch.testing.assert_close(p2.grad, p1.grad, rtol=1e-6, atol=1e-9)
+
+
+def test_sum_projection_value_gradient_and_multiplier(projections):
+    model = projections["sum_projection"]
+    x = torch.randn(50, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y, ok = model(x)
+    assert ok.all()
+    torch.testing.assert_close(y.detach(), x.detach() - (x.detach().sum(-1, keepdim=True) - 1) / 5, rtol=0, atol=1e-12)
+    equality, inequality = model.multipliers
+    assert equality.shape == (50, 1) and inequality.shape == (50, 0)
+    torch.testing.assert_close(equality.squeeze(-1), (x.detach().sum(-1) - 1) / 5, rtol=0, atol=1e-12)
+    w = torch.randn(50, 5, dtype=torch.float64)
+    (y * w).sum().backward()
+    # dy/dx = I - 1 1^T / n (symmetric): the gradient is w - mean(w).
+    torch.testing.assert_close(x.grad, w - w.mean(-1, keepdim=True), rtol=0, atol=1e-12)
+
+
+def simplex_projection(v):
+    """Projection onto the probability simplex by sorting (Held et al.; Duchi et al. 2008)."""
+    u, _ = torch.sort(v, descending=True, dim=-1)
+    cumulative = u.cumsum(-1) - 1
+    k = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype)
+    support = (u - cumulative / k > 0).sum(-1, keepdim=True)
+    return (v - cumulative.gather(-1, support - 1) / support).clamp_min(0)
+
+
+def test_simplex_projection_by_interior_point(projections):
+    model = projections["simplex_projection"]
+    x = torch.randn(400, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    y, ok = model(x)
+    reference = simplex_projection(x.detach())
+    assert ok.float().mean() >= 0.995
+    assert ((y.detach() - reference).abs().amax(-1) <= 1e-8).float().mean() >= 0.995
+    # dy/dx on the support S: I - 1 1^T / |S|, zero elsewhere (symmetric).
+    w = torch.randn(400, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    (y * w).sum().backward()
+    support = (reference > 1e-9).to(w.dtype)
+    expected = support * (w - (w * support).sum(-1, keepdim=True) / support.sum(-1, keepdim=True))
+    assert ((x.grad - expected).abs().amax(-1) <= 1e-8).float().mean() >= 0.99
+    assert model.multipliers[1].shape == (400, 4) and (model.multipliers[1] >= 0).all()
+
+
+def test_ball_projection_value_and_finite_differences(projections):
+    model = projections["ball_projection"]
+    x = 1.5 * torch.randn(300, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y, ok = model(x)
+    assert ok.float().mean() >= 0.995
+    assert ((y - x / x.norm(dim=-1, keepdim=True).clamp_min(1)).abs().amax(-1) <= 1e-8).float().mean() >= 0.995
+    # Away from the sphere (where the projection is not differentiable).
+    rows = ((x.norm(dim=-1) - 1).abs() > 1e-3).nonzero().squeeze(-1)[:30]
+    error, scale, ok = finite_difference_check(model, x[rows])
+    assert ok.all() and (error <= 1e-5 * scale).float().mean() >= 0.99
+
+
+# -- The global forward -------------------------------------------------------------------------
+
+
+def quaternion_rotation(q):
+    """R(q) for a unit quaternion (q0 scalar part), Horn's convention."""
+    q0, q1, q2, q3 = q.unbind(-1)
+    return torch.stack([
+        torch.stack([q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3, 2 * (q1 * q2 - q0 * q3), 2 * (q1 * q3 + q0 * q2)], -1),
+        torch.stack([2 * (q2 * q1 + q0 * q3), q0 * q0 - q1 * q1 + q2 * q2 - q3 * q3, 2 * (q2 * q3 - q0 * q1)], -1),
+        torch.stack([2 * (q3 * q1 - q0 * q2), 2 * (q3 * q2 + q0 * q1), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3], -1),
+    ], -2)
+
+
+def weighted_kabsch(params):
+    """The SVD solution of Wahba's problem for the parameters of kabsch_quaternion, and the
+    singular values of M = sum_i w_i a_i b_i^T."""
+    w, a, b = params[:, :4], params[:, 4:16].view(-1, 4, 3), params[:, 16:].view(-1, 4, 3)
+    M = (w[..., None, None] * a.unsqueeze(-1) * b.unsqueeze(-2)).sum(1)
+    U, S, Vh = torch.linalg.svd(M)
+    d = torch.linalg.det(Vh.transpose(-1, -2) @ U.transpose(-1, -2))
+    D = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    return Vh.transpose(-1, -2) @ D @ U.transpose(-1, -2), S
+
+
+def kabsch_instances(count, seed=0):
+    problem = read_spec(ROOT / "problems" / "kabsch_quaternion.py").problem
+    rng = random.Random(seed)
+    return torch.tensor([problem.sampler(rng) for _ in range(count)], dtype=torch.float64)
+
+
+def test_kabsch_quaternion_finds_the_global_minimiser():
+    model = layer("kabsch_quaternion")
+    assert model.forward_path == "global"
+    params = kabsch_instances(2000)
+    q, ok = model(params)
+    reference, _ = weighted_kabsch(params)
+    assert ok.float().mean() >= 0.999
+    assert ((quaternion_rotation(q) - reference).abs().amax((-2, -1)) <= 1e-8).float().mean() >= 0.999
+    # The representative of +-q: its entry of largest magnitude is positive.
+    assert (q.gather(-1, q.abs().argmax(-1, keepdim=True)) > 0).all()
+
+
+def test_kabsch_quaternion_never_calls_a_saddle_ok():
+    """Every other real critical point (N's other eigenvectors: saddles and the maximum of the
+    objective) fails the second-order check."""
+    from solvergen.runtime.declarative import second_order
+
+    model = layer("kabsch_quaternion")
+    params = kabsch_instances(200, seed=1)
+    solutions, valid = model.solutions(params)  # [B, 8, 5]: q, then the multiplier
+    q, _ = model(params)
+    plan = model.plan
+    for s in range(solutions.shape[1]):
+        y, m = solutions[:, s, :4], solutions[:, s, 4:]
+        minimiser = (y - q).abs().amax(-1).lt(1e-8) | (y + q).abs().amax(-1).lt(1e-8)
+        ok = second_order(plan, params, y, m)
+        assert not (ok & valid[:, s] & ~minimiser).any()
+        assert (ok | ~valid[:, s] | ~minimiser).all()
+
+
+def test_kabsch_quaternion_gradient_matches_the_svd_and_finite_differences():
+    model = layer("kabsch_quaternion")
+    params = kabsch_instances(60, seed=2)
+    _, singular = weighted_kabsch(params)
+    separated = (singular[:, 1] - singular[:, 2]) > 1e-2 * singular[:, 0]  # the SVD's gradient is well defined
+    weights = torch.randn(60, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p1, p2 = params.clone().requires_grad_(True), params.clone().requires_grad_(True)
+    q, _ = model(p1)
+    (quaternion_rotation(q) * weights).sum().backward()
+    R, _ = weighted_kabsch(p2)
+    (R * weights).sum().backward()
+    error = (p1.grad - p2.grad).norm(dim=-1) / p2.grad.norm(dim=-1)
+    assert (error[separated] <= 1e-8).all() and separated.float().mean() > 0.9
+    error, scale, ok = finite_difference_check(model, params[:20])
+    assert ok.all() and (error <= 1e-5 * scale).float().mean() >= 0.99
+
+
+def test_implicit_example_layer_runs_the_global_forward():
+    model = layer("implicit_example_layer")
+    assert model.forward_path == "global"
+    solutions, valid = model.solutions(torch.tensor([[0.6]], dtype=torch.float64))
+    assert valid.sum() == 2 and torch.allclose(solutions[0, :2, 1].abs(), solutions[0, :2, 1].abs().flip(0))
+    # From a start near the other solution, that one.
+    y, ok = model(torch.tensor([[0.6]], dtype=torch.float64), init=torch.tensor([[1.0, -1.0]], dtype=torch.float64))
+    assert ok.all() and y[0, 1] < 0
+
+
+# -- qp_layer against qpth and cvxpy --------------------------------------------------------------
+
+
+def qp_instances(count, seed=0):
+    problem = read_spec(ROOT / "problems" / "qp_layer.py").problem
+    rng = random.Random(seed)
+    return torch.tensor([problem.sampler(rng) for _ in range(count)], dtype=torch.float64)
+
+
+def qp_matrices(params):
+    """(Q, p, G, h, A, b) in qpth's argument order."""
+    return (params[:, :64].view(-1, 8, 8), params[:, 64:72], params[:, 90:138].view(-1, 6, 8), params[:, 138:144],
+            params[:, 72:88].view(-1, 2, 8), params[:, 88:90])
+
+
+def test_qp_layer_matches_qpth_and_cvxpy():
+    qpth = pytest.importorskip("qpth.qp")
+    cp = pytest.importorskip("cvxpy")
+    model = layer("qp_layer")
+    params = qp_instances(400)
+    y, ok = model(params)
+    assert ok.float().mean() >= 0.995
+    reference = qpth.QPFunction(verbose=-1, eps=1e-12, maxIter=50)(*qp_matrices(params))
+    assert ((y - reference).abs().amax(-1) <= 1e-8).float().mean() >= 0.995
+    gaps = []
+    for i in range(40):  # an independent interior point method (Clarabel through cvxpy)
+        Q, p, G, h, A, b = (t[i].numpy() for t in qp_matrices(params))
+        x = cp.Variable(8)
+        problem = cp.Problem(cp.Minimize(0.5 * cp.quad_form(x, cp.psd_wrap(Q)) + p @ x), [A @ x == b, G @ x <= h])
+        problem.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+        gaps.append(np.abs(x.value - y[i].numpy()).max())
+    assert np.median(gaps) <= 1e-9 and max(gaps) <= 1e-7  # Clarabel's own tolerance, 1e-10 on its gap
+
+
+def test_qp_layer_gradients_match_finite_differences_and_qpth():
+    qpth = pytest.importorskip("qpth.qp")
+    model = layer("qp_layer")
+    params = qp_instances(12, seed=1)
+    error, scale, ok = finite_difference_check(model, params)
+    assert ok.all() and (error <= 1e-5 * scale).float().mean() >= 0.99
+    w = torch.randn(12, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    p1, p2 = params.clone().requires_grad_(True), params.clone().requires_grad_(True)
+    (model(p1)[0] * w).sum().backward()
+    (qpth.QPFunction(verbose=-1, eps=1e-12, maxIter=50)(*qp_matrices(p2)) * w).sum().backward()
+    assert ((p1.grad - p2.grad).norm(dim=-1) <= 1e-5 * p2.grad.norm(dim=-1)).all()
