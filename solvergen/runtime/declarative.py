@@ -14,7 +14,8 @@ has converged, elsewhere it runs `max_iterations` without a host synchronization
         (a descent direction at saddles), Armijo backtracking on f.
     Argmin with equalities only: Newton on the KKT equations, backtracking on their residual.
     Argmin with inequalities: primal-dual interior point with slacks (g + s = 0, mu s = sigma
-        tau), fraction-to-the-boundary steps, down to residuals and complementarity 1e-8; then
+        tau; the Hessian's negative eigenvalues set to 0), fraction-to-the-boundary steps
+        shortened until every expression is finite, down to residuals and complementarity 1e-8; then
         Newton on the KKT equations of the active set (multiplier larger than slack) polishes
         to `tol`.
 Backward: the implicit function theorem. Argmin: on the KKT system of stationarity and the
@@ -126,9 +127,29 @@ def solve_implicit(plan: DeclarativePlan, a, y, layer):
 # -- Argmin -----------------------------------------------------------------------------------
 
 
+def _eigh(H):
+    """Batched symmetric eigendecomposition that never raises: rows that are not finite, or that
+    LAPACK cannot decompose, get NaN eigenpairs (and so never converge or count as ok)."""
+    finite = torch.isfinite(H).all(dim=-1).all(dim=-1)
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    safe = torch.where(finite[:, None, None], H, eye)
+    try:
+        values, vectors = torch.linalg.eigh(safe)
+    except RuntimeError:  # one matrix at a time, NaN for the ones that fail
+        pairs = []
+        for single in safe:
+            try:
+                pairs.append(torch.linalg.eigh(single))
+            except RuntimeError:
+                pairs.append((torch.full_like(single[0], float("nan")), torch.full_like(single, float("nan"))))
+        values, vectors = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    nan = torch.tensor(float("nan"), dtype=H.dtype, device=H.device)
+    return torch.where(finite[:, None], values, nan), torch.where(finite[:, None, None], vectors, nan)
+
+
 def _floored_inverse_apply(H, g, relative=1e-8):
     """H_mod^-1 g with H_mod = V |Lambda| V^T, eigenvalues floored at relative * max(1, |lambda|max)."""
-    values, vectors = torch.linalg.eigh(H)
+    values, vectors = _eigh(H)
     floor = relative * values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     inverse = 1 / values.abs().clamp_min(floor)
     return (vectors @ (inverse * (vectors.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
@@ -147,7 +168,7 @@ def _second_order_ok(H, A, active):
     """Strict local minimum on the active constraints (second-order sufficient condition): the
     KKT matrix has exactly as many negative eigenvalues as active constraints and no (near) zero
     one; with A of full row rank this is the reduced Hessian being positive definite."""
-    values = torch.linalg.eigvalsh(_kkt_matrix(H, A, active))
+    values, _ = _eigh(_kkt_matrix(H, A, active))
     scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     nonsingular = (values.abs() > 1e-10 * scale).all(dim=-1)
     return nonsingular & ((values < 0).sum(-1) == active.sum(-1))
@@ -236,7 +257,7 @@ def _interior_point(plan, a, y, layer):
             break
         r_c = mu * s - SIGMA * tau
         H = plan.lagrangian_hessian(y, a, torch.cat([nu, mu], -1))
-        values, vectors = torch.linalg.eigh(H)  # the convex part of H: a descent direction
+        values, vectors = _eigh(H)  # the convex part of H: a descent direction
         H = vectors @ torch.diag_embed(values.clamp_min(0)) @ vectors.transpose(-1, -2)
         D = mu / s
         M = H + Ai.transpose(-1, -2) @ (D.unsqueeze(-1) * Ai) + 1e-12 * eye
@@ -247,7 +268,7 @@ def _interior_point(plan, a, y, layer):
         dy, dnu = step[..., : y.shape[-1]], step[..., y.shape[-1]:]
         ds = -r_i - (Ai @ dy.unsqueeze(-1)).squeeze(-1)
         dmu = (-r_c - mu * ds) / s
-        alpha_p = _to_boundary(s, ds)
+        alpha_p = _finite_step(plan, a, y, dy, _to_boundary(s, ds))
         alpha_d = _to_boundary(mu, dmu)
         keep = done.unsqueeze(-1)
         y = torch.where(keep, y, y + alpha_p * dy)
@@ -266,6 +287,19 @@ def _interior_point(plan, a, y, layer):
     y = torch.where(polished.unsqueeze(-1), y_p, y)
     m = torch.where(polished.unsqueeze(-1), m_p * active, m)
     return y, m, polished
+
+
+def _finite_step(plan, a, y, step, alpha):
+    """alpha [B, 1] halved until the objective, its gradient and the constraints are finite at
+    y + alpha step (log, sqrt, ... of an unknown outside their domain)."""
+    for _ in range(HALVINGS):
+        candidate = y + alpha * step
+        finite = (torch.isfinite(plan.objective(candidate, a)) & torch.isfinite(plan.gradient(candidate, a)).all(-1)
+                  & torch.isfinite(plan.constraints(candidate, a)).all(-1))
+        if _all(finite):
+            break
+        alpha = torch.where(finite.unsqueeze(-1), alpha, alpha / 2)
+    return alpha
 
 
 def _to_boundary(value, step):
@@ -358,10 +392,11 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
         active = active_set(plan, a, y, m)
         matrix = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
         rhs = torch.cat([grad, grad.new_zeros(grad.shape[0], plan.num_constraints)], -1)
-    singular = torch.linalg.svdvals(matrix)
+    finite = torch.isfinite(matrix).all(dim=-1).all(dim=-1)
+    singular = torch.linalg.svdvals(torch.where(finite[:, None, None], matrix, torch.ones_like(matrix)))
     conditioned = singular[..., -1] > singular[..., 0] / cond_max
     w, solved = _solve(matrix, rhs)
-    good = usable & conditioned & solved
+    good = usable & conditioned & solved & finite
     if plan.kind == "implicit" and J.shape[-2] != J.shape[-1]:
         w = (J @ w.unsqueeze(-1)).squeeze(-1)
     w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w))
