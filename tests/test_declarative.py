@@ -492,3 +492,15 @@ def test_nonconvex_trust_region_subproblem(projections):
     model = projections["trust_region"]
     _, ok = model(trust_region_instances(300, convex=False))
     assert ok.float().mean() >= 0.995
+
+
+def test_declarative_layers_example_trains():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("declarative_layers", ROOT / "examples" / "declarative_layers.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    before, after = example.train_equilibrium_cell(steps=30)
+    assert after < 0.1 * before
+    before, after = example.train_qp_cost(steps=20)
+    assert after < 0.5 * before
