@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import geometry  # noqa: E402
-from run import load_average, machine_info  # noqa: E402
+from run import load_average, machine_info, polynomial_problems  # noqa: E402
 
 from solvergen.generate import import_generated  # noqa: E402
 
-PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
+PROBLEMS = polynomial_problems()
 
 
 def forward_seconds(module, params, precision, backward="ift") -> float:

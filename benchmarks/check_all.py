@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from run import polynomial_problems  # benchmarks/run.py
 from solvergen.check import check
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     args = parser.parse_args()
     rows = {}
-    for spec in sorted((ROOT / "problems").glob("*.py")):
+    for spec in [ROOT / "problems" / f"{name}.py" for name in polynomial_problems()]:
         result = check(spec, n=args.n, out_dir=ROOT / "generated")
         print(result.describe(), flush=True)
         finite = result.log10_error[np.isfinite(result.log10_error)] if result.log10_error is not None else None

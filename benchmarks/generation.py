@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from run import polynomial_problems  # benchmarks/run.py
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE = r"""
@@ -64,7 +66,7 @@ def main() -> None:
     parser.add_argument("--problems", nargs="*", help="problem names (default: every spec of this checkout)")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per problem (default: 600)")
     args = parser.parse_args()
-    names = args.problems or sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
+    names = args.problems or polynomial_problems()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=args.repo).stdout.strip()
     rows = {}

@@ -273,8 +273,18 @@ class Case:
     truth: np.ndarray | None  # [n, N], None when tests/geometry.py has no generator
 
 
+def polynomial_problems() -> list[str]:
+    """The specs in problems/ that declare a `Problem` (the declarative layers, `Argmin` and
+    `Implicit`, have their own benchmark: benchmarks/declarative.py)."""
+    from solvergen.problem import Problem
+    from solvergen.spec import read_spec
+
+    return sorted(p.stem for p in (ROOT / "problems").glob("*.py")
+                  if not p.stem.startswith("_") and isinstance(read_spec(p).problem, Problem))
+
+
 def discover_problems(selected: list[str] | None) -> list[str]:
-    names = sorted(p.stem for p in (ROOT / "problems").glob("*.py") if not p.stem.startswith("_"))
+    names = polynomial_problems()
     if selected:
         unknown = sorted(set(selected) - set(names))
         if unknown:
