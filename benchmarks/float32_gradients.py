@@ -24,12 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import machine_info  # noqa: E402
+from run import machine_info, polynomial_problems  # noqa: E402
 from test_gradients import float32_gradient_agreement  # noqa: E402
 
 from solvergen.generate import import_generated  # noqa: E402
 
-PROBLEMS = sorted(p.stem for p in (ROOT / "problems").glob("*.py"))
+PROBLEMS = polynomial_problems()
 
 
 def main(argv=None) -> int:
