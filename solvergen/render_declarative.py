@@ -41,7 +41,9 @@ def function_code(function: Function, names: dict[sp.Symbol, str]) -> dict:
 
 
 def class_name(name: str) -> str:
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part) + "Layer"
+    """CamelCase of the spec's name, ending in "Layer" (once: `qp_layer` -> `QpLayer`)."""
+    camel = "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
+    return camel if camel.endswith("Layer") else camel + "Layer"
 
 
 def forward_name(system: DeclarativeSystem, critical: CompiledProblem | None = None, refused: str | None = None) -> str:
