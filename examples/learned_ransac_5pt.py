@@ -561,6 +561,14 @@ def main(argv=None):
                                    "ablations": ablations, "validation_baselines": validation_baselines})
 
 
+def command(settings) -> str:
+    """The command line that wrote the results (its settings that differ from the quick default)."""
+    words = ["python examples/learned_ransac_5pt.py"] + (["--full"] if settings["full"] else [])
+    if settings.get("threads"):
+        words.append(f"--threads {settings['threads']}")
+    return " ".join(words)
+
+
 def write_results(out, data):
     out.mkdir(parents=True, exist_ok=True)
     (out / "learned_ransac_5pt.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -575,8 +583,7 @@ def write_results(out, data):
         "",
         f"Machine: {machine['cpu']}, {machine['threads']} threads; Python {machine['python']}, "
         f"torch {machine['torch']}, solvergen {machine['solvergen']}; {machine['date']}; "
-        f"{machine['minutes']} min. Written by `python examples/learned_ransac_5pt.py"
-        f"{' --full' if settings['full'] else ''}`.",
+        f"{machine['minutes']} min. Written by `{command(settings)}`.",
         "",
         f"Settings: {json.dumps({k: v for k, v in settings.items() if not k.startswith('descriptor_temperature_')})}.",
         "",
