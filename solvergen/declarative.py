@@ -17,7 +17,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from .errors import SpecError
-from .problem import check_name, flatten_equations, flatten_symbols
+from .problem import Declared, check_name, flatten_equations, flatten_symbols
 
 # Functions the generated code evaluates (torch has each, elementwise) and differentiates.
 SMOOTH_FUNCTIONS = (
@@ -115,7 +115,7 @@ def _init(value, unknowns, parameters) -> tuple[sp.Expr, ...] | None:
     return tuple(sp.sympify(e) for e in entries)
 
 
-class _Declarative:
+class _Declarative(Declared):
     """What `Argmin` and `Implicit` share: name, unknowns, parameters, start point."""
 
     def _declare(self, name, unknowns, parameters):
@@ -126,14 +126,6 @@ class _Declarative:
         both = set(self.unknowns) & set(self.parameters)
         if both:
             raise SpecError(f"symbol {', '.join(sorted(map(str, both)))} is declared both as unknown and as parameter")
-
-    @property
-    def unknown_names(self) -> tuple[str, ...]:
-        return tuple(str(s) for s in self.unknowns)
-
-    @property
-    def parameter_names(self) -> tuple[str, ...]:
-        return tuple(str(s) for s in self.parameters)
 
 
 class Argmin(_Declarative):

@@ -67,13 +67,28 @@ def flatten_equations(value) -> tuple[sp.Expr, ...]:
     return tuple(out)
 
 
+class Declared:
+    """What every spec kind (Problem, Argmin, Implicit) has: its unknowns and parameters, flattened."""
+
+    unknowns: tuple[sp.Symbol, ...]
+    parameters: tuple[sp.Symbol, ...]
+
+    @property
+    def unknown_names(self) -> tuple[str, ...]:
+        return tuple(str(s) for s in self.unknowns)
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(str(s) for s in self.parameters)
+
+
 def check_name(name) -> None:
     """A spec's name names the generated file and class: a Python identifier."""
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise SpecError(f"problem name {name!r} is not a Python identifier")
 
 
-class Problem:
+class Problem(Declared):
     """A system of polynomial equations to compile into a batched, differentiable solver.
 
     Args:
@@ -142,14 +157,6 @@ class Problem:
 
     def sampled_parameters(self, rng) -> list:
         return self.sample(rng)[0]
-
-    @property
-    def unknown_names(self) -> tuple[str, ...]:
-        return tuple(str(s) for s in self.unknowns)
-
-    @property
-    def parameter_names(self) -> tuple[str, ...]:
-        return tuple(str(s) for s in self.parameters)
 
     def __repr__(self) -> str:
         return (

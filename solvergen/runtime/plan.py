@@ -159,8 +159,23 @@ class LinearBlock:
         return len(self.rows)
 
 
+class Sizes:
+    """The sizes a plan's name tuples give (Plan, DeclarativePlan)."""
+
+    unknown_names: tuple[str, ...]
+    parameter_names: tuple[str, ...]
+
+    @property
+    def num_unknowns(self) -> int:
+        return len(self.unknown_names)
+
+    @property
+    def num_parameters(self) -> int:
+        return len(self.parameter_names)
+
+
 @dataclass(frozen=True, eq=False)
-class Plan:
+class Plan(Sizes):
     """Everything the runtime needs to solve and differentiate one problem."""
 
     name: str
@@ -181,14 +196,6 @@ class Plan:
             raise ValueError(
                 f"plan `{self.name}`: a template is needed unless the linear block determines every unknown"
             )
-
-    @property
-    def num_unknowns(self) -> int:
-        return len(self.unknown_names)
-
-    @property
-    def num_parameters(self) -> int:
-        return len(self.parameter_names)
 
     @property
     def num_equations(self) -> int:
@@ -219,7 +226,7 @@ class Plan:
 
 
 @dataclass(frozen=True, eq=False)
-class DeclarativePlan:
+class DeclarativePlan(Sizes):
     """A declarative layer as data (solvergen/kkt.py): its sizes and printed functions.
 
     Implicit (F(y, a) = 0): `residual` F [B, K], `jacobian` dF/dy [B, K, N], `parameter_vjp`
@@ -251,14 +258,6 @@ class DeclarativePlan:
     # candidates (an Argmin's critical points: unknowns y, then the equality multipliers; an
     # Implicit's solutions). None: the local forward.
     critical_points: Optional[Plan] = None
-
-    @property
-    def num_unknowns(self) -> int:
-        return len(self.unknown_names)
-
-    @property
-    def num_parameters(self) -> int:
-        return len(self.parameter_names)
 
     @property
     def num_constraints(self) -> int:
