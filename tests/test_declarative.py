@@ -504,3 +504,21 @@ def test_declarative_layers_example_trains():
     assert after < 0.1 * before
     before, after = example.train_qp_cost(steps=20)
     assert after < 0.5 * before
+
+
+@pytest.mark.parametrize("name", ["qp_layer", "kabsch_quaternion", "robust_line_fit"])
+def test_nan_rows_are_masked_in_argmin_layers(name):
+    """Interior point (qp_layer), global (kabsch_quaternion), unconstrained Newton (robust_line_fit):
+    a NaN row is not ok, gets zero gradient, and leaves the other rows as they are alone."""
+    model = layer(name)
+    params = {"qp_layer": qp_instances, "kabsch_quaternion": kabsch_instances,
+              "robust_line_fit": robust_line_instances}[name](3, seed=5)
+    alone, _ = model(params[[0, 2]])
+    mixed = params.clone()
+    mixed[1, 3] = float("nan")
+    mixed.requires_grad_(True)
+    y, ok = model(mixed)
+    assert ok.tolist() == [True, False, True]
+    assert torch.equal(y[[0, 2]].detach(), alone) and (y[1] == 0).all()
+    y.sum().backward()
+    assert torch.isfinite(mixed.grad).all() and (mixed.grad[1] == 0).all() and (mixed.grad[[0, 2]] != 0).any()
