@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from . import parallel
+from . import eig, parallel
 from .plan import DeclarativePlan
 from .solver import Solver, flat_params
 
@@ -93,17 +93,19 @@ def _where_tree(mask, a, b):
 
 
 def _newton_step(J, F):
-    """Newton step J d = -F (square), least squares (overdetermined) by the normal equations
-    with a tiny damping; rows where the square solve fails use the damped normal equations."""
+    """Newton step J d = -F (square); least squares by the normal equations with a tiny damping
+    (overdetermined, and the rows where the square solve fails)."""
+    square = J.shape[-2] == J.shape[-1]
+    if square:
+        step, usable = _solve(J, -F)
+        if _all(usable):
+            return step
     JT = J.transpose(-1, -2)
     normal = JT @ J
     damping = 1e-12 * normal.diagonal(dim1=-2, dim2=-1).abs().amax(dim=-1).clamp_min(1e-300)
     eye = torch.eye(J.shape[-1], dtype=J.dtype, device=J.device)
-    damped, damped_ok = _solve(normal + damping[:, None, None] * eye, -(JT @ F.unsqueeze(-1)).squeeze(-1))
-    if J.shape[-2] != J.shape[-1]:
-        return damped
-    step, usable = _solve(J, -F)
-    return torch.where(usable.unsqueeze(-1), step, damped)
+    damped, _ = _solve(normal + damping[:, None, None] * eye, -(JT @ F.unsqueeze(-1)).squeeze(-1))
+    return torch.where(usable.unsqueeze(-1), step, damped) if square else damped
 
 
 def solve_implicit(plan: DeclarativePlan, a, y, layer):
@@ -132,17 +134,7 @@ def _eigh(H):
     LAPACK cannot decompose, get NaN eigenpairs (and so never converge or count as ok)."""
     finite = torch.isfinite(H).all(dim=-1).all(dim=-1)
     eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-    safe = torch.where(finite[:, None, None], H, eye)
-    try:
-        values, vectors = torch.linalg.eigh(safe)
-    except RuntimeError:  # one matrix at a time, NaN for the ones that fail
-        pairs = []
-        for single in safe:
-            try:
-                pairs.append(torch.linalg.eigh(single))
-            except RuntimeError:
-                pairs.append((torch.full_like(single[0], float("nan")), torch.full_like(single, float("nan"))))
-        values, vectors = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    values, vectors = eig.nan_on_failure(torch.linalg.eigh, torch.where(finite[:, None, None], H, eye))
     nan = torch.tensor(float("nan"), dtype=H.dtype, device=H.device)
     return torch.where(finite[:, None], values, nan), torch.where(finite[:, None, None], vectors, nan)
 
@@ -486,6 +478,14 @@ class DeclarativeLayer(torch.nn.Module):
     def extra_repr(self):
         return f"backward={self.backward!r}, max_iterations={self.max_iterations}, tol={self.tol:g}"
 
+    def _rows(self, params):
+        """params -> rows [B, M] in the compute dtype (non-finite rows replaced by ones), which
+        rows were finite [B], and the batch shape."""
+        a_in, batch_shape = flat_params(params, self.plan.num_parameters)
+        finite = torch.isfinite(a_in).all(dim=-1)
+        a = torch.where(finite.unsqueeze(-1), a_in, torch.ones_like(a_in)).to(self.compute_dtype)
+        return a, finite, batch_shape
+
     def _points(self, value, batch_shape, flat_batch, name, like):
         n = self.plan.num_unknowns
         if not isinstance(value, torch.Tensor):
@@ -506,9 +506,7 @@ class DeclarativeLayer(torch.nn.Module):
         return (m[..., :E].reshape(*batch_shape, E), m[..., E:].reshape(*batch_shape, self.plan.num_inequalities))
 
     def forward(self, params, init=None):
-        a_in, batch_shape = flat_params(params, self.plan.num_parameters)
-        finite = torch.isfinite(a_in).all(dim=-1)
-        a = torch.where(finite.unsqueeze(-1), a_in, torch.ones_like(a_in)).to(self.compute_dtype)
+        a, finite, batch_shape = self._rows(params)
         with torch.no_grad():
             start = self.plan.init(a) if init is None else None
         if init is not None:
@@ -526,8 +524,9 @@ class DeclarativeLayer(torch.nn.Module):
         plan = self.plan
         if self.critical_points is not None:
             y, m, found = solve_global(self, a, start if init_given or plan.default_init else None)
-            ok = found & (second_order(plan, a, y.detach(), m.detach()) if plan.kind == "argmin" else found)
-            return y, m, ok
+            if plan.kind == "argmin":
+                found = found & second_order(plan, a, y.detach(), m.detach())
+            return y, m, found
         if plan.kind == "implicit":
             y, ok = solve_implicit(plan, a, start, self)
             return y, a.new_zeros(len(a), 0), ok
@@ -537,9 +536,7 @@ class DeclarativeLayer(torch.nn.Module):
         """y_hat (computed by any means) after `refine_steps` Newton steps, with the IFT gradient
         wrt params attached. Multipliers come from least squares on stationarity, with the
         inequalities within `tol` of 0 as the active ones."""
-        a_in, batch_shape = flat_params(params, self.plan.num_parameters)
-        finite = torch.isfinite(a_in).all(dim=-1)
-        a = torch.where(finite.unsqueeze(-1), a_in, torch.ones_like(a_in)).to(self.compute_dtype)
+        a, finite, batch_shape = self._rows(params)
         y = self._points(y_hat, batch_shape, len(a), "y_hat", a).detach()
         plan = self.plan
         with torch.no_grad():

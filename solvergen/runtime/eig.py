@@ -19,20 +19,25 @@ def lapack(matrix):
 
 
 def _lapack_serial(matrix):
+    return nan_on_failure(torch.linalg.eig, matrix)
+
+
+def nan_on_failure(fn, matrix):
+    """fn(matrix) for a LAPACK decomposition of a batch [B, n, n] -> tuple of [B, ...] results.
+    When LAPACK fails on the batch, the matrices go one at a time, and those it fails on get
+    NaN results (of the shapes and dtypes fn gives)."""
     try:
-        return torch.linalg.eig(matrix)
+        return fn(matrix)
     except RuntimeError:
-        complex_dtype = (matrix[:1, :1, :1] * 1j).dtype
-        values, vectors = [], []
-        for single in matrix:
+        eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).unsqueeze(0)
+        failed = tuple(torch.full_like(part, float("nan")) for part in fn(eye))
+        parts = []
+        for single in matrix.split(1):
             try:
-                value, vector = torch.linalg.eig(single)
+                parts.append(fn(single))
             except RuntimeError:
-                value = torch.full(single.shape[-1:], float("nan"), dtype=complex_dtype, device=matrix.device)
-                vector = torch.full(single.shape, float("nan"), dtype=complex_dtype, device=matrix.device)
-            values.append(value)
-            vectors.append(vector)
-        return torch.stack(values), torch.stack(vectors)
+                parts.append(failed)
+        return tuple(torch.cat(column) for column in zip(*parts))
 
 
 def hessenberg(a):

@@ -111,3 +111,24 @@ def test_lapack_failure_gives_nan_for_that_matrix_only():
     assert torch.isnan(values[2].real).all()
     for i in (0, 1, 3):
         np.testing.assert_allclose(np.sort(values[i].real.numpy()), np.sort(spectrum[i]), rtol=1e-10)
+
+
+def test_nan_on_failure_keeps_the_other_matrices_and_the_result_types():
+    """The symmetric solver (torch.linalg.eigh) through the same per-matrix fallback."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(4, 3, 3))
+    matrices = torch.from_numpy(a + a.transpose(0, 2, 1))
+    alone = torch.linalg.eigh(matrices)
+
+    def eigh_failing_on_nan(batch):
+        if torch.isnan(batch).any():
+            raise RuntimeError("simulated LAPACK failure")
+        return torch.linalg.eigh(batch)
+
+    bad = matrices.clone()
+    bad[1, 0, 0] = float("nan")
+    values, vectors = eig.nan_on_failure(eigh_failing_on_nan, bad)
+    assert values.dtype == alone[0].dtype and vectors.shape == alone[1].shape
+    assert torch.isnan(values[1]).all() and torch.isnan(vectors[1]).all()
+    keep = [0, 2, 3]
+    assert torch.equal(values[keep], alone[0][keep]) and torch.equal(vectors[keep], alone[1][keep])
