@@ -17,6 +17,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from .errors import SpecError
+from . import indexed
 from .problem import Declared, check_name, flatten_equations, flatten_symbols
 
 # Functions the generated code evaluates (torch has each, elementwise) and differentiates.
@@ -115,12 +116,33 @@ def _init(value, unknowns, parameters) -> tuple[sp.Expr, ...] | None:
     return tuple(sp.sympify(e) for e in entries)
 
 
+def _indexed_init(value):
+    """A size-generic spec's init: one entry per declared unknown (None: zeros)."""
+    if value is None:
+        return None
+    entries = list(value) if isinstance(value, (list, tuple)) else [value]
+    return tuple(None if e is None else sp.sympify(e) for e in entries)
+
+
 class _Declarative(Declared):
-    """What `Argmin` and `Implicit` share: name, unknowns, parameters, start point."""
+    """What `Argmin` and `Implicit` share: name, unknowns, parameters, start point. A spec that
+    declares any array (sympy IndexedBase) is size-generic: solvergen/indexed.py."""
+
+    is_indexed = False
 
     def _declare(self, name, unknowns, parameters):
         check_name(name)
         self.name = name
+        if indexed.is_indexed_declaration(unknowns) or indexed.is_indexed_declaration(parameters):
+            self.is_indexed = True
+            self.unknown_arrays = indexed.declare_arrays(unknowns, "unknowns")
+            self.parameter_arrays = indexed.declare_arrays(parameters, "parameters")
+            both = {a.name for a in self.unknown_arrays} & {a.name for a in self.parameter_arrays}
+            if both:
+                raise SpecError(f"{', '.join(sorted(both))} is declared both as unknown and as parameter")
+            self.unknowns = tuple(a.symbol for a in self.unknown_arrays)
+            self.parameters = tuple(a.symbol for a in self.parameter_arrays)
+            return
         self.unknowns = flatten_symbols(unknowns, "unknowns")
         self.parameters = flatten_symbols(parameters, "parameters")
         both = set(self.unknowns) & set(self.parameters)
@@ -158,14 +180,18 @@ class Argmin(_Declarative):
         self.objective = flatten_equations([objective])[0]
         self.equalities = _equalities(equalities, "equality")
         self.inequalities = _inequalities(inequalities)
+        if sampler is not None and not callable(sampler):
+            raise SpecError("sampler must be callable: sampler(rng) -> parameter values")
+        self.sampler = sampler
+        if self.is_indexed:
+            self.init = _indexed_init(init)
+            indexed.validate(self)
+            return
         declared = set(self.unknowns) | set(self.parameters)
         _check_symbols([self.objective], declared, self.unknowns, "objective", needs_unknown=True)
         _check_symbols(self.equalities, declared, self.unknowns, "equality", needs_unknown=True)
         _check_symbols(self.inequalities, declared, self.unknowns, "inequality", needs_unknown=True)
         self.init = _init(init, self.unknowns, self.parameters)
-        if sampler is not None and not callable(sampler):
-            raise SpecError("sampler must be callable: sampler(rng) -> parameter values")
-        self.sampler = sampler
 
     def __repr__(self) -> str:
         return (f"Argmin({self.name!r}, {len(self.unknowns)} unknowns, {len(self.parameters)} parameters, "
@@ -181,6 +207,10 @@ class Implicit(_Declarative):
     def __init__(self, name, unknowns, parameters, equations, init=None):
         self._declare(name, unknowns, parameters)
         self.equations = _equalities(equations, "equation")
+        if self.is_indexed:
+            self.init = _indexed_init(init)
+            indexed.validate(self)
+            return
         if len(self.equations) < len(self.unknowns):
             raise SpecError(f"{len(self.equations)} equation(s) for {len(self.unknowns)} unknowns: "
                             "an Implicit layer needs at least as many equations as unknowns")

@@ -15,9 +15,12 @@ from .compiler import compile_problem
 from .declarative import Argmin, Implicit
 from .errors import SpecError
 from .progress import Progress
+from .indexed import derive_indexed
 from .kkt import derive
 from .render import render, templates_dir
 from .render_declarative import describe, render_declarative
+from .render_indexed import render_indexed
+from .render_indexed import summary as indexed_summary
 from .runtime import INTERFACE
 from .spec import Spec, read_spec
 from .template import DEFAULT_TIME_LIMIT, DEFAULT_WORK, SearchBudget, SearchReport
@@ -123,6 +126,8 @@ def _generate_declarative(spec: Spec, spec_path: Path, out_dir, standalone: bool
     forward's elimination template where the spec is polynomial, then the module. A polynomial
     system the template compiler refuses (e.g. infinitely many critical points) leaves the
     local forward, and the summary says why."""
+    if spec.problem.is_indexed:
+        return _generate_indexed(spec, spec_path, out_dir, standalone, budget_text, progress, start)
     with progress.stage("deriving"):
         system = derive(spec.problem)
     critical, refused = None, None
@@ -141,6 +146,21 @@ def _generate_declarative(spec: Spec, spec_path: Path, out_dir, standalone: bool
     search = critical.elimination.search if critical is not None and critical.elimination is not None else None
     return Generated(spec.problem.name, target, describe(system, critical, refused), time.perf_counter() - start,
                      search)
+
+
+def _generate_indexed(spec: Spec, spec_path: Path, out_dir, standalone: bool, budget_text: str | None,
+                      progress: Progress, start: float) -> Generated:
+    """`generate` for a size-generic Argmin or Implicit (solvergen/indexed.py)."""
+    with progress.stage("deriving"):
+        system = derive_indexed(spec.problem)
+    with progress.stage("rendering"):
+        text = render_indexed(system, spec_label(spec_path), spec.sha256(), compiler_fingerprint(),
+                              STANDALONE_RUNTIME if standalone else None, budget_text)
+    target = Path(out_dir) / f"{spec.problem.name}.py"
+    if standalone:
+        write_runtime_copy(target.parent)
+    _write_atomically(target, text)
+    return Generated(spec.problem.name, target, indexed_summary(system), time.perf_counter() - start)
 
 
 def write_runtime_copy(out_dir) -> Path:
@@ -239,4 +259,5 @@ def load(spec_path, out_dir=None, standalone: bool = False, budget: float = DEFA
             generate(spec_path, target.parent, standalone=standalone, budget=budget)
         except SpecError as exc:
             raise SpecError(f"{spec_path}: {exc}") from None
-    return import_generated(target).Solver(**kwargs)
+    module = import_generated(target)
+    return (module.Layer if hasattr(module, "Layer") else module.Solver)(**kwargs)

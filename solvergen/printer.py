@@ -29,15 +29,28 @@ class TorchPrinter(PythonCodePrinter):
     def __init__(self, names: dict[sp.Symbol, str]):
         super().__init__({"fully_qualified_modules": False, "standard": "python3"})
         self._names = names
+        self._denominators: frozenset = frozenset()
 
     def _print_Symbol(self, expr):
         return self._names.get(expr, expr.name)
+
+    def _print_Mul(self, expr):
+        # sympy prints a denominator x**2 of a product as "/" + its text without parentheses
+        # (a power binds tighter than "/"), which for our "x*x" would read a/x*x: mark them.
+        saved = self._denominators
+        self._denominators = saved | {sp.Pow(f.base, -f.exp, evaluate=False) for f in expr.args
+                                      if f.is_Pow and f.exp.is_Integer and -4 <= f.exp <= -2}
+        try:
+            return super()._print_Mul(expr)
+        finally:
+            self._denominators = saved
 
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.as_base_exp()
         if exp.is_Integer and 2 <= exp <= 4:
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
-            return "*".join([b] * int(exp))
+            text = "*".join([b] * int(exp))
+            return f"({text})" if expr in self._denominators else text
         if exp.is_Integer and exp == -1:
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
             return f"1.0/{b}"
@@ -102,14 +115,16 @@ def print_program(
     outputs: list[sp.Expr],
     names: dict[sp.Symbol, str],
     inline: int = INLINE,
+    printer: TorchPrinter | None = None,
 ) -> tuple[list[str], list[str]]:
     """Print straight-line code: assignment lines `t = ...` and the outputs. An assignment read
     exactly once is written into its reader, parenthesized, where its text has at most
-    `inline` characters: the same operations in the same order, with fewer names."""
-    names = dict(names)
+    `inline` characters: the same operations in the same order, with fewer names. `printer`:
+    one built on `names` (plus the assignments' names), instead of a TorchPrinter."""
+    names = names if printer is not None else dict(names)
     for sym, _ in assignments:
         names.setdefault(sym, sym.name)
-    printer = TorchPrinter(names)
+    printer = printer if printer is not None else TorchPrinter(names)
     targets = [printer.doprint(sym) for sym, _ in assignments]
     texts = [printer.doprint(expr) for _, expr in assignments] + [printer.doprint(expr) for expr in outputs]
     reader: dict[str, list[int]] = {}  # assigned name -> indices of the texts that read it

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 
 import pytest
-from conftest import LAYERS, PROBLEMS, ROOT, SPECS, generated_module
+from conftest import LAYERS, PROBLEMS, ROOT, SIZE_GENERIC, SPECS, generated_module
 
 from solvergen.generate import compiler_fingerprint, generate
 from solvergen.runtime import INTERFACE
@@ -68,6 +68,8 @@ def test_header_names_spec(name):
     assert head[4] == f"# runtime interface: {INTERFACE}"
     if name in LAYERS:
         assert head[5].startswith(f"# {name}: ") and " layer, " in head[5] and "; forward " in head[5]
+    elif name in SIZE_GENERIC:
+        assert head[5].startswith(f"# {name}: size-generic ") and "; structure: " in head[5]
     else:
         assert head[6].startswith("# ") and " solution" in head[6]
 
@@ -83,5 +85,18 @@ def test_generated_layer_holds_only_its_functions(name):
                          "_critical_coefficients", "_critical_parameter_vjp", "_critical_reduced_coefficients"}, functions
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     assert len(classes) == 1 and [b.attr for b in classes[0].bases] == ["DeclarativeLayer"]
+    module = generated_module(name)
+    assert module.Layer.plan is module.PLAN and module.PLAN.name == name
+
+
+@pytest.mark.parametrize("name", SIZE_GENERIC)
+def test_generated_size_generic_layer_holds_only_its_functions(name):
+    """A size-generic layer's file: printed functions, the plan, one class binding it."""
+    tree = ast.parse((ROOT / "generated" / f"{name}.py").read_text())
+    functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert functions <= {"_residuals", "_jacobian_terms", "_parameter_vjp", "_init", "_objective", "_primal",
+                         "_auxiliary"}, functions
+    classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
+    assert len(classes) == 1 and [b.attr for b in classes[0].bases] == ["IndexedLayer"]
     module = generated_module(name)
     assert module.Layer.plan is module.PLAN and module.PLAN.name == name

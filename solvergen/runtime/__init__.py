@@ -19,14 +19,17 @@ only torch and the standard library:
     dense.py         small dense linear algebra (closed-form inverses, Gram solves)
     ift.py           the backward: the implicit function theorem
     declarative.py   declarative layers (Argmin, Implicit): local forward, attach, IFT backward
+    indexed.py       size-generic declarative layers: structured Newton and IFT solves
     parallel.py      CPU chunks and threads; masking instead of host synchronization elsewhere
     compiled.py      compile=True: torch.compile per plan
 """
 from .declarative import DeclarativeLayer
+from .indexed import IndexedLayer, place, take
 from .plan import (
     INTERFACE,
     DeclarativePlan,
     Equations,
+    IndexedPlan,
     Gauge,
     LinearBlock,
     Plan,
@@ -42,6 +45,8 @@ __all__ = [
     "DeclarativeLayer",
     "DeclarativePlan",
     "Equations",
+    "IndexedLayer",
+    "IndexedPlan",
     "Gauge",
     "LinearBlock",
     "Plan",
@@ -49,5 +54,7 @@ __all__ = [
     "SparseLevel",
     "SparseLU",
     "Template",
+    "place",
     "require_interface",
+    "take",
 ]

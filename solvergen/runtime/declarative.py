@@ -45,6 +45,21 @@ POLISH_FROM = 1e-8  # interior point: residual and complementarity from which th
 POLISH_STEPS = 3  # interior point: Newton steps of the polish
 
 
+def set_options(layer, backward, max_iterations, tol, refine_steps, precision) -> None:
+    """Check and set the options every declarative layer has (one-line errors)."""
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
+    if int(max_iterations) < 1 or int(refine_steps) < 0:
+        raise ValueError("max_iterations must be at least 1 and refine_steps at least 0")
+    layer.backward = backward
+    layer.max_iterations = int(max_iterations)
+    layer.compute_dtype = PRECISIONS[precision]
+    layer.tol = float(tol) if tol is not None else (1e-10 if precision == "float64" else 1e-5)
+    layer.refine_steps = int(refine_steps)
+
+
 def _solve(matrix, rhs):
     """Batched solve of matrix x = rhs [B, n]; rows that are singular or not finite get x = 0
     and usable = False."""
@@ -443,17 +458,7 @@ class DeclarativeLayer(torch.nn.Module):
         super().__init__()
         if getattr(type(self), "plan", None) is None:
             raise TypeError("solvergen.runtime.DeclarativeLayer is a base class: use a generated layer")
-        if backward not in BACKWARDS:
-            raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
-        if int(max_iterations) < 1 or int(refine_steps) < 0:
-            raise ValueError("max_iterations must be at least 1 and refine_steps at least 0")
-        self.backward = backward
-        self.max_iterations = int(max_iterations)
-        self.compute_dtype = PRECISIONS[precision]
-        self.tol = float(tol) if tol is not None else (1e-10 if precision == "float64" else 1e-5)
-        self.refine_steps = int(refine_steps)
+        set_options(self, backward, max_iterations, tol, refine_steps, precision)
         self.cond_max = float(cond_max)
         self.multipliers = None
         self.ill_conditioned = None
@@ -516,6 +521,8 @@ class DeclarativeLayer(torch.nn.Module):
         ok = ok & finite
         if self.backward == "ift":
             y = _ImplicitFunction.apply(a, y.detach(), m.detach(), ok, self)
+        else:  # autograd: rows that are not ok get zero gradient, as documented
+            y = torch.where(ok.unsqueeze(-1), y, y.detach())
         y = torch.where(finite.unsqueeze(-1), y, torch.zeros_like(y))
         self.multipliers = self._split(m.detach().to(params.dtype), batch_shape)
         return y.to(params.dtype).reshape(*batch_shape, -1), ok.reshape(batch_shape)

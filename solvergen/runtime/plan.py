@@ -262,3 +262,46 @@ class DeclarativePlan(Sizes):
     @property
     def num_constraints(self) -> int:
         return self.num_equalities + self.num_inequalities
+
+
+@dataclass(frozen=True, eq=False)
+class IndexedPlan:
+    """A size-generic declarative layer as data (solvergen/indexed.py; run by runtime/indexed.py).
+
+    Arrays are (name, shape) with each dimension a size name or an int. `rows`: the residual
+    blocks; `columns`: the Newton variables (name, shape, "unknown" | "multiplier"); for an
+    Argmin both are the unknowns then one multiplier array per equality family. `terms`: the
+    Jacobian d rows / d columns as (row block, column block, coefficient letters, letter of each
+    row dimension, letter of each column dimension): a letter shared by a row and a column
+    dimension is a delta (the same element). Printed functions take (v, s): v maps names to
+    tensors [B, *shape] (unknowns, parameters, multipliers, weights `_w<row>`), s maps size
+    names to ints; `residuals` -> one tensor per row block, `jacobian_terms` -> one coefficient
+    tensor [B, *letter sizes] per term, `parameter_vjp` -> sum_r w_r . d rows_r / d a per
+    parameter, `init` -> the default start per declared unknown, `objective` -> [B, ] (an Argmin).
+    `eliminated`: the unknown columns with a diagonal Hessian; `redundant`: the multiplier
+    columns of which one entry is dropped (a dependent constraint); `size_sources`: size name
+    -> (parameter, dimension) it is read from."""
+
+    name: str
+    kind: str
+    unknowns: tuple
+    parameters: tuple
+    rows: tuple
+    columns: tuple
+    terms: tuple
+    letter_sizes: dict
+    size_sources: dict
+    eliminated: tuple
+    redundant: tuple
+    residuals: Callable
+    jacobian_terms: Callable
+    parameter_vjp: Callable
+    init: Callable
+    objective: Optional[Callable] = None
+    # auxiliary unknowns (solvergen/indexed.py, auxiliary_sums): (column, its family's column)
+    # each, after the declared unknowns; `auxiliary_values` (v, s) -> the sums they stand for
+    auxiliary: tuple = ()
+    auxiliary_values: Optional[Callable] = None
+    # the dual Newton forward (solvergen/indexed.py, closed_form_primal): (v, s) -> every unknown
+    # column from the multipliers, in column order; None: Newton on the whole KKT system
+    primal: Optional[Callable] = None

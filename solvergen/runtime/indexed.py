@@ -1,0 +1,990 @@
+"""Size-generic declarative layers at run time (plan: `IndexedPlan`; compiler: solvergen/indexed.py).
+
+Every linear system here, the Newton step of the forward and the IFT solve of the backward, is
+the KKT (Argmin) or Jacobian (Implicit) system of the plan's terms, solved by structure:
+
+1. The unknowns whose Hessian is diagonal (`plan.eliminated`; LML's y, a transport plan) are
+   eliminated: D^-1 applied entrywise, their coupling to the other variables contracted into a
+   Schur complement term by term with einsum, over the terms' letters, so that a pattern such
+   as "row sums of P" gives a diagonal block (sum_j 1 / D_ij) or an m x n coupling (1 / D_ij)
+   and never an (m n) x (m n) matrix.
+2. Among what is left, a variable whose block is diagonal is eliminated the same way (the
+   larger first: a transport plan's m row multipliers, leaving the n x n column system).
+3. The rest is solved densely, batched. One entry of a redundant multiplier family
+   (`plan.redundant`: sum r = sum c) is dropped there (its multiplier is 0).
+An Implicit's Jacobian is not symmetric: it is assembled densely (step 3 only).
+
+Forward: Newton on the residuals from the start point (unknowns: the spec's init or `init=`;
+multipliers: 0), with backtracking by Deuflhard's natural monotonicity test (the next Newton
+correction must shrink; affine invariant) that keeps every value finite; rows stop as they
+converge (max |r| <= tol, or a full Newton correction at rounding level: an entry at the edge
+of float64, such as an LML entry within 1e-16 of 1, cannot reach tol). An unconstrained Argmin
+descends on f with the Hessian's eigenvalues made positive; inequalities run a primal-dual
+interior point and then Newton on the active set. Where the compiler solved each unknown's
+stationarity in closed form from the multipliers (`plan.primal`: LML, OT, softmax-like layers),
+the rows not converged after half of `max_iterations` continue with Newton on the multipliers
+alone (the dual; Levenberg-Marquardt damping DUAL_DAMPING |h|), the unknowns computed from them
+and so always inside their domain. Auxiliary unknowns (`plan.auxiliary`: sums the objective uses
+nonlinearly) start at the value of their sum. Backward: w = K^-T (dL/dy, 0), grad_a = -VJP(w),
+by the generated vector-Jacobian product.
+"""
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+
+from . import parallel
+from .declarative import ARMIJO, HALVINGS, set_options
+from .plan import IndexedPlan
+
+POLISH_FROM = 1e-8  # interior point: residual and complementarity from which the active set is polished
+POLISH_STEPS = 3  # Newton steps of the polish
+INACTIVE = 1e30  # the diagonal block that decouples an inactive inequality's multiplier
+FLOOR_DIAGONAL = 1e-14  # descent: |Hessian diagonal| floored at this share of its largest entry
+FLOOR_DENSE = 1e-12  # descent: |eigenvalues| of the Jacobi-scaled Hessian floored at this share
+DUAL_DAMPING = 0.01
+ROUNDING_STEPS = 1000  # converged when the full Newton correction is below this many roundings of z
+_LETTERS = string.ascii_letters
+
+
+# -- Views between arrays and the printed functions' axes ------------------------------------
+
+
+def place(t: torch.Tensor, axes: tuple, total: int) -> torch.Tensor:
+    """t [B, d_1, ..., d_k] -> [B, 1 or d on each of `total` axes], dimension j on axes[j]."""
+    order = sorted(range(len(axes)), key=lambda j: axes[j])
+    if order != list(range(len(axes))):
+        t = t.permute(0, *[1 + j for j in order])
+    shape = [t.shape[0]] + [1] * total
+    for position, j in enumerate(order):
+        shape[1 + axes[j]] = t.shape[1 + position]
+    return t.reshape(shape)
+
+
+def take(value, axes: tuple, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A printed result (tensor over the function's axes, or a number) -> [B, *shape] with
+    dimension j from axis axes[j]."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return like.new_full((like.shape[0],) + tuple(shape), float(value))
+    total = value.dim() - 1
+    full = [like.shape[0]] + [1] * total
+    for j, a in enumerate(axes):
+        full[1 + a] = shape[j]
+    value = value.expand(full)
+    others = [a for a in range(total) if a not in axes]
+    value = value.permute(0, *[1 + a for a in axes], *[1 + a for a in others])
+    return value.reshape((like.shape[0],) + tuple(shape))
+
+
+# -- Terms and their contractions -------------------------------------------------------------
+
+
+def _contract(operands, out_letters, batch: int):
+    """einsum of (tensor [B, ...], letters) operands over shared letters -> (tensor, letters
+    kept): out_letters that no operand has are left out (broadcast)."""
+    present = []
+    for _, letters in operands:
+        for l in letters:
+            if l not in present:
+                present.append(l)
+    chars = {l: _LETTERS[k] for k, l in enumerate(present)}
+    kept = tuple(dict.fromkeys(l for l in out_letters if l in chars))
+    spec = ",".join("Z" + "".join(chars[l] for l in letters) for _, letters in operands)
+    spec += "->Z" + "".join(chars[l] for l in kept)
+    return torch.einsum(spec, *[t for t, _ in operands]), kept
+
+
+def materialize(t: torch.Tensor, letters: tuple, positions: tuple, size) -> torch.Tensor:
+    """A coefficient over `letters` -> [B, size of each position]: a position repeats a letter
+    (a delta: the same element, eye mask) or names one t does not have (broadcast)."""
+    seen = []
+    for p in positions:
+        if p not in seen:
+            seen.append(p)
+    order = [l for l in seen if l in letters]
+    if order != list(letters):
+        t = t.permute(0, *[1 + letters.index(l) for l in order])
+    first = {}
+    view = [t.shape[0]]
+    for k, p in enumerate(positions):
+        if p not in first:
+            first[p] = k
+            view.append(size(p) if p in letters else 1)
+        else:
+            view.append(1)
+    t = t.reshape(view)
+    for k, p in enumerate(positions):
+        j = first[p]
+        if j != k:
+            n = size(p)
+            mask_shape = [1] * (len(positions) + 1)
+            mask_shape[1 + j] = mask_shape[1 + k] = n
+            t = t * torch.eye(n, dtype=t.dtype, device=t.device).reshape(mask_shape)
+    return t.expand([t.shape[0]] + [size(p) for p in positions])
+
+
+class _Term:
+    __slots__ = ("row", "col", "letters", "rows", "cols", "coefficient")
+
+    def __init__(self, spec, coefficient):
+        self.row, self.col, self.letters, self.rows, self.cols = spec
+        self.coefficient = coefficient
+
+    @property
+    def diagonal(self) -> bool:
+        return self.rows == self.cols and len(set(self.rows)) == len(self.rows) and set(self.letters) <= set(self.rows)
+
+
+def _renamed(term: _Term, suffix: str):
+    def r(ls):
+        return tuple(l + suffix for l in ls)
+    return r(term.letters), r(term.rows), r(term.cols)
+
+
+class StructuredSystem:
+    """The Newton / IFT matrix of one batch of points (module docstring), from the plan's terms."""
+
+    def __init__(self, plan: IndexedPlan, sizes: dict, coefficients, batch: int):
+        self.plan, self.sizes, self.batch = plan, sizes, batch
+        self.terms = [_Term(spec, c) for spec, c in zip(plan.terms, coefficients)]
+        self.row_shapes = [self.shape(dims) for _, dims in plan.rows]
+        self.col_shapes = [self.shape(col[1]) for col in plan.columns]
+
+    def shape(self, dims) -> tuple:
+        return tuple(d if isinstance(d, int) else self.sizes[d] for d in dims)
+
+    def letter_size(self, letter: str) -> int:
+        base = letter.split("#")[0]
+        size = self.plan.letter_sizes[base]
+        return size if isinstance(size, int) else self.sizes[size]
+
+    def _of(self, row=None, col=None):
+        return [t for t in self.terms if (row is None or t.row == row) and (col is None or t.col == col)]
+
+    def apply(self, term: _Term, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """The term times x (x over its column shape; transpose: x over its row shape) ->
+        [B, *row shape] (transpose: column shape)."""
+        letters, rows, cols = term.letters, term.rows, term.cols
+        ins, outs = (rows, cols) if transpose else (cols, rows)
+        # x's dimensions that share a letter: a diagonal of x
+        result, kept = _contract([(term.coefficient, letters), (x, ins)], outs, self.batch)
+        return materialize(result, kept, outs, self.letter_size)
+
+    def dense(self, term: _Term) -> torch.Tensor:
+        """[B, rows, cols] of one term."""
+        n_r = math.prod(self.row_shapes[term.row])
+        n_c = math.prod(self.col_shapes[term.col])
+        full = materialize(term.coefficient, term.letters, term.rows + term.cols, self.letter_size)
+        return full.reshape(self.batch, n_r, n_c)
+
+    # -- the solve ---------------------------------------------------------------------------
+
+    def solve(self, rhs: list, transpose: bool = False, convexify: bool = False,
+              extra_diagonal: dict | None = None) -> tuple[list, torch.Tensor]:
+        """K x = rhs (rhs per row block, x per column) -> (x, solved [B]). An Argmin's K is
+        symmetric; an Implicit's is assembled densely (transpose: K^T x = rhs over columns).
+        convexify (an unconstrained Argmin's Newton step): the Hessian's eigenvalues are
+        replaced by their absolute values, floored, so that the step descends. extra_diagonal:
+        column -> [B, *shape] added to that column's diagonal block (the interior point's
+        -slack / multiplier for an inequality family)."""
+        if self.plan.kind == "implicit":
+            return self._dense_solve(rhs, transpose)
+        return self._structured_solve(rhs, convexify, extra_diagonal or {})
+
+    def _dense_solve(self, rhs, transpose):
+        rows = range(len(self.plan.rows))
+        cols = range(len(self.plan.columns))
+        n_r = [math.prod(s) for s in self.row_shapes]
+        n_c = [math.prod(s) for s in self.col_shapes]
+        K = rhs[0].new_zeros(self.batch, sum(n_r), sum(n_c))
+        r_off = [sum(n_r[:k]) for k in rows]
+        c_off = [sum(n_c[:k]) for k in cols]
+        for t in self.terms:
+            K[:, r_off[t.row]:r_off[t.row] + n_r[t.row], c_off[t.col]:c_off[t.col] + n_c[t.col]] += self.dense(t)
+        if transpose:
+            K = K.transpose(-1, -2)
+        b = torch.cat([r.reshape(self.batch, -1) for r in rhs], -1)
+        x, solved = _solve(K, b)
+        shapes = self.row_shapes if transpose else self.col_shapes
+        sizes = n_r if transpose else n_c
+        out = list(torch.split(x, sizes, dim=-1))
+        return [o.reshape((self.batch,) + s) for o, s in zip(out, shapes)], solved
+
+    def _structured_solve(self, rhs, convexify=False, extra_diagonal=None):
+        plan = self.plan
+        C = len(plan.columns)
+        eliminated = [c for c in plan.eliminated]
+        rest = [c for c in range(C) if c not in eliminated]
+        n = [math.prod(s) for s in self.col_shapes]
+        D = {}
+        for e in eliminated:
+            d = 0
+            for t in self._of(e, e):
+                d = d + materialize(t.coefficient, t.letters, t.rows, self.letter_size)
+            D[e] = d.expand((self.batch,) + self.col_shapes[e])
+            if convexify:
+                D[e] = _floored(D[e].abs(), D[e].abs().reshape(self.batch, -1).amax(-1), FLOOR_DIAGONAL)
+        # Blocks among the rest: diag [B, n] (a == b only) and dense [B, n_a, n_b].
+        diag: dict = {}
+        dense: dict = {}
+
+        def add_dense(a, b, value):
+            dense[(a, b)] = dense[(a, b)] + value if (a, b) in dense else value
+
+        for t in self.terms:
+            if t.row in eliminated or t.col in eliminated:
+                continue
+            if t.row == t.col and t.diagonal and t.rows:
+                v = materialize(t.coefficient, t.letters, t.rows, self.letter_size).reshape(self.batch, -1)
+                diag[t.row] = diag[t.row] + v if t.row in diag else v
+            else:
+                add_dense(t.row, t.col, self.dense(t))
+        for c, value in (extra_diagonal or {}).items():
+            v = value.reshape(self.batch, -1)
+            diag[c] = diag[c] + v if c in diag else v
+        b = {c: rhs[c] for c in range(C)}
+        for e in eliminated:
+            inverse = 1.0 / D[e]
+            e_letters = None
+            for t1 in self._of(col=e):
+                if t1.row in eliminated:
+                    continue
+                for t2 in self._of(col=e):
+                    if t2.row in eliminated:
+                        continue
+                    self._schur_term(t1, t2, inverse, diag, add_dense)
+                # rhs_r -= B_re D^-1 rhs_e
+                b[t1.row] = b[t1.row] - self.apply(t1, inverse * rhs[e])
+            del e_letters
+        # Second level: eliminate diagonal-only blocks, the largest first.
+        order = list(rest)
+        steps = []
+        while len(order) > 1:
+            candidates = [v for v in order if v in diag and (v, v) not in dense]
+            if not candidates:
+                break
+            v = max(candidates, key=lambda c: (n[c], -c))
+            order.remove(v)
+            inv = 1.0 / diag[v]
+            bv = b[v].reshape(self.batch, -1)
+            for a in order:
+                if (a, v) not in dense:
+                    continue
+                Bav = dense[(a, v)]
+                for c in order:
+                    if (v, c) in dense:
+                        add_dense(a, c, -(Bav * inv[:, None, :]) @ dense[(v, c)])
+                b[a] = b[a] - (Bav @ (inv * bv).unsqueeze(-1)).squeeze(-1).reshape(b[a].shape)
+            steps.append(v)
+        # Dense remainder.
+        sizes = [n[c] for c in order]
+        offsets = [sum(sizes[:k]) for k in range(len(order))]
+        N = sum(sizes)
+        K = rhs[0].new_zeros(self.batch, N, N)
+        for i, a in enumerate(order):
+            for j, c in enumerate(order):
+                if (a, c) in dense:
+                    K[:, offsets[i]:offsets[i] + sizes[i], offsets[j]:offsets[j] + sizes[j]] += dense[(a, c)]
+            if a in diag:
+                K[:, offsets[i]:offsets[i] + sizes[i], offsets[i]:offsets[i] + sizes[i]] += torch.diag_embed(diag[a])
+        rhs_flat = torch.cat([b[a].reshape(self.batch, -1) for a in order], -1) if order else K.new_zeros(self.batch, 0)
+        dropped = []  # one entry of a redundant family (its multiplier is 0)
+        for pair in plan.redundant:
+            for c in pair:
+                if c in order:
+                    dropped.append(offsets[order.index(c)] + sizes[order.index(c)] - 1)
+                    break
+        keep = [k for k in range(N) if k not in dropped]
+        if dropped:
+            index = torch.tensor(keep, dtype=torch.long, device=K.device)
+            K, rhs_flat = K[:, index][:, :, index], rhs_flat[:, index]
+        if convexify:
+            x_flat, solved = _convexified_solve(K, rhs_flat)
+        elif all(plan.columns[c][2] in ("multiplier", "inequality") for c in order):
+            # -A H^-1 A^T with H positive definite: Cholesky of -K (half of LU's work), LU where it fails
+            x_flat, solved = _negative_definite_solve(K, rhs_flat)
+        else:
+            x_flat, solved = _solve(K, rhs_flat)
+        full = K.new_zeros(self.batch, N)
+        full[:, torch.tensor(keep, dtype=torch.long, device=K.device)] = x_flat
+        x = {}
+        for i, a in enumerate(order):
+            x[a] = full[:, offsets[i]:offsets[i] + sizes[i]]
+        for v in reversed(steps):  # back-substitute the second level
+            acc = b[v].reshape(self.batch, -1)
+            for c in x:
+                if (v, c) in dense:
+                    acc = acc - (dense[(v, c)] @ x[c].unsqueeze(-1)).squeeze(-1)
+            x[v] = acc / diag[v]
+        out = [None] * C
+        for c in rest:
+            out[c] = x[c].reshape((self.batch,) + self.col_shapes[c])
+        for e in eliminated:  # back-substitute the diagonal unknowns
+            acc = rhs[e]
+            for t in self._of(row=e):
+                if t.col not in eliminated:
+                    acc = acc - self.apply(t, out[t.col])
+            out[e] = acc / D[e]
+        return out, solved
+
+    def _schur_term(self, t1, t2, inverse, diag, add_dense):
+        """-(t1 D^-1 t2^T) into the block (t1.row, t2.row)."""
+        l1, r1, c1 = t1.letters, t1.rows, t1.cols
+        l2, r2, c2 = _renamed(t2, "#2")
+        parent = {}
+
+        def find(a):
+            while parent.get(a, a) != a:
+                a = parent[a]
+            return a
+        for a, b in zip(c1, c2):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[rb] = ra
+
+        def canon(ls):
+            return tuple(find(l) for l in ls)
+        positions = canon(r1) + canon(r2)
+        value, kept = _contract([(t1.coefficient, canon(l1)), (inverse, canon(c1)), (t2.coefficient, canon(l2))],
+                                positions, self.batch)
+        a, b = t1.row, t2.row
+        if a == b and canon(r1) == canon(r2) and len(set(canon(r1))) == len(r1) and r1:
+            v = materialize(value, kept, canon(r1), self.letter_size).reshape(self.batch, -1)
+            diag[a] = diag[a] - v if a in diag else -v
+            return
+        n_a = math.prod(self.col_shapes[a])
+        n_b = math.prod(self.col_shapes[b])
+        add_dense(a, b, -materialize(value, kept, positions, self.letter_size).reshape(self.batch, n_a, n_b))
+
+
+def _solve(matrix, rhs):
+    x, info = torch.linalg.solve_ex(matrix, rhs.unsqueeze(-1))
+    x = x.squeeze(-1)
+    usable = (info == 0) & torch.isfinite(x).all(dim=-1)
+    return torch.where(usable.unsqueeze(-1), x, torch.zeros_like(x)), usable
+
+
+def _negative_definite_solve(K, rhs):
+    L, info = torch.linalg.cholesky_ex(-K)
+    x = -torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
+    usable = (info == 0) & torch.isfinite(x).all(dim=-1)
+    if _all(usable):
+        return x, usable
+    fallback, solved = _solve(K, rhs)
+    return torch.where(usable[:, None], x, fallback), usable | solved
+
+
+def _floored(values, scale, relative):
+    floor = relative * scale.clamp_min(1e-300)
+    return torch.maximum(values, floor.reshape((-1,) + (1,) * (values.dim() - 1)))
+
+
+def _convexified_solve(H, g):
+    """|H| x = g with |H| = V |Lambda| V^T of the Jacobi-scaled H (entropic Hessians span many
+    orders of magnitude), eigenvalues floored at FLOOR_DENSE of the largest."""
+    if H.shape[-1] == 0:
+        return g, torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    H = torch.where(torch.isfinite(H).all(-1).all(-1)[:, None, None], H, eye)
+    scale = H.diagonal(dim1=-2, dim2=-1).abs()
+    scale = 1.0 / torch.sqrt(torch.where(scale > 0, scale, torch.ones_like(scale)))
+    values, vectors = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)) * scale[:, :, None] * scale[:, None, :])
+    values = _floored(values.abs(), values.abs().amax(-1), FLOOR_DENSE)
+    y = vectors @ ((vectors.transpose(-1, -2) @ (scale * g).unsqueeze(-1)).squeeze(-1) / values).unsqueeze(-1)
+    x = scale * y.squeeze(-1)
+    usable = torch.isfinite(x).all(-1)
+    return torch.where(usable[:, None], x, torch.zeros_like(x)), usable
+
+
+def _all(mask) -> bool:
+    return parallel.host_sync_is_free(mask.device) and bool(mask.all())
+
+
+# -- The layer --------------------------------------------------------------------------------
+
+
+class _ImplicitFunction(torch.autograd.Function):
+    """The unknowns (computed without autograd) with the IFT gradient wrt the parameters."""
+
+    @staticmethod
+    def forward(ctx, layer, state, *params):
+        ctx.layer, ctx.state = layer, state
+        return tuple(state["z"][c].clone() for c in range(len(layer.plan.unknowns)))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        layer, state = ctx.layer, ctx.state
+        with torch.no_grad():
+            grads = [torch.zeros_like(z) if g is None else g.to(z.dtype) for g, z in zip(grads, state["z"])]
+            gradients = layer._ift(state, grads)
+        return (None, None) + tuple(gradients)
+
+
+class IndexedLayer(torch.nn.Module):
+    """`y, ok = layer(*params, init=None)` (or by name: `layer(x=..., k=...)`).
+
+    Each parameter: a tensor [..., *its shape] (batch dimensions first, broadcast together); a
+    scalar parameter is a tensor of the batch shape or a Python number. Sizes are read from the
+    shapes. y: the unknown, shaped [..., *its shape] (a tuple when the spec declares several);
+    ok [...]: the row converged (max |residual| <= tol, or the Newton correction at rounding
+    level) and, for an Argmin, the eliminated
+    Hessian diagonal is positive (and, without constraints, the reduced Hessian positive
+    definite). Rows that are not ok hold the last iterate and get zero gradient; rows with
+    non-finite parameters return zeros.
+
+    backward="ift" (default): the implicit function theorem with the structured solve (module
+    docstring); "autograd": through the Newton iterations (the baseline). max_iterations=100,
+    tol=1e-10 (float64) / 1e-5 (float32) on the largest absolute residual, refine_steps=1 (Newton
+    steps of `attach`), precision="float64": solved in float64 whatever the input dtype.
+    After a call, `multipliers` is the tuple of equality-multiplier arrays (an Argmin).
+    """
+
+    plan: IndexedPlan
+
+    def __init__(self, backward="ift", max_iterations=100, tol=None, refine_steps=1, precision="float64"):
+        super().__init__()
+        if getattr(type(self), "plan", None) is None:
+            raise TypeError("solvergen.runtime.IndexedLayer is a base class: use a generated layer")
+        set_options(self, backward, max_iterations, tol, refine_steps, precision)
+        self.multipliers = None
+        self.iterations = None
+        self._slack = None  # the interior point's slacks of the last forward
+
+    forward_path = "local"
+
+    def extra_repr(self):
+        return f"backward={self.backward!r}, max_iterations={self.max_iterations}, tol={self.tol:g}"
+
+    # -- arguments ---------------------------------------------------------------------------
+
+    def _arguments(self, args, kwargs):
+        """-> (params {name: [B, *shape] compute dtype}, sizes, batch shape, finite [B], dtype, device)."""
+        names = [name for name, _ in self.plan.parameters]
+        if len(args) > len(names):
+            raise TypeError(f"{self.plan.name} takes {len(names)} parameters ({', '.join(names)}), got {len(args)}")
+        given = dict(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names:
+                raise TypeError(f"{self.plan.name} has no parameter {key!r} (parameters: {', '.join(names)})")
+            if key in given:
+                raise TypeError(f"parameter {key!r} given twice")
+            given[key] = value
+        missing = [n for n in names if n not in given]
+        if missing:
+            raise TypeError(f"{self.plan.name} is missing parameter(s) {', '.join(missing)}")
+        tensors = [v for v in given.values() if isinstance(v, torch.Tensor)]
+        if not tensors:
+            raise TypeError("at least one parameter must be a torch.Tensor")
+        dtype = tensors[0].dtype
+        device = tensors[0].device
+        for name in names:
+            v = given[name]
+            if isinstance(v, torch.Tensor) and v.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"parameter {name} must be float32 or float64, got {v.dtype}")
+        sizes: dict = {}
+        where: dict = {}
+        batch_shapes = []
+        values = {}
+        for name, dims in self.plan.parameters:
+            v = given[name]
+            if not isinstance(v, torch.Tensor):
+                v = torch.tensor(float(v), dtype=dtype, device=device)
+            k = len(dims)
+            if v.dim() < k:
+                raise ValueError(f"parameter {name} must have shape [..., {', '.join(map(str, dims))}], got {list(v.shape)}")
+            for d, (dim, actual) in enumerate(zip(dims, v.shape[v.dim() - k:])):
+                if isinstance(dim, int):
+                    if actual != dim:
+                        raise ValueError(f"dimension {d} of {name} must be {dim}, got {actual}")
+                elif dim in sizes and sizes[dim] != actual:
+                    raise ValueError(f"inconsistent size {dim}: {sizes[dim]} from {where[dim]}, {actual} from {name}")
+                else:
+                    sizes.setdefault(dim, actual)
+                    where.setdefault(dim, name)
+            batch_shapes.append(v.shape[:v.dim() - k])
+            values[name] = v
+        try:
+            batch_shape = torch.broadcast_shapes(*batch_shapes)
+        except RuntimeError:
+            raise ValueError("the parameters' batch shapes do not broadcast: "
+                             + ", ".join(f"{n} {list(s)}" for n, s in zip(names, batch_shapes))) from None
+        B = math.prod(batch_shape)
+        params = {}
+        finite = torch.ones(B, dtype=torch.bool, device=device)
+        for name, dims in self.plan.parameters:
+            shape = tuple(d if isinstance(d, int) else sizes[d] for d in dims)
+            v = values[name].expand(tuple(batch_shape) + shape).reshape((B,) + shape).to(self.compute_dtype)
+            ok = torch.isfinite(v).reshape(B, math.prod(shape)).all(dim=-1) if shape else torch.isfinite(v)
+            finite = finite & ok
+            params[name] = v
+        for name in params:  # non-finite rows: a harmless problem instead (masked in the result)
+            v = params[name]
+            mask = finite.reshape((B,) + (1,) * (v.dim() - 1))
+            params[name] = torch.where(mask, v, torch.ones_like(v))
+        return params, sizes, batch_shape, finite, dtype
+
+    def _start(self, params, sizes, init, batch_shape):
+        plan = self.plan
+        with torch.no_grad():
+            default = plan.init(params, sizes)
+        B = math.prod(batch_shape)
+        if init is None:
+            return self._with_auxiliary(params, sizes, [d.detach() for d in default])
+        init = init if isinstance(init, (tuple, list)) else (init,)
+        if len(init) != len(plan.unknowns):
+            raise ValueError(f"init must give {len(plan.unknowns)} tensor(s), one per unknown")
+        out = []
+        for (name, dims), value, d in zip(plan.unknowns, init, default):
+            shape = tuple(x if isinstance(x, int) else sizes[x] for x in dims)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"init for {name} must be a torch.Tensor")
+            try:
+                value = value.expand(tuple(batch_shape) + shape)
+            except RuntimeError:
+                raise ValueError(f"init for {name} has shape {list(value.shape)}, expected [..., "
+                                 f"{', '.join(map(str, shape))}] with batch shape {list(batch_shape)}") from None
+            out.append(value.reshape((B,) + shape).to(d).detach())
+        return self._with_auxiliary(params, sizes, out)
+
+    def _with_auxiliary(self, params, sizes, start):
+        """The declared unknowns' start, then each auxiliary unknown's: the sum it stands for."""
+        if not self.plan.auxiliary:
+            return start
+        v = dict(params)
+        for (name, _), value in zip(self.plan.unknowns, start):
+            v[name] = value
+        with torch.no_grad():
+            return start + [x.detach() for x in self.plan.auxiliary_values(v, sizes)]
+
+    def _zero_multipliers(self, like, sizes):
+        B = like.shape[0]
+        return [like.new_zeros((B,) + tuple(d if isinstance(d, int) else sizes[d] for d in dims))
+                for name, dims, kind in self.plan.columns if kind in ("multiplier", "inequality")]
+
+    # -- Newton ------------------------------------------------------------------------------
+
+    def _env(self, params, z, weights=None):
+        v = dict(params)
+        for (name, _, _), value in zip(self.plan.columns, z):
+            v[name] = value
+        if weights is not None:
+            for r, w in enumerate(weights):
+                v[f"_w{r}"] = w
+        return v
+
+    def _residual(self, params, sizes, z):
+        r = self.plan.residuals(self._env(params, z), sizes)
+        B = z[0].shape[0]
+        flat = torch.cat([x.reshape(B, -1) for x in r], -1)
+        return r, flat
+
+    def _system(self, params, sizes, z):
+        B = z[0].shape[0]
+        return StructuredSystem(self.plan, sizes, self.plan.jacobian_terms(self._env(params, z), sizes), B)
+
+    def _descent(self, params, sizes, z, iterations):
+        """An Argmin without constraints: Newton on f with the convexified Hessian and Armijo
+        backtracking on f (a descent method: it does not stop at maxima or saddles)."""
+        plan = self.plan
+
+        def objective(z_):
+            return plan.objective(self._env(params, z_), sizes)[0]
+        r, flat = self._residual(params, sizes, z)
+        f = objective(z)
+        done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol)
+        count = 0
+        for _ in range(iterations):
+            if _all(done):
+                break
+            count += 1
+            step, solved = self._system(params, sizes, z).solve([-x for x in r], convexify=True)
+            slope = sum((x.reshape(len(f), -1) * s.reshape(len(f), -1)).sum(-1) for x, s in zip(r, step))
+            active = ~done & solved
+            accepted = ~active
+            new_z, new_f = z, f
+            slack = 8 * torch.finfo(f.dtype).eps * (1 + f.abs())
+            alpha = 1.0
+            for _ in range(HALVINGS):
+                cand = [x + alpha * s for x, s in zip(z, step)]
+                cf = objective(cand)
+                better = ~accepted & torch.isfinite(cf) & (cf <= f + ARMIJO * alpha * slope + slack)
+                new_z = [torch.where(_col(better, c), c, x) for c, x in zip(cand, new_z)]
+                new_f = torch.where(better, cf, new_f)
+                accepted = accepted | better
+                if _all(accepted):
+                    break
+                alpha *= 0.5
+            z, f = new_z, new_f
+            r, flat = self._residual(params, sizes, z)
+            done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol)
+        return z, done, count
+
+    def _inequality_columns(self):
+        return [c for c, (_, _, kind) in enumerate(self.plan.columns) if kind == "inequality"]
+
+    def _interior_point(self, params, sizes, z, iterations):
+        """Primal-dual interior point (module docstring of runtime/declarative.py, here with the
+        structured solve): slacks s = -g > 0 and multipliers lam > 0 of the inequality families;
+        the Newton system in (y, mu, lam) has the diagonal block -s / lam for lam, so that it
+        keeps the structure. Fraction-to-the-boundary steps, shortened until every value is
+        finite; centring sigma = 0.1 of the mean complementarity, down to `tol`."""
+        ineq = self._inequality_columns()
+        B = z[0].shape[0]
+        r, _ = self._residual(params, sizes, z)
+        slack = {c: torch.clamp(-r[c], min=1.0) for c in ineq}
+        for c in ineq:
+            z[c] = torch.ones_like(z[c])
+        count = 0
+
+        def measures(r, slack, z):
+            primal = [r[c] + slack[c] if c in slack else r[c] for c in range(len(r))]
+            flat = torch.cat([p.reshape(B, -1) for p in primal], -1)
+            products = torch.cat([(z[c] * slack[c]).reshape(B, -1) for c in ineq], -1)
+            return primal, flat, products
+        primal, flat, products = measures(r, slack, z)
+        tau = products.mean(-1)
+        polish_from = max(self.tol, POLISH_FROM)
+        done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= polish_from) & (products.amax(-1) <= polish_from)
+        for _ in range(iterations):
+            if _all(done):
+                break
+            count += 1
+            target = 0.1 * tau
+            rhs = [-p for p in primal]
+            for c in ineq:  # G dy - (s / lam) dlam = -(g + s) + (lam s - target) / lam
+                rhs[c] = -primal[c] + (z[c] * slack[c] - _col(target, z[c])) / z[c]
+            extra = {c: -slack[c] / z[c] for c in ineq}
+            step, solved = self._system(params, sizes, z).solve(rhs, extra_diagonal=extra)
+            # ds from lam ds + s dlam = target - lam s
+            ds = {c: (_col(target, z[c]) - z[c] * slack[c] - slack[c] * step[c]) / z[c] for c in ineq}
+            alpha = torch.ones(B, dtype=z[0].dtype, device=z[0].device)
+            for c in ineq:
+                for value, change in ((z[c], step[c]), (slack[c], ds[c])):
+                    ratio = torch.where(change < 0, -value / change, torch.full_like(value, float("inf")))
+                    alpha = torch.minimum(alpha, 0.995 * ratio.reshape(B, -1).amin(-1))
+            active = ~done & solved
+            accepted = ~active
+            new_z, new_slack = z, slack
+            for _ in range(HALVINGS):
+                cand = [x + _col(alpha, x) * d for x, d in zip(z, step)]
+                cand_slack = {c: slack[c] + _col(alpha, slack[c]) * ds[c] for c in ineq}
+                cr, cflat = self._residual(params, sizes, cand)
+                better = ~accepted & torch.isfinite(cflat).all(-1)
+                new_z = [torch.where(_col(better, c_), c_, x) for c_, x in zip(cand, new_z)]
+                new_slack = {c: torch.where(_col(better, v), v, new_slack[c]) for c, v in cand_slack.items()}
+                accepted = accepted | better
+                if _all(accepted):
+                    break
+                alpha = alpha * 0.5
+            z, slack = new_z, new_slack
+            r, _ = self._residual(params, sizes, z)
+            primal, flat, products = measures(r, slack, z)
+            tau = products.mean(-1)
+            done = (torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= polish_from)
+                    & (products.amax(-1) <= polish_from))
+        active = {c: z[c] > slack[c] for c in ineq}
+        z, converged = self._active_set_newton(params, sizes, z, active, POLISH_STEPS)
+        r, _ = self._residual(params, sizes, z)
+        self._slack = {c: torch.where(active[c], torch.zeros_like(r[c]), -r[c]) for c in ineq}
+        return z, done & converged, count
+
+    def _active_set_newton(self, params, sizes, z, active, steps):
+        """Newton on the KKT equations with the active inequality entries as equalities and the
+        inactive ones' multipliers driven to 0 (their diagonal block -INACTIVE: no coupling)."""
+        ineq = list(active)
+        extra = {c: torch.where(active[c], torch.zeros_like(z[c]), torch.full_like(z[c], -INACTIVE)) for c in ineq}
+        B = z[0].shape[0]
+
+        def residual(z_):
+            r = list(self._residual(params, sizes, z_)[0])
+            for c in ineq:  # active: g = 0; inactive: lam = 0
+                r[c] = torch.where(active[c], r[c], z_[c])
+            return r
+        r = residual(z)
+        for _ in range(steps):
+            rhs = [-x for x in r]
+            for c in ineq:
+                rhs[c] = torch.where(active[c], -r[c], INACTIVE * r[c])
+            step, solved = self._system(params, sizes, z).solve(rhs, extra_diagonal=extra)
+            z = [torch.where(_col(solved, x), x + d, x) for x, d in zip(z, step)]
+            for c in ineq:
+                z[c] = torch.where(active[c], z[c], torch.zeros_like(z[c]))
+            r = residual(z)
+        flat = torch.cat([x.reshape(B, -1) for x in r], -1)
+        g, _ = self._residual(params, sizes, z)
+        feasible = torch.ones(B, dtype=torch.bool, device=z[0].device)
+        for c in ineq:  # multipliers of the active entries >= 0, inactive entries feasible
+            feasible = feasible & (z[c] >= -self.tol).reshape(B, -1).all(-1) & (g[c] <= self.tol).reshape(B, -1).all(-1)
+        return z, torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol) & feasible
+
+    def _dual_newton(self, params, sizes, z, iterations, done):
+        """Newton on the multipliers alone, every unknown in closed form from them
+        (`plan.primal`): the unknowns stay inside their domain (an LML entry, a transport plan's
+        entry), and the iteration is that of the dual problem, whose Hessian is the Schur
+        complement -A D^-1 A^T the structured solve forms. Backtracking on |h|^2 (h: the
+        equality residuals, the dual gradient), which stays finite where entries saturate."""
+        plan = self.plan
+        unknown = [c for c, (_, _, kind) in enumerate(plan.columns) if kind == "unknown"]
+        B = z[0].shape[0]
+
+        def primal(z_):
+            out = list(z_)
+            for c, value in zip(unknown, plan.primal(self._env(params, z_), sizes)):
+                out[c] = value
+            return out
+
+        def constraints(z_):
+            r, _ = self._residual(params, sizes, z_)
+            h = torch.cat([r[c].reshape(B, -1) for c in range(len(r)) if c not in unknown], -1)
+            finite = torch.isfinite(h).all(-1)
+            for c in unknown:
+                finite = finite & torch.isfinite(z_[c]).reshape(B, -1).all(-1)
+            return r, h, finite
+        z = [torch.where(_col(done, x), x, y) for x, y in zip(z, primal(z))]  # rows done stay as they are
+        r, h, finite = constraints(z)
+        value = (h * h).sum(-1)
+        done = done | (finite & (h.abs().amax(-1) <= self.tol))
+        count = 0
+        for _ in range(iterations):
+            if _all(done):
+                break
+            count += 1
+            rhs = [torch.zeros_like(z[c]) if c in unknown else -r[c] for c in range(len(z))]
+            # Levenberg-Marquardt damping lambda = |h| (Yamashita and Fukushima): bounded steps
+            # where the dual is flat (every entry saturated), Newton's quadratic rate near the solution
+            damping = DUAL_DAMPING * h.abs().amax(-1).nan_to_num(nan=0.0)
+            extra = {c: torch.full_like(z[c], 0.0) - _col(damping, z[c]) for c in range(len(z)) if c not in unknown}
+            step, solved = self._system(params, sizes, z).solve(rhs, extra_diagonal=extra)
+            step = [torch.zeros_like(x) if c in unknown else x for c, x in enumerate(step)]
+            active = ~done & solved
+            accepted = ~active
+            new_z, new_r, new_h, new_value, new_finite = z, r, h, value, finite
+            alpha = 1.0
+            for _ in range(HALVINGS):
+                cand = primal([x + alpha * d for x, d in zip(z, step)])
+                cr, ch, cfinite = constraints(cand)
+                cvalue = (ch * ch).sum(-1)
+                better = ~accepted & cfinite & (cvalue <= value * (1 - 2 * ARMIJO * alpha) + 8 * _eps(value) * (1 + value))
+                new_z = [torch.where(_col(better, c_), c_, x) for c_, x in zip(cand, new_z)]
+                new_r = [torch.where(_col(better, c_), c_, x) for c_, x in zip(cr, new_r)]
+                new_h = torch.where(better[:, None], ch, new_h)
+                new_value = torch.where(better, cvalue, new_value)
+                new_finite = torch.where(better, cfinite, new_finite)
+                accepted = accepted | better
+                if _all(accepted):
+                    break
+                alpha *= 0.5
+            z, r, h, value, finite = new_z, new_r, new_h, new_value, new_finite
+            # the unknowns are exact functions of the multipliers: converged when h is (no
+            # rounding-level test: the damped steps are short by design)
+            done = finite & ((h.abs().amax(-1) <= self.tol) | done)
+        return z, done, count
+
+    def _newton(self, params, sizes, z, iterations, line_search=True):
+        if line_search and self.plan.primal is not None:
+            # Newton on the whole KKT system for half the iterations (its line search keeps the
+            # unknowns in their domain from any start), then, for the rows left, Newton on the
+            # multipliers with the unknowns in closed form: it converges where the first crawls
+            # (entries at the edge of their domain, which a shared step length holds back).
+            z, done, first = self._kkt_newton(params, sizes, z, max(1, iterations // 2), line_search)
+            z, done, second = self._dual_newton(params, sizes, z, iterations - first, done)
+            return z, done, first + second
+        return self._kkt_newton(params, sizes, z, iterations, line_search)
+
+    def _kkt_newton(self, params, sizes, z, iterations, line_search=True):
+        if line_search and self._inequality_columns():
+            return self._interior_point(params, sizes, z, iterations)
+        if line_search and self.plan.kind == "argmin" and all(k == "unknown" for _, _, k in self.plan.columns):
+            return self._descent(params, sizes, z, iterations)
+        r, flat = self._residual(params, sizes, z)
+        done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol)
+        count = 0
+        for _ in range(iterations):
+            if _all(done):
+                break
+            count += 1
+            system = self._system(params, sizes, z)
+            step, solved = system.solve([-x for x in r])
+            active = ~done & solved
+            if not line_search:
+                z = [torch.where(_col(active, s), x + s, x) for x, s in zip(z, step)]
+                r, flat = self._residual(params, sizes, z)
+                done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol)
+                continue
+            # Deuflhard's natural monotonicity test: the next Newton correction with this
+            # iteration's matrix must shrink, |K^-1 r(z + a dz)| <= (1 - a / 2) |dz|. Unlike |r|^2 it
+            # is affine invariant: an entry at the edge of float64 (a saturated LML entry, whose
+            # residual cannot vanish but whose correction is ~1e-16) does not stall the others.
+            # A step that decreases |r|^2 (Armijo) is accepted without it: one solve saved.
+            size = _norm(step)
+            value = (flat * flat).sum(-1)
+            accepted = ~active
+            new_z, new_r, new_flat = z, r, flat
+            alpha = 1.0
+            for _ in range(HALVINGS):
+                cand = [x + alpha * s for x, s in zip(z, step)]
+                cr, cflat = self._residual(params, sizes, cand)
+                finite = torch.isfinite(cflat).all(-1)
+                decrease = finite & ((cflat * cflat).sum(-1) <= value * (1 - 2 * ARMIJO * alpha))
+                better = ~accepted & decrease
+                if not _all(accepted | decrease | ~finite):  # the natural test, for the rows left
+                    simplified, _ = system.solve([torch.where(_col(finite, x), -x, torch.zeros_like(x)) for x in cr])
+                    better = better | (~accepted & finite
+                                       & (_norm(simplified) <= (1 - alpha / 2) * size + _rounding(cand)))
+                new_z = [torch.where(_col(better, c), c, x) for c, x in zip(cand, new_z)]
+                new_r = [torch.where(_col(better, c), c, x) for c, x in zip(cr, new_r)]
+                new_flat = torch.where(better[:, None], cflat, new_flat)
+                accepted = accepted | better
+                if _all(accepted):
+                    break
+                alpha *= 0.5
+            z, r, flat = new_z, new_r, new_flat
+            # converged: residual at most tol, or the full Newton correction below rounding
+            at_rounding = active & (size <= ROUNDING_STEPS * _rounding(z))
+            done = torch.isfinite(flat).all(-1) & ((flat.abs().amax(-1) <= self.tol) | at_rounding | done)
+        return z, done, count
+
+    def _second_order(self, params, sizes, z):
+        """The eliminated Hessian diagonal is positive; without multipliers, the reduced Hessian
+        of the other unknowns is positive definite."""
+        system = self._system(params, sizes, z)
+        B = z[0].shape[0]
+        ok = torch.ones(B, dtype=torch.bool, device=z[0].device)
+        for e in self.plan.eliminated:
+            d = 0
+            for t in system._of(e, e):
+                d = d + materialize(t.coefficient, t.letters, t.rows, system.letter_size)
+            d = d.reshape(B, -1)  # an infinite entry is at the edge of its domain (y = 1 in LML): no sign
+            ok = ok & ((d > 0) | torch.isinf(d)).all(-1)
+        if self.plan.kind == "argmin" and all(kind == "unknown" for _, _, kind in self.plan.columns):
+            rest = [c for c in range(len(self.plan.columns)) if c not in self.plan.eliminated]
+            if rest and not self.plan.eliminated:
+                n = [math.prod(system.col_shapes[c]) for c in rest]
+                H = z[0].new_zeros(B, sum(n), sum(n))
+                off = [sum(n[:k]) for k in range(len(rest))]
+                for t in system.terms:
+                    i, j = rest.index(t.row), rest.index(t.col)
+                    H[:, off[i]:off[i] + n[i], off[j]:off[j] + n[j]] += system.dense(t)
+                _, info = torch.linalg.cholesky_ex(0.5 * (H + H.transpose(-1, -2)))
+                ok = ok & (info == 0)
+        return ok
+
+    def forward(self, *args, init=None, **kwargs):
+        plan = self.plan
+        params, sizes, batch_shape, finite, dtype = self._arguments(args, kwargs)
+        B = math.prod(batch_shape)
+        if B == 0:
+            return self._empty(params, sizes, batch_shape, dtype)
+        start = self._start(params, sizes, init, batch_shape)
+        z0 = start + self._zero_multipliers(start[0], sizes)
+        autograd = self.backward == "autograd" and torch.is_grad_enabled()
+        self._slack = None
+        inputs = params if autograd else {k: v.detach() for k, v in params.items()}
+        with torch.set_grad_enabled(autograd):
+            z, done, self.iterations = self._newton(inputs, sizes, z0, self.max_iterations)
+        with torch.no_grad():
+            ok = done & finite & self._second_order(inputs, sizes, [x.detach() for x in z])
+        return self._finish(params, sizes, z, ok, finite, batch_shape, dtype, autograd)
+
+    def _empty(self, params, sizes, batch_shape, dtype):
+        """An empty batch: empty outputs (and a zero gradient)."""
+        like = next(iter(params.values()))
+        zero = sum(v.sum() for v in params.values()) * 0  # keeps the graph to the parameters
+        out = [zero + like.new_zeros(tuple(batch_shape) + tuple(d if isinstance(d, int) else sizes[d] for d in dims))
+               for _, dims in self.plan.unknowns]
+        self.multipliers = None
+        ok = torch.zeros(tuple(batch_shape), dtype=torch.bool, device=like.device)
+        return (out[0].to(dtype) if len(out) == 1 else tuple(o.to(dtype) for o in out)), ok
+
+    def _finish(self, params, sizes, z, ok, finite, batch_shape, dtype, autograd):
+        plan = self.plan
+        U = len(plan.unknowns)
+        if not autograd and self.backward == "ift" and torch.is_grad_enabled():
+            state = {"params": {k: v.detach() for k, v in params.items()}, "sizes": sizes,
+                     "z": [x.detach() for x in z], "ok": ok, "slack": getattr(self, "_slack", None)}
+            names = [name for name, _ in plan.parameters]
+            ys = _ImplicitFunction.apply(self, state, *[params[n] for n in names])
+        else:  # backward="autograd": rows that are not ok get zero gradient, as documented
+            ys = tuple(torch.where(_col(ok, y), y, y.detach()) for y in z[:U])
+        out = []
+        for y in ys:
+            mask = finite.reshape((-1,) + (1,) * (y.dim() - 1))
+            y = torch.where(mask, y, torch.zeros_like(y))
+            out.append(y.to(dtype).reshape(tuple(batch_shape) + tuple(y.shape[1:])))
+        internal = {family for _, family in plan.auxiliary}
+        declared_multipliers = [z[c] for c, (_, _, kind) in enumerate(plan.columns)
+                                if kind in ("multiplier", "inequality") and c not in internal]
+        self.multipliers = tuple(m.detach().to(dtype).reshape(tuple(batch_shape) + tuple(m.shape[1:]))
+                                 for m in declared_multipliers) or None
+        y = out[0] if len(out) == 1 else tuple(out)
+        return y, ok.reshape(batch_shape)
+
+    def _ift(self, state, grads):
+        plan = self.plan
+        params, sizes, z, ok = state["params"], state["sizes"], state["z"], state["ok"]
+        system = self._system(params, sizes, z)
+        rhs = list(grads) + [x.new_zeros(x.shape) for x in z[len(plan.unknowns):]]
+        if plan.kind == "implicit":
+            w, solved = system.solve(rhs, transpose=True)
+        else:
+            # Inequalities: the active entries as equalities (block 0), the inactive ones dropped
+            # (block -INACTIVE: their multipliers' rows decouple and their weights vanish).
+            extra = None
+            if state["slack"]:
+                extra = {c: torch.where(z[c] > state["slack"][c], torch.zeros_like(z[c]), torch.full_like(z[c], -INACTIVE))
+                         for c in self._inequality_columns()}
+            w, solved = system.solve(rhs, extra_diagonal=extra)
+        good = ok & solved
+        w = [torch.where(_col(good, x), x, torch.zeros_like(x)) for x in w]
+        vjp = plan.parameter_vjp(self._env(params, z, w), sizes)
+        # An entry at the edge of its domain (LML's y = 1, a transport plan's P = 0 after
+        # underflow) has weight 0 and an infinite derivative: 0 * inf, whose limit is 0.
+        return [torch.where(_col(good, g), -torch.nan_to_num(g, nan=0.0), torch.zeros_like(g)) for g in vjp]
+
+    def attach(self, *args, **kwargs):
+        """`y = layer.attach(*params, y_hat)`: y_hat (computed by any means; a tuple when the
+        spec declares several unknowns) after `refine_steps` Newton steps (multipliers start at
+        0: one step from an exact y_hat gives them exactly), with the IFT gradient attached."""
+        if "y_hat" in kwargs:
+            y_hat = kwargs.pop("y_hat")
+        else:
+            if not args:
+                raise TypeError("attach(*params, y_hat): y_hat is missing")
+            *args, y_hat = args
+        plan = self.plan
+        if self._inequality_columns():
+            raise NotImplementedError(f"{plan.name}: attach is not supported yet for size-generic layers with "
+                                      "inequalities; call the layer (its interior point forward) instead")
+        params, sizes, batch_shape, finite, dtype = self._arguments(tuple(args), kwargs)
+        B = math.prod(batch_shape)
+        start = self._start(params, sizes, y_hat, batch_shape)
+        detached = {k: v.detach() for k, v in params.items()}
+        with torch.no_grad():
+            z, done, _ = self._newton(detached, sizes, start + self._zero_multipliers(start[0], sizes), self.refine_steps,
+                                      line_search=False)
+            _, flat = self._residual(detached, sizes, z)
+            ok = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol) & finite
+            ok = ok & self._second_order(detached, sizes, z)
+        y, ok = self._finish(params, sizes, z, ok, finite, batch_shape, dtype, False)
+        self.last_ok = ok
+        return y
+
+
+def _eps(t) -> float:
+    return torch.finfo(t.dtype).eps
+
+
+def _norm(parts) -> torch.Tensor:
+    """Euclidean norm per row of a list of [B, ...] tensors."""
+    return torch.sqrt(sum((x.reshape(x.shape[0], -1) ** 2).sum(-1) for x in parts))
+
+
+def _rounding(parts) -> torch.Tensor:
+    """The size of a float64 rounding of the point: eps (1 + |z|) per row."""
+    return torch.finfo(parts[0].dtype).eps * (1 + _norm(parts))
+
+
+def _col(mask, like):
+    return mask.reshape((-1,) + (1,) * (like.dim() - 1))

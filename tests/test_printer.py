@@ -1,0 +1,26 @@
+"""The printer (sympy -> torch code): printed expressions evaluate to sympy's value."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import sympy as sp
+
+from solvergen.printer import TorchPrinter
+
+x, a, b = sp.symbols("x alpha b")
+VALUES = {x: 2.0, a: 3.0, b: 5.0}
+CASES = [
+    x / a**2, x * a**2, x / (a**2 * b**3), (x + 1) / a**2, x**2 / a**3, 1 / a**2, x / a,
+    x / (a + b) ** 2, -x / a**4, (x / a**2) ** 2, x**3 * b / (a**2 + 1), sp.sqrt(x) / a**2,
+]
+
+
+@pytest.mark.parametrize("expr", CASES, ids=str)
+def test_printed_expression_evaluates_to_sympys_value(expr):
+    """A power printed as a product (x*x) stays grouped in a denominator: x/alpha**2 is
+    x/(alpha*alpha), not x/alpha*alpha."""
+    text = TorchPrinter({}).doprint(expr)
+    namespace = {str(s): v for s, v in VALUES.items()}
+    namespace["torch"] = type("torch", (), {"sqrt": staticmethod(math.sqrt)})
+    assert math.isclose(eval(text, namespace), float(expr.subs(VALUES)), rel_tol=1e-14), text
