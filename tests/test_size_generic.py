@@ -240,6 +240,56 @@ def test_spectral_matching_attach_matches_autograd_through_eigh():
     assert all(agree(a.item(), b.item(), 1e-5) for a, b in zip((Wg.grad * dW).sum((-1, -2)), fd))
 
 
+# -- At n = 1,024 ----------------------------------------------------------------------------
+
+
+def test_gradients_at_n_1024_against_references_and_finite_differences():
+    """The bars at scale: LML and pooling at n = 1,024, OT at 128 x 96, spectral at n = 128
+    (values and gradients against the references; central differences along a random
+    direction per instance)."""
+    g = torch.Generator().manual_seed(13)
+    checks = []
+    x, k = 3 * torch.randn(4, 1024, generator=g), torch.full((4,), 50.0)
+    checks.append(("lml", (x, k), 0, lambda x_, k_: ref.lml_forward(x_, k_)[0],
+                   lambda y, grad: ref.lml_backward(y, grad)))
+    pts = pool_instances(4, 1024, seed=14)
+    checks.append(("robust_pool", (pts, 1.0), 0, lambda x_, a: ref.robust_pool_forward(x_, "pseudo_huber", a),
+                   lambda y, grad: ref.robust_pool_backward(pts, y, "pseudo_huber", 1.0, grad)))
+    M, r, c = ot_instances(2, 128, 96, seed=15)
+    checks.append(("entropic_ot", (M, r, c, 0.1), 0, lambda M_, r_, c_, e: ref.sinkhorn(M_, r_, c_, e, 3000),
+                   lambda P, grad: ref.ot_backward_ddn(P, r, c, 0.1, grad)[0]))
+    for name, args, wrt, reference, backward in checks:
+        layer_ = layer(name)
+        inputs = list(args)
+        inputs[wrt] = inputs[wrt].clone().requires_grad_(True)
+        y, ok = layer_(*inputs)
+        y_ref = reference(*args)
+        assert ok.all() and (y - y_ref).abs().max() < 1e-8, name
+        grad = torch.randn(y.shape, generator=g)
+        (y * grad).sum().backward()
+        assert (inputs[wrt].grad - backward(y_ref, grad)).abs().max() < 1e-8, name
+        direction = torch.randn(args[wrt].shape, generator=g)
+
+        def loss(a, name=name, layer_=layer_, grad=grad, wrt=wrt):
+            call = list(args)
+            call[wrt] = a
+            return (layer_(*call)[0] * grad).reshape(len(a), -1).sum(-1)
+        fd = directional_fd(loss, [args[wrt]], [direction])
+        analytic = (inputs[wrt].grad * direction).reshape(len(fd), -1).sum(-1)
+        assert all(agree(a.item(), b.item(), 1e-5) for a, b in zip(analytic, fd)), name
+    A = torch.randn(2, 128, 128, generator=g)
+    W = A + A.transpose(-1, -2) + 40 * torch.ones(128, 128) / 128 * 8
+    v, lam = ref.leading_eigenvector(W)
+    spectral = layer("spectral_matching")
+    Wg = W.clone().requires_grad_(True)
+    v_out, _ = spectral.attach(Wg, (v, lam))
+    grad = torch.randn(v.shape, generator=g)
+    (v_out * grad).sum().backward()
+    Wr = W.clone().requires_grad_(True)
+    (ref.leading_eigenvector(Wr)[0] * grad).sum().backward()
+    assert spectral.last_ok.all() and (Wg.grad - Wr.grad).abs().max() < 1e-8
+
+
 # -- Calls, batches, masking ------------------------------------------------------------------
 
 
@@ -469,6 +519,40 @@ def test_unbalanced_ot_sums_become_auxiliary_unknowns(tmp_path):
     Ms = M.clone().requires_grad_(True)
     (unbalanced_sinkhorn(Ms, r, c, 0.1, 0.5, 5000) * grad).sum().backward()
     assert (Mg.grad - Ms.grad).abs().max() < 1e-8
+
+
+QUADRATIC_ON_PLANE = '''
+import sympy as sp
+from solvergen import Argmin
+n = sp.Symbol("n", integer=True, positive=True)
+i = sp.Idx("i", n)
+j = sp.Idx("j", n)
+W = sp.IndexedBase("W", shape=(n, n))
+x = sp.IndexedBase("x", shape=(n,))
+y = sp.IndexedBase("y", shape=(n,))
+problem = Argmin("quadratic_on_plane", unknowns=[y], parameters=[W, x],
+                 objective=sp.Sum(sp.Sum(y[i] * W[i, j] * y[j], (j, 0, n - 1)) / 2 - x[i] * y[i], (i, 0, n - 1)),
+                 equalities=[sp.Sum(y[i], (i, 0, n - 1)) - 1])
+'''
+
+
+def test_ok_is_false_at_constrained_maxima_and_saddles(tmp_path):
+    """ok needs the second-order sufficient condition: the KKT matrix's inertia (as many
+    positive eigenvalues as unknowns, as many negative as constraints), here checked against
+    the reduced Hessian Z^T W Z on the plane sum y = 1."""
+    Layer = compile_spec(tmp_path, QUADRATIC_ON_PLANE, "quadratic_on_plane")
+    g = torch.Generator().manual_seed(12)
+    A = torch.randn(60, 5, 5, generator=g)
+    W = A + A.transpose(-1, -2) + torch.linspace(-6, 6, 60)[:, None, None] * torch.eye(5)
+    x = torch.randn(60, 5, generator=g)
+    y, ok = Layer()(W, x)
+    Z = torch.linalg.qr(torch.cat([torch.ones(5, 1), torch.randn(5, 4, generator=g)], -1))[0][:, 1:]
+    reduced = torch.linalg.eigvalsh(Z.T @ W @ Z)
+    minimum = (reduced > 0).all(-1)
+    assert minimum.any() and (~minimum).any()
+    assert torch.equal(ok, minimum)
+    stationary = W @ y.unsqueeze(-1) - x.unsqueeze(-1)  # = -mu 1 at any KKT point
+    assert (stationary - stationary.mean(-2, keepdim=True)).abs().max() < 1e-8
 
 
 # -- Malformed specs ---------------------------------------------------------------------------

@@ -212,8 +212,26 @@ class StructuredSystem:
         out = list(torch.split(x, sizes, dim=-1))
         return [o.reshape((self.batch,) + s) for o, s in zip(out, shapes)], solved
 
-    def _structured_solve(self, rhs, convexify=False, extra_diagonal=None):
+    def inertia(self, extra_diagonal=None) -> tuple:
+        """(positive, negative, zero) eigenvalue counts [B] of the KKT matrix (an Argmin), by
+        Sylvester's law along the structured elimination: the signs of each diagonal pivot, then
+        the eigenvalues of the dense remainder. A strict local minimum (second-order sufficient
+        condition, constraint Jacobian of full rank) has as many positive ones as unknown
+        entries and as many negative ones as (kept) multiplier entries."""
+        zeros = [torch.zeros((self.batch,) + shape, dtype=self.terms[0].coefficient.dtype,
+                             device=self.terms[0].coefficient.device) for shape in self.col_shapes]
+        _, _, counts = self._structured_solve(zeros, extra_diagonal=extra_diagonal, count_inertia=True)
+        return counts
+
+    def _structured_solve(self, rhs, convexify=False, extra_diagonal=None, count_inertia=False):
         plan = self.plan
+        counts = [torch.zeros(self.batch, dtype=torch.long, device=rhs[0].device) for _ in range(3)]
+
+        def count(values):  # values [B, k]: an infinite pivot is an entry at the edge of its domain
+            finite = torch.isfinite(values)
+            counts[0].add_(((values > 0) | ~finite & ~torch.isnan(values)).sum(-1))
+            counts[1].add_((finite & (values < 0)).sum(-1))
+            counts[2].add_(((values == 0) | torch.isnan(values)).sum(-1))
         C = len(plan.columns)
         eliminated = [c for c in plan.eliminated]
         rest = [c for c in range(C) if c not in eliminated]
@@ -226,6 +244,8 @@ class StructuredSystem:
             D[e] = d.expand((self.batch,) + self.col_shapes[e])
             if convexify:
                 D[e] = _floored(D[e].abs(), D[e].abs().reshape(self.batch, -1).amax(-1), FLOOR_DIAGONAL)
+            if count_inertia:
+                count(D[e].reshape(self.batch, -1))
         # Blocks among the rest: diag [B, n] (a == b only) and dense [B, n_a, n_b].
         diag: dict = {}
         dense: dict = {}
@@ -247,7 +267,6 @@ class StructuredSystem:
         b = {c: rhs[c] for c in range(C)}
         for e in eliminated:
             inverse = 1.0 / D[e]
-            e_letters = None
             for t1 in self._of(col=e):
                 if t1.row in eliminated:
                     continue
@@ -257,7 +276,6 @@ class StructuredSystem:
                     self._schur_term(t1, t2, inverse, diag, add_dense)
                 # rhs_r -= B_re D^-1 rhs_e
                 b[t1.row] = b[t1.row] - self.apply(t1, inverse * rhs[e])
-            del e_letters
         # Second level: eliminate diagonal-only blocks, the largest first.
         order = list(rest)
         steps = []
@@ -267,15 +285,21 @@ class StructuredSystem:
                 break
             v = max(candidates, key=lambda c: (n[c], -c))
             order.remove(v)
+            if count_inertia:
+                count(diag[v])
             inv = 1.0 / diag[v]
             bv = b[v].reshape(self.batch, -1)
             for a in order:
                 if (a, v) not in dense:
                     continue
-                Bav = dense[(a, v)]
+                scaled = dense[(a, v)] * inv[:, None, :]
                 for c in order:
                     if (v, c) in dense:
-                        add_dense(a, c, -(Bav * inv[:, None, :]) @ dense[(v, c)])
+                        if (a, c) in dense:  # in place: one pass over the block, no temporary
+                            dense[(a, c)] = torch.baddbmm(dense[(a, c)], scaled, dense[(v, c)], alpha=-1)
+                        else:
+                            dense[(a, c)] = -(scaled @ dense[(v, c)])
+                Bav = dense[(a, v)]
                 b[a] = b[a] - (Bav @ (inv * bv).unsqueeze(-1)).squeeze(-1).reshape(b[a].shape)
             steps.append(v)
         # Dense remainder.
@@ -297,9 +321,21 @@ class StructuredSystem:
                     dropped.append(offsets[order.index(c)] + sizes[order.index(c)] - 1)
                     break
         keep = [k for k in range(N) if k not in dropped]
-        if dropped:
+        if dropped and sorted(dropped) == list(range(N - len(dropped), N)):  # trailing entries: views
+            K, rhs_flat = K[:, :len(keep), :len(keep)], rhs_flat[:, :len(keep)]
+        elif dropped:
             index = torch.tensor(keep, dtype=torch.long, device=K.device)
             K, rhs_flat = K[:, index][:, :, index], rhs_flat[:, index]
+        if count_inertia:
+            if K.shape[-1]:
+                finite = torch.isfinite(K).all(-1).all(-1)
+                values = torch.linalg.eigvalsh(torch.where(finite[:, None, None], 0.5 * (K + K.transpose(-1, -2)),
+                                                           torch.zeros_like(K)))
+                small = values.abs() <= 1e-12 * values.abs().amax(-1, keepdim=True)
+                counts[0].add_(((values > 0) & ~small).sum(-1))
+                counts[1].add_(((values < 0) & ~small).sum(-1))
+                counts[2].add_(small.sum(-1) + (~finite).long() * K.shape[-1])
+            return None, None, tuple(counts)
         if convexify:
             x_flat, solved = _convexified_solve(K, rhs_flat)
         elif all(plan.columns[c][2] in ("multiplier", "inequality") for c in order):
@@ -307,8 +343,11 @@ class StructuredSystem:
             x_flat, solved = _negative_definite_solve(K, rhs_flat)
         else:
             x_flat, solved = _solve(K, rhs_flat)
-        full = K.new_zeros(self.batch, N)
-        full[:, torch.tensor(keep, dtype=torch.long, device=K.device)] = x_flat
+        if dropped:
+            full = K.new_zeros(self.batch, N)
+            full[:, torch.tensor(keep, dtype=torch.long, device=K.device)] = x_flat
+        else:
+            full = x_flat
         x = {}
         for i, a in enumerate(order):
             x[a] = full[:, offsets[i]:offsets[i] + sizes[i]]
@@ -429,9 +468,9 @@ class IndexedLayer(torch.nn.Module):
     scalar parameter is a tensor of the batch shape or a Python number. Sizes are read from the
     shapes. y: the unknown, shaped [..., *its shape] (a tuple when the spec declares several);
     ok [...]: the row converged (max |residual| <= tol, or the Newton correction at rounding
-    level) and, for an Argmin, the eliminated
-    Hessian diagonal is positive (and, without constraints, the reduced Hessian positive
-    definite). Rows that are not ok hold the last iterate and get zero gradient; rows with
+    level) and, for an Argmin, is a strict local minimum: the KKT matrix's inertia, counted
+    along the structured elimination, is (unknown entries, constraint entries, 0). Rows that
+    are not ok hold the last iterate and get zero gradient; rows with
     non-finite parameters return zeros.
 
     backward="ift" (default): the implicit function theorem with the structured solve (module
@@ -846,30 +885,25 @@ class IndexedLayer(torch.nn.Module):
             done = torch.isfinite(flat).all(-1) & ((flat.abs().amax(-1) <= self.tol) | at_rounding | done)
         return z, done, count
 
-    def _second_order(self, params, sizes, z):
-        """The eliminated Hessian diagonal is positive; without multipliers, the reduced Hessian
-        of the other unknowns is positive definite."""
-        system = self._system(params, sizes, z)
+    def _second_order(self, params, sizes, z, slack=None):
+        """An Argmin's point is a strict local minimum: the inertia of the KKT matrix
+        (StructuredSystem.inertia) is (unknown entries, kept multiplier entries, 0), with the
+        active inequality entries as equalities and the inactive ones decoupled. An Implicit:
+        True."""
         B = z[0].shape[0]
-        ok = torch.ones(B, dtype=torch.bool, device=z[0].device)
-        for e in self.plan.eliminated:
-            d = 0
-            for t in system._of(e, e):
-                d = d + materialize(t.coefficient, t.letters, t.rows, system.letter_size)
-            d = d.reshape(B, -1)  # an infinite entry is at the edge of its domain (y = 1 in LML): no sign
-            ok = ok & ((d > 0) | torch.isinf(d)).all(-1)
-        if self.plan.kind == "argmin" and all(kind == "unknown" for _, _, kind in self.plan.columns):
-            rest = [c for c in range(len(self.plan.columns)) if c not in self.plan.eliminated]
-            if rest and not self.plan.eliminated:
-                n = [math.prod(system.col_shapes[c]) for c in rest]
-                H = z[0].new_zeros(B, sum(n), sum(n))
-                off = [sum(n[:k]) for k in range(len(rest))]
-                for t in system.terms:
-                    i, j = rest.index(t.row), rest.index(t.col)
-                    H[:, off[i]:off[i] + n[i], off[j]:off[j] + n[j]] += system.dense(t)
-                _, info = torch.linalg.cholesky_ex(0.5 * (H + H.transpose(-1, -2)))
-                ok = ok & (info == 0)
-        return ok
+        if self.plan.kind != "argmin":
+            return torch.ones(B, dtype=torch.bool, device=z[0].device)
+        system = self._system(params, sizes, z)
+        extra = None
+        if slack:
+            extra = {c: torch.where(z[c] > slack[c], torch.zeros_like(z[c]), torch.full_like(z[c], -INACTIVE))
+                     for c in self._inequality_columns()}
+        positive, negative, zero = system.inertia(extra)
+        unknown = sum(math.prod(system.col_shapes[c]) for c, (_, _, kind) in enumerate(self.plan.columns)
+                      if kind == "unknown")
+        total = sum(math.prod(shape) for shape in system.col_shapes)
+        kept = positive + negative + zero  # the entries of dropped (redundant) constraints are not counted
+        return (positive == unknown) & (negative == kept - unknown) & (zero == 0) & (kept <= total)
 
     def forward(self, *args, init=None, **kwargs):
         plan = self.plan
@@ -885,7 +919,7 @@ class IndexedLayer(torch.nn.Module):
         with torch.set_grad_enabled(autograd):
             z, done, self.iterations = self._newton(inputs, sizes, z0, self.max_iterations)
         with torch.no_grad():
-            ok = done & finite & self._second_order(inputs, sizes, [x.detach() for x in z])
+            ok = done & finite & self._second_order(inputs, sizes, [x.detach() for x in z], self._slack)
         return self._finish(params, sizes, z, ok, finite, batch_shape, dtype, autograd)
 
     def _empty(self, params, sizes, batch_shape, dtype):
@@ -937,11 +971,18 @@ class IndexedLayer(torch.nn.Module):
                          for c in self._inequality_columns()}
             w, solved = system.solve(rhs, extra_diagonal=extra)
         good = ok & solved
-        w = [torch.where(_col(good, x), x, torch.zeros_like(x)) for x in w]
+        every = _all(good)  # on the CPU: skip the masks (full passes over large arrays) when all rows are good
+        if not every:
+            w = [torch.where(_col(good, x), x, torch.zeros_like(x)) for x in w]
         vjp = plan.parameter_vjp(self._env(params, z, w), sizes)
-        # An entry at the edge of its domain (LML's y = 1, a transport plan's P = 0 after
-        # underflow) has weight 0 and an infinite derivative: 0 * inf, whose limit is 0.
-        return [torch.where(_col(good, g), -torch.nan_to_num(g, nan=0.0), torch.zeros_like(g)) for g in vjp]
+        out = []
+        for g in vjp:
+            # An entry at the edge of its domain (LML's y = 1, a transport plan's P = 0 after
+            # underflow) has weight 0 and an infinite derivative: 0 * inf, whose limit is 0.
+            if not _all(~torch.isnan(g)):
+                g = torch.nan_to_num(g, nan=0.0)
+            out.append(-g if every else torch.where(_col(good, g), -g, torch.zeros_like(g)))
+        return out
 
     def attach(self, *args, **kwargs):
         """`y = layer.attach(*params, y_hat)`: y_hat (computed by any means; a tuple when the
