@@ -19,12 +19,14 @@ only torch and the standard library:
     dense.py         small dense linear algebra (closed-form inverses, Gram solves)
     ift.py           the backward: the implicit function theorem
     declarative.py   declarative layers (Argmin, Implicit): local forward, attach, IFT backward
-    indexed.py       size-generic declarative layers: structured Newton and IFT solves
+    indexed.py       size-generic declarative layers: forward (Newton, dual Newton, interior point), IFT
+    structured_kkt.py  their KKT solves by structure: diagonal elimination, Schur complement from patterns
     parallel.py      CPU chunks and threads; masking instead of host synchronization elsewhere
     compiled.py      compile=True: torch.compile per plan
 """
 from .declarative import DeclarativeLayer
-from .indexed import IndexedLayer, place, take
+from .indexed import IndexedLayer
+from .structured_kkt import place, take
 from .plan import (
     INTERFACE,
     DeclarativePlan,

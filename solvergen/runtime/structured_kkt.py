@@ -1,0 +1,410 @@
+"""The structured KKT solve of size-generic layers (runtime/indexed.py; compiler: solvergen/indexed.py).
+
+Every linear system here, the Newton step of the forward and the IFT solve of the backward, is
+the KKT (Argmin) or Jacobian (Implicit) system of the plan's terms, solved by structure:
+
+1. The unknowns whose Hessian is diagonal (`plan.eliminated`; LML's y, a transport plan) are
+   eliminated: D^-1 applied entrywise, their coupling to the other variables contracted into a
+   Schur complement term by term with einsum, over the terms' letters, so that a pattern such
+   as "row sums of P" gives a diagonal block (sum_j 1 / D_ij) or an m x n coupling (1 / D_ij)
+   and never an (m n) x (m n) matrix.
+2. Among what is left, a variable whose block is diagonal is eliminated the same way (the
+   larger first: a transport plan's m row multipliers, leaving the n x n column system).
+3. The rest is solved densely, batched. One entry of a redundant multiplier family
+   (`plan.redundant`: sum r = sum c) is dropped there (its multiplier is 0).
+An Implicit's Jacobian is not symmetric: it is assembled densely (step 3 only).
+"""
+from __future__ import annotations
+
+import math
+import string
+
+import torch
+
+from .declarative import _all, _solve
+from .plan import IndexedPlan
+
+FLOOR_DIAGONAL = 1e-14  # descent: |Hessian diagonal| floored at this share of its largest entry
+FLOOR_DENSE = 1e-12  # descent: |eigenvalues| of the Jacobi-scaled Hessian floored at this share
+_LETTERS = string.ascii_letters
+
+
+# -- Views between arrays and the printed functions' axes ------------------------------------
+
+
+def place(t: torch.Tensor, axes: tuple, total: int) -> torch.Tensor:
+    """t [B, d_1, ..., d_k] -> [B, 1 or d on each of `total` axes], dimension j on axes[j]."""
+    order = sorted(range(len(axes)), key=lambda j: axes[j])
+    if order != list(range(len(axes))):
+        t = t.permute(0, *[1 + j for j in order])
+    shape = [t.shape[0]] + [1] * total
+    for position, j in enumerate(order):
+        shape[1 + axes[j]] = t.shape[1 + position]
+    return t.reshape(shape)
+
+
+def take(value, axes: tuple, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+    """A printed result (tensor over the function's axes, or a number) -> [B, *shape] with
+    dimension j from axis axes[j]."""
+    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return like.new_full((like.shape[0],) + tuple(shape), float(value))
+    total = value.dim() - 1
+    full = [like.shape[0]] + [1] * total
+    for j, a in enumerate(axes):
+        full[1 + a] = shape[j]
+    value = value.expand(full)
+    others = [a for a in range(total) if a not in axes]
+    value = value.permute(0, *[1 + a for a in axes], *[1 + a for a in others])
+    return value.reshape((like.shape[0],) + tuple(shape))
+
+
+# -- Terms and their contractions -------------------------------------------------------------
+
+
+def _contract(operands, out_letters):
+    """einsum of (tensor [B, ...], letters) operands over shared letters -> (tensor, letters
+    kept): out_letters that no operand has are left out (broadcast)."""
+    present = []
+    for _, letters in operands:
+        for l in letters:
+            if l not in present:
+                present.append(l)
+    chars = {l: _LETTERS[k] for k, l in enumerate(present)}
+    kept = tuple(dict.fromkeys(l for l in out_letters if l in chars))
+    spec = ",".join("Z" + "".join(chars[l] for l in letters) for _, letters in operands)
+    spec += "->Z" + "".join(chars[l] for l in kept)
+    return torch.einsum(spec, *[t for t, _ in operands]), kept
+
+
+def materialize(t: torch.Tensor, letters: tuple, positions: tuple, size) -> torch.Tensor:
+    """A coefficient over `letters` -> [B, size of each position]: a position repeats a letter
+    (a delta: the same element, eye mask) or names one t does not have (broadcast)."""
+    seen = []
+    for p in positions:
+        if p not in seen:
+            seen.append(p)
+    order = [l for l in seen if l in letters]
+    if order != list(letters):
+        t = t.permute(0, *[1 + letters.index(l) for l in order])
+    first = {}
+    view = [t.shape[0]]
+    for k, p in enumerate(positions):
+        if p not in first:
+            first[p] = k
+            view.append(size(p) if p in letters else 1)
+        else:
+            view.append(1)
+    t = t.reshape(view)
+    for k, p in enumerate(positions):
+        j = first[p]
+        if j != k:
+            n = size(p)
+            mask_shape = [1] * (len(positions) + 1)
+            mask_shape[1 + j] = mask_shape[1 + k] = n
+            t = t * torch.eye(n, dtype=t.dtype, device=t.device).reshape(mask_shape)
+    return t.expand([t.shape[0]] + [size(p) for p in positions])
+
+
+class _Term:
+    __slots__ = ("row", "col", "letters", "rows", "cols", "coefficient")
+
+    def __init__(self, spec, coefficient):
+        self.row, self.col, self.letters, self.rows, self.cols = spec
+        self.coefficient = coefficient
+
+    @property
+    def diagonal(self) -> bool:
+        return self.rows == self.cols and len(set(self.rows)) == len(self.rows) and set(self.letters) <= set(self.rows)
+
+
+def _renamed(term: _Term, suffix: str):
+    def r(ls):
+        return tuple(l + suffix for l in ls)
+    return r(term.letters), r(term.rows), r(term.cols)
+
+
+class StructuredSystem:
+    """The Newton / IFT matrix of one batch of points (module docstring), from the plan's terms."""
+
+    def __init__(self, plan: IndexedPlan, sizes: dict, coefficients, batch: int):
+        self.plan, self.sizes, self.batch = plan, sizes, batch
+        self.terms = [_Term(spec, c) for spec, c in zip(plan.terms, coefficients)]
+        self.row_shapes = [self.shape(dims) for _, dims in plan.rows]
+        self.col_shapes = [self.shape(col[1]) for col in plan.columns]
+
+    def shape(self, dims) -> tuple:
+        return tuple(d if isinstance(d, int) else self.sizes[d] for d in dims)
+
+    def letter_size(self, letter: str) -> int:
+        base = letter.split("#")[0]
+        size = self.plan.letter_sizes[base]
+        return size if isinstance(size, int) else self.sizes[size]
+
+    def _of(self, row=None, col=None):
+        return [t for t in self.terms if (row is None or t.row == row) and (col is None or t.col == col)]
+
+    def apply(self, term: _Term, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+        """The term times x (x over its column shape; transpose: x over its row shape) ->
+        [B, *row shape] (transpose: column shape)."""
+        letters, rows, cols = term.letters, term.rows, term.cols
+        ins, outs = (rows, cols) if transpose else (cols, rows)
+        # x's dimensions that share a letter: a diagonal of x
+        result, kept = _contract([(term.coefficient, letters), (x, ins)], outs)
+        return materialize(result, kept, outs, self.letter_size)
+
+    def dense(self, term: _Term) -> torch.Tensor:
+        """[B, rows, cols] of one term."""
+        n_r = math.prod(self.row_shapes[term.row])
+        n_c = math.prod(self.col_shapes[term.col])
+        full = materialize(term.coefficient, term.letters, term.rows + term.cols, self.letter_size)
+        return full.reshape(self.batch, n_r, n_c)
+
+    # -- the solve ---------------------------------------------------------------------------
+
+    def solve(self, rhs: list, transpose: bool = False, convexify: bool = False,
+              extra_diagonal: dict | None = None) -> tuple[list, torch.Tensor]:
+        """K x = rhs (rhs per row block, x per column) -> (x, solved [B]). An Argmin's K is
+        symmetric; an Implicit's is assembled densely (transpose: K^T x = rhs over columns).
+        convexify (an unconstrained Argmin's Newton step): the Hessian's eigenvalues are
+        replaced by their absolute values, floored, so that the step descends. extra_diagonal:
+        column -> [B, *shape] added to that column's diagonal block (the interior point's
+        -slack / multiplier for an inequality family)."""
+        if self.plan.kind == "implicit":
+            return self._dense_solve(rhs, transpose)
+        return self._structured_solve(rhs, convexify, extra_diagonal or {})
+
+    def _dense_solve(self, rhs, transpose):
+        rows = range(len(self.plan.rows))
+        cols = range(len(self.plan.columns))
+        n_r = [math.prod(s) for s in self.row_shapes]
+        n_c = [math.prod(s) for s in self.col_shapes]
+        K = rhs[0].new_zeros(self.batch, sum(n_r), sum(n_c))
+        r_off = [sum(n_r[:k]) for k in rows]
+        c_off = [sum(n_c[:k]) for k in cols]
+        for t in self.terms:
+            K[:, r_off[t.row]:r_off[t.row] + n_r[t.row], c_off[t.col]:c_off[t.col] + n_c[t.col]] += self.dense(t)
+        if transpose:
+            K = K.transpose(-1, -2)
+        b = torch.cat([r.reshape(self.batch, -1) for r in rhs], -1)
+        x, solved = _solve(K, b)
+        shapes = self.row_shapes if transpose else self.col_shapes
+        sizes = n_r if transpose else n_c
+        out = list(torch.split(x, sizes, dim=-1))
+        return [o.reshape((self.batch,) + s) for o, s in zip(out, shapes)], solved
+
+    def inertia(self, extra_diagonal=None) -> tuple:
+        """(positive, negative, zero) eigenvalue counts [B] of the KKT matrix (an Argmin), by
+        Sylvester's law along the structured elimination: the signs of each diagonal pivot, then
+        the eigenvalues of the dense remainder. A strict local minimum (second-order sufficient
+        condition, constraint Jacobian of full rank) has as many positive ones as unknown
+        entries and as many negative ones as (kept) multiplier entries."""
+        zeros = [torch.zeros((self.batch,) + shape, dtype=self.terms[0].coefficient.dtype,
+                             device=self.terms[0].coefficient.device) for shape in self.col_shapes]
+        _, _, counts = self._structured_solve(zeros, extra_diagonal=extra_diagonal, count_inertia=True)
+        return counts
+
+    def _structured_solve(self, rhs, convexify=False, extra_diagonal=None, count_inertia=False):
+        plan = self.plan
+        counts = [torch.zeros(self.batch, dtype=torch.long, device=rhs[0].device) for _ in range(3)]
+
+        def count(values):  # values [B, k]: an infinite pivot is an entry at the edge of its domain
+            finite = torch.isfinite(values)
+            counts[0].add_(((values > 0) | ~finite & ~torch.isnan(values)).sum(-1))
+            counts[1].add_((finite & (values < 0)).sum(-1))
+            counts[2].add_(((values == 0) | torch.isnan(values)).sum(-1))
+        C = len(plan.columns)
+        eliminated = [c for c in plan.eliminated]
+        rest = [c for c in range(C) if c not in eliminated]
+        n = [math.prod(s) for s in self.col_shapes]
+        D = {}
+        for e in eliminated:
+            d = 0
+            for t in self._of(e, e):
+                d = d + materialize(t.coefficient, t.letters, t.rows, self.letter_size)
+            D[e] = d.expand((self.batch,) + self.col_shapes[e])
+            if convexify:
+                D[e] = _floored(D[e].abs(), D[e].abs().reshape(self.batch, -1).amax(-1), FLOOR_DIAGONAL)
+            if count_inertia:
+                count(D[e].reshape(self.batch, -1))
+        # Blocks among the rest: diag [B, n] (a == b only) and dense [B, n_a, n_b].
+        diag: dict = {}
+        dense: dict = {}
+
+        def add_dense(a, b, value):
+            dense[(a, b)] = dense[(a, b)] + value if (a, b) in dense else value
+
+        for t in self.terms:
+            if t.row in eliminated or t.col in eliminated:
+                continue
+            if t.row == t.col and t.diagonal and t.rows:
+                v = materialize(t.coefficient, t.letters, t.rows, self.letter_size).reshape(self.batch, -1)
+                diag[t.row] = diag[t.row] + v if t.row in diag else v
+            else:
+                add_dense(t.row, t.col, self.dense(t))
+        for c, value in (extra_diagonal or {}).items():
+            v = value.reshape(self.batch, -1)
+            diag[c] = diag[c] + v if c in diag else v
+        b = {c: rhs[c] for c in range(C)}
+        for e in eliminated:
+            inverse = 1.0 / D[e]
+            for t1 in self._of(col=e):
+                if t1.row in eliminated:
+                    continue
+                for t2 in self._of(col=e):
+                    if t2.row in eliminated:
+                        continue
+                    self._schur_term(t1, t2, inverse, diag, add_dense)
+                # rhs_r -= B_re D^-1 rhs_e
+                b[t1.row] = b[t1.row] - self.apply(t1, inverse * rhs[e])
+        # Second level: eliminate diagonal-only blocks, the largest first.
+        order = list(rest)
+        steps = []
+        while len(order) > 1:
+            candidates = [v for v in order if v in diag and (v, v) not in dense]
+            if not candidates:
+                break
+            v = max(candidates, key=lambda c: (n[c], -c))
+            order.remove(v)
+            if count_inertia:
+                count(diag[v])
+            inv = 1.0 / diag[v]
+            bv = b[v].reshape(self.batch, -1)
+            for a in order:
+                if (a, v) not in dense:
+                    continue
+                scaled = dense[(a, v)] * inv[:, None, :]
+                for c in order:
+                    if (v, c) in dense:
+                        if (a, c) in dense:  # in place: one pass over the block, no temporary
+                            dense[(a, c)] = torch.baddbmm(dense[(a, c)], scaled, dense[(v, c)], alpha=-1)
+                        else:
+                            dense[(a, c)] = -(scaled @ dense[(v, c)])
+                Bav = dense[(a, v)]
+                b[a] = b[a] - (Bav @ (inv * bv).unsqueeze(-1)).squeeze(-1).reshape(b[a].shape)
+            steps.append(v)
+        # Dense remainder.
+        sizes = [n[c] for c in order]
+        offsets = [sum(sizes[:k]) for k in range(len(order))]
+        N = sum(sizes)
+        K = rhs[0].new_zeros(self.batch, N, N)
+        for i, a in enumerate(order):
+            for j, c in enumerate(order):
+                if (a, c) in dense:
+                    K[:, offsets[i]:offsets[i] + sizes[i], offsets[j]:offsets[j] + sizes[j]] += dense[(a, c)]
+            if a in diag:
+                K[:, offsets[i]:offsets[i] + sizes[i], offsets[i]:offsets[i] + sizes[i]] += torch.diag_embed(diag[a])
+        rhs_flat = torch.cat([b[a].reshape(self.batch, -1) for a in order], -1) if order else K.new_zeros(self.batch, 0)
+        dropped = []  # one entry of a redundant family (its multiplier is 0)
+        for pair in plan.redundant:
+            for c in pair:
+                if c in order:
+                    dropped.append(offsets[order.index(c)] + sizes[order.index(c)] - 1)
+                    break
+        keep = [k for k in range(N) if k not in dropped]
+        if dropped and sorted(dropped) == list(range(N - len(dropped), N)):  # trailing entries: views
+            K, rhs_flat = K[:, :len(keep), :len(keep)], rhs_flat[:, :len(keep)]
+        elif dropped:
+            index = torch.tensor(keep, dtype=torch.long, device=K.device)
+            K, rhs_flat = K[:, index][:, :, index], rhs_flat[:, index]
+        if count_inertia:
+            if K.shape[-1]:
+                finite = torch.isfinite(K).all(-1).all(-1)
+                values = torch.linalg.eigvalsh(torch.where(finite[:, None, None], 0.5 * (K + K.transpose(-1, -2)),
+                                                           torch.zeros_like(K)))
+                small = values.abs() <= 1e-12 * values.abs().amax(-1, keepdim=True)
+                counts[0].add_(((values > 0) & ~small).sum(-1))
+                counts[1].add_(((values < 0) & ~small).sum(-1))
+                counts[2].add_(small.sum(-1) + (~finite).long() * K.shape[-1])
+            return None, None, tuple(counts)
+        if convexify:
+            x_flat, solved = _convexified_solve(K, rhs_flat)
+        elif all(plan.columns[c][2] in ("multiplier", "inequality") for c in order):
+            # -A H^-1 A^T with H positive definite: Cholesky of -K (half of LU's work), LU where it fails
+            x_flat, solved = _negative_definite_solve(K, rhs_flat)
+        else:
+            x_flat, solved = _solve(K, rhs_flat)
+        if dropped:
+            full = K.new_zeros(self.batch, N)
+            full[:, torch.tensor(keep, dtype=torch.long, device=K.device)] = x_flat
+        else:
+            full = x_flat
+        x = {}
+        for i, a in enumerate(order):
+            x[a] = full[:, offsets[i]:offsets[i] + sizes[i]]
+        for v in reversed(steps):  # back-substitute the second level
+            acc = b[v].reshape(self.batch, -1)
+            for c in x:
+                if (v, c) in dense:
+                    acc = acc - (dense[(v, c)] @ x[c].unsqueeze(-1)).squeeze(-1)
+            x[v] = acc / diag[v]
+        out = [None] * C
+        for c in rest:
+            out[c] = x[c].reshape((self.batch,) + self.col_shapes[c])
+        for e in eliminated:  # back-substitute the diagonal unknowns
+            acc = rhs[e]
+            for t in self._of(row=e):
+                if t.col not in eliminated:
+                    acc = acc - self.apply(t, out[t.col])
+            out[e] = acc / D[e]
+        return out, solved
+
+    def _schur_term(self, t1, t2, inverse, diag, add_dense):
+        """-(t1 D^-1 t2^T) into the block (t1.row, t2.row)."""
+        l1, r1, c1 = t1.letters, t1.rows, t1.cols
+        l2, r2, c2 = _renamed(t2, "#2")
+        parent = {}
+
+        def find(a):
+            while parent.get(a, a) != a:
+                a = parent[a]
+            return a
+        for a, b in zip(c1, c2):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[rb] = ra
+
+        def canon(ls):
+            return tuple(find(l) for l in ls)
+        positions = canon(r1) + canon(r2)
+        value, kept = _contract([(t1.coefficient, canon(l1)), (inverse, canon(c1)), (t2.coefficient, canon(l2))],
+                                positions)
+        a, b = t1.row, t2.row
+        if a == b and canon(r1) == canon(r2) and len(set(canon(r1))) == len(r1) and r1:
+            v = materialize(value, kept, canon(r1), self.letter_size).reshape(self.batch, -1)
+            diag[a] = diag[a] - v if a in diag else -v
+            return
+        n_a = math.prod(self.col_shapes[a])
+        n_b = math.prod(self.col_shapes[b])
+        add_dense(a, b, -materialize(value, kept, positions, self.letter_size).reshape(self.batch, n_a, n_b))
+
+
+def _negative_definite_solve(K, rhs):
+    L, info = torch.linalg.cholesky_ex(-K)
+    x = -torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
+    usable = (info == 0) & torch.isfinite(x).all(dim=-1)
+    if _all(usable):
+        return x, usable
+    fallback, solved = _solve(K, rhs)
+    return torch.where(usable[:, None], x, fallback), usable | solved
+
+
+def _floored(values, scale, relative):
+    floor = relative * scale.clamp_min(1e-300)
+    return torch.maximum(values, floor.reshape((-1,) + (1,) * (values.dim() - 1)))
+
+
+def _convexified_solve(H, g):
+    """|H| x = g with |H| = V |Lambda| V^T of the Jacobi-scaled H (entropic Hessians span many
+    orders of magnitude), eigenvalues floored at FLOOR_DENSE of the largest."""
+    if H.shape[-1] == 0:
+        return g, torch.ones(g.shape[0], dtype=torch.bool, device=g.device)
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    H = torch.where(torch.isfinite(H).all(-1).all(-1)[:, None, None], H, eye)
+    scale = H.diagonal(dim1=-2, dim2=-1).abs()
+    scale = 1.0 / torch.sqrt(torch.where(scale > 0, scale, torch.ones_like(scale)))
+    values, vectors = torch.linalg.eigh(0.5 * (H + H.transpose(-1, -2)) * scale[:, :, None] * scale[:, None, :])
+    values = _floored(values.abs(), values.abs().amax(-1), FLOOR_DENSE)
+    y = vectors @ ((vectors.transpose(-1, -2) @ (scale * g).unsqueeze(-1)).squeeze(-1) / values).unsqueeze(-1)
+    x = scale * y.squeeze(-1)
+    usable = torch.isfinite(x).all(-1)
+    return torch.where(usable[:, None], x, torch.zeros_like(x)), usable
