@@ -241,10 +241,6 @@ class IndexedSystem:
     def kind(self) -> str:
         return self.spec.kind
 
-    @property
-    def symmetric(self) -> bool:
-        return self.kind == "argmin"
-
 
 def _letters(prefix: str, dims) -> tuple[sp.Idx, ...]:
     return tuple(sp.Idx(f"{prefix}{k}", d) for k, d in enumerate(dims))

@@ -72,7 +72,7 @@ def size_code(size) -> str:
     return str(size) if isinstance(size, int) else f's["{size}"]'
 
 
-def function_code(name: str, doc: str, outputs, inputs: dict, sizes, role: str = "v") -> dict:
+def function_code(name: str, doc: str, outputs, inputs: dict, sizes) -> dict:
     """One generated function `name(v, s)`: outputs is a list of (expression, out letters);
     inputs: array name -> Array (read from v[name]); sizes: the size symbols (read from s)."""
     outputs = [(to_reductions(sp.sympify(e)), tuple(ls)) for e, ls in outputs]
@@ -130,7 +130,7 @@ def function_code(name: str, doc: str, outputs, inputs: dict, sizes, role: str =
         placed = tuple(axes[l] for l in ls)
         shape = "(" + "".join(f"{letter_sizes[l]}, " for l in ls) + ")"
         results.append(f"runtime.take({text}, {placed}, {shape}, _like)")
-    return dict(signature=f"{name}({role}, s)", doc=doc, unpack=prologue, lines=lines, results=results)
+    return dict(signature=f"{name}(v, s)", doc=doc, unpack=prologue, lines=lines, results=results)
 
 
 def _print(replacements, reduced, names, axes, temps, sizes):

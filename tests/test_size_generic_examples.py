@@ -94,3 +94,12 @@ def test_robust_pooling_second_alpha_can_be_skipped(tmp_path, threads):
     record = run("robust_pooling", tmp_path, "--batch", "4", "--second-alpha", "0")
     assert record["gradient_check_alpha2"] is None
     assert not any(key.endswith("_alpha2") for key in record["centre_error"])
+
+
+def test_size_generic_layers_example_runs():
+    """examples/size_generic_layers.py at a small size: every layer ok, every gradient within
+    1e-5 (relative) of a central difference."""
+    out = example("size_generic_layers").main(["--n", "16", "--batch", "2"])
+    for name, result in out.items():
+        assert result["ok"], name
+        assert result["gradient_vs_fd"] < 1e-5, name
