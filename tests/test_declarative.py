@@ -522,3 +522,20 @@ def test_nan_rows_are_masked_in_argmin_layers(name):
     assert torch.equal(y[[0, 2]].detach(), alone) and (y[1] == 0).all()
     y.sum().backward()
     assert torch.isfinite(mixed.grad).all() and (mixed.grad[1] == 0).all() and (mixed.grad[[0, 2]] != 0).any()
+
+
+def test_autograd_backward_gives_zero_gradient_to_rows_that_are_not_ok():
+    """backward="autograd" differentiates through the iterations, but a row that did not converge
+    (here: one Newton step allowed) gets zero gradient, as with the IFT."""
+    params = robust_line_instances(4, seed=6)
+    model = layer("robust_line_fit", backward="autograd", max_iterations=1)
+    p = params.clone().requires_grad_(True)
+    y, ok = model(p)
+    assert not ok.all()
+    y.sum().backward()
+    assert (p.grad[~ok] == 0).all()
+    converged = layer("robust_line_fit", backward="autograd")
+    p = params.clone().requires_grad_(True)
+    y, ok = converged(p)
+    y.sum().backward()
+    assert ok.all() and (p.grad != 0).any(dim=-1).all()

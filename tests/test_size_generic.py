@@ -319,6 +319,15 @@ def test_unbatched_and_empty_calls():
     assert x.grad.shape == (0, 10)
 
 
+def test_autograd_backward_gives_zero_gradient_to_rows_that_are_not_ok():
+    x, k = lml_instances(6, 20, seed=16)
+    xg = x.clone().requires_grad_(True)
+    y, ok = layer("lml", backward="autograd", max_iterations=2)(xg, k)
+    assert not ok.all()
+    (y * torch.randn_like(y)).sum().backward()
+    assert (xg.grad[~ok] == 0).all() and torch.isfinite(xg.grad).all()
+
+
 def test_inconsistent_sizes_and_bad_arguments_are_one_line_errors():
     ot = layer("entropic_ot")
     M, r, c = ot_instances(2, 4, 5)
