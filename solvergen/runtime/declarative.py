@@ -98,8 +98,9 @@ def _backtrack(merit, y, step, value, slope, active):
 
 
 def _where_tree(mask, a, b):
-    if isinstance(a, tuple):
-        return tuple(_where_tree(mask, x, z) for x, z in zip(a, b))
+    """torch.where(mask, a, b) per row [B], through nested tuples and lists of tensors."""
+    if isinstance(a, (tuple, list)):
+        return type(a)(_where_tree(mask, x, z) for x, z in zip(a, b))
     shape = mask.shape + (1,) * (a.dim() - mask.dim())
     return torch.where(mask.view(shape), a, b)
 

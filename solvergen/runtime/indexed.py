@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from .declarative import ARMIJO, HALVINGS, _all, set_options
+from .declarative import ARMIJO, HALVINGS, _all, _where_tree, set_options
 from .plan import IndexedPlan
 from .structured_kkt import StructuredSystem
 
@@ -233,22 +233,15 @@ class IndexedLayer(torch.nn.Module):
             count += 1
             step, solved = self._system(params, sizes, z).solve([-x for x in r], convexify=True)
             slope = sum((x.reshape(len(f), -1) * s.reshape(len(f), -1)).sum(-1) for x, s in zip(r, step))
-            active = ~done & solved
-            accepted = ~active
-            new_z, new_f = z, f
             slack = 8 * torch.finfo(f.dtype).eps * (1 + f.abs())
-            alpha = 1.0
-            for _ in range(HALVINGS):
+
+            def candidate(alpha):
                 cand = [x + alpha * s for x, s in zip(z, step)]
-                cf = objective(cand)
-                better = ~accepted & torch.isfinite(cf) & (cf <= f + ARMIJO * alpha * slope + slack)
-                new_z = [torch.where(_col(better, c), c, x) for c, x in zip(cand, new_z)]
-                new_f = torch.where(better, cf, new_f)
-                accepted = accepted | better
-                if _all(accepted):
-                    break
-                alpha *= 0.5
-            z, f = new_z, new_f
+                return cand, objective(cand)
+
+            def armijo(alpha, cand, accepted):
+                return torch.isfinite(cand[1]) & (cand[1] <= f + ARMIJO * alpha * slope + slack)
+            z, f = _backtrack_rows(candidate, armijo, (z, f), ~done & solved)
             r, flat = self._residual(params, sizes, z)
             done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol)
         return z, done, count
@@ -296,21 +289,12 @@ class IndexedLayer(torch.nn.Module):
                 for value, change in ((z[c], step[c]), (slack[c], ds[c])):
                     ratio = torch.where(change < 0, -value / change, torch.full_like(value, float("inf")))
                     alpha = torch.minimum(alpha, 0.995 * ratio.reshape(B, -1).amin(-1))
-            active = ~done & solved
-            accepted = ~active
-            new_z, new_slack = z, slack
-            for _ in range(HALVINGS):
-                cand = [x + _col(alpha, x) * d for x, d in zip(z, step)]
-                cand_slack = {c: slack[c] + _col(alpha, slack[c]) * ds[c] for c in ineq}
-                cr, cflat = self._residual(params, sizes, cand)
-                better = ~accepted & torch.isfinite(cflat).all(-1)
-                new_z = [torch.where(_col(better, c_), c_, x) for c_, x in zip(cand, new_z)]
-                new_slack = {c: torch.where(_col(better, v), v, new_slack[c]) for c, v in cand_slack.items()}
-                accepted = accepted | better
-                if _all(accepted):
-                    break
-                alpha = alpha * 0.5
-            z, slack = new_z, new_slack
+            z, slack_list = _backtrack_rows(  # shortened until every value is finite
+                lambda alpha: ([x + _col(alpha, x) * d for x, d in zip(z, step)],
+                               [slack[c] + _col(alpha, slack[c]) * ds[c] for c in ineq]),
+                lambda alpha, cand, accepted: torch.isfinite(self._residual(params, sizes, cand[0])[1]).all(-1),
+                (z, [slack[c] for c in ineq]), ~done & solved, alpha=alpha)
+            slack = dict(zip(ineq, slack_list))
             r, _ = self._residual(params, sizes, z)
             primal, flat, products = measures(r, slack, z)
             tau = products.mean(-1)
@@ -390,25 +374,15 @@ class IndexedLayer(torch.nn.Module):
             extra = {c: torch.full_like(z[c], 0.0) - _col(damping, z[c]) for c in range(len(z)) if c not in unknown}
             step, solved = self._system(params, sizes, z).solve(rhs, extra_diagonal=extra)
             step = [torch.zeros_like(x) if c in unknown else x for c, x in enumerate(step)]
-            active = ~done & solved
-            accepted = ~active
-            new_z, new_r, new_h, new_value, new_finite = z, r, h, value, finite
-            alpha = 1.0
-            for _ in range(HALVINGS):
+            def candidate(alpha):
                 cand = primal([x + alpha * d for x, d in zip(z, step)])
                 cr, ch, cfinite = constraints(cand)
-                cvalue = (ch * ch).sum(-1)
-                better = ~accepted & cfinite & (cvalue <= value * (1 - 2 * ARMIJO * alpha) + 8 * _eps(value) * (1 + value))
-                new_z = [torch.where(_col(better, c_), c_, x) for c_, x in zip(cand, new_z)]
-                new_r = [torch.where(_col(better, c_), c_, x) for c_, x in zip(cr, new_r)]
-                new_h = torch.where(better[:, None], ch, new_h)
-                new_value = torch.where(better, cvalue, new_value)
-                new_finite = torch.where(better, cfinite, new_finite)
-                accepted = accepted | better
-                if _all(accepted):
-                    break
-                alpha *= 0.5
-            z, r, h, value, finite = new_z, new_r, new_h, new_value, new_finite
+                return cand, list(cr), ch, (ch * ch).sum(-1), cfinite
+
+            def decrease(alpha, cand, accepted):
+                return cand[4] & (cand[3] <= value * (1 - 2 * ARMIJO * alpha) + 8 * _eps(value) * (1 + value))
+            z, r, h, value, finite = _backtrack_rows(candidate, decrease, (z, list(r), h, value, finite),
+                                                     ~done & solved)
             # the unknowns are exact functions of the multipliers: converged when h is (no
             # rounding-level test: the damped steps are short by design)
             done = finite & ((h.abs().amax(-1) <= self.tol) | done)
@@ -452,27 +426,21 @@ class IndexedLayer(torch.nn.Module):
             # A step that decreases |r|^2 (Armijo) is accepted without it: one solve saved.
             size = _norm(step)
             value = (flat * flat).sum(-1)
-            accepted = ~active
-            new_z, new_r, new_flat = z, r, flat
-            alpha = 1.0
-            for _ in range(HALVINGS):
+
+            def candidate(alpha):
                 cand = [x + alpha * s for x, s in zip(z, step)]
                 cr, cflat = self._residual(params, sizes, cand)
+                return cand, list(cr), cflat
+
+            def acceptable(alpha, cand, accepted):
+                _, cr, cflat = cand
                 finite = torch.isfinite(cflat).all(-1)
                 decrease = finite & ((cflat * cflat).sum(-1) <= value * (1 - 2 * ARMIJO * alpha))
-                better = ~accepted & decrease
-                if not _all(accepted | decrease | ~finite):  # the natural test, for the rows left
-                    simplified, _ = system.solve([torch.where(_col(finite, x), -x, torch.zeros_like(x)) for x in cr])
-                    better = better | (~accepted & finite
-                                       & (_norm(simplified) <= (1 - alpha / 2) * size + _rounding(cand)))
-                new_z = [torch.where(_col(better, c), c, x) for c, x in zip(cand, new_z)]
-                new_r = [torch.where(_col(better, c), c, x) for c, x in zip(cr, new_r)]
-                new_flat = torch.where(better[:, None], cflat, new_flat)
-                accepted = accepted | better
-                if _all(accepted):
-                    break
-                alpha *= 0.5
-            z, r, flat = new_z, new_r, new_flat
+                if _all(accepted | decrease | ~finite):
+                    return decrease
+                simplified, _ = system.solve([torch.where(_col(finite, x), -x, torch.zeros_like(x)) for x in cr])
+                return decrease | (finite & (_norm(simplified) <= (1 - alpha / 2) * size + _rounding(cand[0])))
+            z, r, flat = _backtrack_rows(candidate, acceptable, (z, list(r), flat), active)
             # converged: residual at most tol, or the full Newton correction below rounding
             at_rounding = active & (size <= ROUNDING_STEPS * _rounding(z))
             done = torch.isfinite(flat).all(-1) & ((flat.abs().amax(-1) <= self.tol) | at_rounding | done)
@@ -602,6 +570,23 @@ class IndexedLayer(torch.nn.Module):
         y, ok = self._finish(params, sizes, z, ok, finite, batch_shape, dtype, False)
         self.last_ok = ok
         return y
+
+
+def _backtrack_rows(candidate, accept, state, active, alpha=1.0):
+    """Per row, the first step length in alpha, alpha / 2, ... (HALVINGS of them) whose candidate
+    passes `accept(alpha, candidate, accepted) -> [B] bool`; rows that are not `active`, or that
+    accept none, keep `state`. candidate(alpha) -> a state like `state` (nested tuples and lists
+    of [B, ...] tensors). alpha: a number or [B]."""
+    accepted = ~active
+    for _ in range(HALVINGS):
+        cand = candidate(alpha)
+        better = ~accepted & accept(alpha, cand, accepted)
+        state = _where_tree(better, cand, state)
+        accepted = accepted | better
+        if _all(accepted):
+            break
+        alpha = alpha * 0.5
+    return state
 
 
 def _eps(t) -> float:
