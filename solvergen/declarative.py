@@ -116,6 +116,19 @@ def _init(value, unknowns, parameters) -> tuple[sp.Expr, ...] | None:
     return tuple(sp.sympify(e) for e in entries)
 
 
+def _check_start(spec, expressions) -> None:
+    """Refuse, in one line, a default start point outside the domain of the expressions (log(0),
+    1/0, ... at zeros or at `init=`): the local forward could not take a single step from it."""
+    start = spec.init if spec.init is not None else (sp.Integer(0),) * len(spec.unknowns)
+    values = dict(zip(spec.unknowns, start))
+    for expr, what in expressions:
+        value = expr.xreplace(values)
+        if value.has(sp.zoo, sp.nan, sp.oo, -sp.oo):
+            where = "the default start point y = 0 (no init= given)" if spec.init is None else "the start point init="
+            raise SpecError(f"{where} is outside the domain of {what}: it evaluates to {value} there; "
+                            "give init= a point inside the domain")
+
+
 def _indexed_init(value):
     """A size-generic spec's init: one entry per declared unknown (None: zeros)."""
     if value is None:
@@ -192,6 +205,9 @@ class Argmin(_Declarative):
         _check_symbols(self.equalities, declared, self.unknowns, "equality", needs_unknown=True)
         _check_symbols(self.inequalities, declared, self.unknowns, "inequality", needs_unknown=True)
         self.init = _init(init, self.unknowns, self.parameters)
+        _check_start(self, [(self.objective, "the objective")]
+                     + [(e, f"equality {k}") for k, e in enumerate(self.equalities)]
+                     + [(e, f"inequality {k}") for k, e in enumerate(self.inequalities)])
 
     def __repr__(self) -> str:
         return (f"Argmin({self.name!r}, {len(self.unknowns)} unknowns, {len(self.parameters)} parameters, "
@@ -221,6 +237,7 @@ class Implicit(_Declarative):
         if missing:
             raise SpecError(f"unknown {missing[0]} appears in no equation")
         self.init = _init(init, self.unknowns, self.parameters)
+        _check_start(self, [(e, f"equation {k}") for k, e in enumerate(self.equations)])
 
     def __repr__(self) -> str:
         return (f"Implicit({self.name!r}, {len(self.unknowns)} unknowns, {len(self.parameters)} parameters, "

@@ -10,6 +10,8 @@ their multipliers m, the Lagrangian L = f + m . c:
     sum_n w_y,n d2L/dy_n da_m + sum_j w_c,j dc_j/da_m.
 The VJPs are symbolic: the generated code computes them directly, and no dense d(.)/da matrix
 is ever formed. Everything is a `Function`: outputs over named inputs, printed after CSE.
+Repeated terms of an Argmin's objective (a sum over data points) are derived once, as lanes
+(solvergen/lanes.py): the objective, gradient, Hessian and VJP then evaluate them vectorised.
 """
 from __future__ import annotations
 
@@ -18,19 +20,28 @@ from dataclasses import dataclass
 import sympy as sp
 
 from .declarative import Argmin, Implicit
+from .lanes import LaneGroup, find_lanes
 from .problem import Problem
 
 
 @dataclass(frozen=True)
 class Function:
     """Outputs (flattened row-major when a matrix: `shape`) of inputs; `inputs` lists
-    (argument name, its symbols) in call order."""
+    (argument name, its symbols) in call order.
+
+    With lane groups (solvergen/lanes.py), output i is `outputs[i]` plus, for each group g, the
+    sum over its lanes of `lane_sums[i][g]`; and where `lane_values` is given (the parameter
+    VJP), `lane_values[g][p]` is, lane by lane, the output at the parameters of placeholder p
+    (those outputs are 0 in `outputs`)."""
 
     name: str
     inputs: tuple[tuple[str, tuple[sp.Symbol, ...]], ...]
     outputs: tuple[sp.Expr, ...]
     shape: tuple[int, ...]
     doc: str
+    lanes: tuple[LaneGroup, ...] = ()
+    lane_sums: tuple[tuple[sp.Expr, ...], ...] = ()
+    lane_values: tuple[tuple[sp.Expr, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,8 @@ def derive(spec: Argmin | Implicit) -> DeclarativeSystem:
         )
         return DeclarativeSystem(spec, n, m, k, 0, 0, functions, critical_points_problem(spec))
 
-    f = spec.objective
     c = spec.equalities + spec.inequalities
+    f, lanes = find_lanes(spec.objective, a, elsewhere=c)  # f: the objective without its lane terms
     multipliers = _symbols("_m", len(c))
     gradient = tuple(sp.diff(f, v) for v in y)
     lagrangian_gradient = tuple(g + sum((mu * sp.diff(cj, v) for mu, cj in zip(multipliers, c)), sp.Integer(0))
@@ -113,18 +124,31 @@ def derive(spec: Argmin | Implicit) -> DeclarativeSystem:
     hessian = tuple(sp.diff(lg, v) for lg in lagrangian_gradient for v in y)
     w = _symbols("_w", n + len(c))
     vjp = _vjp(lagrangian_gradient + c, w, a)
+    # The lane terms' parts: the derivatives of one term, per group.
+    lane_gradients = [tuple(sp.diff(group.term, v) for v in y) for group in lanes]
+    lane_stationarity_vjp = [sum((wn * gn for wn, gn in zip(w, grads)), sp.Integer(0)) for grads in lane_gradients]
+
+    def per_output(values):  # [group][output] -> [output][group]
+        return tuple(zip(*values)) if lanes else ()
+
+    lane_vjp = per_output([tuple(sp.diff(e, p) for p in a) for e in lane_stationarity_vjp])
     functions = (
-        Function("_objective", (("_y", y), ("_a", a)), (f,), (), "f(y, a): [..., N], [..., M] -> [...]."),
-        Function("_gradient", (("_y", y), ("_a", a)), gradient, (n,), "df/dy: [..., N], [..., M] -> [..., N]."),
+        Function("_objective", (("_y", y), ("_a", a)), (f,), (), "f(y, a): [..., N], [..., M] -> [...].",
+                 lanes, per_output([(group.term,) for group in lanes])),
+        Function("_gradient", (("_y", y), ("_a", a)), gradient, (n,), "df/dy: [..., N], [..., M] -> [..., N].",
+                 lanes, per_output(lane_gradients)),
         Function("_constraints", (("_y", y), ("_a", a)), c, (len(c),),
                  "The equalities h, then the inequalities g (<= 0): [..., N], [..., M] -> [..., E + I]."),
         Function("_constraint_jacobian", (("_y", y), ("_a", a)), tuple(sp.diff(cj, v) for cj in c for v in y),
                  (len(c), n), "dc/dy: [..., N], [..., M] -> [..., E + I, N]."),
         Function("_lagrangian_hessian", (("_y", y), ("_a", a), ("_m", multipliers)), hessian, (n, n),
-                 "d2L/dy2 of L = f + m . c: [..., N], [..., M], [..., E + I] -> [..., N, N]."),
+                 "d2L/dy2 of L = f + m . c: [..., N], [..., M], [..., E + I] -> [..., N, N].",
+                 lanes, per_output([tuple(sp.diff(g, v) for g in grads for v in y) for grads in lane_gradients])),
         Function("_parameter_vjp", (("_y", y), ("_a", a), ("_m", multipliers), ("_w", w)), vjp, (m,),
                  "sum_n w_n d2L/dy_n da + sum_j w_(N+j) dc_j/da: [..., N], [..., M], [..., E + I], "
-                 "[..., N + E + I] -> [..., M]."),
+                 "[..., N + E + I] -> [..., M].",
+                 lanes, lane_vjp, tuple(tuple(sp.diff(e, p) for p in group.placeholders)
+                                        for group, e in zip(lanes, lane_stationarity_vjp))),
         init,
     )
     return DeclarativeSystem(spec, n, m, 0, len(spec.equalities), len(spec.inequalities), functions,

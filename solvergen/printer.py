@@ -54,6 +54,9 @@ class TorchPrinter(PythonCodePrinter):
         if exp.is_Integer and exp == -1:
             b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
             return f"1.0/{b}"
+        if exp.is_Integer and -4 <= exp <= -2:
+            b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"], strict=True)
+            return f"1.0/({'*'.join([b] * -int(exp))})"
         if exp == sp.S.Half:
             return f"torch.sqrt({self._print(base)})"
         if exp == -sp.S.Half:
@@ -107,7 +110,35 @@ def print_with_cse(
 ) -> tuple[list[str], list[str]]:
     """CSE the outputs; return assignment lines `t = ...` and the printed outputs."""
     replacements, reduced = sp.cse(outputs, symbols=sp.numbered_symbols(temp_prefix))
+    replacements, reduced = share_square_roots(replacements, reduced, temp_prefix)
     return print_program(replacements, reduced, names)
+
+
+def _half_power(node) -> bool:
+    return node.is_Pow and node.base.is_Symbol and node.exp.is_Rational and node.exp.q == 2
+
+
+def share_square_roots(replacements, reduced, temp_prefix: str):
+    """After CSE: every power b**(k/2) of a symbol b becomes r**k with r = sqrt(b) assigned once,
+    right after b (or first, for an input). torch's pow is slow (b**-1.5 costs about three square
+    roots on the CPU), and the pseudo-Huber and similar derivatives use sqrt(b), 1/sqrt(b) and
+    b**-1.5 of the same b: one sqrt and a few products instead."""
+    exprs = [e for _, e in replacements] + list(reduced)
+    bases = sorted({node.base for e in exprs for node in sp.preorder_traversal(e) if _half_power(node)}, key=str)
+    if not bases:
+        return replacements, reduced
+    roots = {b: sp.Symbol(f"{temp_prefix}sqrt{i}") for i, b in enumerate(bases)}
+
+    def rewrite(e):
+        return e.replace(_half_power, lambda node: roots[node.base] ** int(2 * node.exp))
+
+    assigned = {sym for sym, _ in replacements}
+    out = [(roots[b], sp.sqrt(b)) for b in bases if b not in assigned]
+    for sym, value in replacements:
+        out.append((sym, rewrite(value)))
+        if sym in roots:
+            out.append((roots[sym], sp.sqrt(sym)))
+    return out, [rewrite(e) for e in reduced]
 
 
 def print_program(

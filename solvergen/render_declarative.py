@@ -6,19 +6,31 @@ import sympy as sp
 
 from .compiler import CompiledProblem
 from .kkt import DeclarativeSystem, Function
+from .lanes import lane_slice
 from .printer import identifier
 from .render import RESERVED, _code, _count, _unpack, environment, header_context, problem_context, wrap_words
 
 
 def function_code(function: Function, names: dict[sp.Symbol, str]) -> dict:
     """The printed body of one function: unpacking of its inputs, CSE'd lines, the result."""
-    lines, outputs = _code(function.outputs, names, "_t")
-    used = set().union(*(e.free_symbols for e in function.outputs))
+    outputs, lane_lines, lane_sums, lane_values = _lanes(function, names)
+    lines, printed = _code(list(outputs) + [e for row in lane_sums for e in row if e is not None]
+                           + [e for row in lane_values for e in row], names, "_t")
+    printed_outputs, rest = printed[:len(outputs)], printed[len(outputs):]
+    for i, row in enumerate(lane_sums):  # + sum over the lanes of each group's term
+        for e in row:
+            if e is not None:
+                text, rest = rest[0], rest[1:]
+                total = f"({text}).sum(-1)"
+                printed_outputs[i] = total if outputs[i] == 0 else f"{printed_outputs[i]} + {total}"
+    used = set().union(*(e.free_symbols for e in outputs))
     unpack = []
     for argument, symbols in function.inputs:
         if used & set(symbols):
             unpack += _unpack([names[s] if s in used else "_" for s in symbols], argument)
-    constants = [e for e in function.outputs if e.is_Number]
+    unpack += lane_lines
+    placed = bool(lane_values) and all(e == 0 for e in outputs)  # the VJP's values all in lanes
+    constants = [e for e, text in zip(outputs, printed_outputs) if e.is_Number and text.startswith("_") and not placed]
     if constants:
         shapes = ", ".join(f"{argument}.shape[:-1]" for argument, _ in function.inputs)
         first = function.inputs[0][0]
@@ -27,17 +39,77 @@ def function_code(function: Function, names: dict[sp.Symbol, str]) -> dict:
             unpack.append(f"_ones = {first}.new_ones(_shape)")
         if any(e == 0 for e in constants):
             unpack.append(f"_zeros = {first}.new_zeros(_shape)")
-    if not function.outputs:  # no constraints: an empty last axis
+    if not function.outputs or placed:  # no constraints (an empty last axis), or all in lanes
         shapes = ", ".join(f"{argument}.shape[:-1]" for argument, _ in function.inputs)
         result = f"{function.inputs[0][0]}.new_zeros(torch.broadcast_shapes({shapes}) + {function.shape})"
     elif function.shape == ():  # printed for a list item (column 12): back to a return (column 4)
-        result = "\n".join(line[8:] if line.startswith(" " * 12) else line for line in outputs[0].split("\n"))
+        result = "\n".join(line[8:] if line.startswith(" " * 12) else line for line in printed_outputs[0].split("\n"))
     else:
-        result = "torch.stack(\n        [\n" + "".join(f"            {out},\n" for out in outputs) + "        ],\n        dim=-1,\n    )"
+        result = "torch.stack(\n        [\n" + "".join(f"            {out},\n" for out in printed_outputs) + "        ],\n        dim=-1,\n    )"
         if len(function.shape) == 2:
             result += f".unflatten(-1, {function.shape})"
+    if lane_values:  # the parameter VJP: each lane's value at its parameter
+        lines = lines + [f"_out = {result}"] + [
+            f"_out[..., {lane_slice(group.indices[p])}] = {repr(float(e)) if e.is_Number else text}"
+            for group, exprs, texts in zip(function.lanes, lane_values, _chunks(rest, lane_values))
+            for p, (e, text) in enumerate(zip(exprs, texts))]
+        result = "_out"
     signature = f"{function.name}({', '.join(argument for argument, _ in function.inputs)})"
     return dict(signature=signature, doc=function.doc, unpack=unpack, lines=lines, result=result)
+
+
+def _chunks(texts, rows):
+    """texts cut into pieces as long as the rows."""
+    out = []
+    for row in rows:
+        out.append(texts[:len(row)])
+        texts = texts[len(row):]
+    return out
+
+
+def _lanes(function: Function, names: dict[sp.Symbol, str]):
+    """A lane function's parts (solvergen/lanes.py), with names added to `names`: its outputs
+    (each with the lane terms that do not depend on the lane added, times the lane count), the
+    lines that gather the lanes, the lane terms per output and group (None where absent), and
+    the VJP's lane values per group and placeholder. In the lane terms, every other input
+    symbol is replaced by its lane version: the slice `_y[..., n:n+1]` of its argument, which
+    broadcasts against the lanes [..., K]."""
+    if not function.lanes:
+        return function.outputs, [], [], []
+    taken = set(names.values())
+    lane_names: dict[sp.Symbol, sp.Symbol] = {}
+    terms = [e for row in function.lane_sums for e in row] + [e for row in function.lane_values for e in row]
+    used = set().union(*(e.free_symbols for e in terms))
+    lines = []
+    for argument, symbols in function.inputs:
+        for position, symbol in enumerate(symbols):
+            if symbol in used:
+                lane_names[symbol] = sp.Symbol(f"_lane_{names[symbol]}")
+                if lane_names[symbol] not in names:  # the same name in every function
+                    names[lane_names[symbol]] = identifier(f"{names[symbol].lstrip('_')}_lane", taken)
+                lines.append(f"{names[lane_names[symbol]]} = {argument}[..., {position}:{position + 1}]")
+    parameters = dict(function.inputs)["_a"]
+    for g, group in enumerate(function.lanes):
+        for p, placeholder in enumerate(group.placeholders):
+            first, last = (names[parameters[group.indices[p][i]]] for i in (0, -1))
+            if placeholder not in names:
+                stem = first.rstrip("0123456789_")
+                names[placeholder] = identifier(f"{stem}_lanes" if stem else f"lanes{g}_{p}", taken)
+            lines.append(f"{names[placeholder]} = _a[..., {lane_slice(group.indices[p])}]  # {first} .. {last}")
+    outputs, lane_sums = list(function.outputs), []
+    for i, row in enumerate(function.lane_sums):
+        sums = []
+        for group, term in zip(function.lanes, row):
+            if term == 0:
+                sums.append(None)
+            elif not term.free_symbols & set(group.placeholders):  # the same in every lane
+                outputs[i] = outputs[i] + group.lanes * term
+                sums.append(None)
+            else:
+                sums.append(term.xreplace(lane_names))
+        lane_sums.append(sums)
+    values = [[e.xreplace(lane_names) for e in row] for row in function.lane_values]
+    return tuple(outputs), lines, lane_sums, values
 
 
 def class_name(name: str) -> str:

@@ -13,7 +13,7 @@ import sympy as sp
 
 from .errors import SpecError
 from .indexed import Array, IndexedSystem, _nodes, diagonal_unknown, idx_size
-from .printer import TorchPrinter, identifier, print_program
+from .printer import TorchPrinter, identifier, print_program, share_square_roots
 from .render import environment, header_context, wrap_words
 from .render_declarative import class_name
 
@@ -118,6 +118,7 @@ def function_code(name: str, doc: str, outputs, inputs: dict, sizes) -> dict:
             names[node] = identifier(str(node), taken)
             prologue.append(f'{names[node]} = runtime.place(v["{node}"], (), {total})')
     replacements, reduced = sp.cse([e for e, _ in outputs], symbols=sp.numbered_symbols("_t"))
+    replacements, reduced = share_square_roots(replacements, reduced, "_t")
     temps: dict = {}
     for sym, value in replacements:
         temps[sym] = letters_of(value, temps)

@@ -103,6 +103,10 @@ BAD_SPECS = {
                                  "init has 2 entries for 1 unknowns"),
     "undeclared symbol": ("y, p, q = sp.symbols('y p q')\nproblem = Argmin('a', [y], [p], (y - q)**2)",
                           "the objective uses undeclared symbol(s) q"),
+    "entropy started at zero": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], y * sp.log(y) - p * y)",
+                                "the default start point y = 0 (no init= given) is outside the domain of the objective"),
+    "init on a pole": ("y, p = sp.symbols('y p')\nproblem = Implicit('a', [y], [p], [1 / (y - 1) - p], init=1)",
+                       "the start point init= is outside the domain of equation 0"),
 }
 
 
@@ -485,13 +489,58 @@ def test_convex_trust_region_subproblem(projections):
     assert (mu * ((y * y).sum(-1) - 1)).abs().max() <= 1e-8
 
 
-@pytest.mark.xfail(strict=True, reason="non-convex inequality-constrained problems: the interior point method "
-                   "(Hessian's negative eigenvalues set to 0, no merit line search) converges on about a quarter "
-                   "of the trust-region subproblems with an indefinite Q; rows that do not converge are ok = False")
+def trust_region_global_minimiser(Q, g):
+    """The global minimiser of y^T Q y / 2 + g^T y over |y| <= 1 (More and Sorensen): y = -(Q +
+    2 mu I)^-1 g with mu >= max(0, -lambda_min / 2) and |y| = 1 unless mu = 0 is interior, mu found
+    by bisection on the secular equation in Q's eigenbasis (the hard case has probability 0)."""
+    from scipy.optimize import brentq
+
+    lam, V = np.linalg.eigh(Q)
+    b = V.T @ g
+    if lam[0] > 0 and np.sum((b / lam) ** 2) <= 1:
+        return -np.linalg.solve(Q, g)
+    secular = lambda mu: np.sum((b / (lam + 2 * mu)) ** 2) - 1
+    low = max(0.0, -lam[0] / 2)
+    high = low + 1.0
+    while secular(high) > 0:
+        high *= 2
+    mu = brentq(secular, low + 1e-15 * (1 + low), high, xtol=1e-15, rtol=1e-15)
+    return -V @ (b / (lam + 2 * mu))
+
+
 def test_nonconvex_trust_region_subproblem(projections):
+    """Indefinite Q: the interior point needs its inertia correction and merit line search here.
+    Every ok row is the global minimiser (a trust-region subproblem has at most one local
+    minimiser that is not global, and the start y = 0 does not lead there)."""
     model = projections["trust_region"]
-    _, ok = model(trust_region_instances(300, convex=False))
+    params = trust_region_instances(1000, convex=False)
+    y, ok = model(params)
     assert ok.float().mean() >= 0.995
+    reference = np.stack([trust_region_global_minimiser(p[:9].view(3, 3).numpy(), p[9:].numpy()) for p in params])
+    error = np.abs(y.numpy() - reference).max(-1)
+    assert error[ok.numpy()].max() <= 1e-8
+    error, scale, ok = finite_difference_check(model, params[:40])
+    assert ok.all() and (error <= 1e-5 * scale).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("name", ["entropy_simplex", "trust_region"])
+def test_autograd_through_the_interior_point_matches_the_ift(projections, name):
+    """backward="autograd" through the interior point (logs of the unknowns, a non-convex
+    problem): finite, and the same gradient as the IFT on the rows that are ok."""
+    ift = projections[name]
+    autograd = type(ift)(backward="autograd")
+    g = torch.Generator().manual_seed(4)
+    params = (2 * torch.randn(200, 5, dtype=torch.float64, generator=g) if name == "entropy_simplex"
+              else trust_region_instances(200, convex=False, seed=4))
+    w = torch.randn(200, ift.plan.num_unknowns, dtype=torch.float64, generator=g)
+    grads = []
+    for model in (ift, autograd):
+        p = params.clone().requires_grad_(True)
+        y, ok = model(p)
+        (y * w).sum().backward()
+        grads.append(p.grad)
+    assert ok.float().mean() >= 0.99 and torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1][ok], grads[0][ok], rtol=1e-6, atol=1e-7)
 
 
 def test_declarative_layers_example_trains():

@@ -10,22 +10,25 @@ Local forward (batched, rows masked as they converge; on the CPU the loop stops 
 has converged, elsewhere it runs `max_iterations` without a host synchronization):
     Implicit: damped Newton on F (Gauss-Newton on J^T J when overdetermined), backtracking
         line search on |F|^2 that keeps every value finite.
-    Argmin without constraints: Newton with the Hessian's eigenvalues floored in absolute value
-        (a descent direction at saddles), Armijo backtracking on f.
+    Argmin without constraints: Newton (Cholesky where the Hessian is safely positive
+        definite, else its eigenvalues floored in absolute value: a descent direction at
+        saddles), Armijo backtracking on f.
     Argmin with equalities only: Newton on the KKT equations, backtracking on their residual.
-    Argmin with inequalities: primal-dual interior point with slacks (g + s = 0, mu s = sigma
-        tau; the Hessian's negative eigenvalues set to 0), fraction-to-the-boundary steps
-        shortened until every expression is finite, down to residuals and complementarity 1e-8; then
-        Newton on the KKT equations of the active set (multiplier larger than slack) polishes
-        to `tol`.
+    Argmin with inequalities: primal-dual interior point with slacks (g + s = 0, mu s = tau),
+        as IPOPT without its filter: the barrier tau decreases monotonically, the Lagrangian's
+        Hessian is shifted by delta I where the KKT matrix has the wrong inertia, and the step
+        backtracks on an l1 merit function from the fraction to the boundary, keeping every
+        expression finite. Rows whose residual is below 1e-8 try Newton on the KKT equations of
+        their active set (multiplier larger than slack), which polishes to `tol`; a row is done
+        when that succeeds, else it goes on with a smaller barrier.
 Backward: the implicit function theorem. Argmin: on the KKT system of stationarity and the
 constraints, with the inequalities active at the solution (multiplier larger than slack) as
 equalities and the inactive ones dropped (a weakly active one, mu = slack = 0, counts as
 inactive: the one-sided derivative of moving into the interior). The KKT matrix is
 [[d2L/dy2, A^T], [A, 0]]; the parameter side is the generated vector-Jacobian product, so no
 d(.)/da matrix is formed. Implicit: J^T w = grad (J (J^T J)^-1 grad when overdetermined).
-Rows that did not converge, or whose matrix is singular or worse conditioned than `cond_max`,
-get zero gradient; the latter are counted in `ill_conditioned`.
+Rows that did not converge, or whose matrix is singular or has a 1-norm condition number above
+`cond_max`, get zero gradient; the latter are counted in `ill_conditioned`.
 """
 from __future__ import annotations
 
@@ -39,10 +42,11 @@ BACKWARDS = ("ift", "autograd")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 ARMIJO = 1e-4  # sufficient decrease of the line searches
 HALVINGS = 30  # backtracking steps before a row gives up for this iteration
-SIGMA = 0.1  # interior point: centring (target complementarity = SIGMA * mean mu s)
 BOUNDARY = 0.995  # interior point: fraction to the boundary
-POLISH_FROM = 1e-8  # interior point: residual and complementarity from which the active set is polished
+POLISH_FROM = 1e-8  # interior point: residual from which the active set is polished
 POLISH_STEPS = 3  # interior point: Newton steps of the polish
+TAU_START, TAU_FACTOR, TAU_KAPPA = 0.1, 0.2, 10.0  # interior point: the barrier's schedule
+KAPPA_SIGMA = 1e10  # interior point: multipliers kept within this factor of tau / s
 
 
 def set_options(layer, backward, max_iterations, tol, refine_steps, precision) -> None:
@@ -66,6 +70,10 @@ def _solve(matrix, rhs):
     x, info = torch.linalg.solve_ex(matrix, rhs.unsqueeze(-1))
     x = x.squeeze(-1)
     usable = (info == 0) & torch.isfinite(x).all(dim=-1)
+    if not _all(usable):  # again with the identity in those rows: finite, also for autograd's backward
+        eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device)
+        x = torch.linalg.solve_ex(torch.where(usable[:, None, None], matrix, eye),
+                                  torch.where(usable.unsqueeze(-1), rhs, 0).unsqueeze(-1))[0].squeeze(-1)
     return torch.where(usable.unsqueeze(-1), x, torch.zeros_like(x)), usable
 
 
@@ -156,11 +164,23 @@ def _eigh(H):
 
 
 def _floored_inverse_apply(H, g, relative=1e-8):
-    """H_mod^-1 g with H_mod = V |Lambda| V^T, eigenvalues floored at relative * max(1, |lambda|max)."""
-    values, vectors = _eigh(H)
+    """H_mod^-1 g: H^-1 g by Cholesky where H is positive definite, else with H_mod = V |Lambda|
+    V^T, eigenvalues floored at relative * max(1, |lambda|max). (The eigendecomposition is of
+    the detached H: backward="autograd" through eigenvectors of repeated eigenvalues is NaN.)"""
+    factor, info = torch.linalg.cholesky_ex(torch.where(torch.isfinite(H), H, 0))
+    pivots = factor.diagonal(dim1=-2, dim2=-1) ** 2  # each at least H's smallest eigenvalue
+    scale = H.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1.0)
+    definite = (info == 0) & (pivots.amin(-1) > 1e-6 * scale) & torch.isfinite(g).all(-1)
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    factor = torch.where(definite[:, None, None], factor, eye)  # finite everywhere, also for autograd
+    step = torch.cholesky_solve(g.unsqueeze(-1), factor).squeeze(-1)
+    if _all(definite):
+        return step
+    values, vectors = _eigh(H.detach())
     floor = relative * values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     inverse = 1 / values.abs().clamp_min(floor)
-    return (vectors @ (inverse * (vectors.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+    floored = (vectors @ (inverse * (vectors.transpose(-1, -2) @ g.unsqueeze(-1)).squeeze(-1)).unsqueeze(-1)).squeeze(-1)
+    return torch.where(definite.unsqueeze(-1), step, floored)
 
 
 def _kkt_matrix(H, A, active):
@@ -244,74 +264,180 @@ def _unconstrained(plan, a, y, layer):
     return y, empty, done
 
 
+def _inertia_corrected(M, Ae):
+    """The KKT matrix [[M + delta I, Ae^T], [Ae, 0]] with delta = 0 where that has inertia
+    (N, E, 0), else delta = -1.5 (smallest eigenvalue of M) + 1e-8 (times M's scale): M + delta I
+    is then positive definite with its smallest eigenvalue |lambda_min| / 2 (IPOPT's ladder lands
+    between 1 and 8 times |lambda_min|), so the Newton step is a descent direction of the merit
+    function even where the Lagrangian's Hessian is indefinite, and of bounded length."""
+    N, E = M.shape[-1], Ae.shape[-2]
+    eye = torch.eye(N, dtype=M.dtype, device=M.device)
+    corner = Ae.new_zeros(Ae.shape[0], E, E)
+
+    def kkt(delta):
+        top = torch.cat([M + delta[:, None, None] * eye, Ae.transpose(-1, -2)], -1)
+        return torch.cat([top, torch.cat([Ae, corner], -1)], -2)
+
+    K = kkt(torch.zeros_like(M[..., 0, 0]))
+    # M positive definite (a Cholesky factor exists; every convex problem) settles the inertia
+    # without an eigendecomposition, given Ae of full row rank (else the solve fails anyway).
+    right = torch.linalg.cholesky_ex(torch.where(torch.isfinite(M), M, 0).detach())[1] == 0
+    if _all(right):
+        return K
+    values, _ = _eigh(K.detach())
+    right |= ((values < 0).sum(-1) == E) & (values.abs() > 1e-13 * values.abs().amax(-1, keepdim=True).clamp_min(1.0)).all(-1)
+    if _all(right):
+        return K
+    smallest = _eigh(M.detach())[0]
+    scale = smallest.abs().amax(-1).clamp_min(1.0)
+    delta = (1e-8 * scale - 1.5 * smallest[..., 0]).clamp_min(0)
+    return torch.where(right[:, None, None], K, kkt(delta))
+
+
 def _interior_point(plan, a, y, layer):
-    """Primal-dual interior point (module docstring): -> y, multipliers (h's, then g's), done."""
+    """Primal-dual interior point (module docstring): -> y, multipliers (h's, then g's), done.
+
+    Each iteration: the Newton step on the perturbed KKT equations (mu s = tau) with the
+    Lagrangian's Hessian, corrected by delta I where needed (`_inertia_corrected`); then
+    backtracking from the fraction-to-the-boundary step on the merit function
+    f - tau sum(log s) + rho (|h|_1 + |g + s|_1), with rho at least twice the largest new
+    multiplier. The barrier tau decreases monotonically per row, as IPOPT's default: from
+    TAU_START to max(tol / 10, min(TAU_FACTOR tau, tau^1.5)) whenever the barrier problem's
+    residual is below TAU_KAPPA tau. (An adaptive tau, a fraction of the mean complementarity,
+    takes fewer iterations on convex problems but lets the slacks collapse on non-convex ones.)"""
     E = plan.num_equalities
     c = plan.constraints(y, a)
     s = (-c[..., E:]).clamp_min(1.0)
     mu = torch.ones_like(s)
     nu = y.new_zeros(y.shape[0], E)
-    eye = torch.eye(y.shape[-1], dtype=y.dtype, device=y.device)
+    rho = torch.ones_like(s[..., 0])
+    tau = torch.full_like(rho, TAU_START).unsqueeze(-1)
+    tau_min = layer.tol / 10
+    N = y.shape[-1]
     done = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
+    y_out, m_out = y, y.new_zeros(y.shape[0], plan.num_constraints)
     coarse = max(layer.tol, POLISH_FROM)
     for _ in range(layer.max_iterations):
         A = plan.constraint_jacobian(y, a)
         Ae, Ai = A[..., :E, :], A[..., E:, :]
-        r_d = plan.gradient(y, a) + (A.transpose(-1, -2) @ torch.cat([nu, mu], -1).unsqueeze(-1)).squeeze(-1)
+        grad_f = plan.gradient(y, a)
+        r_d = grad_f + (A.transpose(-1, -2) @ torch.cat([nu, mu], -1).unsqueeze(-1)).squeeze(-1)
         r_e, r_i = c[..., :E], c[..., E:] + s
-        tau = (mu * s).mean(-1, keepdim=True)
-        done = (torch.cat([r_d, r_e, r_i], -1).abs().amax(dim=-1) <= coarse) & (tau.squeeze(-1) <= coarse)
+        feasibility = torch.cat([r_d, r_e, r_i], -1).abs().amax(dim=-1)
+        scale = 1 + grad_f.abs().amax(-1)  # rounding in r_d grows with the gradient's size
+        near = ~done & (feasibility <= coarse * scale) & ((mu * s).amax(-1) <= coarse)
+        m_all = torch.cat([nu, mu], -1)
+        if not parallel.host_sync_is_free(near.device):  # every row, masked
+            with torch.no_grad():
+                y_p, m_p, polished = _polish(plan, a, y, m_all, s, layer.tol)
+            polished &= near
+            if torch.is_grad_enabled():
+                y_p, m_p = _polish_on_graph(plan, a, y, m_all, s, layer.tol, polished, y_p, m_p)
+            y_out = torch.where(polished.unsqueeze(-1), y_p, y_out)
+            m_out = torch.where(polished.unsqueeze(-1), m_p, m_out)
+            done = done | polished
+        elif bool(near.any()):  # the CPU: only the rows near the end
+            rows = near.nonzero().squeeze(-1)
+            with torch.no_grad():
+                y_p, m_p, polished = _polish(plan, a[rows], y[rows], m_all[rows], s[rows], layer.tol)
+            rows = rows[polished]
+            y_p, m_p = y_p[polished], m_p[polished]
+            if torch.is_grad_enabled():
+                y_p, m_p, _ = _polish(plan, a[rows], y[rows], m_all[rows], s[rows], layer.tol)
+            y_out, m_out = y_out.index_put((rows,), y_p), m_out.index_put((rows,), m_p)
+            done = done.index_put((rows,), torch.ones_like(rows, dtype=torch.bool))
         if _all(done):
             break
-        r_c = mu * s - SIGMA * tau
-        H = plan.lagrangian_hessian(y, a, torch.cat([nu, mu], -1))
-        values, vectors = _eigh(H)  # the convex part of H: a descent direction
-        H = vectors @ torch.diag_embed(values.clamp_min(0)) @ vectors.transpose(-1, -2)
-        D = mu / s
-        M = H + Ai.transpose(-1, -2) @ (D.unsqueeze(-1) * Ai) + 1e-12 * eye
+        for _ in range(3):  # the barrier problem solved well enough: decrease tau
+            solved = torch.maximum(feasibility, (mu * s - tau).abs().amax(-1)) <= TAU_KAPPA * tau.squeeze(-1)
+            tau = torch.where(solved.unsqueeze(-1), torch.minimum(TAU_FACTOR * tau, tau ** 1.5).clamp_min(tau_min), tau)
+        r_c = mu * s - tau
+        M = plan.lagrangian_hessian(y, a, torch.cat([nu, mu], -1)) + Ai.transpose(-1, -2) @ ((mu / s).unsqueeze(-1) * Ai)
         rhs = -(r_d + (Ai.transpose(-1, -2) @ ((mu * r_i - r_c) / s).unsqueeze(-1)).squeeze(-1))
-        K = torch.cat([torch.cat([M, Ae.transpose(-1, -2)], -1),
-                       torch.cat([Ae, Ae.new_zeros(Ae.shape[0], E, E)], -1)], -2)
-        step, _ = _solve(K, torch.cat([rhs, -r_e], -1))
-        dy, dnu = step[..., : y.shape[-1]], step[..., y.shape[-1]:]
+        step, _ = _solve(_inertia_corrected(M, Ae), torch.cat([rhs, -r_e], -1))
+        dy, dnu = step[..., :N], step[..., N:]
         ds = -r_i - (Ai @ dy.unsqueeze(-1)).squeeze(-1)
         dmu = (-r_c - mu * ds) / s
-        alpha_p = _finite_step(plan, a, y, dy, _to_boundary(s, ds))
+        rho = torch.maximum(rho, 2 * torch.cat([nu + dnu, mu + dmu], -1).abs().amax(-1))
+        y, s, alpha_p = _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, ~done)
         alpha_d = _to_boundary(mu, dmu)
         keep = done.unsqueeze(-1)
-        y = torch.where(keep, y, y + alpha_p * dy)
-        s = torch.where(keep, s, s + alpha_p * ds)
         nu = torch.where(keep, nu, nu + alpha_d * dnu)
         mu = torch.where(keep, mu, mu + alpha_d * dmu)
+        # Keep each multiplier within a factor KAPPA_SIGMA of its central value tau / s (IPOPT).
+        mu = torch.minimum(torch.maximum(mu, tau / (KAPPA_SIGMA * s)), KAPPA_SIGMA * tau / s)
         c = plan.constraints(y, a)
-    active = torch.cat([torch.ones_like(nu, dtype=torch.bool), mu > s], -1)
-    m = torch.cat([nu, mu], -1) * active
-    # Polish: Newton on the KKT equations with that active set as equalities, kept where it
-    # converges and stays consistent (inactive inequalities satisfied, multipliers >= 0).
-    y_p, m_p, converged = _kkt_newton(plan, a, y, m, active, POLISH_STEPS, layer.tol, line_search=False)
+    y_out = torch.where(done.unsqueeze(-1), y_out, y)
+    m_out = torch.where(done.unsqueeze(-1), m_out, torch.cat([nu, mu], -1))
+    return y_out, m_out, done
+
+
+def _polish_on_graph(plan, a, y, m, s, tol, polished, y_p, m_p):
+    """backward="autograd": the polish of the `polished` rows again, on the autograd graph (the
+    other rows' Newton steps may leave the domain of a log or a root, and 0 * inf in their
+    backward would be NaN)."""
+    rows = polished.nonzero().squeeze(-1)
+    y_g, m_g, _ = _polish(plan, a[rows], y[rows], m[rows], s[rows], tol)
+    return y_p.index_put((rows,), y_g), m_p.index_put((rows,), m_g)
+
+
+def _polish(plan, a, y, m, s, tol):
+    """Newton on the KKT equations with the interior point's active set (equalities, and the
+    inequalities whose multiplier exceeds their slack) as equalities, from its iterate: -> y, m
+    and whether it converged and stayed consistent (inactive inequalities satisfied,
+    multipliers >= 0). Where the active set is ambiguous (mu close to s) the guess may be wrong:
+    the interior point then goes on with a smaller barrier."""
+    E = plan.num_equalities
+    active = torch.cat([torch.ones_like(m[..., :E], dtype=torch.bool), m[..., E:] > s], -1)
+    y_p, m_p, converged = _kkt_newton(plan, a, y, m * active, active, POLISH_STEPS, tol, line_search=False)
     g = plan.constraints(y_p, a)[..., E:]
-    consistent = ((g <= layer.tol) | active[..., E:]).all(dim=-1) & (m_p[..., E:] >= 0).all(dim=-1)
-    polished = converged & consistent & done
-    y = torch.where(polished.unsqueeze(-1), y_p, y)
-    m = torch.where(polished.unsqueeze(-1), m_p * active, m)
-    return y, m, polished
+    consistent = ((g <= tol) | active[..., E:]).all(dim=-1) & (m_p[..., E:] >= 0).all(dim=-1)
+    return y_p, m_p * active, converged & consistent
 
 
-def _finite_step(plan, a, y, step, alpha):
-    """alpha [B, 1] halved until the objective, its gradient and the constraints are finite at
-    y + alpha step (log, sqrt, ... of an unknown outside their domain)."""
-    for _ in range(HALVINGS):
-        candidate = y + alpha * step
-        finite = (torch.isfinite(plan.objective(candidate, a)) & torch.isfinite(plan.gradient(candidate, a)).all(-1)
-                  & torch.isfinite(plan.constraints(candidate, a)).all(-1))
-        if _all(finite):
+def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
+    """Backtracking on the interior point's merit function phi(y, s) = f - tau sum(log s) +
+    rho (|h|_1 + |g + s|_1) from the fraction-to-the-boundary step: the first alpha in
+    alpha_max, alpha_max / 2, ... with phi finite (and the gradient and constraints finite) and
+    phi <= phi(0) + ARMIJO alpha Dphi. Rows that find none take the last (smallest) step, which
+    keeps s > 0. -> y, s, alpha [B, 1]."""
+    E = plan.num_equalities
+    tau = tau.squeeze(-1)
+
+    def merit(z, slack):
+        c = plan.constraints(z, a)
+        violation = c[..., :E].abs().sum(-1) + (c[..., E:] + slack).abs().sum(-1)
+        return plan.objective(z, a) - tau * slack.log().sum(-1) + rho * violation, c
+
+    value, _ = merit(y, s)
+    slope = ((grad_f * dy).sum(-1) - tau * (ds / s).sum(-1)
+             - rho * (r_e.abs().sum(-1) + r_i.abs().sum(-1)))
+    alpha = _to_boundary(s, ds)
+    accepted = ~active
+    new_y, new_s, new_alpha = y, s, torch.zeros_like(alpha)
+    slack = 8 * torch.finfo(value.dtype).eps * (1 + value.abs())
+    for attempt in range(HALVINGS):
+        cand_y, cand_s = y + alpha * dy, s + alpha * ds
+        cand_value, c = merit(cand_y, cand_s)
+        finite = (torch.isfinite(cand_value) & torch.isfinite(c).all(-1)
+                  & torch.isfinite(plan.gradient(cand_y, a)).all(-1))
+        better = ~accepted & finite & (cand_value <= value + ARMIJO * alpha.squeeze(-1) * slope + slack)
+        if attempt == HALVINGS - 1:
+            better = ~accepted & finite
+        new_y = torch.where(better.unsqueeze(-1), cand_y, new_y)
+        new_s = torch.where(better.unsqueeze(-1), cand_s, new_s)
+        new_alpha = torch.where(better.unsqueeze(-1), alpha, new_alpha)
+        accepted = accepted | better
+        if _all(accepted):
             break
-        alpha = torch.where(finite.unsqueeze(-1), alpha, alpha / 2)
-    return alpha
+        alpha = alpha / 2
+    return new_y, new_s, new_alpha
 
 
 def _to_boundary(value, step):
-    """The largest alpha <= 1 keeping value + alpha step >= (1 - BOUNDARY) value, per row [B, 1]."""
+    """The largest alpha <= 1 keeping value + alpha step >= (1 - BOUNDARY) value, per row [B, 1]
+    (a step length: no gradient through it with backward="autograd")."""
+    value, step = value.detach(), step.detach()
     ratio = torch.where(step < 0, -value / step.clamp_max(-1e-300), torch.full_like(value, float("inf")))
     return (BOUNDARY * ratio.amin(dim=-1, keepdim=True)).clamp_max(1.0) if value.shape[-1] else value.new_ones(value.shape[0], 1)
 
@@ -401,9 +527,9 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
         matrix = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
         rhs = torch.cat([grad, grad.new_zeros(grad.shape[0], plan.num_constraints)], -1)
     finite = torch.isfinite(matrix).all(dim=-1).all(dim=-1)
-    singular = torch.linalg.svdvals(torch.where(finite[:, None, None], matrix, torch.ones_like(matrix)))
-    conditioned = singular[..., -1] > singular[..., 0] / cond_max
-    w, solved = _solve(matrix, rhs)
+    w, conditioned = _conditioned_solve(torch.where(finite[:, None, None], matrix, torch.ones_like(matrix)), rhs,
+                                        cond_max)
+    solved = torch.isfinite(w).all(dim=-1)
     good = usable & conditioned & solved & finite
     if plan.kind == "implicit" and J.shape[-2] != J.shape[-1]:
         w = (J @ w.unsqueeze(-1)).squeeze(-1)
@@ -411,6 +537,18 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
     vjp = plan.parameter_vjp(y, a, w) if plan.kind == "implicit" else plan.parameter_vjp(y, a, m, w)
     gradient = torch.where(good.unsqueeze(-1), -vjp, torch.zeros_like(vjp))
     return gradient, (usable & ~(conditioned & solved)).sum()
+
+
+def _conditioned_solve(matrix, rhs, cond_max):
+    """matrix x = rhs [B, n] by one LU factorisation, and whether each row's matrix is
+    nonsingular with a 1-norm condition number |K|_1 |K^-1|_1 of at most cond_max (within a
+    factor n of the 2-norm one; the singular values would cost ten times the factorisation)."""
+    lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
+    inverse = torch.linalg.lu_solve(lu, pivots, eye)
+    condition = matrix.abs().sum(-2).amax(-1) * inverse.abs().sum(-2).amax(-1)
+    x = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+    return x, (info == 0) & (condition <= cond_max)
 
 
 class _ImplicitFunction(torch.autograd.Function):
@@ -443,8 +581,8 @@ class DeclarativeLayer(torch.nn.Module):
 
     backward="ift" (default): the implicit function theorem (module docstring of
     runtime/declarative.py); after each backward `ill_conditioned` counts the rows left out for a
-    singular or worse than `cond_max` conditioned matrix. backward="autograd" differentiates
-    through the forward's iterations (the baseline).
+    singular matrix or one whose 1-norm condition number exceeds `cond_max`. backward="autograd"
+    differentiates through the forward's iterations (the baseline).
     max_iterations=50: the forward's iteration cap. tol: 1e-10 (float64) or 1e-5 (float32)
     on the largest absolute residual. refine_steps=1: Newton steps of `attach`.
     precision="float64" (default) solves in float64 whatever the input dtype.
