@@ -46,6 +46,7 @@ BOUNDARY = 0.995  # interior point: fraction to the boundary
 POLISH_FROM = 1e-8  # interior point: residual from which the active set is polished
 POLISH_STEPS = 3  # interior point: Newton steps of the polish
 TAU_START, TAU_FACTOR, TAU_KAPPA = 0.1, 0.2, 10.0  # interior point: the barrier's schedule
+PENALTY_ETA = 0.1  # interior point: the merit penalty's share of the predicted decrease
 KAPPA_SIGMA = 1e10  # interior point: multipliers kept within this factor of tau / s
 
 
@@ -300,8 +301,8 @@ def _interior_point(plan, a, y, layer):
     Each iteration: the Newton step on the perturbed KKT equations (mu s = tau) with the
     Lagrangian's Hessian, corrected by delta I where needed (`_inertia_corrected`); then
     backtracking from the fraction-to-the-boundary step on the merit function
-    f - tau sum(log s) + rho (|h|_1 + |g + s|_1), with rho at least twice the largest new
-    multiplier. The barrier tau decreases monotonically per row, as IPOPT's default: from
+    f - tau sum(log s) + rho (|h|_1 + |g + s|_1), with rho raised where the step would not
+    decrease it. The barrier tau decreases monotonically per row, as IPOPT's default: from
     TAU_START to max(tol / 10, min(TAU_FACTOR tau, tau^1.5)) whenever the barrier problem's
     residual is below TAU_KAPPA tau. (An adaptive tau, a fraction of the mean complementarity,
     takes fewer iterations on convex problems but lets the slacks collapse on non-convex ones.)"""
@@ -358,7 +359,14 @@ def _interior_point(plan, a, y, layer):
         dy, dnu = step[..., :N], step[..., N:]
         ds = -r_i - (Ai @ dy.unsqueeze(-1)).squeeze(-1)
         dmu = (-r_c - mu * ds) / s
-        rho = torch.maximum(rho, 2 * torch.cat([nu + dnu, mu + dmu], -1).abs().amax(-1))
+        # The penalty: large enough that the step decreases the merit function (Nocedal and
+        # Wright, eq. 18.36); from the step itself, not the multipliers' Newton estimates,
+        # which a nearly singular step inflates for good.
+        violation = r_e.abs().sum(-1) + r_i.abs().sum(-1)
+        curvature = ((M @ dy.unsqueeze(-1)).squeeze(-1) * dy).sum(-1).clamp_min(0)
+        model = (grad_f * dy).sum(-1) - (tau * ds / s).sum(-1) + curvature / 2
+        needed = model / ((1 - PENALTY_ETA) * violation)
+        rho = torch.where(violation > 0, torch.maximum(rho, needed + 1e-8), rho)
         y, s, alpha_p = _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, ~done)
         alpha_d = _to_boundary(mu, dmu)
         keep = done.unsqueeze(-1)
