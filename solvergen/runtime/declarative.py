@@ -301,10 +301,10 @@ def _interior_point(plan, a, y, layer):
     Each iteration: the Newton step on the perturbed KKT equations (mu s = tau) with the
     Lagrangian's Hessian, corrected by delta I where needed (`_inertia_corrected`); then
     backtracking from the fraction-to-the-boundary step on the merit function
-    f - tau sum(log s) + rho (|h|_1 + |g + s|_1), with rho raised where the step would not
-    decrease it. The barrier tau decreases monotonically per row, as IPOPT's default: from
-    TAU_START to max(tol / 10, min(TAU_FACTOR tau, tau^1.5)) whenever the barrier problem's
-    residual is below TAU_KAPPA tau. (An adaptive tau, a fraction of the mean complementarity,
+    f - tau sum(log s) + rho (|h|_1 + |g + s|_1), with rho from the step (`_penalty`). The
+    barrier tau decreases monotonically per row, as IPOPT's default: from TAU_START to
+    max(tol / 10, min(TAU_FACTOR tau, tau^1.5)) whenever the barrier problem's residual is below
+    TAU_KAPPA tau. (An adaptive tau, a fraction of the mean complementarity,
     takes fewer iterations on convex problems but lets the slacks collapse on non-convex ones.)"""
     E = plan.num_equalities
     c = plan.constraints(y, a)
@@ -327,26 +327,7 @@ def _interior_point(plan, a, y, layer):
         feasibility = torch.cat([r_d, r_e, r_i], -1).abs().amax(dim=-1)
         scale = 1 + grad_f.abs().amax(-1)  # rounding in r_d grows with the gradient's size
         near = ~done & (feasibility <= coarse * scale) & ((mu * s).amax(-1) <= coarse)
-        m_all = torch.cat([nu, mu], -1)
-        if not parallel.host_sync_is_free(near.device):  # every row, masked
-            with torch.no_grad():
-                y_p, m_p, polished = _polish(plan, a, y, m_all, s, layer.tol)
-            polished &= near
-            if torch.is_grad_enabled():
-                y_p, m_p = _polish_on_graph(plan, a, y, m_all, s, layer.tol, polished, y_p, m_p)
-            y_out = torch.where(polished.unsqueeze(-1), y_p, y_out)
-            m_out = torch.where(polished.unsqueeze(-1), m_p, m_out)
-            done = done | polished
-        elif bool(near.any()):  # the CPU: only the rows near the end
-            rows = near.nonzero().squeeze(-1)
-            with torch.no_grad():
-                y_p, m_p, polished = _polish(plan, a[rows], y[rows], m_all[rows], s[rows], layer.tol)
-            rows = rows[polished]
-            y_p, m_p = y_p[polished], m_p[polished]
-            if torch.is_grad_enabled():
-                y_p, m_p, _ = _polish(plan, a[rows], y[rows], m_all[rows], s[rows], layer.tol)
-            y_out, m_out = y_out.index_put((rows,), y_p), m_out.index_put((rows,), m_p)
-            done = done.index_put((rows,), torch.ones_like(rows, dtype=torch.bool))
+        y_out, m_out, done = _polish_near(plan, a, y, torch.cat([nu, mu], -1), s, layer.tol, near, y_out, m_out, done)
         if _all(done):
             break
         for _ in range(3):  # the barrier problem solved well enough: decrease tau
@@ -359,15 +340,8 @@ def _interior_point(plan, a, y, layer):
         dy, dnu = step[..., :N], step[..., N:]
         ds = -r_i - (Ai @ dy.unsqueeze(-1)).squeeze(-1)
         dmu = (-r_c - mu * ds) / s
-        # The penalty: large enough that the step decreases the merit function (Nocedal and
-        # Wright, eq. 18.36); from the step itself, not the multipliers' Newton estimates,
-        # which a nearly singular step inflates for good.
-        violation = r_e.abs().sum(-1) + r_i.abs().sum(-1)
-        curvature = ((M @ dy.unsqueeze(-1)).squeeze(-1) * dy).sum(-1).clamp_min(0)
-        model = (grad_f * dy).sum(-1) - (tau * ds / s).sum(-1) + curvature / 2
-        needed = model / ((1 - PENALTY_ETA) * violation)
-        rho = torch.where(violation > 0, torch.maximum(rho, needed + 1e-8), rho)
-        y, s, alpha_p = _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, ~done)
+        rho = _penalty(rho, M, grad_f, dy, ds, s, tau, r_e, r_i)
+        y, s = _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, ~done)
         alpha_d = _to_boundary(mu, dmu)
         keep = done.unsqueeze(-1)
         nu = torch.where(keep, nu, nu + alpha_d * dnu)
@@ -378,6 +352,45 @@ def _interior_point(plan, a, y, layer):
     y_out = torch.where(done.unsqueeze(-1), y_out, y)
     m_out = torch.where(done.unsqueeze(-1), m_out, torch.cat([nu, mu], -1))
     return y_out, m_out, done
+
+
+def _penalty(rho, M, grad_f, dy, ds, s, tau, r_e, r_i):
+    """The merit function's penalty for this step: the least (at least 1) with which the step
+    decreases the merit function (Nocedal and Wright, eq. 18.36), recomputed at each step where
+    the constraints are violated. Not the multipliers' Newton estimates, and not kept from step
+    to step: one nearly singular step would inflate it for good, and a large penalty makes the
+    l1 merit function zigzag along curved constraints (trust regions took hundreds of steps).
+    (A step length's ingredient: no gradient through it.)"""
+    with torch.no_grad():
+        violation = r_e.abs().sum(-1) + r_i.abs().sum(-1)
+        curvature = ((M @ dy.unsqueeze(-1)).squeeze(-1) * dy).sum(-1).clamp_min(0)
+        model = (grad_f * dy).sum(-1) - (tau * ds / s).sum(-1) + curvature / 2
+        needed = model / ((1 - PENALTY_ETA) * violation).clamp_min(torch.finfo(M.dtype).tiny)
+        return torch.where(violation > 0, (needed + 1e-8).clamp_min(1.0), rho)
+
+
+def _polish_near(plan, a, y, m, s, tol, near, y_out, m_out, done):
+    """`_polish` of the rows `near` the end; those that succeed are done, with their polished y
+    and multipliers in y_out and m_out: -> y_out, m_out, done. On the CPU only those rows are
+    computed; elsewhere every row, masked (no host synchronization)."""
+    if not parallel.host_sync_is_free(near.device):
+        with torch.no_grad():
+            y_p, m_p, polished = _polish(plan, a, y, m, s, tol)
+        polished &= near
+        if torch.is_grad_enabled():
+            y_p, m_p = _polish_on_graph(plan, a, y, m, s, tol, polished, y_p, m_p)
+        keep = polished.unsqueeze(-1)
+        return torch.where(keep, y_p, y_out), torch.where(keep, m_p, m_out), done | polished
+    if not bool(near.any()):
+        return y_out, m_out, done
+    rows = near.nonzero().squeeze(-1)
+    with torch.no_grad():
+        y_p, m_p, polished = _polish(plan, a[rows], y[rows], m[rows], s[rows], tol)
+    rows, y_p, m_p = rows[polished], y_p[polished], m_p[polished]
+    if torch.is_grad_enabled():  # again on the autograd graph, only the kept rows (`_polish_on_graph`)
+        y_p, m_p, _ = _polish(plan, a[rows], y[rows], m[rows], s[rows], tol)
+    done = done.index_put((rows,), torch.ones_like(rows, dtype=torch.bool))
+    return y_out.index_put((rows,), y_p), m_out.index_put((rows,), m_p), done
 
 
 def _polish_on_graph(plan, a, y, m, s, tol, polished, y_p, m_p):
@@ -407,8 +420,8 @@ def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
     """Backtracking on the interior point's merit function phi(y, s) = f - tau sum(log s) +
     rho (|h|_1 + |g + s|_1) from the fraction-to-the-boundary step: the first alpha in
     alpha_max, alpha_max / 2, ... with phi finite (and the gradient and constraints finite) and
-    phi <= phi(0) + ARMIJO alpha Dphi. Rows that find none take the last (smallest) step, which
-    keeps s > 0. -> y, s, alpha [B, 1]."""
+    phi <= phi(0) + ARMIJO alpha Dphi. Rows that find none take the last (smallest) finite step,
+    which keeps s > 0. -> y, s."""
     E = plan.num_equalities
     tau = tau.squeeze(-1)
 
@@ -422,7 +435,7 @@ def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
              - rho * (r_e.abs().sum(-1) + r_i.abs().sum(-1)))
     alpha = _to_boundary(s, ds)
     accepted = ~active
-    new_y, new_s, new_alpha = y, s, torch.zeros_like(alpha)
+    new_y, new_s = y, s
     slack = 8 * torch.finfo(value.dtype).eps * (1 + value.abs())
     for attempt in range(HALVINGS):
         cand_y, cand_s = y + alpha * dy, s + alpha * ds
@@ -434,12 +447,11 @@ def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
             better = ~accepted & finite
         new_y = torch.where(better.unsqueeze(-1), cand_y, new_y)
         new_s = torch.where(better.unsqueeze(-1), cand_s, new_s)
-        new_alpha = torch.where(better.unsqueeze(-1), alpha, new_alpha)
         accepted = accepted | better
         if _all(accepted):
             break
         alpha = alpha / 2
-    return new_y, new_s, new_alpha
+    return new_y, new_s
 
 
 def _to_boundary(value, step):
