@@ -164,11 +164,12 @@ def _generate_indexed(spec: Spec, spec_path: Path, out_dir, standalone: bool, bu
 
 
 def write_runtime_copy(out_dir) -> Path:
-    """Copy the runtime package, verbatim, to `out_dir/STANDALONE_RUNTIME/` (its Python files;
-    each written atomically, so that a reader never sees half a file)."""
+    """Copy the runtime package, verbatim, to `out_dir/STANDALONE_RUNTIME/` (its Python files and
+    the native backend's C header; each written atomically, so that a reader never sees half a
+    file)."""
     folder = Path(out_dir) / STANDALONE_RUNTIME
-    for source in sorted(RUNTIME_DIR.glob("*.py")):
-        target = folder / source.name
+    for source in sorted(RUNTIME_DIR.glob("*.py")) + sorted(RUNTIME_DIR.glob("native/*.h")):
+        target = folder / source.relative_to(RUNTIME_DIR)
         data = source.read_text(encoding="utf-8")
         if not target.is_file() or target.read_text(encoding="utf-8") != data:
             _write_atomically(target, data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import coefficients, equations, linear, parallel, template
+from . import coefficients, equations, linear, native, parallel, template
 from .plan import Plan
 
 
@@ -61,7 +61,9 @@ def solve(a, settings):
             c_template = coefficients.coefficients_of(inputs, block.reduced_coefficients, program, settings)
             polish_system = tables["reduced"]
 
-    if plan.template is not None:
+    if plan.template is not None and settings.uses_native(a.device):
+        x, error, candidate = native.solve_candidates(c_template, ok, plan, settings)
+    elif plan.template is not None:
         # Candidates from the template, real ones polished by Newton in the template's unknowns.
         x, error, candidate = parallel.by_chunks(
             lambda c_rows, ok_rows: template.solve_candidates(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from . import forward, ift
+from . import forward, ift, native
 from .plan import Plan
 
 BACKWARDS = ("ift", "autograd")
@@ -51,6 +51,11 @@ class Solver(torch.nn.Module):
     to 4 x 4 with the closed-form eigenpairs also the template elimination, eigenpairs,
     read-off and Newton steps. The first call of each compiles them (seconds to minutes; torch
     caches the result on disk); only with backward="ift".
+    backend="torch" (default) runs the template stage as batched torch operations; "native" runs
+    it per instance in C (runtime/native.py: compiled with the system C compiler at first use,
+    cached on disk; CPU tensors, float64 inside; templates that are not sign-symmetric), and
+    "auto" uses native where it can and otherwise the torch path after a one-line warning. The
+    backward is the same; only with backward="ift".
 
     A generated module defines a subclass with its problem's `plan` (`solvergen.runtime.Plan`).
     """
@@ -77,6 +82,7 @@ class Solver(torch.nn.Module):
         precision="float64",
         eig="auto",
         compile=False,
+        backend="torch",
     ):
         super().__init__()
         if getattr(type(self), "plan", None) is None:
@@ -101,6 +107,7 @@ class Solver(torch.nn.Module):
         self.eig = eig
         self.compile = compile
         self.ill_conditioned = None
+        self.backend = native.check_backend(self, backend)
 
     def _check_eig(self, eig):
         if self.plan.closed_form_eig:
@@ -121,8 +128,13 @@ class Solver(torch.nn.Module):
             return "lapack" if device.type == "cpu" and not self.compile else "closed_form"
         return "lapack" if device.type == "cpu" else "charpoly"
 
+    def uses_native(self, device) -> bool:
+        """Whether the template stage runs in the native kernel on `device` (runtime/native.py)."""
+        return native.runs_native(self, device)
+
     def extra_repr(self):
-        return f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}, compile={self.compile}"
+        return (f"backward={self.backward!r}, newton_steps={self.newton_steps}, eig={self.eig!r}, compile={self.compile}, "
+                f"backend={self.backend!r}")
 
     def forward(self, params):
         flat, batch_shape = flat_params(params, self.plan.num_parameters)

@@ -1,0 +1,119 @@
+"""The native backend against the torch path (`Solver(backend=...)`), same run, same instances.
+
+For every problem the native backend supports: the forward's time per instance at batches 1,
+100 and 10,000 (float64, CPU, median of repeats, after a warm-up call), valid solutions per
+instance, the truth found (relative error <= 1e-6) and the median log10 error of both; the first
+call's compile time with an empty cache and a fresh process's load time from the cache.
+Results: results/native.{json,md}.
+
+    python benchmarks/native.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+import geometry  # noqa: E402
+from conftest import generated_module  # noqa: E402
+
+from solvergen.runtime import native  # noqa: E402
+
+PROBLEMS = ["relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal", "relpose_6pt_shared_focal_natural",
+            "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
+
+
+def per_instance_us(solver, params, repeats):
+    with torch.no_grad():
+        solver(params[:2])
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            solver(params)
+            times.append(time.perf_counter() - started)
+    return 1e6 * float(np.median(times)) / len(params)
+
+
+def cold_and_warm_build(name):
+    """Seconds for a fresh process to build the native kernel with an empty cache, then to load it."""
+    script = (f"import sys, time; sys.path.insert(0, {str(ROOT / 'tests')!r}); from conftest import generated_module; "
+              f"t = time.perf_counter(); generated_module({name!r}).Solver(backend='native'); "
+              "print(time.perf_counter() - t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, SOLVERGEN_CACHE=cache)
+        return [float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                                     check=True).stdout.split()[-1]) for _ in range(2)]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    records = []
+    for name in PROBLEMS:
+        module = generated_module(name)
+        params, truth = geometry.INSTANCES[name](10000, np.random.default_rng(0))
+        params = torch.tensor(params, dtype=torch.float64)
+        record = {"problem": name}
+        record["compile_s"], record["cached_load_s"] = cold_and_warm_build(name)
+        for backend in ("torch", "native"):
+            solver = module.Solver(backend=backend)
+            for batch in (1, 100, 10000):
+                record[f"{backend}_us_{batch}"] = per_instance_us(solver, params[:batch], args.repeats)
+            with torch.no_grad():
+                x, valid = solver(params)
+            errors = geometry.relative_errors(x.numpy(), valid.numpy(), truth, module.PLAN.sign_flip)
+            record[f"{backend}_valid_per_instance"] = float(valid.sum(-1).double().mean())
+            record[f"{backend}_truth_found"] = float((errors <= 1e-6).mean())
+            record[f"{backend}_median_log10_error"] = float(np.median(np.log10(np.maximum(errors, 1e-17))))
+        records.append(record)
+        print(json.dumps(record), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    data = {"command": "python benchmarks/native.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "compiler": native._compiler_id(native.compiler()), "commit": commit,
+                        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": list(os.getloadavg())},
+            "records": records}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "native.json").write_text(json.dumps(data, indent=2) + "\n")
+    lines = ["# Native backend against the torch path", "",
+             f"`{data['command']}`; {data['machine']['date']}; {data['machine']['cpu']}, torch threads "
+             f"{data['machine']['torch_threads']}; torch {data['machine']['torch']}; {data['machine']['compiler']}; "
+             f"commit {commit or '?'}; load average at start {[round(v, 2) for v in data['machine']['load_average']]}.", "",
+             "float64, CPU, µs per instance of the whole forward (median). Truth found: relative error <= 1e-6.", "",
+             "| problem | torch b=1 | native b=1 | torch b=100 | native b=100 | torch b=10,000 | native b=10,000 | "
+             "speed-up at 10,000 | valid/inst. torch / native | truth found torch / native | median log10 err torch / native "
+             "| compile s | cached load s |",
+             "| --- " * 13 + "|"]
+    for r in records:
+        lines.append(
+            f"| {r['problem']} | {r['torch_us_1']:.0f} | {r['native_us_1']:.0f} | {r['torch_us_100']:.1f} | "
+            f"{r['native_us_100']:.1f} | {r['torch_us_10000']:.1f} | {r['native_us_10000']:.1f} | "
+            f"{r['torch_us_10000'] / r['native_us_10000']:.1f}x | {r['torch_valid_per_instance']:.3f} / "
+            f"{r['native_valid_per_instance']:.3f} | {100 * r['torch_truth_found']:.2f}% / {100 * r['native_truth_found']:.2f}% | "
+            f"{r['torch_median_log10_error']:.1f} / {r['native_median_log10_error']:.1f} | {r['compile_s']:.1f} | "
+            f"{r['cached_load_s']:.2f} |")
+    (out / "native.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

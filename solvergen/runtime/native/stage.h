@@ -1,0 +1,437 @@
+/* The template stage of a solvergen solver, per instance, in C (solvergen/runtime/native.py).
+ *
+ * The per-problem source (`native.source`) defines the sizes and tables below, then includes
+ * this file. For each instance: fill the elimination template from the coefficients, eliminate
+ * it (LU with partial pivoting), build the action matrix, take its real eigenpairs (balancing,
+ * Hessenberg reduction, Francis double-shift QR for the eigenvalues, inverse iteration for the
+ * eigenvectors), read the unknowns off the eigenvectors, and polish them by Gauss-Newton on the
+ * polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
+ * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
+ *
+ * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, NREAD, ACTION_READ, NCOEF, NPOS,
+ * NCONST, NACT, NPAIRS; polish system: PN (unknowns), PK (equations), PM (monomials), PT
+ * (terms), PD (derivative terms). Arrays: see native.py's `_tables`.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <float.h>
+
+#define CONVERGED (4.0 * DBL_EPSILON) /* newton.CONVERGED */
+#define EIG_ROUNDS 2  /* inverse iteration solves per eigenvector */
+#define EXTRA_STEPS 3 /* Newton steps beyond newton_steps, kept only where they lower the residual:
+                         the eigenpairs here are less accurate than LAPACK's on badly scaled
+                         action matrices */
+
+/* LU with partial pivoting of a (n x n, row-major, in place); 0 if a pivot is 0 or not finite. */
+static int lu_factor(double *a, int n, int *perm) {
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int k = 0; k < n; k++) {
+        int p = k;
+        double best = fabs(a[k * n + k]);
+        for (int i = k + 1; i < n; i++) {
+            double v = fabs(a[i * n + k]);
+            if (v > best) { best = v; p = i; }
+        }
+        if (!(best > 0.0) || !isfinite(best)) return 0;
+        if (p != k) {
+            for (int j = 0; j < n; j++) { double t = a[k * n + j]; a[k * n + j] = a[p * n + j]; a[p * n + j] = t; }
+            int t = perm[k]; perm[k] = perm[p]; perm[p] = t;
+        }
+        double inv = 1.0 / a[k * n + k];
+        for (int i = k + 1; i < n; i++) {
+            double f = a[i * n + k] * inv;
+            a[i * n + k] = f;
+            if (f != 0.0)
+                for (int j = k + 1; j < n; j++) a[i * n + j] -= f * a[k * n + j];
+        }
+    }
+    return 1;
+}
+
+/* Solve with lu_factor's factors: b (n x m, row-major, the original row order) -> x in place. */
+static void lu_solve(const double *lu, int n, const int *perm, double *b, int m, double *work) {
+    for (int i = 0; i < n; i++) memcpy(work + i * m, b + perm[i] * m, sizeof(double) * m);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < i; k++) {
+            double f = lu[i * n + k];
+            if (f != 0.0)
+                for (int j = 0; j < m; j++) work[i * m + j] -= f * work[k * m + j];
+        }
+    for (int i = n - 1; i >= 0; i--) {
+        for (int k = i + 1; k < n; k++) {
+            double f = lu[i * n + k];
+            if (f != 0.0)
+                for (int j = 0; j < m; j++) work[i * m + j] -= f * work[k * m + j];
+        }
+        double inv = 1.0 / lu[i * n + i];
+        for (int j = 0; j < m; j++) work[i * m + j] *= inv;
+    }
+    memcpy(b, work, sizeof(double) * n * m);
+}
+
+/* Balance a (n x n) by powers of 2, as LAPACK's dgebal (3.5 and later: 2-norms of the rows
+ * and columns; scaling only): a <- D^-1 a D. The 1-norm variant of older codes leaves some
+ * action matrices (norm 1e12, graded) with eigenvalues off by 1e-5. */
+static void balance(double *a, int n, double *d) {
+    for (int i = 0; i < n; i++) d[i] = 1.0;
+    int changed = 1;
+    while (changed) {
+        changed = 0;
+        for (int i = 0; i < n; i++) {
+            double c = 0.0, r = 0.0;
+            for (int j = 0; j < n; j++) { c += a[j * n + i] * a[j * n + i]; r += a[i * n + j] * a[i * n + j]; }
+            c = sqrt(c);
+            r = sqrt(r);
+            if (c == 0.0 || r == 0.0 || !isfinite(c) || !isfinite(r)) continue;
+            double g = r / 2.0, f = 1.0, s = c + r;
+            while (c < g && f < 1e150) { f *= 2.0; c *= 2.0; r /= 2.0; g /= 2.0; }
+            g = c / 2.0;
+            while (g >= r && f > 1e-150) { f /= 2.0; c /= 2.0; g /= 2.0; r *= 2.0; }
+            if (c + r >= 0.95 * s) continue;
+            changed = 1;
+            d[i] *= f;
+            for (int j = 0; j < n; j++) a[i * n + j] /= f;
+            for (int j = 0; j < n; j++) a[j * n + i] *= f;
+        }
+    }
+}
+
+/* Reduce a (n x n) to upper Hessenberg form by stabilized elementary similarity transforms
+ * (Gaussian elimination with pivoting: Numerical Recipes' elmhes, 0-based; eigenvalues only). */
+static void hessenberg(double *a, int n) {
+    for (int m = 1; m < n - 1; m++) {
+        double x = 0.0;
+        int i = m;
+        for (int j = m; j < n; j++)
+            if (fabs(a[j * n + m - 1]) > fabs(x)) { x = a[j * n + m - 1]; i = j; }
+        if (i != m) {
+            for (int j = m - 1; j < n; j++) { double t = a[i * n + j]; a[i * n + j] = a[m * n + j]; a[m * n + j] = t; }
+            for (int j = 0; j < n; j++) { double t = a[j * n + i]; a[j * n + i] = a[j * n + m]; a[j * n + m] = t; }
+        }
+        if (x != 0.0)
+            for (i = m + 1; i < n; i++) {
+                double y = a[i * n + m - 1];
+                if (y != 0.0) {
+                    y /= x;
+                    for (int j = m; j < n; j++) a[i * n + j] -= y * a[m * n + j];
+                    for (int j = 0; j < n; j++) a[j * n + m] += y * a[j * n + i];
+                }
+                a[i * n + m - 1] = 0.0;
+            }
+    }
+}
+
+/* Eigenvalues (wr + i wi) of an upper Hessenberg matrix by the Francis double-shift QR
+ * iteration (Numerical Recipes' hqr, 0-based); 0 if it does not converge. a is destroyed. */
+static int hqr(double *a, int n, double *wr, double *wi) {
+#define A(i, j) a[(i) * n + (j)]
+    double anorm = 0.0, p = 0.0, q = 0.0, r = 0.0, s, t = 0.0, w, x, y, z;
+    for (int i = 0; i < n; i++)
+        for (int j = (i > 0 ? i - 1 : 0); j < n; j++) anorm += fabs(A(i, j));
+    int nn = n - 1;
+    while (nn >= 0) {
+        int its = 0, l;
+        do {
+            for (l = nn; l >= 1; l--) { /* negligible subdiagonal: LAPACK dlahqr's test (Ahues and Tisseur) */
+                double sub = fabs(A(l, l - 1));
+                s = fabs(A(l - 1, l - 1)) + fabs(A(l, l));
+                if (s == 0.0) s = anorm;
+                if (sub <= DBL_MIN) { A(l, l - 1) = 0.0; break; }
+                if (sub <= DBL_EPSILON * s) {
+                    double ab = fmax(sub, fabs(A(l - 1, l))), ba = fmin(sub, fabs(A(l - 1, l)));
+                    double diff = fabs(A(l - 1, l - 1) - A(l, l));
+                    double aa = fmax(fabs(A(l, l)), diff), bb = fmin(fabs(A(l, l)), diff);
+                    double total = aa + ab;
+                    if (ba * (ab / total) <= fmax(DBL_MIN, DBL_EPSILON * (bb * (aa / total)))) { A(l, l - 1) = 0.0; break; }
+                }
+            }
+            x = A(nn, nn);
+            if (l == nn) {
+                wr[nn] = x + t; wi[nn--] = 0.0;
+            } else {
+                y = A(nn - 1, nn - 1);
+                w = A(nn, nn - 1) * A(nn - 1, nn);
+                if (l == nn - 1) {
+                    p = 0.5 * (y - x);
+                    q = p * p + w;
+                    z = sqrt(fabs(q));
+                    x += t;
+                    if (q >= 0.0) {
+                        z = p + (p >= 0 ? fabs(z) : -fabs(z));
+                        wr[nn - 1] = wr[nn] = x + z;
+                        if (z != 0.0) wr[nn] = x - w / z;
+                        wi[nn - 1] = wi[nn] = 0.0;
+                    } else {
+                        wr[nn - 1] = wr[nn] = x + p;
+                        wi[nn - 1] = -(wi[nn] = z);
+                    }
+                    nn -= 2;
+                } else {
+                    if (its == 60) return 0;
+                    if (its == 10 || its == 20) { /* exceptional shift */
+                        t += x;
+                        for (int i = 0; i <= nn; i++) A(i, i) -= x;
+                        s = fabs(A(nn, nn - 1)) + fabs(A(nn - 1, nn - 2));
+                        y = x = 0.75 * s;
+                        w = -0.4375 * s * s;
+                    }
+                    ++its;
+                    int m;
+                    for (m = nn - 2; m >= l; m--) {
+                        z = A(m, m);
+                        r = x - z;
+                        s = y - z;
+                        p = (r * s - w) / A(m + 1, m) + A(m, m + 1);
+                        q = A(m + 1, m + 1) - z - r - s;
+                        r = A(m + 2, m + 1);
+                        s = fabs(p) + fabs(q) + fabs(r);
+                        p /= s; q /= s; r /= s;
+                        if (m == l) break;
+                        double u = fabs(A(m, m - 1)) * (fabs(q) + fabs(r));
+                        double v = fabs(p) * (fabs(A(m - 1, m - 1)) + fabs(z) + fabs(A(m + 1, m + 1)));
+                        if (u + v == v) break;
+                    }
+                    for (int i = m; i < nn - 1; i++) {
+                        A(i + 2, i) = 0.0;
+                        if (i != m) A(i + 2, i - 1) = 0.0;
+                    }
+                    for (int k = m; k < nn; k++) {
+                        if (k != m) {
+                            p = A(k, k - 1);
+                            q = A(k + 1, k - 1);
+                            r = 0.0;
+                            if (k + 1 != nn) r = A(k + 2, k - 1);
+                            if ((x = fabs(p) + fabs(q) + fabs(r)) != 0.0) { p /= x; q /= x; r /= x; }
+                        }
+                        double sq = sqrt(p * p + q * q + r * r);
+                        if ((s = (p >= 0 ? sq : -sq)) != 0.0) {
+                            if (k == m) {
+                                if (l != m) A(k, k - 1) = -A(k, k - 1);
+                            } else {
+                                A(k, k - 1) = -s * x;
+                            }
+                            p += s;
+                            x = p / s; y = q / s; z = r / s;
+                            q /= p; r /= p;
+                            for (int j = k; j <= nn; j++) {
+                                p = A(k, j) + q * A(k + 1, j);
+                                if (k + 1 != nn) { p += r * A(k + 2, j); A(k + 2, j) -= p * z; }
+                                A(k + 1, j) -= p * y;
+                                A(k, j) -= p * x;
+                            }
+                            int mmin = nn < k + 3 ? nn : k + 3;
+                            for (int i = l; i <= mmin; i++) {
+                                p = x * A(i, k) + y * A(i, k + 1);
+                                if (k + 1 != nn) { p += z * A(i, k + 2); A(i, k + 2) -= p * r; }
+                                A(i, k + 1) -= p * q;
+                                A(i, k) -= p;
+                            }
+                        }
+                    }
+                }
+            }
+        } while (l < nn - 1);
+    }
+    return 1;
+#undef A
+}
+
+/* An eigenvector of a (n x n) for the real eigenvalue lambda by inverse iteration (two solves
+ * with (a - lambda I), its zero pivots nudged); 0 if it fails. */
+static int eigenvector(const double *a, int n, double lambda, double *v) {
+    double m[BASIS * BASIS], work[BASIS];
+    int perm[BASIS];
+    double norm = 0.0;
+    for (int i = 0; i < n * n; i++) norm = fmax(norm, fabs(a[i]));
+    memcpy(m, a, sizeof(double) * n * n);
+    for (int i = 0; i < n; i++) m[i * n + i] -= lambda;
+    /* LU with partial pivoting; a zero (or tiny) pivot is replaced by eps |a| */
+    double tiny = DBL_EPSILON * (norm > 0 ? norm : 1.0);
+    for (int i = 0; i < n; i++) perm[i] = i;
+    for (int k = 0; k < n; k++) {
+        int p = k;
+        double best = fabs(m[k * n + k]);
+        for (int i = k + 1; i < n; i++)
+            if (fabs(m[i * n + k]) > best) { best = fabs(m[i * n + k]); p = i; }
+        if (!isfinite(best)) return 0;
+        if (p != k) {
+            for (int j = 0; j < n; j++) { double t = m[k * n + j]; m[k * n + j] = m[p * n + j]; m[p * n + j] = t; }
+            int t = perm[k]; perm[k] = perm[p]; perm[p] = t;
+        }
+        if (fabs(m[k * n + k]) < tiny) m[k * n + k] = tiny;
+        double inv = 1.0 / m[k * n + k];
+        for (int i = k + 1; i < n; i++) {
+            double f = m[i * n + k] * inv;
+            m[i * n + k] = f;
+            for (int j = k + 1; j < n; j++) m[i * n + j] -= f * m[k * n + j];
+        }
+    }
+    for (int i = 0; i < n; i++) v[i] = 1.0 / sqrt((double)n) * (1.0 + 0.01 * i);
+    for (int round = 0; round < EIG_ROUNDS; round++) {
+        lu_solve(m, n, perm, v, 1, work);
+        double s = 0.0;
+        for (int i = 0; i < n; i++) s += v[i] * v[i];
+        s = sqrt(s);
+        if (!(s > 0.0) || !isfinite(s)) return 0;
+        for (int i = 0; i < n; i++) v[i] /= s;
+    }
+    return 1;
+}
+
+/* The polish system at x: h [PK], the size of its terms [PK], and (if jac) dh/dx [PK x PN]. */
+static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac) {
+    double mono[PM];
+    mono[0] = 1.0;
+    for (int p = 1; p < PM; p++) mono[p] = mono[mono_parent[p]] * x[mono_unknown[p]];
+    for (int k = 0; k < PK; k++) { h[k] = 0.0; scale[k] = 0.0; }
+    for (int j = 0; j < PT; j++) {
+        double term = c[j] * mono[term_monomial[j]];
+        h[term_equation[j]] += term;
+        scale[term_equation[j]] += fabs(term);
+    }
+    if (jac) {
+        for (int i = 0; i < PK * PN; i++) jac[i] = 0.0;
+        for (int d = 0; d < PD; d++)
+            jac[deriv_position[d]] += deriv_factor[d] * c[deriv_coefficient[d]] * mono[deriv_monomial[d]];
+    }
+}
+
+static double relative_error(const double *h, const double *scale) {
+    double e = 0.0;
+    for (int k = 0; k < PK; k++) {
+        double r = fabs(h[k]) / fmax(scale[k], DBL_MIN);
+        if (!(r <= e)) e = r; /* NaN propagates */
+    }
+    return e;
+}
+
+/* Gauss-Newton steps on the polish system from x (rows scaled by their size), each kept only
+ * where it lowers the relative residual (newton.polish): -> the relative residual. */
+static double polish(const double *c, double *x, int steps) {
+    double h[PK], scale[PK], jac[PK * PN], h1[PK], scale1[PK];
+    evaluate(c, x, h, scale, NULL);
+    double error = relative_error(h, scale);
+    for (int step = 0; step < steps; step++) {
+        if (!(error > CONVERGED)) break;
+        evaluate(c, x, h, scale, jac);
+        double m[PN * PN], r[PN], work[PN];
+        int perm[PN];
+        for (int k = 0; k < PK; k++) {
+            double row = fmax(scale[k], DBL_MIN);
+            for (int n = 0; n < PN; n++) jac[k * PN + n] /= row;
+            h[k] /= row;
+        }
+        if (PK == PN) {
+            memcpy(m, jac, sizeof(m));
+            memcpy(r, h, sizeof(r));
+        } else { /* normal equations */
+            for (int i = 0; i < PN; i++) {
+                r[i] = 0.0;
+                for (int k = 0; k < PK; k++) r[i] += jac[k * PN + i] * h[k];
+                for (int j = 0; j < PN; j++) {
+                    double s = 0.0;
+                    for (int k = 0; k < PK; k++) s += jac[k * PN + i] * jac[k * PN + j];
+                    m[i * PN + j] = s;
+                }
+            }
+        }
+        if (!lu_factor(m, PN, perm)) break;
+        lu_solve(m, PN, perm, r, 1, work);
+        double candidate[PN];
+        for (int n = 0; n < PN; n++) candidate[n] = x[n] - r[n];
+        evaluate(c, candidate, h1, scale1, NULL);
+        double error1 = relative_error(h1, scale1);
+        if (error1 < error) {
+            memcpy(x, candidate, sizeof(candidate));
+            error = error1;
+        }
+    }
+    return error;
+}
+
+/* One instance: coefficients c [NCOEF] -> x [BASIS x NREAD], error [BASIS], candidate [BASIS]. */
+static void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
+                      double *x, double *error, uint8_t *candidate) {
+    for (int s = 0; s < BASIS; s++) {
+        candidate[s] = 0;
+        error[s] = 0.0;
+        for (int q = 0; q < NREAD; q++) x[s * NREAD + q] = 0.0;
+    }
+    if (!usable) return;
+    for (int j = 0; j < NCOEF; j++)
+        if (!isfinite(c[j])) return;
+    /* The template [eliminated | reduced | basis] and its solve: X' = T[:, :SQUARE]^-1 T[:, SQUARE:]. */
+    double t[ROWS * COLS];
+    double lhs[SQUARE * SQUARE], rhs[SQUARE * BASIS], work[SQUARE * BASIS];
+    int perm[SQUARE];
+    memset(t, 0, sizeof(t));
+    for (int k = 0; k < NPOS; k++) t[positions[k]] = c[sources[k]];
+    for (int i = 0; i < SQUARE; i++) {
+        memcpy(lhs + i * SQUARE, t + i * COLS, sizeof(double) * SQUARE);
+        memcpy(rhs + i * BASIS, t + i * COLS + SQUARE, sizeof(double) * BASIS);
+    }
+    if (!lu_factor(lhs, SQUARE, perm)) return;
+    lu_solve(lhs, SQUARE, perm, rhs, BASIS, work);
+    const double *reduced = rhs + (SQUARE - NRED) * BASIS; /* X [NRED x BASIS] */
+    /* The action matrix. */
+    double action[BASIS * BASIS], h[BASIS * BASIS], d[BASIS], wr[BASIS], wi[BASIS];
+    memset(action, 0, sizeof(action));
+    for (int k = 0; k < NCONST; k++) action[const_row[k] * BASIS + const_col[k]] += const_value[k];
+    for (int k = 0; k < NACT; k++)
+        for (int j = 0; j < BASIS; j++)
+            action[action_rows[k] * BASIS + j] -= action_scale[k] * reduced[action_reduced[k] * BASIS + j];
+    for (int i = 0; i < BASIS * BASIS; i++)
+        if (!isfinite(action[i])) return;
+    /* Real eigenpairs: balanced, Hessenberg, QR; eigenvectors of the balanced matrix by inverse
+     * iteration, scaled back. */
+    double balanced[BASIS * BASIS];
+    memcpy(balanced, action, sizeof(action));
+    balance(balanced, BASIS, d);
+    memcpy(h, balanced, sizeof(h));
+    hessenberg(h, BASIS);
+    if (!hqr(h, BASIS, wr, wi)) return;
+    for (int s = 0; s < BASIS; s++) {
+        if (!(fabs(wi[s]) <= imag_tol * fmax(fabs(wr[s]), 1.0))) continue;
+        double v[BASIS], values[BASIS + NRED];
+        if (!eigenvector(balanced, BASIS, wr[s], v)) continue;
+        for (int i = 0; i < BASIS; i++) v[i] *= d[i];
+        /* Read-off: values = [v, -X v]; monomial q = sum v_i values_j / sum v_i^2 over its pairs. */
+        for (int i = 0; i < BASIS; i++) values[i] = v[i];
+        for (int r = 0; r < NRED; r++) {
+            double acc = 0.0;
+            for (int j = 0; j < BASIS; j++) acc += reduced[r * BASIS + j] * v[j];
+            values[BASIS + r] = -acc;
+        }
+        double num[NREAD], den[NREAD];
+        for (int q = 0; q < NREAD; q++) num[q] = den[q] = 0.0;
+        for (int k = 0; k < NPAIRS; k++) {
+            double vi = v[read_basis[k]];
+            num[read_monomial[k]] += vi * values[read_value[k]];
+            den[read_monomial[k]] += vi * vi;
+        }
+        double *xs = x + s * NREAD;
+        int finite = 1;
+        for (int q = 0; q < NREAD; q++) {
+            xs[q] = num[q] / den[q];
+            if (q == ACTION_READ) xs[q] = wr[s];
+            if (!isfinite(xs[q])) finite = 0;
+        }
+        if (!finite) {
+            for (int q = 0; q < NREAD; q++) xs[q] = 0.0;
+            continue;
+        }
+        candidate[s] = 1;
+        error[s] = polish(c, xs, newton_steps + EXTRA_STEPS);
+    }
+}
+
+/* The batch: c [batch x NCOEF], usable [batch] -> x [batch x BASIS x NREAD], error and
+ * candidate [batch x BASIS]. */
+void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double imag_tol, int newton_steps,
+                 double *x, double *error, uint8_t *candidate) {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < batch; b++)
+        solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * BASIS * NREAD, error + b * BASIS,
+                  candidate + b * BASIS);
+}
