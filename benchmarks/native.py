@@ -48,8 +48,8 @@ def per_instance_us(solver, params, repeats):
 def cold_and_warm_build(name):
     """Seconds for a fresh process to build the native kernel with an empty cache, then to load it."""
     script = (f"import sys, time; sys.path.insert(0, {str(ROOT / 'tests')!r}); from conftest import generated_module; "
-              f"t = time.perf_counter(); generated_module({name!r}).Solver(backend='native'); "
-              "print(time.perf_counter() - t)")
+              f"solver = generated_module({name!r}).Solver; "
+              "t = time.perf_counter(); solver(backend='native'); print(time.perf_counter() - t)")
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, SOLVERGEN_CACHE=cache)
         return [float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
