@@ -15,7 +15,7 @@ import torch
 
 import geometry
 from conftest import ROOT, generated_module
-from solvergen.runtime import native
+from solvergen.runtime import forward, native
 
 NATIVE = ["relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal", "relpose_6pt_shared_focal_natural",
           "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
@@ -52,25 +52,42 @@ def matched(x_a, v_a, x_b, v_b, tol=1e-8):
     return torch.tensor(out)
 
 
+def both_paths(name, count=400):
+    params, truth = instances(name, count)
+    module = generated_module(name)
+    return module, params, truth, module.Solver()(params), module.Solver(backend="native")(params)
+
+
 RADIAL_GAP = pytest.mark.xfail(strict=True, reason=(
-    "relpose_8pt_radial: its action matrices (norm up to 1e12, graded) get eigenvalues off by up to 1e-5 "
-    "from the native Hessenberg reduction and QR, where LAPACK's are accurate; Newton does not always recover, "
-    "and about 3% of instances lose a solution the torch path finds"))
+    "relpose_8pt_radial: its action matrices (norm up to 1e12, graded) get eigenvalues off by up to 1e-5 from "
+    "the native Hessenberg reduction and QR; refined by Newton on each eigenpair they find more solutions than "
+    "the torch path, but about 1% of instances miss one that it finds (the truth is found as often)"))
 
 
 @needs_compiler
 @pytest.mark.parametrize("name", [pytest.param(n, marks=RADIAL_GAP) if n == "relpose_8pt_radial" else n for n in NATIVE])
 def test_native_finds_the_torch_paths_solutions(name):
-    params, truth = instances(name, 400)
-    module = generated_module(name)
-    x_t, v_t = module.Solver()(params)
-    x_n, v_n = module.Solver(backend="native")(params)
-    # The same solution sets; 1e-6 relative: spurious solutions far out (a focal length of 1e8)
-    # are only that well determined, in either path.
-    both = matched(x_t, v_t, x_n, v_n, 1e-6) & matched(x_n, v_n, x_t, v_t, 1e-6)
-    assert both.float().mean() >= 0.995, both.float().mean()
-    errors = geometry.relative_errors(x_n.numpy(), v_n.numpy(), truth, module.PLAN.sign_flip)
-    assert (errors <= 1e-6).mean() >= 0.995
+    """Every solution the torch path finds, the native backend finds too, on 99.5% of instances
+    (1e-6 relative: spurious solutions far out, a focal length of 1e8, are only that well
+    determined in either path)."""
+    _, _, _, (x_t, v_t), (x_n, v_n) = both_paths(name)
+    assert matched(x_t, v_t, x_n, v_n, 1e-6).float().mean() >= 0.995
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", NATIVE)
+def test_native_solutions_are_solutions_and_find_the_truth(name):
+    """The native backend's valid solutions satisfy the declared equations (relative residual
+    evaluated by the torch runtime) as often as the torch path's, and it finds the truth on at
+    least 99.5% of instances (or as often as the torch path, where that misses the bar:
+    relpose_8pt_radial's instances, about 98% for both), with a median error below 1e-11."""
+    module, params, truth, (x_t, v_t), (x_n, v_n) = both_paths(name)
+    above = [(forward.relative_residuals(module.PLAN, params, x)[v] > 1e-8).double().mean() for x, v in
+             ((x_t, v_t), (x_n, v_n))]
+    assert above[1] <= above[0] + 1e-3, above
+    errors, torch_errors = (geometry.relative_errors(x.numpy(), v.numpy(), truth, module.PLAN.sign_flip)
+                            for x, v in ((x_n, v_n), (x_t, v_t)))
+    assert (errors <= 1e-6).mean() >= min(0.995, (torch_errors <= 1e-6).mean())
     assert np.median(np.log10(np.maximum(errors, 1e-17))) <= -11
 
 
