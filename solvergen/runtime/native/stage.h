@@ -293,12 +293,13 @@ static void refine_eigenpair(const double *a, int n, double *lambda, double *v) 
     for (int i = 0; i < n; i++) v[i] /= scale;
     double r[BASIS + 1], m[(BASIS + 1) * (BASIS + 1)], work[BASIS + 1];
     int perm[BASIS + 1];
-    double norm = 0.0;
+    double norm = 0.0, size = fabs(*lambda);
     for (int i = 0; i < n; i++) {
         r[i] = -*lambda * v[i];
-        for (int j = 0; j < n; j++) r[i] += a[i * n + j] * v[j];
+        for (int j = 0; j < n; j++) { r[i] += a[i * n + j] * v[j]; size = fmax(size, fabs(a[i * n + j])); }
         norm += r[i] * r[i];
     }
+    if (sqrt(norm) <= 64.0 * DBL_EPSILON * size) return; /* already at the rounding level (|v|_inf = 1) */
     for (int step = 0; step < EIG_NEWTON; step++) {
         int N = n + 1;
         for (int i = 0; i < n; i++) {
