@@ -17,7 +17,8 @@ import geometry
 from conftest import ROOT, generated_module
 from solvergen.runtime import forward, native
 
-NATIVE = ["relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal", "relpose_6pt_shared_focal_natural",
+NATIVE = ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal",
+          "relpose_6pt_shared_focal_natural",
           "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
 needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C compiler")
 
@@ -149,14 +150,14 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(monkeypatch):
 
 
 def test_unsupported_problems_and_bad_options_are_refused_in_one_line():
-    p3p = generated_module("p3p")
-    with pytest.raises(native.NativeUnavailable, match="p3p: the native backend does not support it: its template is sign"):
-        p3p.Solver(backend="native")
-    params, _ = instances("p3p", 5)
-    with pytest.warns(UserWarning, match="p3p runs its template stage in torch"):
-        x, valid = p3p.Solver(backend="auto")(params)
-    assert valid.any()
+    homography = generated_module("homography_4pt")
+    with pytest.raises(native.NativeUnavailable,
+                       match="homography_4pt: the native backend does not support it: it has no elimination template"):
+        homography.Solver(backend="native")
+    params, _ = instances("homography_4pt", 5)
+    x, valid = homography.Solver(backend="auto")(params)  # no template stage: nothing to warn about
+    assert valid.all()
     with pytest.raises(ValueError, match="backend must be 'torch', 'native' or 'auto'"):
-        p3p.Solver(backend="c")
+        homography.Solver(backend="c")
     with pytest.raises(ValueError, match="backend='native' needs backward='ift'"):
         generated_module("relpose_5pt_nullspace").Solver(backend="native", backward="autograd")

@@ -11,8 +11,8 @@ The C source of a problem is its plan's sizes and tables (`source`) followed by 
 it is compiled with the system C compiler (`$CC`, else cc, gcc or clang; -O3, the host's vector
 extensions, OpenMP where the compiler has it) into a shared library cached on disk under
 `$SOLVERGEN_CACHE` (default ~/.cache/solvergen) keyed by the source's and the compiler's hash,
-and loaded with ctypes. Supported: CPU tensors, templates that are not even (the sign-symmetric
-ones read quadratic monomials: torch only for now), action matrices up to 64 x 64.
+and loaded with ctypes. Supported: CPU tensors, every template but those with a partial sign
+symmetry (`fixed` unknowns), action matrices up to 64 x 64.
 """
 from __future__ import annotations
 
@@ -58,12 +58,13 @@ def unsupported(plan: Plan) -> str | None:
     template = plan.template
     if template is None:
         return "it has no elimination template"
-    if template.even:
-        return "its template is sign-symmetric (even), which only the torch path reads off"
+    if template.fixed:
+        return "its template has a partial sign symmetry, which only the torch path reads off"
     if template.basis > MAX_BASIS:
         return f"its action matrix is {template.basis} x {template.basis} (at most {MAX_BASIS})"
-    if polish_equations(plan).unknowns != template.num_read:
-        return "its polish system's unknowns are not the template's read monomials"
+    read = template.unknowns * (template.unknowns + 1) // 2 if template.even else template.unknowns
+    if polish_equations(plan).unknowns != template.unknowns or template.num_read != read:
+        return "its polish system's unknowns are not the template's read-off"
     return None
 
 
@@ -92,7 +93,8 @@ def source(plan: Plan) -> str:
         start = len(parent) - len(parents)
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis, NREAD=t.num_read,
-                   ACTION_READ=t.action_read, NCOEF=len(e.term_equation), NPOS=len(t.positions),
+                   ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
+                   SLOTS=2 * t.basis if t.even else t.basis, NCOEF=len(e.term_equation), NPOS=len(t.positions),
                    NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
                    PN=e.unknowns, PK=e.equations, PM=len(parent), PT=len(e.term_equation),
                    PD=len(e.derivative_position))
@@ -106,6 +108,9 @@ def source(plan: Plan) -> str:
     text += _array("double", "action_scale", t.action_scale)
     text += _array("int", "read_monomial", t.read_monomial) + _array("int", "read_basis", t.read_basis)
     text += _array("int", "read_value", t.read_value)
+    n = t.unknowns  # an even template's read monomials x_i x_j, i <= j: their index per (i, j)
+    upper = [(i, j) for i in range(n) for j in range(i, n)]
+    text += _array("int", "gram_index", [upper.index((min(i, j), max(i, j))) for i in range(n) for j in range(n)])
     text += _array("int", "mono_parent", parent) + _array("int", "mono_unknown", unknown)
     text += _array("int", "term_equation", e.term_equation) + _array("int", "term_monomial", e.term_monomial)
     text += _array("int", "deriv_position", e.derivative_position)
@@ -179,9 +184,10 @@ def solve_candidates(c, ok, plan: Plan, settings):
     batch = c.shape[0]
     coefficients = c.detach().to(torch.float64).contiguous()
     usable = ok.to(torch.uint8).contiguous()
-    x = torch.empty(batch, template.basis, template.num_read, dtype=torch.float64)
-    error = torch.empty(batch, template.basis, dtype=torch.float64)
-    candidate = torch.empty(batch, template.basis, dtype=torch.uint8)
+    slots = 2 * template.basis if template.even else template.basis
+    x = torch.empty(batch, slots, template.unknowns, dtype=torch.float64)
+    error = torch.empty(batch, slots, dtype=torch.float64)
+    candidate = torch.empty(batch, slots, dtype=torch.uint8)
     if batch:
         function(batch, coefficients.data_ptr(), usable.data_ptr(), settings.imag_tol, settings.newton_steps,
                  x.data_ptr(), error.data_ptr(), candidate.data_ptr())

@@ -8,7 +8,7 @@
  * polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
  * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
  *
- * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, NREAD, ACTION_READ, NCOEF, NPOS,
+ * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF, NPOS,
  * NCONST, NACT, NPAIRS; polish system: PN (unknowns), PK (equations), PM (monomials), PT
  * (terms), PD (derivative terms). Arrays: see native.py's `_tables`.
  */
@@ -398,13 +398,14 @@ static double polish(const double *c, double *x, int steps) {
     return error;
 }
 
-/* One instance: coefficients c [NCOEF] -> x [BASIS x NREAD], error [BASIS], candidate [BASIS]. */
+/* One instance: coefficients c [NCOEF] -> x [SLOTS x NUNK], error [SLOTS], candidate [SLOTS]
+ * (SLOTS = BASIS, or 2 BASIS for an even template: each eigenpair gives x and -x). */
 static void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
                       double *x, double *error, uint8_t *candidate) {
-    for (int s = 0; s < BASIS; s++) {
+    for (int s = 0; s < SLOTS; s++) {
         candidate[s] = 0;
         error[s] = 0.0;
-        for (int q = 0; q < NREAD; q++) x[s * NREAD + q] = 0.0;
+        for (int q = 0; q < NUNK; q++) x[s * NUNK + q] = 0.0;
     }
     if (!usable) return;
     for (int j = 0; j < NCOEF; j++)
@@ -460,28 +461,45 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
             num[read_monomial[k]] += vi * values[read_value[k]];
             den[read_monomial[k]] += vi * vi;
         }
-        double *xs = x + s * NREAD;
+        double q[NREAD];
+        for (int k = 0; k < NREAD; k++) q[k] = k == ACTION_READ ? lambda : num[k] / den[k];
+        double *xs = x + s * NUNK;
+#if EVEN
+        /* The read monomials are x_i x_j (i <= j): with G = x x^T, x = G[:, k] / sqrt(G_kk) for the
+         * largest diagonal entry (template.from_quadratics); not real where G_kk <= 0. */
+        int top = 0;
+        for (int k = 1; k < NUNK; k++)
+            if (q[gram_index[k * NUNK + k]] > q[gram_index[top * NUNK + top]]) top = k;
+        double g = q[gram_index[top * NUNK + top]];
+        if (!(g > 0.0)) continue;
+        for (int i = 0; i < NUNK; i++) xs[i] = q[gram_index[i * NUNK + top]] / sqrt(g);
+#else
+        for (int i = 0; i < NUNK; i++) xs[i] = q[i];
+#endif
         int finite = 1;
-        for (int q = 0; q < NREAD; q++) {
-            xs[q] = num[q] / den[q];
-            if (q == ACTION_READ) xs[q] = lambda;
-            if (!isfinite(xs[q])) finite = 0;
-        }
+        for (int i = 0; i < NUNK; i++)
+            if (!isfinite(xs[i])) finite = 0;
         if (!finite) {
-            for (int q = 0; q < NREAD; q++) xs[q] = 0.0;
+            for (int i = 0; i < NUNK; i++) xs[i] = 0.0;
             continue;
         }
         candidate[s] = 1;
         error[s] = polish(c, xs, newton_steps + EXTRA_STEPS);
+#if EVEN
+        /* The pair's other member: Newton keeps the sign symmetry exactly. */
+        for (int i = 0; i < NUNK; i++) x[(s + BASIS) * NUNK + i] = -xs[i];
+        candidate[s + BASIS] = 1;
+        error[s + BASIS] = error[s];
+#endif
     }
 }
 
-/* The batch: c [batch x NCOEF], usable [batch] -> x [batch x BASIS x NREAD], error and
- * candidate [batch x BASIS]. */
+/* The batch: c [batch x NCOEF], usable [batch] -> x [batch x SLOTS x NUNK], error and
+ * candidate [batch x SLOTS]. */
 void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double imag_tol, int newton_steps,
                  double *x, double *error, uint8_t *candidate) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < batch; b++)
-        solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * BASIS * NREAD, error + b * BASIS,
-                  candidate + b * BASIS);
+        solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
+                  candidate + b * SLOTS);
 }
