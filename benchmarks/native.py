@@ -30,7 +30,7 @@ from conftest import generated_module  # noqa: E402
 
 from solvergen.runtime import native  # noqa: E402
 
-PROBLEMS = ["relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal", "relpose_6pt_shared_focal_natural",
+PROBLEMS = ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal", "relpose_6pt_shared_focal_natural",
             "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
 
 
