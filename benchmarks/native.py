@@ -30,8 +30,8 @@ from conftest import generated_module  # noqa: E402
 
 from solvergen.runtime import native  # noqa: E402
 
-PROBLEMS = ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal", "relpose_6pt_shared_focal_natural",
-            "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
+PROBLEMS = ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal",
+            "relpose_6pt_shared_focal_natural", "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
 
 
 def per_instance_us(solver, params, repeats):
