@@ -24,3 +24,22 @@ def test_printed_expression_evaluates_to_sympys_value(expr):
     namespace = {str(s): v for s, v in VALUES.items()}
     namespace["torch"] = type("torch", (), {"sqrt": staticmethod(math.sqrt)})
     assert math.isclose(eval(text, namespace), float(expr.subs(VALUES)), rel_tol=1e-14), text
+
+
+def test_half_powers_share_one_square_root():
+    """b**(k/2) of a symbol b (after CSE: an input, or a subexpression used more than once)
+    becomes r**k with r = sqrt(b) assigned once: no torch.pow for x, the same values; a
+    negative power is 1.0/(r*r*r). A single-use compound base keeps its power."""
+    from solvergen.printer import print_with_cse
+
+    outputs = [x**sp.Rational(-3, 2) * a, 1 / sp.sqrt(x) + a, sp.sqrt(x) * b, (x + a) ** sp.Rational(-3, 2)]
+    lines, printed = print_with_cse(outputs, {}, "_t")
+    code = "\n".join(lines + printed)
+    assert code.count("torch.sqrt(") == 1 and "x**" not in code and "(alpha + x)**(-1.5)" in code, code
+    namespace = {str(s): v for s, v in VALUES.items()}
+    namespace["torch"] = type("torch", (), {"sqrt": staticmethod(math.sqrt)})
+    for line in lines:
+        target, value = line.split(" = ", 1)
+        namespace[target] = eval(value, namespace)
+    for expr, text in zip(outputs, printed):
+        assert math.isclose(eval(text, namespace), float(expr.subs(VALUES)), rel_tol=1e-14), text

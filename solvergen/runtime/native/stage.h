@@ -24,8 +24,10 @@
                          the eigenpairs here are less accurate than LAPACK's on badly scaled
                          action matrices */
 
-/* LU with partial pivoting of a (n x n, row-major, in place); 0 if a pivot is 0 or not finite. */
-static int lu_factor(double *a, int n, int *perm) {
+/* LU with partial pivoting of a (n x n, row-major, in place); 0 if a pivot is not finite, or is
+ * 0 and `pivot_floor` is 0. A pivot below `pivot_floor` in magnitude is replaced by it (inverse
+ * iteration on a matrix that is singular by construction). */
+static int lu_factor(double *a, int n, int *perm, double pivot_floor) {
     for (int i = 0; i < n; i++) perm[i] = i;
     for (int k = 0; k < n; k++) {
         int p = k;
@@ -34,11 +36,12 @@ static int lu_factor(double *a, int n, int *perm) {
             double v = fabs(a[i * n + k]);
             if (v > best) { best = v; p = i; }
         }
-        if (!(best > 0.0) || !isfinite(best)) return 0;
+        if (!isfinite(best) || !(best > 0.0 || pivot_floor > 0.0)) return 0;
         if (p != k) {
             for (int j = 0; j < n; j++) { double t = a[k * n + j]; a[k * n + j] = a[p * n + j]; a[p * n + j] = t; }
             int t = perm[k]; perm[k] = perm[p]; perm[p] = t;
         }
+        if (fabs(a[k * n + k]) < pivot_floor) a[k * n + k] = pivot_floor;
         double inv = 1.0 / a[k * n + k];
         for (int i = k + 1; i < n; i++) {
             double f = a[i * n + k] * inv;
@@ -247,27 +250,7 @@ static int eigenvector(const double *a, int n, double lambda, double *v) {
     for (int i = 0; i < n * n; i++) norm = fmax(norm, fabs(a[i]));
     memcpy(m, a, sizeof(double) * n * n);
     for (int i = 0; i < n; i++) m[i * n + i] -= lambda;
-    /* LU with partial pivoting; a zero (or tiny) pivot is replaced by eps |a| */
-    double tiny = DBL_EPSILON * (norm > 0 ? norm : 1.0);
-    for (int i = 0; i < n; i++) perm[i] = i;
-    for (int k = 0; k < n; k++) {
-        int p = k;
-        double best = fabs(m[k * n + k]);
-        for (int i = k + 1; i < n; i++)
-            if (fabs(m[i * n + k]) > best) { best = fabs(m[i * n + k]); p = i; }
-        if (!isfinite(best)) return 0;
-        if (p != k) {
-            for (int j = 0; j < n; j++) { double t = m[k * n + j]; m[k * n + j] = m[p * n + j]; m[p * n + j] = t; }
-            int t = perm[k]; perm[k] = perm[p]; perm[p] = t;
-        }
-        if (fabs(m[k * n + k]) < tiny) m[k * n + k] = tiny;
-        double inv = 1.0 / m[k * n + k];
-        for (int i = k + 1; i < n; i++) {
-            double f = m[i * n + k] * inv;
-            m[i * n + k] = f;
-            for (int j = k + 1; j < n; j++) m[i * n + j] -= f * m[k * n + j];
-        }
-    }
+    if (!lu_factor(m, n, perm, DBL_EPSILON * (norm > 0 ? norm : 1.0))) return 0; /* tiny pivots: eps |a| */
     for (int i = 0; i < n; i++) v[i] = 1.0 / sqrt((double)n) * (1.0 + 0.01 * i);
     for (int round = 0; round < EIG_ROUNDS; round++) {
         lu_solve(m, n, perm, v, 1, work);
@@ -310,7 +293,7 @@ static void refine_eigenpair(const double *a, int n, double *lambda, double *v) 
         double rhs[BASIS + 1];
         for (int i = 0; i < n; i++) rhs[i] = -r[i];
         rhs[n] = 0.0;
-        if (!lu_factor(m, N, perm)) return;
+        if (!lu_factor(m, N, perm, 0.0)) return;
         lu_solve(m, N, perm, rhs, 1, work);
         double w[BASIS], mu = *lambda + rhs[n], r1[BASIS], norm1 = 0.0;
         for (int i = 0; i < n; i++) w[i] = v[i] + rhs[i];
@@ -384,7 +367,7 @@ static double polish(const double *c, double *x, int steps) {
                 }
             }
         }
-        if (!lu_factor(m, PN, perm)) break;
+        if (!lu_factor(m, PN, perm, 0.0)) break;
         lu_solve(m, PN, perm, r, 1, work);
         double candidate[PN];
         for (int n = 0; n < PN; n++) candidate[n] = x[n] - r[n];
@@ -420,7 +403,7 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
         memcpy(lhs + i * SQUARE, t + i * COLS, sizeof(double) * SQUARE);
         memcpy(rhs + i * BASIS, t + i * COLS + SQUARE, sizeof(double) * BASIS);
     }
-    if (!lu_factor(lhs, SQUARE, perm)) return;
+    if (!lu_factor(lhs, SQUARE, perm, 0.0)) return;
     lu_solve(lhs, SQUARE, perm, rhs, BASIS, work);
     const double *reduced = rhs + (SQUARE - NRED) * BASIS; /* X [NRED x BASIS] */
     /* The action matrix. */
