@@ -310,16 +310,18 @@ static void refine_eigenpair(const double *a, int n, double *lambda, double *v) 
     }
 }
 
-/* The polish system at x: h [PK], the size of its terms [PK], and (if jac) dh/dx [PK x PN]. */
+/* The polish system at x: (if h) h [PK] and the size of its terms [PK], (if jac) dh/dx [PK x PN]. */
 static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac) {
     double mono[PM];
     mono[0] = 1.0;
     for (int p = 1; p < PM; p++) mono[p] = mono[mono_parent[p]] * x[mono_unknown[p]];
-    for (int k = 0; k < PK; k++) { h[k] = 0.0; scale[k] = 0.0; }
-    for (int j = 0; j < PT; j++) {
-        double term = c[j] * mono[term_monomial[j]];
-        h[term_equation[j]] += term;
-        scale[term_equation[j]] += fabs(term);
+    if (h) {
+        for (int k = 0; k < PK; k++) { h[k] = 0.0; scale[k] = 0.0; }
+        for (int j = 0; j < PT; j++) {
+            double term = c[j] * mono[term_monomial[j]];
+            h[term_equation[j]] += term;
+            scale[term_equation[j]] += fabs(term);
+        }
     }
     if (jac) {
         for (int i = 0; i < PK * PN; i++) jac[i] = 0.0;
@@ -338,14 +340,15 @@ static double relative_error(const double *h, const double *scale) {
 }
 
 /* Gauss-Newton steps on the polish system from x (rows scaled by their size), each kept only
- * where it lowers the relative residual (newton.polish): -> the relative residual. */
+ * where it lowers the relative residual (newton.polish): -> the relative residual. A step that
+ * is not kept ends the loop: the next one would be the same step from the same x. */
 static double polish(const double *c, double *x, int steps) {
     double h[PK], scale[PK], jac[PK * PN], h1[PK], scale1[PK];
     evaluate(c, x, h, scale, NULL);
     double error = relative_error(h, scale);
     for (int step = 0; step < steps; step++) {
         if (!(error > CONVERGED)) break;
-        evaluate(c, x, h, scale, jac);
+        evaluate(c, x, NULL, NULL, jac); /* h and scale: at x already */
         double m[PN * PN], r[PN], work[PN];
         int perm[PN];
         for (int k = 0; k < PK; k++) {
@@ -373,10 +376,11 @@ static double polish(const double *c, double *x, int steps) {
         for (int n = 0; n < PN; n++) candidate[n] = x[n] - r[n];
         evaluate(c, candidate, h1, scale1, NULL);
         double error1 = relative_error(h1, scale1);
-        if (error1 < error) {
-            memcpy(x, candidate, sizeof(candidate));
-            error = error1;
-        }
+        if (!(error1 < error)) break;
+        memcpy(x, candidate, sizeof(candidate));
+        memcpy(h, h1, sizeof(h));
+        memcpy(scale, scale1, sizeof(scale));
+        error = error1;
     }
     return error;
 }
