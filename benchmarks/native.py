@@ -3,8 +3,10 @@
 For every problem the native backend supports: the forward's time per instance at batches 1,
 100 and 10,000 (float64, CPU, median of repeats, after a warm-up call), valid solutions per
 instance, the truth found (relative error <= 1e-6) and the median log10 error of both; the first
-call's compile time with an empty cache and a fresh process's load time from the cache.
-Results: results/native.{json,md}.
+call's compile time with an empty cache and a fresh process's load time from the cache; and
+PoseLib's per-instance time on the same instances where its Python API has the solver (a loop
+over 2,000 instances, the Python call included, as in benchmarks/run.py, whose scene
+reconstruction and conversions it reuses), with its truth found. Results: results/native.{json,md}.
 
     python benchmarks/native.py --threads 1
 """
@@ -30,6 +32,11 @@ from conftest import generated_module  # noqa: E402
 
 from solvergen.runtime import native  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run as peers  # noqa: E402  (benchmarks/run.py: PoseLib's inputs and outputs in our unknowns)
+
+POSELIB_INSTANCES = 2000
+
 PROBLEMS = ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal",
             "relpose_6pt_shared_focal_natural", "fundamental_7pt", "gp3p", "p35pf", "relpose_8pt_radial"]
 
@@ -54,6 +61,31 @@ def cold_and_warm_build(name):
         env = dict(os.environ, SOLVERGEN_CACHE=cache)
         return [float(subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                                      check=True).stdout.split()[-1]) for _ in range(2)]
+
+
+def poselib_timings(name, module, params, truth, repeats):
+    """[(PoseLib solver, µs per instance, truth found)] on the first POSELIB_INSTANCES instances."""
+    try:
+        import poselib  # noqa: F401
+    except ImportError:
+        return []
+    case = peers.Case(name, module, params.numpy(), truth)
+    scene = peers.replicate_scene(case, 0)
+    if scene is None:
+        return []
+    out = []
+    for peer in peers.poselib_peers(case, scene, POSELIB_INSTANCES):
+        peer.fn(*peer.inputs[0])
+        times, outputs = [], None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            outputs = [peer.fn(*args) for args in peer.inputs]
+            times.append(time.perf_counter() - started)
+        solutions, valid = peers.pad_solutions([peer.to_solutions(i, o) for i, o in enumerate(outputs)], truth.shape[1])
+        errors = peers.relative_errors(case, solutions, valid)
+        out.append({"solver": peer.name, "us": 1e6 * float(np.median(times)) / len(peer.inputs),
+                    "truth_found": float((errors <= 1e-6).mean()), "note": peer.note})
+    return out
 
 
 def main(argv=None):
@@ -82,6 +114,7 @@ def main(argv=None):
             record[f"{backend}_valid_per_instance"] = float(valid.sum(-1).double().mean())
             record[f"{backend}_truth_found"] = float((errors <= 1e-6).mean())
             record[f"{backend}_median_log10_error"] = float(np.median(np.log10(np.maximum(errors, 1e-17))))
+        record["poselib"] = poselib_timings(name, module, params, truth, args.repeats)
         records.append(record)
         print(json.dumps(record), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -111,6 +144,16 @@ def main(argv=None):
             f"{r['native_valid_per_instance']:.3f} | {100 * r['torch_truth_found']:.2f}% / {100 * r['native_truth_found']:.2f}% | "
             f"{r['torch_median_log10_error']:.1f} / {r['native_median_log10_error']:.1f} | {r['compile_s']:.1f} | "
             f"{r['cached_load_s']:.2f} |")
+    lines += ["", f"PoseLib in the same run: a Python loop over {POSELIB_INSTANCES} of the same instances, one thread, "
+              "the Python call included (its C++ alone is faster: the 5-point solver's README figure is 5.5 µs); "
+              "truth found on those instances.", "",
+              "| problem | PoseLib solver | PoseLib µs | native µs at 10,000 | native / PoseLib time | PoseLib truth found |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for r in records:
+        for peer in r["poselib"]:
+            note = f" ({peer['note']})" if peer["note"] else ""
+            lines.append(f"| {r['problem']} | {peer['solver']}{note} | {peer['us']:.1f} | {r['native_us_10000']:.1f} | "
+                         f"{r['native_us_10000'] / peer['us']:.2f} | {100 * peer['truth_found']:.2f}% |")
     (out / "native.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

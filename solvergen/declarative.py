@@ -40,6 +40,16 @@ def check_smooth(expr: sp.Expr, unknowns, what: str) -> None:
             name = type(node).__name__
             raise SpecError(f"{what} uses {name}(...) of an unknown, which is not smooth: "
                             f"write a smooth form (e.g. sqrt(x**2 + eps**2) for Abs)")
+        if isinstance(node, (sp.Abs, sp.sign)):  # of parameters: sympy differentiates these
+            # through re(a) and im(a) unless a is real
+            complex_ = sorted(str(v) for v in node.free_symbols if not v.is_real)
+            if complex_:
+                raise SpecError(f"{what} uses {type(node).__name__}(...) of the parameter(s) {', '.join(complex_)}, "
+                                f"whose derivative sympy gives for real symbols only: declare them with real=True "
+                                f"(sp.Symbol(\"{complex_[0]}\", real=True))")
+        if isinstance(node, (sp.Piecewise, sp.frac, sp.Mod, sp.re, sp.im, sp.arg)):
+            raise SpecError(f"{what} uses {type(node).__name__}(...), which solvergen does not support (of "
+                            "parameters: Abs, sign, Max, Min, floor, ceiling and Heaviside are)")
         if isinstance(node, sp.core.function.AppliedUndef):
             raise SpecError(f"{what} uses the undefined function {node.func}")
         if isinstance(node, sp.Function) and not isinstance(node, SMOOTH_FUNCTIONS + NON_SMOOTH):

@@ -276,10 +276,13 @@ def normalize_sums(expr: sp.Expr) -> sp.Expr:
 
 
 def _terms(expr: sp.Expr) -> list[sp.Expr]:
-    """The additive terms of expr, products distributed over sums (not inside functions)."""
+    """The additive terms of expr, products distributed over sums (not inside functions) where
+    a term has a Kronecker delta: the deltas end up as factors of terms of their own. Terms
+    without a delta stay as they are (distributing (x_i - y)(x_i - y) w_i over a sum would trade
+    one reduction for four, and a difference of nearly equal sums for the difference itself)."""
     out = []
     for term in sp.Add.make_args(expr):
-        if isinstance(term, sp.Mul) and any(isinstance(f, sp.Add) for f in term.args):
+        if isinstance(term, sp.Mul) and term.has(sp.KroneckerDelta) and any(isinstance(f, sp.Add) for f in term.args):
             expanded = sp.expand_mul(term, deep=False)
             if expanded != term:
                 out.extend(_terms(expanded))
@@ -336,16 +339,23 @@ def _sum_over(expr: sp.Expr, letters) -> sp.Expr:
 
 def terms_of(expr: sp.Expr, rows: tuple[sp.Idx, ...], cols: tuple[sp.Idx, ...]) -> tuple[Term, ...]:
     """Split a Jacobian block into terms (module docstring)."""
-    expr = sp.Add(*_terms(expr))
     deltas = sorted({d for d in expr.atoms(sp.KroneckerDelta)}, key=sp.default_sort_key)
     marks = sp.symbols(f"_delta0:{len(deltas)}")
-    marked = expr.xreplace(dict(zip(deltas, marks)))
-    if deltas:
-        polynomial = sp.Poly(marked, *marks)
-        parts = [(dict((marks[k], e) for k, e in enumerate(monomial) if e), coefficient)
-                 for monomial, coefficient in polynomial.terms()]
-    else:
-        parts = [({}, marked)]
+    parts = []  # (the deltas' marks of one term, its coefficient), the coefficient not expanded
+    for term in _terms(expr):
+        powers, rest = {}, []
+        for factor in sp.Mul.make_args(term):
+            base, exponent = factor.as_base_exp()
+            if isinstance(base, sp.KroneckerDelta) and exponent.is_Integer and exponent > 0:
+                mark = marks[deltas.index(base)]
+                powers[mark] = powers.get(mark, 0) + int(exponent)
+            else:
+                rest.append(factor)
+        coefficient = sp.Mul(*rest)
+        if coefficient.has(sp.KroneckerDelta):
+            raise SpecError(f"a derivative has a Kronecker delta inside {coefficient}: only products of deltas are "
+                            "supported")
+        parts.append((powers, coefficient))
     by_pattern: dict = {}
     for powers, coefficient in parts:
         parent: dict = {}

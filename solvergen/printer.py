@@ -18,11 +18,12 @@ INLINE = 80  # characters: single-use assignments up to this length are written 
 _NAME = re.compile(r"[A-Za-z_]\w*")
 
 
-# sympy function -> torch function (elementwise), for the declarative layers' expressions.
+# sympy function -> torch function (elementwise), for the declarative layers' expressions
+# (the non-smooth ones apply to parameters only: the compiler refuses them of an unknown).
 TORCH_FUNCTIONS = {
     name: name for name in ("exp", "log", "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh",
                             "tanh", "asinh", "acosh", "atanh", "erf")
-}
+} | {"Abs": "abs", "sign": "sign", "floor": "floor", "ceiling": "ceil"}
 
 
 class TorchPrinter(PythonCodePrinter):
@@ -33,6 +34,31 @@ class TorchPrinter(PythonCodePrinter):
 
     def _print_Symbol(self, expr):
         return self._names.get(expr, expr.name)
+
+    def _print_Max(self, expr, keep=">="):
+        # torch.where takes a Python number on either side; torch.maximum does not
+        first, *rest = expr.args
+        other = self._print(type(expr)(*rest)) if len(rest) > 1 else self._print(rest[0])
+        a = self._print(first)
+        return f"torch.where({a} {keep} {other}, {a}, {other})"
+
+    def _print_Min(self, expr):
+        return self._print_Max(expr, keep="<=")
+
+    def _print_Heaviside(self, expr):
+        x = self._print(expr.args[0])
+        at_zero = self._print(expr.args[1]) if len(expr.args) > 1 else "0.5"
+        return f"torch.where({x} > 0, 1.0, torch.where({x} < 0, 0.0, {at_zero}))"
+
+    def _print_Derivative(self, expr):
+        if isinstance(expr.expr, (sp.floor, sp.ceiling)):  # sympy leaves these unevaluated
+            return "0.0"
+        return super()._print_Derivative(expr)
+
+    def _print_DiracDelta(self, expr):
+        # the derivative of sign(a) or Heaviside(a) (and of floor, ceiling) of a parameter: zero
+        # wherever it is defined (torch's autograd gives the same); at the jumps it has none
+        return "0.0"
 
     def _print_Mul(self, expr):
         # sympy prints a denominator x**2 of a product as "/" + its text without parentheses

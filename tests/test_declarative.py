@@ -105,6 +105,11 @@ BAD_SPECS = {
                           "the objective uses undeclared symbol(s) q"),
     "entropy started at zero": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], y * sp.log(y) - p * y)",
                                 "the default start point y = 0 (no init= given) is outside the domain of the objective"),
+    "Abs of a complex parameter": ("y, p = sp.symbols('y p')\nproblem = Argmin('a', [y], [p], (y - sp.Abs(p))**2)",
+                                   "Abs(...) of the parameter(s) p, whose derivative sympy gives for real symbols only"),
+    "Mod of a parameter": ("y = sp.Symbol('y')\np = sp.Symbol('p', real=True)\n"
+                           "problem = Argmin('a', [y], [p], (y - sp.Mod(p, 2))**2)",
+                           "the objective uses Mod(...), which solvergen does not support"),
     "init on a pole": ("y, p = sp.symbols('y p')\nproblem = Implicit('a', [y], [p], [1 / (y - 1) - p], init=1)",
                        "the start point init= is outside the domain of equation 0"),
 }
@@ -119,6 +124,27 @@ def test_bad_declarative_spec_is_refused_in_one_line(case, tmp_path):
         generate(spec, tmp_path / "out")
     assert message in str(error.value) and "\n" not in str(error.value)
     assert not (tmp_path / "out").exists()
+
+
+NON_SMOOTH_OF_PARAMETERS = {  # f(a, b) -> x* of argmin (x - f)^2 + (y - b x)^2 + x^4 / 10
+    "Abs": "sp.Abs(a)", "sign": "sp.sign(a)", "Max": "sp.Max(a, b, 0)", "Min": "sp.Min(a, 2 * b)",
+    "floor": "sp.floor(a)", "ceiling": "sp.ceiling(a)", "Heaviside": "sp.Heaviside(a)",
+}
+
+
+@pytest.mark.parametrize("name", NON_SMOOTH_OF_PARAMETERS)
+def test_non_smooth_functions_of_real_parameters(name, tmp_path):
+    """Abs, sign, Max, ... of (real) parameters print as batched torch code; their derivative is
+    the one almost everywhere (sign, Heaviside, floor: zero), checked by central differences."""
+    spec = tmp_path / f"nonsmooth_{name.lower()}.py"
+    spec.write_text(HEADER + "x, y = sp.symbols('x y')\na, b = sp.symbols('a b', real=True)\n"
+                    f"problem = Argmin('nonsmooth_{name.lower()}', [x, y], [a, b], "
+                    f"(x - {NON_SMOOTH_OF_PARAMETERS[name]})**2 + (y - b * x)**2 + x**4 / 10)\n")
+    model = solvergen.load(spec, out_dir=tmp_path / "out")
+    params = 2 * torch.randn(100, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    error, scale, ok = finite_difference_check(model, params)
+    assert bool(ok.all())
+    assert (error <= 1e-5 * (1 + scale)).float().mean() >= 0.99
 
 
 def test_inequality_relations_are_read_as_expressions_below_zero():
@@ -256,6 +282,22 @@ def test_robust_line_fit_matches_scipy():
     reference = np.stack([robust_line_reference(p, np.zeros(2)) for p in params.numpy()])
     close = (np.abs(y.numpy() - reference).max(-1) <= 1e-8)
     assert close.mean() >= 0.995
+
+
+def test_robust_line_fit_far_from_the_origin():
+    """Points shifted by 1e4 in y: the fit shifts its intercept by 1e4 (translation equivariance).
+    The gradient summed over the points does not reach an absolute tol there and the objective
+    cannot see the last Newton steps' decrease (its rounding is larger): the layer takes full
+    Newton steps that shrink the gradient, and stops at a rounding-level step."""
+    model = layer("robust_line_fit")
+    params = robust_line_instances(256, seed=4)
+    y, ok = model(params)
+    shifted = params.clone()
+    shifted[:, 20:] += 1e4
+    y_shifted, ok_shifted = model(shifted)
+    assert bool(ok.all()) and bool(ok_shifted.all())
+    expected = y + torch.tensor([0.0, 1e4])
+    assert (y_shifted - expected).abs().max() <= 1e-8
 
 
 def test_robust_line_fit_gradients_match_finite_differences_and_autograd():

@@ -218,6 +218,26 @@ def test_robust_pool_matches_reference_and_finite_differences(name, penalty, alp
     assert good >= 49
 
 
+@pytest.mark.parametrize("name,penalty", [("robust_pool", "pseudo_huber"), ("robust_pool_welsch", "welsch")])
+def test_robust_pool_far_from_the_origin(name, penalty):
+    """Points around (1e5, 1e5, 1e5): the gradient summed over the points cannot reach an absolute
+    tol (its rounding is about n |x| eps), the layer stops at a rounding-level Newton step; the
+    Hessian keeps (x_i - y)(x_i - y)^T in one sum (distributed into four sums over x_i x_i^T,
+    x_i y^T, ..., its entries cancel: at 1e3 the gradient was off by 2e-10)."""
+    x = pool_instances(16, 256, seed=11)
+    grad = torch.randn(16, 3, generator=torch.Generator().manual_seed(3))
+    pool = layer(name)
+    for offset, rel in ((1e3, 1e-11), (1e5, 1e-9)):
+        xg = (x + offset).requires_grad_(True)
+        y, ok = pool(xg, 1.0)
+        assert bool(ok.all()), offset
+        y_ref = ref.robust_pool_forward(x, penalty, 1.0) + offset  # translation equivariant
+        assert (y - y_ref).abs().max() <= 1e-12 * offset
+        (y * grad).sum().backward()
+        back = ref.robust_pool_backward(x, y_ref - offset, penalty, 1.0, grad)
+        assert (xg.grad - back).abs().max() <= rel * back.abs().max(), offset
+
+
 # -- Spectral matching ------------------------------------------------------------------------
 
 

@@ -47,6 +47,7 @@ POLISH_FROM = 1e-8  # interior point: residual from which the active set is poli
 POLISH_STEPS = 3  # interior point: Newton steps of the polish
 TAU_START, TAU_FACTOR, TAU_KAPPA = 0.1, 0.2, 10.0  # interior point: the barrier's schedule
 PENALTY_ETA = 0.1  # interior point: the merit penalty's share of the predicted decrease
+ROUNDING_STEPS = 1000  # converged when the full Newton step is below this many roundings of y
 KAPPA_SIGMA = 1e10  # interior point: multipliers kept within this factor of tau / s
 
 
@@ -76,6 +77,14 @@ def _solve(matrix, rhs):
         x = torch.linalg.solve_ex(torch.where(usable[:, None, None], matrix, eye),
                                   torch.where(usable.unsqueeze(-1), rhs, 0).unsqueeze(-1))[0].squeeze(-1)
     return torch.where(usable.unsqueeze(-1), x, torch.zeros_like(x)), usable
+
+
+def _at_rounding(y, step):
+    """Rows whose full Newton step is below ROUNDING_STEPS roundings of y: converged, whatever
+    the residual's absolute size (a gradient summed from many terms far from the origin cannot
+    reach an absolute tol)."""
+    size = torch.linalg.vector_norm(step, dim=-1)
+    return torch.isfinite(size) & (size <= ROUNDING_STEPS * torch.finfo(y.dtype).eps * (1 + torch.linalg.vector_norm(y, dim=-1)))
 
 
 def _all(mask) -> bool:
@@ -145,9 +154,14 @@ def solve_implicit(plan: DeclarativePlan, a, y, layer):
     for _ in range(layer.max_iterations):
         if _all(done):
             break
-        step = _newton_step(plan.jacobian(y, a), F)
+        J = plan.jacobian(y, a)
+        step = _newton_step(J, F)
+        if J.shape[-2] == J.shape[-1]:  # (a Gauss-Newton step vanishes at any least-squares point)
+            at_rounding = ~done & _at_rounding(y, step)  # converged: that last step is taken in full
+            y = torch.where(at_rounding.unsqueeze(-1), y + step, y)
+            done = done | at_rounding
         y, value, F, _ = _backtrack(merit, y, step, value, -2 * value, ~done)
-        done = torch.isfinite(y).all(dim=-1) & (F.abs().amax(dim=-1) <= layer.tol)
+        done = torch.isfinite(y).all(dim=-1) & ((F.abs().amax(dim=-1) <= layer.tol) | done)
     return y, done
 
 
@@ -259,9 +273,24 @@ def _unconstrained(plan, a, y, layer):
         if _all(done):
             break
         step = -_floored_inverse_apply(plan.lagrangian_hessian(y, a, empty), g)
-        y, f, _, _ = _backtrack(merit, y, step, f, (g * step).sum(-1), ~done)
-        g = plan.gradient(y, a)
-        done = torch.isfinite(y).all(dim=-1) & (g.abs().amax(dim=-1) <= layer.tol)
+        at_rounding = ~done & _at_rounding(y, step)  # converged: that last step is taken in full
+        y = torch.where(at_rounding.unsqueeze(-1), y + step, y)
+        done = done | at_rounding
+        slope = (g * step).sum(-1)
+        # Where the predicted decrease is below f's rounding (a sum of many terms far from the
+        # origin), f cannot tell the steps apart: the full Newton step, if it shrinks the gradient.
+        unseen = ~done & (slope.abs() <= ROUNDING_STEPS * torch.finfo(f.dtype).eps * (1 + f.abs()))
+        y_before = y
+        y, f, _, _ = _backtrack(merit, y, step, f, slope, ~done & ~unseen)
+        g_before, g = g, plan.gradient(y, a)
+        if not _all(~unseen):
+            candidate = y_before + step
+            g_candidate = plan.gradient(candidate, a)
+            take = unseen & torch.isfinite(g_candidate).all(-1) & (g_candidate.abs().amax(-1) < g_before.abs().amax(-1))
+            y = torch.where(take.unsqueeze(-1), candidate, y)
+            g = torch.where(take.unsqueeze(-1), g_candidate, g)
+            f = torch.where(take, plan.objective(y, a), f)
+        done = torch.isfinite(y).all(dim=-1) & ((g.abs().amax(dim=-1) <= layer.tol) | done)
     return y, empty, done
 
 
@@ -534,7 +563,8 @@ def solve_global(layer, a, start):
 
 
 def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
-    """d<grad, y>/da by the implicit function theorem: -> gradient [B, M], ill-conditioned count."""
+    """d<grad, y>/da by the implicit function theorem: -> gradient [B, M], ill-conditioned count.
+    On the CPU the masks are skipped where every row passes (each is a full pass over the batch)."""
     usable = ok & (grad != 0).any(dim=-1) & torch.isfinite(grad).all(dim=-1)
     if plan.kind == "implicit":
         J = plan.jacobian(y, a)
@@ -542,21 +572,26 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
             matrix, rhs = J.transpose(-1, -2), grad
         else:  # w = J (J^T J)^-1 grad
             matrix, rhs = J.transpose(-1, -2) @ J, grad
-    else:
+    elif plan.num_constraints:
         active = active_set(plan, a, y, m)
         matrix = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
         rhs = torch.cat([grad, grad.new_zeros(grad.shape[0], plan.num_constraints)], -1)
+    else:
+        matrix, rhs = plan.lagrangian_hessian(y, a, m), grad
     finite = torch.isfinite(matrix).all(dim=-1).all(dim=-1)
-    w, conditioned = _conditioned_solve(torch.where(finite[:, None, None], matrix, torch.ones_like(matrix)), rhs,
-                                        cond_max)
-    solved = torch.isfinite(w).all(dim=-1)
-    good = usable & conditioned & solved & finite
+    if not _all(finite):
+        matrix = torch.where(finite[:, None, None], matrix, torch.ones_like(matrix))
+    w, conditioned = _conditioned_solve(matrix, rhs, cond_max)
+    conditioned = conditioned & torch.isfinite(w).all(dim=-1)
+    good = usable & conditioned & finite
+    every = _all(good)
     if plan.kind == "implicit" and J.shape[-2] != J.shape[-1]:
         w = (J @ w.unsqueeze(-1)).squeeze(-1)
-    w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w))
+    if not every:
+        w = torch.where(good.unsqueeze(-1), w, torch.zeros_like(w))
     vjp = plan.parameter_vjp(y, a, w) if plan.kind == "implicit" else plan.parameter_vjp(y, a, m, w)
-    gradient = torch.where(good.unsqueeze(-1), -vjp, torch.zeros_like(vjp))
-    return gradient, (usable & ~(conditioned & solved)).sum()
+    gradient = -vjp if every else torch.where(good.unsqueeze(-1), -vjp, torch.zeros_like(vjp))
+    return gradient, (usable & ~conditioned).sum()
 
 
 def _conditioned_solve(matrix, rhs, cond_max):
@@ -595,7 +630,8 @@ class DeclarativeLayer(torch.nn.Module):
 
     params: [..., M] float32 or float64, any device. y: [..., N] with the dtype and device of
     params. ok: [...] bool: the row converged (residual of the equations or of the KKT system at
-    most `tol`) and, for an Argmin, is a strict local minimum (second-order sufficient condition
+    most `tol`, or, without constraints or with as many equations as unknowns, a full Newton
+    step below ROUNDING_STEPS roundings of y) and, for an Argmin, is a strict local minimum (second-order sufficient condition
     on the active constraints). Rows that are not ok hold the last iterate and get zero gradient.
     init: [..., N] start point; default: the spec's `init=` (zeros without it).
 

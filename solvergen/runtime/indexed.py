@@ -232,6 +232,14 @@ class IndexedLayer(torch.nn.Module):
                 break
             count += 1
             step, solved = self._system(params, sizes, z).solve([-x for x in r], convexify=True)
+            # converged also where the full (convexified) Newton correction is below rounding: the
+            # gradient of a sum of many terms far from the origin cannot reach an absolute tol
+            # (that last step is taken in full)
+            at_rounding = ~done & solved & torch.isfinite(flat).all(-1) & (_norm(step) <= ROUNDING_STEPS * _rounding(z))
+            z = [torch.where(_col(at_rounding, x), x + s, x) for x, s in zip(z, step)]
+            done = done | at_rounding
+            if _all(done):
+                break
             slope = sum((x.reshape(len(f), -1) * s.reshape(len(f), -1)).sum(-1) for x, s in zip(r, step))
             slack = 8 * torch.finfo(f.dtype).eps * (1 + f.abs())
 
@@ -243,7 +251,7 @@ class IndexedLayer(torch.nn.Module):
                 return torch.isfinite(cand[1]) & (cand[1] <= f + ARMIJO * alpha * slope + slack)
             z, f = _backtrack_rows(candidate, armijo, (z, f), ~done & solved)
             r, flat = self._residual(params, sizes, z)
-            done = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol)
+            done = torch.isfinite(flat).all(-1) & ((flat.abs().amax(-1) <= self.tol) | done)
         return z, done, count
 
     def _inequality_columns(self):
