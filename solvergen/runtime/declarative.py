@@ -13,8 +13,10 @@ has converged, elsewhere it runs `max_iterations` without a host synchronization
     Argmin without constraints: Newton (Cholesky where the Hessian is safely positive
         definite, else its eigenvalues floored in absolute value: a descent direction at
         saddles), Armijo backtracking on f.
-    Argmin with equalities only: Newton on the KKT equations, backtracking on their residual.
-    Argmin with inequalities: primal-dual interior point with slacks (g + s = 0, mu s = tau),
+    Argmin with constraints (equalities alone too: Newton on the KKT equations with their
+        residual as merit stalls at that merit's local minima): primal-dual interior point
+        with slacks (g + s = 0, mu s = tau; s = -g where the start is strictly feasible, and a
+        start on a bound moved inside first, as IPOPT's bound push),
         as IPOPT without its filter: the barrier tau decreases monotonically, the Lagrangian's
         Hessian is shifted by delta I where the KKT matrix has the wrong inertia, and the step
         backtracks on an l1 merit function from the fraction to the boundary, keeping every
@@ -47,6 +49,7 @@ POLISH_FROM = 1e-8  # interior point: residual from which the active set is poli
 POLISH_STEPS = 3  # interior point: Newton steps of the polish
 TAU_START, TAU_FACTOR, TAU_KAPPA = 0.1, 0.2, 10.0  # interior point: the barrier's schedule
 PENALTY_ETA = 0.1  # interior point: the merit penalty's share of the predicted decrease
+BOUND_PUSH = 1e-2  # interior point: a start within this (relative) of a bound moves inside
 ROUNDING_STEPS = 1000  # converged when the full Newton step is below this many roundings of y
 KAPPA_SIGMA = 1e10  # interior point: multipliers kept within this factor of tau / s
 
@@ -198,10 +201,23 @@ def _floored_inverse_apply(H, g, relative=1e-8):
     return torch.where(definite.unsqueeze(-1), step, floored)
 
 
-def _kkt_matrix(H, A, active):
+def _kkt_matrix(H, A, active, symmetric=False):
     """[[H, A_act^T], [A_act, diag(inactive)]]: the KKT matrix with the inactive constraints'
-    rows and columns replaced by the identity (their multipliers are fixed at 0)."""
+    rows and columns replaced by the identity (their multipliers are fixed at 0).
+
+    An unknown y_j pinned by an active bound (an active row of A with one nonzero entry, in
+    column j) has its row of H replaced by the identity's (and its column too, `symmetric`):
+    the steps of y, and the Hessian reduced to the active constraints' null space, do not
+    depend on that row (the null space has no j component); only the bound's multiplier does,
+    which the residual corrects. It may be infinite: y**1.5 at y = 0, or 1e20 at y = 1e-40,
+    which would drown every other eigenvalue. Not symmetric: solve its transpose for adjoints."""
     A = A * active.unsqueeze(-1).to(A.dtype)
+    bound = (A != 0).sum(-1) == 1  # [B, C]
+    pinned = ((A != 0) & bound.unsqueeze(-1)).any(-2)  # [B, N]
+    if not _all(~pinned):
+        rows = pinned.unsqueeze(-1)
+        replaced = rows | pinned.unsqueeze(-2) if symmetric else rows.expand_as(H)
+        H = torch.where(replaced, torch.diag_embed(pinned.to(H.dtype)), H)
     corner = torch.diag_embed((~active).to(A.dtype))
     top = torch.cat([H, A.transpose(-1, -2)], dim=-1)
     return torch.cat([top, torch.cat([A, corner], dim=-1)], dim=-2)
@@ -211,7 +227,7 @@ def _second_order_ok(H, A, active):
     """Strict local minimum on the active constraints (second-order sufficient condition): the
     KKT matrix has exactly as many negative eigenvalues as active constraints and no (near) zero
     one; with A of full row rank this is the reduced Hessian being positive definite."""
-    values, _ = _eigh(_kkt_matrix(H, A, active))
+    values, _ = _eigh(_kkt_matrix(H, A, active, symmetric=True))
     scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     nonsingular = (values.abs() > 1e-10 * scale).all(dim=-1)
     return nonsingular & ((values < 0).sum(-1) == active.sum(-1))
@@ -225,8 +241,9 @@ def _kkt_residual(plan, a, y, m, active):
     return torch.cat([stationarity, torch.where(active, c, m)], dim=-1)
 
 
-def _kkt_newton(plan, a, y, m, active, iterations, tol, line_search=True):
-    """Newton on the KKT equations with the `active` constraints as equalities: -> y, m, done."""
+def _kkt_newton(plan, a, y, m, active, iterations, tol):
+    """Full Newton steps on the KKT equations with the `active` constraints as equalities (the
+    polish of the interior point, `attach`): -> y, m, done."""
     n = y.shape[-1]
 
     def merit(z):
@@ -242,11 +259,15 @@ def _kkt_newton(plan, a, y, m, active, iterations, tol, line_search=True):
         y, m = z[..., :n], z[..., n:]
         K = _kkt_matrix(plan.lagrangian_hessian(y, a, m * active), plan.constraint_jacobian(y, a), active)
         step, _ = _solve(K, -r)
-        if line_search:
-            z, value, r, _ = _backtrack(merit, z, step, value, -2 * value, ~done)
-        else:
-            z = torch.where(done.unsqueeze(-1), z, z + step)
-            value, r = merit(z)
+        candidate = torch.where(done.unsqueeze(-1), z, z + step)
+        value, r = merit(candidate)
+        # An unknown driven onto its bound (y = 0) can land a rounding beyond it, outside the
+        # domain of y**1.5: there the step stops short by a relative 1e-10.
+        outside = ~done & ~torch.isfinite(value)
+        if not _all(~outside):
+            candidate = torch.where(outside.unsqueeze(-1), z + (1 - 1e-10) * step, candidate)
+            value, r = merit(candidate)
+        z = candidate
         done = torch.isfinite(z).all(dim=-1) & (r.abs().amax(dim=-1) <= tol)
     return z[..., :n], z[..., n:], done
 
@@ -336,11 +357,14 @@ def _interior_point(plan, a, y, layer):
     TAU_KAPPA tau. (An adaptive tau, a fraction of the mean complementarity,
     takes fewer iterations on convex problems but lets the slacks collapse on non-convex ones.)"""
     E = plan.num_equalities
+    y = _bound_push(plan, a, y)
     c = plan.constraints(y, a)
-    s = (-c[..., E:]).clamp_min(1.0)
+    # slack = -g where the start is strictly feasible (g + s = 0 from the start: y stays inside,
+    # where a bound such as y >= 0 is also the domain of y**1.5), else 1
+    s = torch.where(c[..., E:] < 0, -c[..., E:], torch.ones_like(c[..., E:]))
     mu = torch.ones_like(s)
     nu = y.new_zeros(y.shape[0], E)
-    rho = torch.ones_like(s[..., 0])
+    rho = y.new_ones(y.shape[0])
     tau = torch.full_like(rho, TAU_START).unsqueeze(-1)
     tau_min = layer.tol / 10
     N = y.shape[-1]
@@ -355,12 +379,12 @@ def _interior_point(plan, a, y, layer):
         r_e, r_i = c[..., :E], c[..., E:] + s
         feasibility = torch.cat([r_d, r_e, r_i], -1).abs().amax(dim=-1)
         scale = 1 + grad_f.abs().amax(-1)  # rounding in r_d grows with the gradient's size
-        near = ~done & (feasibility <= coarse * scale) & ((mu * s).amax(-1) <= coarse)
+        near = ~done & (feasibility <= coarse * scale) & (_largest(mu * s) <= coarse)
         y_out, m_out, done = _polish_near(plan, a, y, torch.cat([nu, mu], -1), s, layer.tol, near, y_out, m_out, done)
         if _all(done):
             break
         for _ in range(3):  # the barrier problem solved well enough: decrease tau
-            solved = torch.maximum(feasibility, (mu * s - tau).abs().amax(-1)) <= TAU_KAPPA * tau.squeeze(-1)
+            solved = torch.maximum(feasibility, _largest((mu * s - tau).abs())) <= TAU_KAPPA * tau.squeeze(-1)
             tau = torch.where(solved.unsqueeze(-1), torch.minimum(TAU_FACTOR * tau, tau ** 1.5).clamp_min(tau_min), tau)
         r_c = mu * s - tau
         M = plan.lagrangian_hessian(y, a, torch.cat([nu, mu], -1)) + Ai.transpose(-1, -2) @ ((mu / s).unsqueeze(-1) * Ai)
@@ -381,6 +405,36 @@ def _interior_point(plan, a, y, layer):
     y_out = torch.where(done.unsqueeze(-1), y_out, y)
     m_out = torch.where(done.unsqueeze(-1), m_out, torch.cat([nu, mu], -1))
     return y_out, m_out, done
+
+
+def _bound_push(plan, a, y):
+    """IPOPT's bound push: a start on (or within BOUND_PUSH max(1, |b|) of) a bound y_j >= b or
+    y_j <= b (an inequality whose Jacobian row has one nonzero entry; b where it vanishes,
+    to first order) moves that far inside (to the middle of a narrower box). A start on the
+    bound would leave the interior point there where the objective's Hessian is infinite
+    (y**1.5 at 0), and slow it down elsewhere."""
+    E = plan.num_equalities
+    g = plan.constraints(y, a)[..., E:]
+    G = plan.constraint_jacobian(y, a)[..., E:, :]
+    bound = ((G != 0).sum(-1) == 1) & torch.isfinite(g)  # [B, I]
+    if _all(~bound):
+        return y
+    coefficient = G.sum(-1)  # the one nonzero entry (0 where not a bound)
+    column = (G != 0).to(y.dtype).argmax(-1)  # [B, I]
+    at = y.gather(-1, column)
+    b = at - g / torch.where(bound, coefficient, 1.0)  # the bound's value of y_j
+    push = BOUND_PUSH * b.abs().clamp_min(1.0)
+    inf = torch.full_like(b, float("inf"))
+    lower = torch.where(bound & (coefficient < 0), b, -inf)  # g = |c| (b - y_j) <= 0
+    upper = torch.where(bound & (coefficient > 0), b, inf)
+    target_low = y.new_full(y.shape, -float("inf")).scatter_reduce(-1, column, lower + push, "amax")
+    target_up = y.new_full(y.shape, float("inf")).scatter_reduce(-1, column, upper - push, "amin")
+    raw_low = y.new_full(y.shape, -float("inf")).scatter_reduce(-1, column, lower, "amax")
+    raw_up = y.new_full(y.shape, float("inf")).scatter_reduce(-1, column, upper, "amin")
+    pushed = torch.minimum(torch.maximum(y, target_low), target_up)
+    narrow = (target_low > target_up) & torch.isfinite(raw_low) & torch.isfinite(raw_up)
+    pushed = torch.where(narrow, (raw_low + raw_up) / 2, pushed)
+    return torch.where(torch.isfinite(pushed), pushed, y)
 
 
 def _penalty(rho, M, grad_f, dy, ds, s, tau, r_e, r_i):
@@ -439,7 +493,7 @@ def _polish(plan, a, y, m, s, tol):
     the interior point then goes on with a smaller barrier."""
     E = plan.num_equalities
     active = torch.cat([torch.ones_like(m[..., :E], dtype=torch.bool), m[..., E:] > s], -1)
-    y_p, m_p, converged = _kkt_newton(plan, a, y, m * active, active, POLISH_STEPS, tol, line_search=False)
+    y_p, m_p, converged = _kkt_newton(plan, a, y, m * active, active, POLISH_STEPS, tol)
     g = plan.constraints(y_p, a)[..., E:]
     consistent = ((g <= tol) | active[..., E:]).all(dim=-1) & (m_p[..., E:] >= 0).all(dim=-1)
     return y_p, m_p * active, converged & consistent
@@ -462,7 +516,10 @@ def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
     value, _ = merit(y, s)
     slope = ((grad_f * dy).sum(-1) - tau * (ds / s).sum(-1)
              - rho * (r_e.abs().sum(-1) + r_i.abs().sum(-1)))
-    alpha = _to_boundary(s, ds)
+    # the slacks, and -g(y) itself where it is positive (to first order: G dy = -r_i - ds), so
+    # that y stays inside where it is (the slack alone would let it drift across by rounding)
+    inside = torch.where(r_i - s < 0, s - r_i, torch.full_like(s, float("inf")))
+    alpha = torch.minimum(_to_boundary(s, ds), _to_boundary(inside, ds + r_i))
     accepted = ~active
     new_y, new_s = y, s
     slack = 8 * torch.finfo(value.dtype).eps * (1 + value.abs())
@@ -483,6 +540,11 @@ def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
     return new_y, new_s
 
 
+def _largest(t):
+    """t.amax(-1), 0 for no entries (an interior point without inequalities)."""
+    return t.amax(-1) if t.shape[-1] else t.new_zeros(t.shape[:-1])
+
+
 def _to_boundary(value, step):
     """The largest alpha <= 1 keeping value + alpha step >= (1 - BOUNDARY) value, per row [B, 1]
     (a step length: no gradient through it with backward="autograd")."""
@@ -501,12 +563,11 @@ def active_set(plan, a, y, m):
 
 def solve_argmin(plan: DeclarativePlan, a, y, layer):
     """The local forward of an Argmin from y: -> y, multipliers [B, E + I], ok [B]."""
-    if plan.num_inequalities:
+    if plan.num_constraints:
+        # also for equalities alone: Newton on the KKT equations with |KKT residual|^2 as merit
+        # stalls where that has a local minimum (a curved equality from a far start); the
+        # interior point's inertia correction and l1 merit function do not
         y, m, done = _interior_point(plan, a, y, layer)
-    elif plan.num_equalities:
-        active = torch.ones(y.shape[0], plan.num_equalities, dtype=torch.bool, device=y.device)
-        m = _least_squares_multipliers(plan, a, y, active)
-        y, m, done = _kkt_newton(plan, a, y, m, active, layer.max_iterations, layer.tol)
     else:
         y, m, done = _unconstrained(plan, a, y, layer)
     return y, m, done & second_order(plan, a, y, m)
@@ -574,7 +635,8 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
             matrix, rhs = J.transpose(-1, -2) @ J, grad
     elif plan.num_constraints:
         active = active_set(plan, a, y, m)
-        matrix = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
+        K = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
+        matrix = K.transpose(-1, -2)  # the adjoint system (K is symmetric but for pinned rows)
         rhs = torch.cat([grad, grad.new_zeros(grad.shape[0], plan.num_constraints)], -1)
     else:
         matrix, rhs = plan.lagrangian_hessian(y, a, m), grad
@@ -753,7 +815,7 @@ class DeclarativeLayer(torch.nn.Module):
                 active[..., plan.num_equalities:] = c[..., plan.num_equalities:] >= -self.tol
                 m = _least_squares_multipliers(plan, a, y, active)
                 if self.refine_steps:
-                    y, m, _ = _kkt_newton(plan, a, y, m, active, self.refine_steps, self.tol, line_search=False)
+                    y, m, _ = _kkt_newton(plan, a, y, m, active, self.refine_steps, self.tol)
                 m = m * active
                 r = _kkt_residual(plan, a, y, m, active)
                 ok = (r.abs().amax(dim=-1) <= self.tol) & second_order(plan, a, y, m)

@@ -266,7 +266,9 @@ class IndexedLayer(torch.nn.Module):
         ineq = self._inequality_columns()
         B = z[0].shape[0]
         r, _ = self._residual(params, sizes, z)
-        slack = {c: torch.clamp(-r[c], min=1.0) for c in ineq}
+        # slack = -g where the start is strictly feasible (g + s = 0 from the start: y stays
+        # inside, where a bound such as y >= 0 is also the domain of y**1.5), else 1
+        slack = {c: torch.where(r[c] < 0, -r[c], torch.ones_like(r[c])) for c in ineq}
         for c in ineq:
             z[c] = torch.ones_like(z[c])
         count = 0
@@ -294,7 +296,11 @@ class IndexedLayer(torch.nn.Module):
             ds = {c: (_col(target, z[c]) - z[c] * slack[c] - slack[c] * step[c]) / z[c] for c in ineq}
             alpha = torch.ones(B, dtype=z[0].dtype, device=z[0].device)
             for c in ineq:
-                for value, change in ((z[c], step[c]), (slack[c], ds[c])):
+                # the multipliers and slacks, and -g(y) itself where it is positive (to first
+                # order: G dy = -(g + s) - ds): y stays inside the domain that a bound such as
+                # y >= 0 gives y**1.5, where the slack alone would let it drift across by rounding
+                inside = torch.where(r[c] < 0, -r[c], torch.full_like(r[c], float("inf")))
+                for value, change in ((z[c], step[c]), (slack[c], ds[c]), (inside, ds[c] + primal[c])):
                     ratio = torch.where(change < 0, -value / change, torch.full_like(value, float("inf")))
                     alpha = torch.minimum(alpha, 0.995 * ratio.reshape(B, -1).amin(-1))
             z, slack_list = _backtrack_rows(  # shortened until every value is finite
@@ -332,7 +338,18 @@ class IndexedLayer(torch.nn.Module):
             for c in ineq:
                 rhs[c] = torch.where(active[c], -r[c], INACTIVE * r[c])
             step, solved = self._system(params, sizes, z).solve(rhs, extra_diagonal=extra)
-            z = [torch.where(_col(solved, x), x + d, x) for x, d in zip(z, step)]
+            candidate = [torch.where(_col(solved, x), x + d, x) for x, d in zip(z, step)]
+            r_candidate = residual(candidate)
+            # An entry driven onto its bound (y = 0) can land a rounding beyond it, outside the
+            # domain of y**1.5: there the step stops short by a relative 1e-10 (the converged
+            # entry is 1e-10 of its last distance from the bound, Newton's rate unchanged), and
+            # where that is outside too, the row does not move.
+            outside = solved & ~torch.isfinite(torch.cat([x.reshape(B, -1) for x in r_candidate], -1)).all(-1)
+            if not _all(~outside):
+                short = [torch.where(_col(outside, x), x + (1 - 1e-10) * d, c) for x, d, c in zip(z, step, candidate)]
+                still = outside & ~torch.isfinite(torch.cat([x.reshape(B, -1) for x in residual(short)], -1)).all(-1)
+                candidate = [torch.where(_col(still, x), x, c) for x, c in zip(z, short)]  # else no step
+            z = candidate
             for c in ineq:
                 z[c] = torch.where(active[c], z[c], torch.zeros_like(z[c]))
             r = residual(z)

@@ -26,6 +26,7 @@ from .plan import IndexedPlan
 
 FLOOR_DIAGONAL = 1e-14  # descent: |Hessian diagonal| floored at this share of its largest entry
 FLOOR_DENSE = 1e-12  # descent: |eigenvalues| of the Jacobi-scaled Hessian floored at this share
+DECOUPLED = 1e25  # eigenvalues this large come from decoupled entries (an inactive inequality: -1e30)
 _LETTERS = string.ascii_letters
 
 
@@ -216,12 +217,13 @@ class StructuredSystem:
         eliminated = [c for c in plan.eliminated]
         rest = [c for c in range(C) if c not in eliminated]
         n = [math.prod(s) for s in self.col_shapes]
-        D = {}
+        D, pins = {}, {}
         for e in eliminated:
             d = 0
             for t in self._of(e, e):
                 d = d + materialize(t.coefficient, t.letters, t.rows, self.letter_size)
             D[e] = d.expand((self.batch,) + self.col_shapes[e])
+            D[e], pins[e] = self._pinned(e, D[e], extra_diagonal)
             if convexify:
                 D[e] = _floored(D[e].abs(), D[e].abs().reshape(self.batch, -1).amax(-1), FLOOR_DIAGONAL)
             if count_inertia:
@@ -309,6 +311,12 @@ class StructuredSystem:
         if count_inertia:
             if K.shape[-1]:
                 finite = torch.isfinite(K).all(-1).all(-1)
+                # Decoupled entries (an inactive inequality's -1e30 diagonal, runtime/indexed.py's
+                # INACTIVE) are negative eigenvalues of their own (their coupling changes the rest
+                # by 1e-30); left in, they would drown the others in the eigensolver's 1e30 eps.
+                decoupled = K.diagonal(dim1=-2, dim2=-1) <= -DECOUPLED
+                keep = ~(decoupled.unsqueeze(-1) | decoupled.unsqueeze(-2))
+                K = torch.where(keep, K, torch.diag_embed(-decoupled.to(K.dtype)))
                 values = torch.linalg.eigvalsh(torch.where(finite[:, None, None], 0.5 * (K + K.transpose(-1, -2)),
                                                            torch.zeros_like(K)))
                 small = values.abs() <= 1e-12 * values.abs().amax(-1, keepdim=True)
@@ -346,7 +354,27 @@ class StructuredSystem:
                 if t.col not in eliminated:
                     acc = acc - self.apply(t, out[t.col])
             out[e] = acc / D[e]
+            for mask, c, term in pins[e]:  # from the bound's own row, exact to a rounding of y
+                coefficient = materialize(term.coefficient, term.letters, term.cols, self.letter_size)
+                out[e] = torch.where(mask, rhs[c] / coefficient.expand_as(out[e]), out[e])
         return out, solved
+
+    def _pinned(self, e, d, extra_diagonal):
+        """-> (d, pins): the diagonal Hessian d of unknown column e with 1 at the entries pinned by an active
+        bound: an inequality family whose only unknown term is entry-wise on e (y[i] >= 0), active
+        where its diagonal block is exactly 0 (the active-set polish, the IFT, the inertia). The
+        steps of y and the Hessian reduced to the active constraints' null space do not depend
+        on those entries (the null space has no component there), which may be infinite (y**1.5
+        at y = 0) or 1e20 (at y = 1e-40, its Schur complement -1e-20 would count as zero)."""
+        pins = []  # (mask, family, its term): the step of a pinned entry comes from its bound's row
+        for c, value in (extra_diagonal or {}).items():
+            terms = [t for t in self.terms if t.row == c and self.plan.columns[t.col][2] == "unknown"]
+            if (len(terms) == 1 and terms[0].col == e and terms[0].diagonal and terms[0].rows
+                    and self.col_shapes[c] == self.col_shapes[e]):
+                mask = value.reshape(d.shape) == 0
+                d = torch.where(mask, torch.ones_like(d), d)
+                pins.append((mask, c, terms[0]))
+        return d, pins
 
     def _schur_term(self, t1, t2, inverse, diag, add_dense):
         """-(t1 D^-1 t2^T) into the block (t1.row, t2.row)."""
