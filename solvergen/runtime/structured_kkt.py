@@ -228,12 +228,22 @@ class StructuredSystem:
                 D[e] = _floored(D[e].abs(), D[e].abs().reshape(self.batch, -1).amax(-1), FLOOR_DIAGONAL)
             if count_inertia:
                 count(D[e].reshape(self.batch, -1))
-        # Blocks among the rest: diag [B, n] (a == b only) and dense [B, n_a, n_b].
+        # Blocks among the rest: diag [B, n] (a == b only), cross [B, n] (a != b of one shape,
+        # entry by entry: two bound families y >= 0, y <= 1 through y) and dense [B, n_a, n_b].
         diag: dict = {}
+        cross: dict = {}
         dense: dict = {}
 
-        def add_dense(a, b, value):
+        def add_dense(a, b, value):  # (a cross block of the same pair joins it)
+            if (a, b) in cross:
+                value = value + torch.diag_embed(cross.pop((a, b)))
             dense[(a, b)] = dense[(a, b)] + value if (a, b) in dense else value
+
+        def add_cross(a, b, v):
+            if (a, b) in dense:
+                add_dense(a, b, torch.diag_embed(v))
+            else:
+                cross[(a, b)] = cross[(a, b)] + v if (a, b) in cross else v
 
         for t in self.terms:
             if t.row in eliminated or t.col in eliminated:
@@ -255,14 +265,14 @@ class StructuredSystem:
                 for t2 in self._of(col=e):
                     if t2.row in eliminated:
                         continue
-                    self._schur_term(t1, t2, inverse, diag, add_dense)
+                    self._schur_term(t1, t2, inverse, diag, add_cross, add_dense)
                 # rhs_r -= B_re D^-1 rhs_e
                 b[t1.row] = b[t1.row] - self.apply(t1, inverse * rhs[e])
         # Second level: eliminate diagonal-only blocks, the largest first.
         order = list(rest)
         steps = []
         while len(order) > 1:
-            candidates = [v for v in order if v in diag and (v, v) not in dense]
+            candidates = [v for v in order if v in diag and (v, v) not in dense and (v, v) not in cross]
             if not candidates:
                 break
             v = max(candidates, key=lambda c: (n[c], -c))
@@ -272,17 +282,28 @@ class StructuredSystem:
             inv = 1.0 / diag[v]
             bv = b[v].reshape(self.batch, -1)
             for a in order:
-                if (a, v) not in dense:
+                if (a, v) not in dense and (a, v) not in cross:
                     continue
-                scaled = dense[(a, v)] * inv[:, None, :]
                 for c in order:
-                    if (v, c) in dense:
-                        if (a, c) in dense:  # in place: one pass over the block, no temporary
-                            dense[(a, c)] = torch.baddbmm(dense[(a, c)], scaled, dense[(v, c)], alpha=-1)
+                    if (a, v) in cross and (v, c) in cross:  # entry by entry
+                        update = cross[(a, v)] * inv * cross[(v, c)]
+                        if a == c:
+                            diag[a] = diag[a] - update if a in diag else -update
                         else:
-                            dense[(a, c)] = -(scaled @ dense[(v, c)])
-                Bav = dense[(a, v)]
-                b[a] = b[a] - (Bav @ (inv * bv).unsqueeze(-1)).squeeze(-1).reshape(b[a].shape)
+                            add_cross(a, c, -update)
+                    elif (v, c) in dense or (v, c) in cross:
+                        left = (dense[(a, v)] * inv[:, None, :] if (a, v) in dense
+                                else torch.diag_embed(cross[(a, v)] * inv))
+                        if (v, c) in dense and (a, c) in dense:  # in place: one pass over the block
+                            dense[(a, c)] = torch.baddbmm(dense[(a, c)], left, dense[(v, c)], alpha=-1)
+                        else:
+                            right = dense[(v, c)] if (v, c) in dense else torch.diag_embed(cross[(v, c)])
+                            add_dense(a, c, -(left @ right))
+                scaled_b = inv * bv
+                if (a, v) in dense:
+                    b[a] = b[a] - (dense[(a, v)] @ scaled_b.unsqueeze(-1)).squeeze(-1).reshape(b[a].shape)
+                else:
+                    b[a] = b[a] - (cross[(a, v)] * scaled_b).reshape(b[a].shape)
             steps.append(v)
         # Dense remainder.
         sizes = [n[c] for c in order]
@@ -293,6 +314,8 @@ class StructuredSystem:
             for j, c in enumerate(order):
                 if (a, c) in dense:
                     K[:, offsets[i]:offsets[i] + sizes[i], offsets[j]:offsets[j] + sizes[j]] += dense[(a, c)]
+                if (a, c) in cross:
+                    K[:, offsets[i]:offsets[i] + sizes[i], offsets[j]:offsets[j] + sizes[j]] += torch.diag_embed(cross[(a, c)])
             if a in diag:
                 K[:, offsets[i]:offsets[i] + sizes[i], offsets[i]:offsets[i] + sizes[i]] += torch.diag_embed(diag[a])
         rhs_flat = torch.cat([b[a].reshape(self.batch, -1) for a in order], -1) if order else K.new_zeros(self.batch, 0)
@@ -344,6 +367,8 @@ class StructuredSystem:
             for c in x:
                 if (v, c) in dense:
                     acc = acc - (dense[(v, c)] @ x[c].unsqueeze(-1)).squeeze(-1)
+                if (v, c) in cross:
+                    acc = acc - cross[(v, c)] * x[c]
             x[v] = acc / diag[v]
         out = [None] * C
         for c in rest:
@@ -376,7 +401,7 @@ class StructuredSystem:
                 pins.append((mask, c, terms[0]))
         return d, pins
 
-    def _schur_term(self, t1, t2, inverse, diag, add_dense):
+    def _schur_term(self, t1, t2, inverse, diag, add_cross, add_dense):
         """-(t1 D^-1 t2^T) into the block (t1.row, t2.row)."""
         l1, r1, c1 = t1.letters, t1.rows, t1.cols
         l2, r2, c2 = _renamed(t2, "#2")
@@ -397,9 +422,13 @@ class StructuredSystem:
         value, kept = _contract([(t1.coefficient, canon(l1)), (inverse, canon(c1)), (t2.coefficient, canon(l2))],
                                 positions)
         a, b = t1.row, t2.row
-        if a == b and canon(r1) == canon(r2) and len(set(canon(r1))) == len(r1) and r1:
+        if canon(r1) == canon(r2) and len(set(canon(r1))) == len(r1) and r1 and (
+                a == b or self.col_shapes[a] == self.col_shapes[b]):  # entry by entry
             v = materialize(value, kept, canon(r1), self.letter_size).reshape(self.batch, -1)
-            diag[a] = diag[a] - v if a in diag else -v
+            if a == b:
+                diag[a] = diag[a] - v if a in diag else -v
+            else:
+                add_cross(a, b, -v)
             return
         n_a = math.prod(self.col_shapes[a])
         n_b = math.prod(self.col_shapes[b])
