@@ -6,7 +6,8 @@ instance, the truth found (relative error <= 1e-6) and the median log10 error of
 call's compile time with an empty cache and a fresh process's load time from the cache; and
 PoseLib's per-instance time on the same instances where its Python API has the solver (a loop
 over 2,000 instances, the Python call included, as in benchmarks/run.py, whose scene
-reconstruction and conversions it reuses), with its truth found. Results: results/native.{json,md}.
+reconstruction and conversions it reuses), and kornia's batched torch solvers at batch 10,000, with
+their truth found. Results: results/native.{json,md}.
 
     python benchmarks/native.py --threads 1
 """
@@ -88,6 +89,37 @@ def poselib_timings(name, module, params, truth, repeats):
     return out
 
 
+def kornia_timings(name, module, params, truth, repeats):
+    """[(kornia solver, µs per instance at batch 10,000, truth found)]: its batched torch solvers
+    on the same instances (benchmarks/run.py's inputs and conversions), float64."""
+    try:
+        import kornia  # noqa: F401
+    except ImportError:
+        return []
+    case = peers.Case(name, module, params.numpy(), truth)
+    scene = peers.replicate_scene(case, 0)
+    if scene is None:
+        return []
+    out = []
+    batch = params.shape[0]
+    for peer in peers.kornia_peers(case, scene, "cpu", False):
+        if peer.name.startswith("solvergen"):  # run.py's own "ours from points" row
+            continue
+        inputs = peer.inputs(batch, torch.float64)
+        with torch.no_grad():
+            peer.fn(*[x[:2] for x in inputs])
+            times, output = [], None
+            for _ in range(repeats):
+                started = time.perf_counter()
+                output = peer.fn(*inputs)
+                times.append(time.perf_counter() - started)
+        solutions, valid = peer.to_solutions(output, batch)
+        errors = peers.relative_errors(case, solutions, valid)
+        out.append({"solver": peer.name, "us": 1e6 * float(np.median(times)) / batch,
+                    "truth_found": float((errors <= 1e-6).mean()), "note": peer.note})
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
@@ -115,6 +147,7 @@ def main(argv=None):
             record[f"{backend}_truth_found"] = float((errors <= 1e-6).mean())
             record[f"{backend}_median_log10_error"] = float(np.median(np.log10(np.maximum(errors, 1e-17))))
         record["poselib"] = poselib_timings(name, module, params, truth, args.repeats)
+        record["kornia"] = kornia_timings(name, module, params, truth, args.repeats)
         records.append(record)
         print(json.dumps(record), flush=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -144,13 +177,13 @@ def main(argv=None):
             f"{r['native_valid_per_instance']:.3f} | {100 * r['torch_truth_found']:.2f}% / {100 * r['native_truth_found']:.2f}% | "
             f"{r['torch_median_log10_error']:.1f} / {r['native_median_log10_error']:.1f} | {r['compile_s']:.1f} | "
             f"{r['cached_load_s']:.2f} |")
-    lines += ["", f"PoseLib in the same run: a Python loop over {POSELIB_INSTANCES} of the same instances, one thread, "
-              "the Python call included (its C++ alone is faster: the 5-point solver's README figure is 5.5 µs); "
-              "truth found on those instances.", "",
-              "| problem | PoseLib solver | PoseLib µs | native µs at 10,000 | native / PoseLib time | PoseLib truth found |",
+    lines += ["", f"Peers in the same run: PoseLib, a Python loop over {POSELIB_INSTANCES} of the same instances, one "
+              "thread, the Python call included (its C++ alone is faster: the 5-point solver's README figure is 5.5 µs); "
+              "kornia, batched torch at batch 10,000 (float64). Truth found on the instances each ran.", "",
+              "| problem | peer | peer µs | native µs at 10,000 | native / peer time | peer truth found |",
               "| --- | --- | --- | --- | --- | --- |"]
     for r in records:
-        for peer in r["poselib"]:
+        for peer in r["poselib"] + r.get("kornia", []):
             note = f" ({peer['note']})" if peer["note"] else ""
             lines.append(f"| {r['problem']} | {peer['solver']}{note} | {peer['us']:.1f} | {r['native_us_10000']:.1f} | "
                          f"{r['native_us_10000'] / peer['us']:.2f} | {100 * peer['truth_found']:.2f}% |")

@@ -516,10 +516,7 @@ def _merit_search(plan, a, y, s, dy, ds, grad_f, r_e, r_i, tau, rho, active):
     value, _ = merit(y, s)
     slope = ((grad_f * dy).sum(-1) - tau * (ds / s).sum(-1)
              - rho * (r_e.abs().sum(-1) + r_i.abs().sum(-1)))
-    # the slacks, and -g(y) itself where it is positive (to first order: G dy = -r_i - ds), so
-    # that y stays inside where it is (the slack alone would let it drift across by rounding)
-    inside = torch.where(r_i - s < 0, s - r_i, torch.full_like(s, float("inf")))
-    alpha = torch.minimum(_to_boundary(s, ds), _to_boundary(inside, ds + r_i))
+    alpha = _to_boundary(s, ds)
     accepted = ~active
     new_y, new_s = y, s
     slack = 8 * torch.finfo(value.dtype).eps * (1 + value.abs())
