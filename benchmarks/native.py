@@ -64,14 +64,20 @@ def cold_and_warm_build(name):
                                      check=True).stdout.split()[-1]) for _ in range(2)]
 
 
+def peer_scene(package, name, module, params, truth):
+    """(run.py's Case, the points behind the instances), or (None, None) where the peer's
+    package is missing or the points cannot be rebuilt (benchmarks/run.py: replicate_scene)."""
+    try:
+        __import__(package)
+    except ImportError:
+        return None, None
+    case = peers.Case(name, module, params.numpy(), truth)
+    return case, peers.replicate_scene(case, 0)
+
+
 def poselib_timings(name, module, params, truth, repeats):
     """[(PoseLib solver, µs per instance, truth found)] on the first POSELIB_INSTANCES instances."""
-    try:
-        import poselib  # noqa: F401
-    except ImportError:
-        return []
-    case = peers.Case(name, module, params.numpy(), truth)
-    scene = peers.replicate_scene(case, 0)
+    case, scene = peer_scene("poselib", name, module, params, truth)
     if scene is None:
         return []
     out = []
@@ -92,12 +98,7 @@ def poselib_timings(name, module, params, truth, repeats):
 def kornia_timings(name, module, params, truth, repeats):
     """[(kornia solver, µs per instance at batch 10,000, truth found)]: its batched torch solvers
     on the same instances (benchmarks/run.py's inputs and conversions), float64."""
-    try:
-        import kornia  # noqa: F401
-    except ImportError:
-        return []
-    case = peers.Case(name, module, params.numpy(), truth)
-    scene = peers.replicate_scene(case, 0)
+    case, scene = peer_scene("kornia", name, module, params, truth)
     if scene is None:
         return []
     out = []
