@@ -568,6 +568,18 @@ def derive_indexed(spec) -> IndexedSystem:
     return system
 
 
+def entrywise_implicit(system: IndexedSystem) -> bool:
+    """An Implicit whose equations and unknowns are arrays of one shape, every Jacobian term
+    entry by entry (equation entry e involves the unknowns' entries e only): its Newton and IFT
+    systems are one small system per entry (runtime: StructuredSystem._entrywise_solve)."""
+    if system.kind != "implicit" or len(system.rows) != len(system.columns):
+        return False
+    dims = {tuple(v.array.dims) for v in system.rows + system.columns}
+    if len(dims) != 1 or not next(iter(dims)):
+        return False
+    return all(t.diagonal for terms in system.blocks.values() for t in terms)
+
+
 def diagonal_unknown(system: IndexedSystem, c: int) -> bool:
     """An unknown array with a size symbol among its dimensions whose Hessian block is diagonal
     and that no other unknown's Hessian couples to: eliminated first (runtime/indexed.py)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .errors import SpecError
-from .indexed import Array, IndexedSystem, _nodes, diagonal_unknown, idx_size
+from .indexed import Array, IndexedSystem, _nodes, diagonal_unknown, entrywise_implicit, idx_size
 from .printer import TorchPrinter, identifier, print_program, share_square_roots
 from .render import environment, header_context, wrap_words
 from .render_declarative import class_name
@@ -146,6 +146,9 @@ def _shape_text(dims) -> str:
 def describe_structure(system: IndexedSystem) -> str:
     """How the runtime solves the Newton / IFT systems (the generation summary)."""
     if system.kind == "implicit":
+        if entrywise_implicit(system):
+            n = len(system.columns)
+            return "Jacobian entry by entry: " + ("one equation per entry" if n == 1 else f"a {n} x {n} system per entry")
         return "dense Jacobian, batched"
 
     def shape(a):

@@ -583,6 +583,52 @@ def test_capped_simplex_with_two_bound_families(tmp_path):
     assert (xg.grad - expected_grad)[ok].abs().max() < 1e-8
 
 
+ENTRYWISE_IMPLICIT = '''
+import sympy as sp
+from solvergen import Implicit
+n = sp.Symbol("n", integer=True, positive=True)
+i = sp.Idx("i", n)
+a = sp.IndexedBase("a", shape=(n,))
+b = sp.IndexedBase("b", shape=(n,))
+u = sp.IndexedBase("u", shape=(n,))
+v = sp.IndexedBase("v", shape=(n,))
+problem = Implicit("entrywise_pair", unknowns=[u, v], parameters=[a, b],
+                   equations=[u[i] + u[i] ** 3 - v[i] - a[i], v[i] + sp.exp(v[i]) / 4 + u[i] / 2 - b[i]],
+                   init=[0, 0])
+'''
+
+
+def test_entrywise_implicit_is_solved_entry_by_entry(tmp_path):
+    """Equations whose entry i involves the unknowns' entries i only: the Newton and IFT systems
+    are one 2 x 2 system per entry (the summary says so), not a dense (2n)^2 matrix. Values
+    against Newton per entry written here, gradients against central differences, n = 1,024."""
+    from solvergen.generate import generate, import_generated
+
+    spec = tmp_path / "entrywise_pair.py"
+    spec.write_text(ENTRYWISE_IMPLICIT)
+    result = generate(spec, tmp_path / "out")
+    assert "Jacobian entry by entry: a 2 x 2 system per entry" in result.path.read_text()
+    Pair = import_generated(result.path).Layer
+    g = torch.Generator().manual_seed(9)
+    a, b = 2 * torch.randn(4, 1024, generator=g), 2 * torch.randn(4, 1024, generator=g)
+    ag = a.clone().requires_grad_(True)
+    (u, v), ok = Pair()(ag, b)
+    assert bool(ok.all())
+    uu, vv = torch.zeros_like(a), torch.zeros_like(a)  # Newton per entry, the 2 x 2 inverse by hand
+    for _ in range(100):
+        f1, f2 = uu + uu**3 - vv - a, vv + torch.exp(vv) / 4 + uu / 2 - b
+        j11, j12, j21, j22 = 1 + 3 * uu**2, -torch.ones_like(uu), torch.full_like(uu, 0.5), 1 + torch.exp(vv) / 4
+        det = j11 * j22 - j12 * j21
+        uu, vv = uu - (j22 * f1 - j12 * f2) / det, vv - (j11 * f2 - j21 * f1) / det
+    assert (u - uu).abs().max() < 1e-10 and (v - vv).abs().max() < 1e-10
+    w = torch.randn(4, 1024, generator=g)
+    (u * w).sum().backward()
+    da = torch.randn(4, 1024, generator=g)
+    fd = directional_fd(lambda a_: (Pair()(a_, b)[0][0] * w).sum(-1), [a], [da])
+    analytic = (ag.grad * da).sum(-1)
+    assert all(agree(x.item(), y.item(), 1e-5) for x, y in zip(analytic, fd))
+
+
 UNBALANCED_OT = '''
 import sympy as sp
 from solvergen import Argmin

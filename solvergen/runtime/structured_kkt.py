@@ -174,7 +174,30 @@ class StructuredSystem:
             return self._dense_solve(rhs, transpose)
         return self._structured_solve(rhs, convexify, extra_diagonal or {})
 
+    def _entrywise(self) -> bool:
+        """Every block of one shape and every term entry by entry (an Implicit whose equation
+        entry e involves the unknowns' entries e only): one R x R system per entry."""
+        shapes = set(self.row_shapes) | set(self.col_shapes)
+        return (len(self.row_shapes) == len(self.col_shapes) and len(shapes) == 1 and bool(next(iter(shapes)))
+                and all(t.diagonal and t.rows for t in self.terms))
+
+    def _entrywise_solve(self, rhs, transpose):
+        R = len(self.row_shapes)
+        shape = self.row_shapes[0]
+        K = rhs[0].new_zeros((self.batch,) + shape + (R, R))
+        for t in self.terms:
+            K[..., t.row, t.col] += materialize(t.coefficient, t.letters, t.rows, self.letter_size)
+        if transpose:
+            K = K.transpose(-1, -2)
+        entries = math.prod(shape)
+        b = torch.stack([r.reshape((self.batch,) + shape) for r in rhs], -1)
+        x, solved = _solve(K.reshape(self.batch * entries, R, R), b.reshape(self.batch * entries, R))
+        x = x.reshape((self.batch,) + shape + (R,))
+        return [x[..., k] for k in range(R)], solved.reshape(self.batch, entries).all(-1)
+
     def _dense_solve(self, rhs, transpose):
+        if self._entrywise():
+            return self._entrywise_solve(rhs, transpose)
         rows = range(len(self.plan.rows))
         cols = range(len(self.plan.columns))
         n_r = [math.prod(s) for s in self.row_shapes]
