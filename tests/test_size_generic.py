@@ -562,10 +562,32 @@ def capped_simplex(x, k, iterations=200):
     return torch.clamp(x - (low + high) / 2, 0, 1)
 
 
+def test_capped_simplex_at_its_vertices(tmp_path):
+    """Integer k: many solutions are vertices (k ones, the rest zeros), where the n bounds and
+    the equality are active and dependent. Every entry is pinned by a bound: y comes from the
+    bounds' rows, the equality's multiplier keeps the interior point's value, the row is a
+    strict minimum (empty reduced Hessian), and the gradient is the vertex's: zero."""
+    Capped = compile_spec(tmp_path, CAPPED_SIMPLEX, "capped_simplex")
+    x = 8 * torch.randn(200, 6, generator=torch.Generator().manual_seed(6))
+    k = torch.full((200,), 2.0)
+    xg = x.clone().requires_grad_(True)
+    y, ok = Capped()(xg, k)
+    expected = capped_simplex(x, k)
+    vertex = ((expected == 0) | (expected == 1)).all(-1)
+    assert vertex.float().mean() > 0.2
+    assert bool(ok.all()) and (y - expected).abs().max() < 1e-12
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    assert (xg.grad[vertex] == 0).all()
+    free = ((expected > 0) & (expected < 1)).to(x.dtype)
+    expected_grad = free * (grad - (free * grad).sum(-1, keepdim=True) / free.sum(-1, keepdim=True).clamp_min(1))
+    assert (xg.grad - expected_grad).abs().max() < 1e-8
+
+
 def test_capped_simplex_with_two_bound_families(tmp_path):
     """0 <= y <= 1 and sum y = k: the inactive bounds' -1e30 blocks no longer drown the inertia
-    count's eigenvalues (before: ok on no row). k is not an integer: no vertex solutions (there
-    the active constraints are dependent, which the layer does not handle: not ok)."""
+    count's eigenvalues (before: ok on no row). k is not an integer here (vertices: the next
+    test)."""
     Capped = compile_spec(tmp_path, CAPPED_SIMPLEX, "capped_simplex")
     x = 1.5 * torch.randn(100, 10, generator=torch.Generator().manual_seed(4))
     k = torch.rand(100, generator=torch.Generator().manual_seed(5)) * 4 + 1.25

@@ -538,7 +538,15 @@ class IndexedLayer(torch.nn.Module):
                       if kind == "unknown")
         total = sum(math.prod(shape) for shape in system.col_shapes)
         kept = positive + negative + zero  # the entries of dropped (redundant) constraints are not counted
-        return (positive == unknown) & (negative == kept - unknown) & (zero == 0) & (kept <= total)
+        strict = (positive == unknown) & (negative == kept - unknown) & (zero == 0) & (kept <= total)
+        # Every unknown entry pinned by an active bound (a vertex): the Hessian reduced to the
+        # active constraints' null space is empty, a strict minimum with multipliers >= 0 (the
+        # polish checks them), even where the active constraints are dependent (zero eigenvalues
+        # in the multipliers' block: an equality the bounds imply).
+        fully = system.fully_pinned(extra) if extra else None
+        if fully is not None:
+            strict = strict | (fully & (positive == unknown) & (kept <= total))
+        return strict
 
     def forward(self, *args, init=None, **kwargs):
         params, sizes, batch_shape, finite, dtype = self._arguments(args, kwargs)

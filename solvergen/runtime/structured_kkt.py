@@ -370,6 +370,7 @@ class StructuredSystem:
                 counts[1].add_(((values < 0) & ~small).sum(-1))
                 counts[2].add_(small.sum(-1) + (~finite).long() * K.shape[-1])
             return None, None, tuple(counts)
+        fully = self._fully_pinned(pins)
         if convexify:
             x_flat, solved = _convexified_solve(K, rhs_flat)
         elif all(plan.columns[c][2] in ("multiplier", "inequality") for c in order):
@@ -377,6 +378,13 @@ class StructuredSystem:
             x_flat, solved = _negative_definite_solve(K, rhs_flat)
         else:
             x_flat, solved = _solve(K, rhs_flat)
+        if fully is not None:
+            # every unknown entry pinned by an active bound (a vertex: with an equality too, the
+            # active constraints are dependent and this block is singular): y's step comes from
+            # the bounds' rows alone, and the multipliers here keep their values (the bounds'
+            # multipliers take up stationarity exactly)
+            x_flat = torch.where(fully.unsqueeze(-1), torch.zeros_like(x_flat), x_flat)
+            solved = solved | fully
         if dropped:
             full = K.new_zeros(self.batch, N)
             full[:, torch.tensor(keep, dtype=torch.long, device=K.device)] = x_flat
@@ -406,6 +414,30 @@ class StructuredSystem:
                 coefficient = materialize(term.coefficient, term.letters, term.cols, self.letter_size)
                 out[e] = torch.where(mask, rhs[c] / coefficient.expand_as(out[e]), out[e])
         return out, solved
+
+    def _fully_pinned(self, pins):
+        """[B] rows whose every unknown entry is pinned by an active bound, or None where some
+        unknown column cannot be (not eliminated, or no bound family on it)."""
+        unknown = [c for c, column in enumerate(self.plan.columns) if column[2] == "unknown"]
+        if not all(pins.get(c) for c in unknown):
+            return None
+        fully = None
+        for c in unknown:
+            covered = pins[c][0][0]
+            for mask, _, _ in pins[c][1:]:
+                covered = covered | mask
+            row = covered.reshape(self.batch, -1).all(-1)
+            fully = row if fully is None else fully & row
+        return fully
+
+    def fully_pinned(self, extra_diagonal) -> torch.Tensor | None:
+        """`_fully_pinned` for the active set of `extra_diagonal` (0: active)."""
+        pins = {}
+        for e in self.plan.eliminated:
+            d = torch.zeros((self.batch,) + self.col_shapes[e], dtype=self.terms[0].coefficient.dtype,
+                            device=self.terms[0].coefficient.device)
+            _, pins[e] = self._pinned(e, d, extra_diagonal)
+        return self._fully_pinned(pins)
 
     def _pinned(self, e, d, extra_diagonal):
         """-> (d, pins): the diagonal Hessian d of unknown column e with 1 at the entries pinned by an active
