@@ -326,6 +326,34 @@ def test_power_with_an_infinite_hessian_at_its_bound(tmp_path):
     assert (error <= 1e-5 * (1 + scale))[ok].float().mean() >= 0.95  # FD may cross a kink
 
 
+def test_projection_onto_a_capped_simplex_at_its_vertices(tmp_path):
+    """0 <= y <= 1, y0 + y1 + y2 = 1: most solutions for spread x are vertices (one 1, two 0),
+    where the three bounds imply the equality (dependent active constraints, singular KKT
+    matrix). Newton, the second-order test and the IFT then use the bounds alone: ok on every
+    row (before: on none of the vertex rows), values against bisection, gradient zero there."""
+    spec = tmp_path / "capped3.py"
+    spec.write_text(HEADER + "y = sp.symbols('y0:3')\nx = sp.symbols('x0:3')\n"
+                    "problem = Argmin('capped3', list(y), list(x), sum((y[i] - x[i])**2 for i in range(3)) / 2, "
+                    "equalities=[sum(y) - 1], inequalities=[v >= 0 for v in y] + [v <= 1 for v in y])\n")
+    model = solvergen.load(spec, out_dir=tmp_path / "out")
+    x = 4 * torch.randn(500, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    xg = x.clone().requires_grad_(True)
+    y, ok = model(xg)
+    low, high = x.amin(-1, keepdim=True) - 1, x.amax(-1, keepdim=True)
+    for _ in range(200):
+        t = (low + high) / 2
+        over = (x - t).clamp(0, 1).sum(-1, keepdim=True) > 1
+        low, high = torch.where(over, t, low), torch.where(over, high, t)
+    reference = (x - (low + high) / 2).clamp(0, 1)
+    vertex = ((reference - reference.round()).abs() < 1e-9).all(-1)
+    assert vertex.float().mean() > 0.5
+    assert bool(ok.all()) and (y - reference).abs().max() <= 1e-8
+    (y * torch.randn_like(y)).sum().backward()
+    assert xg.grad[vertex].abs().max() <= 1e-12
+    error, scale, ok = finite_difference_check(model, x[:40])
+    assert (error <= 1e-5 * (1 + scale))[ok].float().mean() >= 0.95
+
+
 def test_curved_equality_from_a_far_start(tmp_path):
     """min (x - a)^2 + (y - b)^2 subject to y = exp(x), started at (0, 0): Newton on the KKT
     equations with |residual|^2 as merit stalled on 1% of rows (a local minimum of the merit

@@ -212,8 +212,7 @@ def _kkt_matrix(H, A, active, symmetric=False):
     which the residual corrects. It may be infinite: y**1.5 at y = 0, or 1e20 at y = 1e-40,
     which would drown every other eigenvalue. Not symmetric: solve its transpose for adjoints."""
     A = A * active.unsqueeze(-1).to(A.dtype)
-    bound = (A != 0).sum(-1) == 1  # [B, C]
-    pinned = ((A != 0) & bound.unsqueeze(-1)).any(-2)  # [B, N]
+    pinned = _pinned(A)
     if not _all(~pinned):
         rows = pinned.unsqueeze(-1)
         replaced = rows | pinned.unsqueeze(-2) if symmetric else rows.expand_as(H)
@@ -223,6 +222,25 @@ def _kkt_matrix(H, A, active, symmetric=False):
     return torch.cat([top, torch.cat([A, corner], dim=-1)], dim=-2)
 
 
+def _pinned(A):
+    """[B, N]: the unknowns pinned by a bound among the rows of A (an active constraint with one
+    nonzero entry in the Jacobian); A's inactive rows zeroed."""
+    bound = (A != 0).sum(-1) == 1  # [B, C]
+    return ((A != 0) & bound.unsqueeze(-1)).any(-2)
+
+
+def _at_vertex(A, active):
+    """-> (fully, active'): rows whose every unknown is pinned by an active bound (a vertex), and
+    the active set with only those bounds kept for them. At a vertex an active equality (or
+    other constraint) is implied by the bounds, the KKT matrix singular: Newton and the IFT
+    then use the bounds alone, the other multipliers keeping their values (the bounds'
+    multipliers take up stationarity exactly)."""
+    A = A * active.unsqueeze(-1).to(A.dtype)
+    fully = _pinned(A).all(-1)
+    bound = (A != 0).sum(-1) == 1
+    return fully, torch.where(fully.unsqueeze(-1), active & bound, active)
+
+
 def _second_order_ok(H, A, active):
     """Strict local minimum on the active constraints (second-order sufficient condition): the
     KKT matrix has exactly as many negative eigenvalues as active constraints and no (near) zero
@@ -230,7 +248,8 @@ def _second_order_ok(H, A, active):
     values, _ = _eigh(_kkt_matrix(H, A, active, symmetric=True))
     scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     nonsingular = (values.abs() > 1e-10 * scale).all(dim=-1)
-    return nonsingular & ((values < 0).sum(-1) == active.sum(-1))
+    fully, _ = _at_vertex(A, active)  # a vertex: the reduced Hessian is empty
+    return (nonsingular & ((values < 0).sum(-1) == active.sum(-1))) | fully
 
 
 def _kkt_residual(plan, a, y, m, active):
@@ -257,8 +276,11 @@ def _kkt_newton(plan, a, y, m, active, iterations, tol):
         if _all(done):
             break
         y, m = z[..., :n], z[..., n:]
-        K = _kkt_matrix(plan.lagrangian_hessian(y, a, m * active), plan.constraint_jacobian(y, a), active)
-        step, _ = _solve(K, -r)
+        A = plan.constraint_jacobian(y, a)
+        _, kept = _at_vertex(A, active)  # at a vertex the multipliers of what the bounds imply stay
+        K = _kkt_matrix(plan.lagrangian_hessian(y, a, m * active), A, kept)
+        rhs = torch.cat([-r[..., :n], torch.where(active & ~kept, 0, -r[..., n:])], -1)
+        step, _ = _solve(K, rhs)
         candidate = torch.where(done.unsqueeze(-1), z, z + step)
         value, r = merit(candidate)
         # An unknown driven onto its bound (y = 0) can land a rounding beyond it, outside the
@@ -632,7 +654,9 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
             matrix, rhs = J.transpose(-1, -2) @ J, grad
     elif plan.num_constraints:
         active = active_set(plan, a, y, m)
-        K = _kkt_matrix(plan.lagrangian_hessian(y, a, m), plan.constraint_jacobian(y, a), active)
+        A = plan.constraint_jacobian(y, a)
+        _, active = _at_vertex(A, active)  # at a vertex y follows the bounds alone
+        K = _kkt_matrix(plan.lagrangian_hessian(y, a, m), A, active)
         matrix = K.transpose(-1, -2)  # the adjoint system (K is symmetric but for pinned rows)
         rhs = torch.cat([grad, grad.new_zeros(grad.shape[0], plan.num_constraints)], -1)
     else:
