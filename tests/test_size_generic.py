@@ -651,6 +651,47 @@ def test_entrywise_implicit_is_solved_entry_by_entry(tmp_path):
     assert all(agree(x.item(), y.item(), 1e-5) for x, y in zip(analytic, fd))
 
 
+BOX_LEAST_SQUARES = '''
+import sympy as sp
+from solvergen import Argmin
+m = sp.Symbol("m", integer=True, positive=True)
+n = sp.Symbol("n", integer=True, positive=True)
+i = sp.Idx("i", m)
+j = sp.Idx("j", n)
+y = sp.IndexedBase("y", shape=(n,))
+A = sp.IndexedBase("A", shape=(m, n))
+b = sp.IndexedBase("b", shape=(m,))
+problem = Argmin("box_least_squares", unknowns=[y], parameters=[A, b],
+                 objective=sp.Sum((sp.Sum(A[i, j] * y[j], (j, 0, n - 1)) - b[i]) ** 2, (i, 0, m - 1)),
+                 inequalities=[y[j] >= 0, y[j] <= 1], init=[sp.Rational(1, 2)])
+'''
+
+
+def test_box_least_squares_with_a_dense_hessian(tmp_path):
+    """min |A y - b|^2 over 0 <= y <= 1: y's Hessian A^T A is dense, so the bound families'
+    diagonal is only their own block, 0 at the active entries: they must not be eliminated by
+    those pivots (before: ok on no row with an active bound). Against scipy's lsq_linear."""
+    from scipy.optimize import lsq_linear
+
+    Box = compile_spec(tmp_path, BOX_LEAST_SQUARES, "box_least_squares")
+    g = torch.Generator().manual_seed(12)
+    A, b = torch.randn(100, 8, 6, generator=g), 2 * torch.randn(100, 8, generator=g)
+    Ag = A.clone().requires_grad_(True)
+    y, ok = Box()(Ag, b)
+    reference = torch.stack([torch.from_numpy(lsq_linear(a.numpy(), c.numpy(), bounds=(0, 1), tol=1e-15,
+                                                        lsmr_tol=1e-15).x) for a, c in zip(A, b)])
+    active = ((reference < 1e-9) | (reference > 1 - 1e-9)).any(-1)
+    assert active.float().mean() > 0.5
+    assert ok.float().mean() >= 0.995
+    assert (y - reference)[ok].abs().max() < 1e-8
+    grad = torch.randn_like(y)
+    (y * grad).sum().backward()
+    dA = torch.randn_like(A)
+    fd = directional_fd(lambda A_: (Box()(A_, b)[0] * grad).sum(-1), [A], [dA])
+    analytic = (Ag.grad * dA).sum((-1, -2))
+    assert sum(agree(u.item(), v.item(), 1e-5) for u, v in zip(analytic, fd)) >= 97  # FD may cross a kink
+
+
 UNBALANCED_OT = '''
 import sympy as sp
 from solvergen import Argmin

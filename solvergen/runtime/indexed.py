@@ -26,7 +26,7 @@ import torch
 from . import parallel
 from .declarative import ARMIJO, HALVINGS, _all, _where_tree, set_options
 from .plan import IndexedPlan
-from .structured_kkt import StructuredSystem
+from .structured_kkt import StructuredSystem, materialize
 
 POLISH_FROM = 1e-8  # interior point: residual and complementarity from which the active set is polished
 POLISH_STEPS = 3  # Newton steps of the polish
@@ -195,6 +195,27 @@ class IndexedLayer(torch.nn.Module):
         B = like.shape[0]
         return [like.new_zeros((B,) + tuple(d if isinstance(d, int) else sizes[d] for d in dims))
                 for name, dims, kind in self.plan.columns if kind in ("multiplier", "inequality")]
+
+    def _start_multipliers(self, params, sizes, z):
+        """z with each auxiliary unknown's multiplier from its own stationarity (df/daux + mu
+        dc/daux = 0, entry by entry) instead of 0: at mu = 0 the unknowns inside the sum it
+        stands for would have no curvature (robust means with a size-symbol dimension: zero
+        diagonal Hessian, a zero pivot)."""
+        if not self.plan.auxiliary:
+            return z
+        with torch.no_grad():
+            r, _ = self._residual(params, sizes, z)
+            system = self._system(params, sizes, z)
+            z = list(z)
+            for a, f in self.plan.auxiliary:
+                terms = [t for t in system.terms if t.row == a and t.col == f]
+                if len(terms) != 1 or not terms[0].diagonal:
+                    continue
+                t = terms[0]
+                coefficient = materialize(t.coefficient, t.letters, t.rows, system.letter_size).expand_as(r[a])
+                mu = -r[a] / coefficient
+                z[f] = torch.where(torch.isfinite(mu), mu, torch.zeros_like(mu)).reshape(z[f].shape)
+        return z
 
     # -- Newton ------------------------------------------------------------------------------
 
@@ -554,7 +575,7 @@ class IndexedLayer(torch.nn.Module):
         if B == 0:
             return self._empty(params, sizes, batch_shape, dtype)
         start = self._start(params, sizes, init, batch_shape)
-        z0 = start + self._zero_multipliers(start[0], sizes)
+        z0 = self._start_multipliers(params, sizes, start + self._zero_multipliers(start[0], sizes))
         autograd = self.backward == "autograd" and torch.is_grad_enabled()
         self._slack = None
         inputs = params if autograd else {k: v.detach() for k, v in params.items()}
@@ -644,7 +665,8 @@ class IndexedLayer(torch.nn.Module):
         start = self._start(params, sizes, y_hat, batch_shape)
         detached = {k: v.detach() for k, v in params.items()}
         with torch.no_grad():
-            z, done, _ = self._newton(detached, sizes, start + self._zero_multipliers(start[0], sizes), self.refine_steps,
+            z0 = self._start_multipliers(detached, sizes, start + self._zero_multipliers(start[0], sizes))
+            z, done, _ = self._newton(detached, sizes, z0, self.refine_steps,
                                       line_search=False)
             _, flat = self._residual(detached, sizes, z)
             ok = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol) & finite

@@ -21,6 +21,8 @@ import string
 
 import torch
 
+from . import parallel
+
 from .declarative import _all, _solve
 from .plan import IndexedPlan
 
@@ -276,6 +278,12 @@ class StructuredSystem:
                 diag[t.row] = diag[t.row] + v if t.row in diag else v
             else:
                 add_dense(t.row, t.col, self.dense(t))
+        # A family whose diagonal is only its extra block (no term of its own, no Schur
+        # complement from an eliminated unknown: y >= 0 on a y with a dense Hessian) has a 0
+        # pivot at its active entries: it stays for the dense remainder.
+        coupled = {t.row for t in self.terms if t.col in eliminated}
+        bare = {c for c, value in (extra_diagonal or {}).items() if c not in diag and c not in coupled
+                and (not parallel.host_sync_is_free(value.device) or bool((value == 0).any()))}
         for c, value in (extra_diagonal or {}).items():
             v = value.reshape(self.batch, -1)
             diag[c] = diag[c] + v if c in diag else v
@@ -295,7 +303,8 @@ class StructuredSystem:
         order = list(rest)
         steps = []
         while len(order) > 1:
-            candidates = [v for v in order if v in diag and (v, v) not in dense and (v, v) not in cross]
+            candidates = [v for v in order if v in diag and (v, v) not in dense and (v, v) not in cross
+                          and v not in bare]
             if not candidates:
                 break
             v = max(candidates, key=lambda c: (n[c], -c))
