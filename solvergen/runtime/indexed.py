@@ -230,9 +230,35 @@ class IndexedLayer(torch.nn.Module):
 
     def _residual(self, params, sizes, z):
         r = self.plan.residuals(self._env(params, z), sizes)
+        return r, self._flat(r)
+
+    def _flat(self, r):
+        """The residual blocks as [B, total] for the convergence tests. A redundant pair of
+        equality families (OT: sum r = sum c) holds only up to the data's own gap, sum h_a -
+        sum h_b (independent of the unknowns): float32 data leaves 1e-8 there, which the dropped
+        constraint's residual keeps. Their entries are measured less that gap (`_redundancy_gap`
+        checks it against the data's precision)."""
+        B = r[0].shape[0]
+        parts = [x.reshape(B, -1) for x in r]
+        for a, b in self.plan.redundant:
+            gap = (parts[a].sum(-1) - parts[b].sum(-1)).abs().unsqueeze(-1)
+            for c in (a, b):
+                parts[c] = parts[c].sign() * (parts[c].abs() - gap).clamp_min(0)
+        return torch.cat(parts, -1)
+
+    def _redundancy_gap_ok(self, params, sizes, z, dtype):
+        """[B]: every redundant pair's data gap within the precision of the data (100 roundings of
+        the input dtype, or tol if larger)."""
+        ok = torch.ones(z[0].shape[0], dtype=torch.bool, device=z[0].device)
+        if not self.plan.redundant:
+            return ok
+        r = self.plan.residuals(self._env(params, z), sizes)
         B = z[0].shape[0]
-        flat = torch.cat([x.reshape(B, -1) for x in r], -1)
-        return r, flat
+        limit = max(self.tol, 100 * torch.finfo(dtype).eps)
+        for a, b in self.plan.redundant:
+            gap = r[a].reshape(B, -1).sum(-1) - r[b].reshape(B, -1).sum(-1)
+            ok = ok & (gap.abs() <= limit)
+        return ok
 
     def _system(self, params, sizes, z):
         B = z[0].shape[0]
@@ -297,7 +323,7 @@ class IndexedLayer(torch.nn.Module):
 
         def measures(r, slack, z):
             primal = [r[c] + slack[c] if c in slack else r[c] for c in range(len(r))]
-            flat = torch.cat([p.reshape(B, -1) for p in primal], -1)
+            flat = self._flat(primal)
             products = torch.cat([(z[c] * slack[c]).reshape(B, -1) for c in ineq], -1)
             return primal, flat, products
         primal, flat, products = measures(r, slack, z)
@@ -423,7 +449,7 @@ class IndexedLayer(torch.nn.Module):
             for c in ineq:
                 z[c] = torch.where(active[c], z[c], torch.zeros_like(z[c]))
             r = residual(z)
-        flat = torch.cat([x.reshape(B, -1) for x in r], -1)
+        flat = self._flat(r)
         g, _ = self._residual(params, sizes, z)
         feasible = torch.ones(B, dtype=torch.bool, device=z[0].device)
         for c in ineq:  # multipliers of the active entries >= 0, inactive entries feasible
@@ -583,6 +609,7 @@ class IndexedLayer(torch.nn.Module):
             z, done, self.iterations = self._newton(inputs, sizes, z0, self.max_iterations)
         with torch.no_grad():
             ok = done & finite & self._second_order(inputs, sizes, [x.detach() for x in z], self._slack)
+            ok = ok & self._redundancy_gap_ok(inputs, sizes, [x.detach() for x in z], dtype)
         return self._finish(params, sizes, z, ok, finite, batch_shape, dtype, autograd)
 
     def _empty(self, params, sizes, batch_shape, dtype):
@@ -670,7 +697,7 @@ class IndexedLayer(torch.nn.Module):
                                       line_search=False)
             _, flat = self._residual(detached, sizes, z)
             ok = torch.isfinite(flat).all(-1) & (flat.abs().amax(-1) <= self.tol) & finite
-            ok = ok & self._second_order(detached, sizes, z)
+            ok = ok & self._second_order(detached, sizes, z) & self._redundancy_gap_ok(detached, sizes, z, dtype)
         y, ok = self._finish(params, sizes, z, ok, finite, batch_shape, dtype, False)
         self.last_ok = ok
         return y
