@@ -397,24 +397,19 @@ class IndexedLayer(torch.nn.Module):
     def _polish_rows(self, params, sizes, z, slack, near):
         """`_active_set_newton` of the `near` rows (active: multiplier larger than slack) ->
         (their indices, polished z, active sets, converged), or None when there are none."""
-        if not parallel.host_sync_is_free(near.device):  # every row, masked: no host synchronization
-            rows = torch.arange(near.shape[0], device=near.device)
-            z_p, active, converged = self._polish_all(params, sizes, z, slack)
-            return rows, z_p, active, converged & near
-        rows = near.nonzero().squeeze(-1)
-        if rows.numel() == 0:
-            return None
         B = near.shape[0]
-        sub = {k: v[rows] if v.dim() and v.shape[0] == B else v for k, v in params.items()}
-        z_rows = [x[rows] for x in z]
-        active = {c: z_rows[c] > slack[c][rows] for c in slack}
+        masked = not parallel.host_sync_is_free(near.device)  # every row, masked: no host synchronization
+        if masked:
+            rows, sub, z_rows, s_rows = torch.arange(B, device=near.device), params, z, slack
+        else:
+            rows = near.nonzero().squeeze(-1)
+            if rows.numel() == 0:
+                return None
+            sub = {k: v[rows] if v.dim() and v.shape[0] == B else v for k, v in params.items()}
+            z_rows, s_rows = [x[rows] for x in z], {c: v[rows] for c, v in slack.items()}
+        active = {c: z_rows[c] > s_rows[c] for c in s_rows}
         z_p, converged = self._active_set_newton(sub, sizes, z_rows, active, POLISH_STEPS)
-        return rows, z_p, active, converged
-
-    def _polish_all(self, params, sizes, z, slack):
-        active = {c: z[c] > slack[c] for c in slack}
-        z_p, converged = self._active_set_newton(params, sizes, z, active, POLISH_STEPS)
-        return z_p, active, converged
+        return rows, z_p, active, converged & near[rows]
 
     def _active_set_newton(self, params, sizes, z, active, steps):
         """Newton on the KKT equations with the active inequality entries as equalities and the
@@ -428,6 +423,9 @@ class IndexedLayer(torch.nn.Module):
             for c in ineq:  # active: g = 0; inactive: lam = 0
                 r[c] = torch.where(active[c], r[c], z_[c])
             return r
+
+        def finite(r_):
+            return torch.isfinite(torch.cat([x.reshape(B, -1) for x in r_], -1)).all(-1)
         r = residual(z)
         for _ in range(steps):
             rhs = [-x for x in r]
@@ -440,10 +438,10 @@ class IndexedLayer(torch.nn.Module):
             # domain of y**1.5: there the step stops short by a relative 1e-10 (the converged
             # entry is 1e-10 of its last distance from the bound, Newton's rate unchanged), and
             # where that is outside too, the row does not move.
-            outside = solved & ~torch.isfinite(torch.cat([x.reshape(B, -1) for x in r_candidate], -1)).all(-1)
+            outside = solved & ~finite(r_candidate)
             if not _all(~outside):
                 short = [torch.where(_col(outside, x), x + (1 - 1e-10) * d, c) for x, d, c in zip(z, step, candidate)]
-                still = outside & ~torch.isfinite(torch.cat([x.reshape(B, -1) for x in residual(short)], -1)).all(-1)
+                still = outside & ~finite(residual(short))
                 candidate = [torch.where(_col(still, x), x, c) for x, c in zip(z, short)]  # else no step
             z = candidate
             for c in ineq:
