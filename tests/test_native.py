@@ -4,6 +4,7 @@ same instances, garbage rows, float32, the IFT gradient, the on-disk cache, and 
 fallback tests, which simulate its absence."""
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 
 import geometry
 from conftest import ROOT, generated_module
-from solvergen.runtime import forward, native
+from solvergen.runtime import ctrace, forward, native
 
 NATIVE = ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal",
           "relpose_6pt_shared_focal_natural",
@@ -161,3 +162,118 @@ def test_unsupported_problems_and_bad_options_are_refused_in_one_line():
         homography.Solver(backend="c")
     with pytest.raises(ValueError, match="backend='native' needs backward='ift'"):
         generated_module("relpose_5pt_nullspace").Solver(backend="native", backward="autograd")
+
+
+# -- The pieces of the kernel source, each against an independent reference --------------------
+
+
+def _library(tmp_path, text: str, name: str):
+    """Compile C source text into a shared library (the kernels' flags) and load it."""
+    cc = native.compiler()
+    c_file, so_file = tmp_path / f"{name}.c", tmp_path / f"{name}.so"
+    c_file.write_text(text)
+    subprocess.run([cc, *native._flags(cc), str(c_file), "-o", str(so_file), "-lm"], check=True,
+                   capture_output=True, text=True)
+    return ctypes.CDLL(str(so_file))
+
+
+def _pointer(t: torch.Tensor):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", [n for n in NATIVE if generated_module(n).PLAN.linear is None])
+def test_traced_coefficients_are_the_generated_functions(name, tmp_path):
+    """The coefficient function traced into C (runtime/ctrace.py) computes what the generated
+    torch function computes, to rounding (the C compiler may fuse a multiply and an add)."""
+    plan = generated_module(name).PLAN
+    text = ctrace.coefficient_source(plan.coefficients, plan.num_parameters, "coefficients")
+    a, _ = instances(name, 50)
+    expected = plan.coefficients(a)
+    n = expected.shape[-1]
+    library = _library(tmp_path, "#include <math.h>\n" + text + textwrap.dedent(f"""
+        void run(long batch, const double *a, double *c) {{
+            for (long i = 0; i < batch; i++) coefficients(a + i * {plan.num_parameters}, c + i * {n});
+        }}"""), name)
+    got = torch.empty(expected.shape, dtype=torch.float64)
+    library.run(ctypes.c_long(len(a)), _pointer(a.contiguous()), _pointer(got))
+    scale = expected.abs().amax(-1, keepdim=True).clamp_min(1.0)
+    assert ((got - expected).abs() / scale).max() <= 1e-14
+
+
+def test_tracing_refuses_what_it_cannot_write_in_c():
+    def branches(a):
+        x, y = a.movedim(-1, 0).contiguous().unbind(0)
+        return torch.stack([torch.maximum(x, y)]).movedim(0, -1)
+
+    def compares(a):
+        x, y = a.movedim(-1, 0).contiguous().unbind(0)
+        return torch.stack([x if x > y else y]).movedim(0, -1)
+
+    def powers(a):
+        x, y = a.movedim(-1, 0).contiguous().unbind(0)
+        return torch.stack([x**2 - 3.0 / y, torch.sqrt(x) * 2.0**y, 1.0 - x**0.5]).movedim(0, -1)
+
+    with pytest.raises(ctrace.Unsupported, match="maximum"):
+        ctrace.coefficient_source(branches, 2, "f")
+    with pytest.raises(ctrace.Unsupported, match="not supported"):
+        ctrace.coefficient_source(compares, 2, "f")
+    text = ctrace.coefficient_source(powers, 2, "f")
+    assert "sqrt(a[0])" in text and "pow(2.0, a[1])" in text and "pow(a[0], 0.5)" in text and "3.0 / a[1]" in text
+
+
+@needs_compiler
+def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path):
+    """sturm.h's real eigenvalues of upper Hessenberg matrices against numpy's eigvals: the same
+    real ones (where numpy's are separated and clearly real or complex); a double root is found
+    once or twice, or refused (-1: the kernel uses QR)."""
+    library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + native.HEADERS[0].read_text() + textwrap.dedent("""
+        int real_eigenvalues(const double *h, int n, double *wr) { return sturm_real_eigenvalues(h, n, wr); }
+        """), "sturm")
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(300):
+        n = int(rng.integers(1, 13))
+        h = np.triu(rng.normal(size=(n, n)) * rng.choice([1e-3, 1.0, 1e3]), -1)
+        values = np.linalg.eigvals(h)
+        gaps = np.abs(values[:, None] - values[None]) + np.eye(n)
+        if gaps.min() < 1e-6 or (np.abs(values.imag) > 0).any() and np.abs(values.imag[values.imag != 0]).min() < 1e-6:
+            continue
+        wr = np.zeros(n)
+        found = library.real_eigenvalues(h.ctypes.data_as(ctypes.c_void_p), n, wr.ctypes.data_as(ctypes.c_void_p))
+        real = np.sort(values.real[values.imag == 0])
+        assert found == len(real), (trial, found, real)
+        scale = max(1.0, np.abs(values).max())
+        np.testing.assert_allclose(np.sort(wr[:found]), real, rtol=0, atol=1e-9 * scale)
+        checked += 1
+    assert checked >= 250
+    # (x - 1)^2 (x - 2) as a companion matrix (upper Hessenberg): a double root
+    companion = np.array([[4.0, -5.0, 2.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    wr = np.zeros(3)
+    found = library.real_eigenvalues(companion.ctypes.data_as(ctypes.c_void_p), 3, wr.ctypes.data_as(ctypes.c_void_p))
+    assert found == -1 or (found in (2, 3) and np.abs(wr[:found, None] - [1.0, 2.0]).min(0).max() <= 1e-6), wr
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["p3p", "gp3p"])
+def test_sparse_elimination_in_c_is_the_dense_one(name, tmp_path):
+    """The template's fixed-pivot sparse elimination as straight-line C gives the dense LU's
+    reduced block (where it trusts itself: nearly every instance here)."""
+    plan = generated_module(name).PLAN
+    t = plan.template
+    library = _library(tmp_path, native.source(plan) + textwrap.dedent("""
+        int both(const double *c, double *sparse, double *dense) {
+            return sparse_eliminate(c, sparse) + 2 * dense_eliminate(c, dense);
+        }"""), name)
+    a, _ = instances(name, 200)
+    c = plan.coefficients(a).contiguous()
+    trusted = 0
+    for row in c:
+        sparse = torch.zeros(t.num_reduced * t.basis, dtype=torch.float64)
+        dense = torch.zeros_like(sparse)
+        flags = library.both(_pointer(row), _pointer(sparse), _pointer(dense))
+        assert flags & 2
+        if flags & 1:
+            trusted += 1
+            torch.testing.assert_close(sparse, dense, rtol=1e-8, atol=1e-8 * dense.abs().max().item())
+    assert trusted >= 195

@@ -49,6 +49,11 @@ def solve(a, settings):
             c = coefficients.coefficients_of(torch.where(finite.unsqueeze(-1), a, 1), plan.coefficients, None, settings)
             finite &= torch.isfinite(c).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
+    native_stage = plan.template is not None and settings.uses_native(a.device)
+    if native_stage and plan.linear is None and native.computes_coefficients(plan):
+        # the kernel computes the coefficients too (runtime/ctrace.py): one pass per instance
+        c, x, error, candidate = native.solve_from_params(a, finite, plan, settings)
+        return (*_finish(plan, x, error, candidate, settings), c)
     c = coefficients.coefficients_of(a, plan.coefficients, tables["declared_program"], settings)
     block = plan.linear
     ok, c_template, polish_system = finite, c, tables["declared"]
@@ -61,7 +66,7 @@ def solve(a, settings):
             c_template = coefficients.coefficients_of(inputs, block.reduced_coefficients, program, settings)
             polish_system = tables["reduced"]
 
-    if plan.template is not None and settings.uses_native(a.device):
+    if native_stage:
         x, error, candidate = native.solve_candidates(c_template, ok, plan, settings)
     elif plan.template is not None:
         # Candidates from the template, real ones polished by Newton in the template's unknowns.
@@ -101,13 +106,18 @@ def solve(a, settings):
         else:
             h, scale, _ = equations.evaluate(equations.prepare(c, tables["declared"]), x, tables["declared"])
             error = equations.relative_error(h, scale)
+    x, valid = _finish(plan, x, error, candidate, settings)
+    return x, valid, c
+
+
+def _finish(plan: Plan, x, error, candidate, settings):
+    """The valid solutions (candidates with a relative residual within tolerance), first, in
+    the order the solver found them: -> x [B, S, N] (zeros where not valid), valid [B, S]."""
     valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
-
-    # Valid solutions first, in the order the solver found them.
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
     x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, plan.num_unknowns))
-    return x, valid.gather(1, order), c
+    return x, valid.gather(1, order)
 
 
 def relative_residuals(plan: Plan, a, x):

@@ -27,11 +27,14 @@ from pathlib import Path
 
 import torch
 
+from . import ctrace
 from .plan import Equations, Plan, Template
 
-HEADER = Path(__file__).parent / "native" / "stage.h"
+HEADERS = [Path(__file__).parent / "native" / name for name in ("sturm.h", "stage.h")]
 BACKENDS = ("torch", "native", "auto")
 MAX_BASIS = 64
+STURM_MAX_BASIS = 10  # real eigenvalues by a Sturm sequence up to this basis, by QR above (sturm.h)
+GROWTH_LIMIT = 1e3  # largest |factor| of the sparse elimination (template.GROWTH_LIMIT in float64)
 
 
 class NativeUnavailable(RuntimeError):
@@ -82,22 +85,20 @@ def _array(ctype: str, name: str, values) -> str:
 
 
 def source(plan: Plan) -> str:
-    """The problem's C source: its sizes and tables, then native/stage.h."""
+    """The problem's C source: its sizes and tables, native/sturm.h, native/stage.h, then the
+    polish system's straight-line `evaluate`."""
     t: Template = plan.template
     e = polish_equations(plan)
-    # Monomials: 1, then degree by degree; each is a parent (absolute index) times an unknown.
-    parent, unknown, start = [0], [0], 0
-    for parents, unknowns in e.levels:
-        parent += [start + p for p in parents]
-        unknown += list(unknowns)
-        start = len(parent) - len(parents)
+    coefficients = coefficient_source(plan)
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis, NREAD=t.num_read,
                    ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
                    SLOTS=2 * t.basis if t.even else t.basis, NCOEF=len(e.term_equation), NPOS=len(t.positions),
                    NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
-                   PN=e.unknowns, PK=e.equations, PM=len(parent), PT=len(e.term_equation),
-                   PD=len(e.derivative_position))
+                   STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
+                   PN=e.unknowns, PK=e.equations, NATIVE_COEFFICIENTS=int(coefficients is not None),
+                   SPARSE_LU=int(t.sparse_lu is not None),
+                   NPARAM=plan.num_parameters)
     text = f"/* solvergen native template stage: {plan.name} (generated from its plan; do not edit) */\n"
     text += "".join(f"#define {key} {value}\n" for key, value in defines.items())
     text += _array("int", "positions", t.positions) + _array("int", "sources", t.sources)
@@ -111,13 +112,82 @@ def source(plan: Plan) -> str:
     n = t.unknowns  # an even template's read monomials x_i x_j, i <= j: their index per (i, j)
     upper = [(i, j) for i in range(n) for j in range(i, n)]
     text += _array("int", "gram_index", [upper.index((min(i, j), max(i, j))) for i in range(n) for j in range(n)])
-    text += _array("int", "mono_parent", parent) + _array("int", "mono_unknown", unknown)
-    text += _array("int", "term_equation", e.term_equation) + _array("int", "term_monomial", e.term_monomial)
-    text += _array("int", "deriv_position", e.derivative_position)
-    text += _array("int", "deriv_coefficient", e.derivative_coefficient)
-    text += _array("double", "deriv_factor", e.derivative_factor)
-    text += _array("int", "deriv_monomial", e.derivative_monomial)
-    return text + HEADER.read_text()
+    return (text + "".join(header.read_text() for header in HEADERS) + evaluate_source(e) + (coefficients or "")
+            + sparse_source(t))
+
+
+def sparse_source(t: Template) -> str:
+    """The template's fixed-pivot sparse elimination (runtime/template.py's sparse_elimination)
+    as straight-line C: `sparse_eliminate` (a stub returning 0 where the template has no plan).
+    Within a level no update reads a value another one writes, so in order is as at once."""
+    lines = ["static int sparse_eliminate(const double *c, double *reduced) {"]
+    lu = t.sparse_lu
+    if lu is None:
+        return "\n".join(lines + ["    (void)c;", "    (void)reduced;", "    return 0;", "}"]) + "\n"
+    lines += [f"    double v[{lu.slots + 1}], growth = 0.0, f;", "    memset(v, 0, sizeof(v));"]
+    lines += [f"    v[{slot}] = c[{source}];" for slot, source in zip(lu.template_slots, t.sources)]
+    levels = [(True, level) for level in lu.forward] + [(False, level) for level in lu.upward]
+    for number, (forward, level) in enumerate(levels):
+        for k, (pivot, column) in enumerate(zip(level.pivot, level.column)):
+            lines.append(f"    const double f{number}_{k} = v[{column}] / v[{pivot}];")
+            if forward:  # NaN propagates: untrusted
+                lines.append(f"    f = fabs(f{number}_{k}); if (!(f <= growth)) growth = f;")
+        lines += [f"    v[{target}] -= f{number}_{factor} * v[{source}];"
+                  for factor, source, target in zip(level.factor, level.source, level.target)]
+    lines.append(f"    if (!(growth <= {GROWTH_LIMIT!r})) return 0;")
+    for i, numerator in enumerate(lu.numerators):
+        lines.append(f"    reduced[{i}] = v[{numerator}] / v[{lu.denominators[i // t.basis]}];")
+    lines += [f"    for (int i = 0; i < {len(lu.numerators)}; i++)", "        if (!isfinite(reduced[i])) return 0;",
+              "    return 1;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def coefficient_source(plan: Plan) -> str | None:
+    """The plan's coefficient function in C (ctrace.py), where the kernel can start from the
+    parameters: no linear block (its null space runs in torch before the template stage) and a
+    traceable function. None otherwise: the coefficients are computed in torch."""
+    if plan.linear is not None:
+        return None
+    try:
+        return ctrace.coefficient_source(plan.coefficients, plan.num_parameters, "coefficients")
+    except ctrace.Unsupported:
+        return None
+
+
+def evaluate_source(e: Equations) -> str:
+    """The polish system's `evaluate` as straight-line C: at x, (if h) h [PK] and the size of
+    its terms [PK], (if jac) dh/dx [PK x PN]. The same sums as the torch path's
+    `equations.evaluate`, unrolled with the monomials, coefficients and factors as constants
+    (a loop over the tables is about 1.5x slower: its scattered accumulations serialise)."""
+    parent, unknown, start = [0], [0], 0  # monomials: 1, then degree by degree, parent times an unknown
+    for parents, unknowns in e.levels:
+        parent += [start + p for p in parents]
+        unknown += list(unknowns)
+        start = len(parent) - len(parents)
+
+    def term(coefficient, monomial, factor=1.0):
+        value = f"c[{coefficient}]" if monomial == 0 else f"c[{coefficient}] * m[{monomial}]"
+        return value if factor == 1.0 else f"{float(factor)!r} * {value}"
+
+    lines = ["static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac) {",
+             f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
+    lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
+    lines += ["    if (h) {", "        double t;"]
+    for k in range(e.equations):
+        lines.append(f"        h[{k}] = 0.0;")
+        lines.append(f"        scale[{k}] = 0.0;")
+        for j, (equation, monomial) in enumerate(zip(e.term_equation, e.term_monomial)):
+            if equation == k:
+                lines.append(f"        t = {term(j, monomial)}; h[{k}] += t; scale[{k}] += fabs(t);")
+    lines += ["    }", "    if (jac) {"]
+    sums: dict = {}
+    for position, coefficient, factor, monomial in zip(e.derivative_position, e.derivative_coefficient,
+                                                       e.derivative_factor, e.derivative_monomial):
+        sums.setdefault(position, []).append(term(coefficient, monomial, factor))
+    for position in range(e.equations * e.unknowns):
+        lines.append(f"        jac[{position}] = {' + '.join(sums.get(position, ['0.0']))};")
+    lines += ["    }", "}"]
+    return "\n".join(lines) + "\n"
 
 
 def _compiler_id(cc: str) -> str:
@@ -158,8 +228,13 @@ def library_path(plan: Plan) -> Path:
     return path
 
 
+_ARGUMENTS = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_int]
+
+
 def kernel(plan: Plan):
-    """The loaded `solve_batch` of the plan (compiled or read from the cache once per process)."""
+    """The loaded `solve_batch` of the plan (compiled or read from the cache once per process);
+    `plan.cache["native_from_params"]` is its `solve_batch_params` where the kernel computes the
+    coefficients too (else None)."""
     function = plan.cache.get("native_kernel")
     if function is None:
         reason = unsupported(plan)
@@ -168,11 +243,21 @@ def kernel(plan: Plan):
         library = ctypes.CDLL(str(library_path(plan)))
         function = library.solve_batch
         function.restype = None
-        function.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_int,
-                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        function.argtypes = _ARGUMENTS + [ctypes.c_void_p] * 3
+        from_params = getattr(library, "solve_batch_params", None)
+        if from_params is not None:
+            from_params.restype = None
+            from_params.argtypes = _ARGUMENTS + [ctypes.c_void_p] * 4
         plan.cache["native_kernel"] = function
+        plan.cache["native_from_params"] = from_params
         plan.cache["native_library"] = library  # keep it loaded
     return function
+
+
+def _outputs(batch, template):
+    slots = 2 * template.basis if template.even else template.basis
+    return (torch.empty(batch, slots, template.unknowns, dtype=torch.float64),
+            torch.empty(batch, slots, dtype=torch.float64), torch.empty(batch, slots, dtype=torch.uint8))
 
 
 def solve_candidates(c, ok, plan: Plan, settings):
@@ -180,18 +265,37 @@ def solve_candidates(c, ok, plan: Plan, settings):
     c [B, n] on the CPU, rows `ok` [B] -> points [B, S, N], their relative residual [B, S] and
     which are candidates [B, S], in c's dtype (computed in float64)."""
     function = kernel(plan)
-    template = plan.template
     batch = c.shape[0]
     coefficients = c.detach().to(torch.float64).contiguous()
     usable = ok.to(torch.uint8).contiguous()
-    slots = 2 * template.basis if template.even else template.basis
-    x = torch.empty(batch, slots, template.unknowns, dtype=torch.float64)
-    error = torch.empty(batch, slots, dtype=torch.float64)
-    candidate = torch.empty(batch, slots, dtype=torch.uint8)
+    x, error, candidate = _outputs(batch, plan.template)
     if batch:
         function(batch, coefficients.data_ptr(), usable.data_ptr(), settings.imag_tol, settings.newton_steps,
                  x.data_ptr(), error.data_ptr(), candidate.data_ptr())
     return x.to(c.dtype), error.to(c.dtype), candidate.bool()
+
+
+def computes_coefficients(plan: Plan) -> bool:
+    """Whether the plan's kernel starts from the parameters (`solve_from_params`)."""
+    kernel(plan)
+    return plan.cache["native_from_params"] is not None
+
+
+def solve_from_params(a, ok, plan: Plan, settings):
+    """Coefficients and template stage by the native kernel: parameters a [B, M] on the CPU
+    (finite: the caller replaced the others), rows `ok` [B] -> the coefficients [B, n], then as
+    `solve_candidates`; in a's dtype (computed in float64)."""
+    function = kernel(plan)
+    batch = a.shape[0]
+    params = a.detach().to(torch.float64).contiguous()
+    usable = ok.to(torch.uint8).contiguous()
+    c = torch.empty(batch, len(plan.equations.term_equation), dtype=torch.float64)
+    x, error, candidate = _outputs(batch, plan.template)
+    if batch:
+        plan.cache["native_from_params"](batch, params.data_ptr(), usable.data_ptr(), settings.imag_tol,
+                                         settings.newton_steps, c.data_ptr(), x.data_ptr(), error.data_ptr(),
+                                         candidate.data_ptr())
+    return c.to(a.dtype), x.to(a.dtype), error.to(a.dtype), candidate.bool()
 
 
 def check_backend(solver, backend: str) -> str:

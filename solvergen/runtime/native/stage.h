@@ -3,22 +3,22 @@
  * The per-problem source (`native.source`) defines the sizes and tables below, then includes
  * this file. For each instance: fill the elimination template from the coefficients, eliminate
  * it (LU with partial pivoting), build the action matrix, take its real eigenpairs (balancing,
- * Hessenberg reduction, Francis double-shift QR for the eigenvalues, inverse iteration for the
+ * Hessenberg reduction; the real eigenvalues from the characteristic polynomial by a Sturm
+ * sequence for small bases (sturm.h), else by Francis double-shift QR; inverse iteration for the
  * eigenvectors), read the unknowns off the eigenvectors, and polish them by Gauss-Newton on the
  * polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
  * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
  *
  * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF, NPOS,
- * NCONST, NACT, NPAIRS; polish system: PN (unknowns), PK (equations), PM (monomials), PT
- * (terms), PD (derivative terms). Arrays: see native.py's `_tables`.
+ * NCONST, NACT, NPAIRS, EIG_STURM (real eigenvalues by sturm.h rather than QR); polish system: PN
+ * (unknowns), PK (equations). Arrays: see native.py's `source`. Before this file: sturm.h, and the
+ * polish system's `evaluate` (straight-line code generated per problem by native.py).
  */
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-#include <float.h>
 
 #define CONVERGED (4.0 * DBL_EPSILON) /* newton.CONVERGED */
+#ifndef EIG_ROUNDS
 #define EIG_ROUNDS 2  /* inverse iteration solves per eigenvector */
+#endif
 #define EIG_NEWTON 3  /* Newton steps on each real eigenpair (refine_eigenpair) */
 #define EXTRA_STEPS 3 /* Newton steps beyond newton_steps, kept only where they lower the residual:
                          the eigenpairs here are less accurate than LAPACK's on badly scaled
@@ -143,11 +143,11 @@ static int hqr(double *a, int n, double *wr, double *wi) {
                 if (s == 0.0) s = anorm;
                 if (sub <= DBL_MIN) { A(l, l - 1) = 0.0; break; }
                 if (sub <= DBL_EPSILON * s) {
-                    double ab = fmax(sub, fabs(A(l - 1, l))), ba = fmin(sub, fabs(A(l - 1, l)));
+                    double ab = max_of(sub, fabs(A(l - 1, l))), ba = min_of(sub, fabs(A(l - 1, l)));
                     double diff = fabs(A(l - 1, l - 1) - A(l, l));
-                    double aa = fmax(fabs(A(l, l)), diff), bb = fmin(fabs(A(l, l)), diff);
+                    double aa = max_of(fabs(A(l, l)), diff), bb = min_of(fabs(A(l, l)), diff);
                     double total = aa + ab;
-                    if (ba * (ab / total) <= fmax(DBL_MIN, DBL_EPSILON * (bb * (aa / total)))) { A(l, l - 1) = 0.0; break; }
+                    if (ba * (ab / total) <= max_of(DBL_MIN, DBL_EPSILON * (bb * (aa / total)))) { A(l, l - 1) = 0.0; break; }
                 }
             }
             x = A(nn, nn);
@@ -247,7 +247,7 @@ static int eigenvector(const double *a, int n, double lambda, double *v) {
     double m[BASIS * BASIS], work[BASIS];
     int perm[BASIS];
     double norm = 0.0;
-    for (int i = 0; i < n * n; i++) norm = fmax(norm, fabs(a[i]));
+    for (int i = 0; i < n * n; i++) norm = max_of(norm, fabs(a[i]));
     memcpy(m, a, sizeof(double) * n * n);
     for (int i = 0; i < n; i++) m[i * n + i] -= lambda;
     if (!lu_factor(m, n, perm, DBL_EPSILON * (norm > 0 ? norm : 1.0))) return 0; /* tiny pivots: eps |a| */
@@ -279,7 +279,7 @@ static void refine_eigenpair(const double *a, int n, double *lambda, double *v) 
     double norm = 0.0, size = fabs(*lambda);
     for (int i = 0; i < n; i++) {
         r[i] = -*lambda * v[i];
-        for (int j = 0; j < n; j++) { r[i] += a[i * n + j] * v[j]; size = fmax(size, fabs(a[i * n + j])); }
+        for (int j = 0; j < n; j++) { r[i] += a[i * n + j] * v[j]; size = max_of(size, fabs(a[i * n + j])); }
         norm += r[i] * r[i];
     }
     if (sqrt(norm) <= 64.0 * DBL_EPSILON * size) return; /* already at the rounding level (|v|_inf = 1) */
@@ -310,30 +310,23 @@ static void refine_eigenpair(const double *a, int n, double *lambda, double *v) 
     }
 }
 
-/* The polish system at x: (if h) h [PK] and the size of its terms [PK], (if jac) dh/dx [PK x PN]. */
-static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac) {
-    double mono[PM];
-    mono[0] = 1.0;
-    for (int p = 1; p < PM; p++) mono[p] = mono[mono_parent[p]] * x[mono_unknown[p]];
-    if (h) {
-        for (int k = 0; k < PK; k++) { h[k] = 0.0; scale[k] = 0.0; }
-        for (int j = 0; j < PT; j++) {
-            double term = c[j] * mono[term_monomial[j]];
-            h[term_equation[j]] += term;
-            scale[term_equation[j]] += fabs(term);
-        }
-    }
-    if (jac) {
-        for (int i = 0; i < PK * PN; i++) jac[i] = 0.0;
-        for (int d = 0; d < PD; d++)
-            jac[deriv_position[d]] += deriv_factor[d] * c[deriv_coefficient[d]] * mono[deriv_monomial[d]];
-    }
-}
+/* The polish system at x: (if h) h [PK] and the size of its terms [PK], (if jac) dh/dx [PK x PN];
+ * generated per problem after this file (native.py's evaluate_source). */
+static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac);
+/* The template's X [NRED x BASIS] by the fixed-pivot sparse elimination planned at compile time
+ * (solvergen/sparse_lu.py), as straight-line code generated after this file where SPARSE_LU;
+ * 0 where a factor exceeds the growth limit or a value is not finite (then dense_eliminate). */
+static int sparse_eliminate(const double *c, double *reduced);
+#if NATIVE_COEFFICIENTS
+/* The coefficients c [NCOEF] of one instance's parameters a [NPARAM] (the generated
+ * `_coefficients`, traced into C by ctrace.py); generated after this file. */
+static void coefficients(const double *a, double *c);
+#endif
 
 static double relative_error(const double *h, const double *scale) {
     double e = 0.0;
     for (int k = 0; k < PK; k++) {
-        double r = fabs(h[k]) / fmax(scale[k], DBL_MIN);
+        double r = fabs(h[k]) / max_of(scale[k], DBL_MIN);
         if (!(r <= e)) e = r; /* NaN propagates */
     }
     return e;
@@ -352,7 +345,7 @@ static double polish(const double *c, double *x, int steps) {
         double m[PN * PN], r[PN], work[PN];
         int perm[PN];
         for (int k = 0; k < PK; k++) {
-            double row = fmax(scale[k], DBL_MIN);
+            double row = max_of(scale[k], DBL_MIN);
             for (int n = 0; n < PN; n++) jac[k * PN + n] /= row;
             h[k] /= row;
         }
@@ -385,6 +378,25 @@ static double polish(const double *c, double *x, int steps) {
     return error;
 }
 
+/* The template [eliminated | reduced | basis] and its solve X' = T[:, :SQUARE]^-1 T[:, SQUARE:]
+ * by LU with partial pivoting: -> X (X' rows of the reduced monomials) [NRED x BASIS]; 0 where
+ * the square block is singular. */
+static int dense_eliminate(const double *c, double *reduced) {
+    double t[ROWS * COLS];
+    double lhs[SQUARE * SQUARE], rhs[SQUARE * BASIS], work[SQUARE * BASIS];
+    int perm[SQUARE];
+    memset(t, 0, sizeof(t));
+    for (int k = 0; k < NPOS; k++) t[positions[k]] = c[sources[k]];
+    for (int i = 0; i < SQUARE; i++) {
+        memcpy(lhs + i * SQUARE, t + i * COLS, sizeof(double) * SQUARE);
+        memcpy(rhs + i * BASIS, t + i * COLS + SQUARE, sizeof(double) * BASIS);
+    }
+    if (!lu_factor(lhs, SQUARE, perm, 0.0)) return 0;
+    lu_solve(lhs, SQUARE, perm, rhs, BASIS, work);
+    memcpy(reduced, rhs + (SQUARE - NRED) * BASIS, sizeof(double) * NRED * BASIS);
+    return 1;
+}
+
 /* One instance: coefficients c [NCOEF] -> x [SLOTS x NUNK], error [SLOTS], candidate [SLOTS]
  * (SLOTS = BASIS, or 2 BASIS for an even template: each eigenpair gives x and -x). */
 static void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
@@ -397,19 +409,8 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
     if (!usable) return;
     for (int j = 0; j < NCOEF; j++)
         if (!isfinite(c[j])) return;
-    /* The template [eliminated | reduced | basis] and its solve: X' = T[:, :SQUARE]^-1 T[:, SQUARE:]. */
-    double t[ROWS * COLS];
-    double lhs[SQUARE * SQUARE], rhs[SQUARE * BASIS], work[SQUARE * BASIS];
-    int perm[SQUARE];
-    memset(t, 0, sizeof(t));
-    for (int k = 0; k < NPOS; k++) t[positions[k]] = c[sources[k]];
-    for (int i = 0; i < SQUARE; i++) {
-        memcpy(lhs + i * SQUARE, t + i * COLS, sizeof(double) * SQUARE);
-        memcpy(rhs + i * BASIS, t + i * COLS + SQUARE, sizeof(double) * BASIS);
-    }
-    if (!lu_factor(lhs, SQUARE, perm, 0.0)) return;
-    lu_solve(lhs, SQUARE, perm, rhs, BASIS, work);
-    const double *reduced = rhs + (SQUARE - NRED) * BASIS; /* X [NRED x BASIS] */
+    double reduced[NRED * BASIS]; /* X [NRED x BASIS]: the reduced monomials' rows of the solve */
+    if (!(SPARSE_LU && sparse_eliminate(c, reduced)) && !dense_eliminate(c, reduced)) return;
     /* The action matrix. */
     double action[BASIS * BASIS], h[BASIS * BASIS], d[BASIS], wr[BASIS], wi[BASIS];
     memset(action, 0, sizeof(action));
@@ -426,9 +427,14 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
     balance(balanced, BASIS, d);
     memcpy(h, balanced, sizeof(h));
     hessenberg(h, BASIS);
-    if (!hqr(h, BASIS, wr, wi)) return;
+    int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */
+    if (real >= 0) {
+        for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : INFINITY;
+    } else if (!hqr(h, BASIS, wr, wi)) {
+        return;
+    }
     for (int s = 0; s < BASIS; s++) {
-        if (!(fabs(wi[s]) <= imag_tol * fmax(fabs(wr[s]), 1.0))) continue;
+        if (!(fabs(wi[s]) <= imag_tol * max_of(fabs(wr[s]), 1.0))) continue;
         double v[BASIS], values[BASIS + NRED];
         if (!eigenvector(balanced, BASIS, wr[s], v)) continue;
         double lambda = wr[s];
@@ -490,3 +496,17 @@ void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double i
         solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
                   candidate + b * SLOTS);
 }
+
+#if NATIVE_COEFFICIENTS
+/* The batch from the parameters: a [batch x NPARAM], usable [batch] -> the coefficients c
+ * [batch x NCOEF], and x, error, candidate as solve_batch. */
+void solve_batch_params(int64_t batch, const double *a, const uint8_t *usable, double imag_tol, int newton_steps,
+                        double *c, double *x, double *error, uint8_t *candidate) {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+        coefficients(a + b * NPARAM, c + b * NCOEF);
+        solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
+                  candidate + b * SLOTS);
+    }
+}
+#endif

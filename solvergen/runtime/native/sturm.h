@@ -1,0 +1,186 @@
+/* Shared numerical helpers of the native kernels, and the real eigenvalues of an upper
+ * Hessenberg matrix by a Sturm sequence (solvergen/runtime/native.py puts this file first).
+ *
+ * The Sturm path: the characteristic polynomial's coefficients by the Hessenberg recurrence,
+ * its distinct real roots isolated by bisection on Sturm sequence sign counts and refined by
+ * safeguarded Newton on the polynomial (rtsafe). It finds only the real eigenvalues, which is
+ * all the read-off uses; QR (stage.h's hqr) finds all of them. The coefficients of a
+ * characteristic polynomial lose accuracy as the size grows, so native.py uses it only up to
+ * STURM_MAX_BASIS (chosen by measurement: benchmarks/results/native.md). Where the sequence is
+ * degenerate (a multiple root, a leading coefficient lost to cancellation) it returns -1 and the
+ * caller uses QR.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* fmax and fmin (a NaN argument gives the other), inline: libm's are calls. */
+static inline double max_of(double a, double b) { return (a >= b || b != b) ? a : b; }
+static inline double min_of(double a, double b) { return (a <= b || b != b) ? a : b; }
+
+#ifndef STURM_MAX_BASIS
+#define STURM_MAX_BASIS 12
+#endif
+#define STURM_DEPTH 64 /* bisections of one interval before its roots count as one */
+#define STURM_LOST 1e-13 /* a remainder whose leading coefficient is below this share of its largest: degenerate */
+
+/* p (ascending coefficients, monic of degree n) = det(lambda I - h), h upper Hessenberg (n x n). */
+static void hessenberg_charpoly(const double *h, int n, double *p) {
+    double q[(STURM_MAX_BASIS + 1) * (STURM_MAX_BASIS + 1)]; /* q_k: row k, det of the leading k x k */
+    int w = n + 1;
+    for (int i = 0; i < w * w; i++) q[i] = 0.0;
+    q[0] = 1.0;
+    for (int k = 1; k <= n; k++) {
+        double *qk = q + k * w;
+        const double *prev = q + (k - 1) * w;
+        double diag = h[(k - 1) * n + (k - 1)];
+        for (int i = 0; i <= k; i++) qk[i] = (i > 0 ? prev[i - 1] : 0.0) - (i < k ? diag * prev[i] : 0.0);
+        double product = 1.0;
+        for (int i = k - 1; i >= 1; i--) { /* - h[i-1][k-1] (prod_{j=i}^{k-1} h[j][j-1]) q_{i-1} */
+            product *= h[i * n + (i - 1)];
+            double t = h[(i - 1) * n + (k - 1)] * product;
+            if (t == 0.0) continue;
+            const double *qi = q + (i - 1) * w;
+            for (int j = 0; j < i; j++) qk[j] -= t * qi[j];
+        }
+    }
+    for (int i = 0; i <= n; i++) p[i] = q[n * w + i];
+}
+
+/* The Sturm sequence of p as linear quotients: s_0 = p, s_1 = p', s_{k+1} = q_k s_k - s_{k-1}
+ * with q_k = a[k] lambda + b[k] (each remainder one degree lower: the generic case), s_n = c.
+ * 0 where a remainder loses its degree. */
+typedef struct { int n; double seq[(STURM_MAX_BASIS + 1) * (STURM_MAX_BASIS + 1)]; } sturm_t; /* s_k: row k, degree n - k */
+
+static int sturm_build(const double *p, int n, sturm_t *s) {
+    int w = n + 1;
+    s->n = n;
+    for (int i = 0; i <= n; i++) s->seq[i] = p[i];
+    for (int i = 0; i < n; i++) s->seq[w + i] = (i + 1) * p[i + 1];
+    for (int k = 2; k <= n; k++) { /* s_k = -rem(s_{k-2}, s_{k-1}): degrees n-k+2, n-k+1 -> n-k */
+        const double *u = s->seq + (k - 2) * w, *v = s->seq + (k - 1) * w;
+        double *r = s->seq + k * w;
+        int du = n - k + 2, dv = n - k + 1;
+        double lead = v[dv], size = 0.0;
+        for (int i = 0; i <= dv; i++) size = max_of(size, fabs(v[i]));
+        if (!(fabs(lead) > STURM_LOST * size) || !isfinite(lead)) return 0;
+        double a = u[du] / lead;
+        double b = (u[du - 1] - a * v[dv - 1]) / lead;
+        for (int i = 0; i <= du - 2; i++) r[i] = -(u[i] - b * v[i] - (i > 0 ? a * v[i - 1] : 0.0));
+    }
+    /* The last, a constant, is 0 for a multiple root; rounded to a few ulps instead, its sign only
+     * decides whether the root is counted once or twice (the eigenpair refinement and the polish
+     * take it from there). */
+    if (!(fabs(s->seq[n * w]) > 0.0) || !isfinite(s->seq[n * w])) return 0;
+    return 1;
+}
+
+static double horner(const double *p, int degree, double x) {
+    double r = p[degree];
+    for (int i = degree - 1; i >= 0; i--) r = r * x + p[i];
+    return r;
+}
+
+/* Sign changes of the Sturm sequence at x (each polynomial by Horner: the three-term
+ * recurrence is cheaper but loses the signs far from the roots). */
+static int sturm_changes(const sturm_t *s, double x) {
+    int changes = 0, w = s->n + 1;
+    double last = 0.0;
+    for (int k = 0; k <= s->n; k++) {
+        double v = horner(s->seq + k * w, s->n - k, x);
+        if (v != 0.0) {
+            if (last != 0.0 && (v < 0) != (last < 0)) changes++;
+            last = v;
+        }
+    }
+    return changes;
+}
+
+/* The root of p in [lo, hi] (p changes sign there): Newton where it lands inside the bracket
+ * and shrinks it fast enough, else bisection (Numerical Recipes' rtsafe). */
+static double sturm_refine(const double *p, int n, double lo, double hi) {
+    double flo = horner(p, n, lo);
+    if (flo == 0.0) return lo;
+    if (flo > 0.0) { double t = lo; lo = hi; hi = t; } /* p(lo) < 0 < p(hi) */
+    double x = 0.5 * (lo + hi), dx_old = fabs(hi - lo), dx = dx_old;
+    double f = p[n], df = 0.0;
+    for (int i = n - 1; i >= 0; i--) { df = df * x + f; f = f * x + p[i]; }
+    for (int it = 0; it < 100; it++) {
+        if ((((x - hi) * df - f) * ((x - lo) * df - f) > 0.0) || (fabs(2.0 * f) > fabs(dx_old * df))) {
+            dx_old = dx;
+            dx = 0.5 * (hi - lo);
+            x = lo + dx;
+        } else {
+            dx_old = dx;
+            dx = f / df;
+            x -= dx;
+        }
+        if (fabs(dx) <= 2.0 * DBL_EPSILON * fabs(x)) return x;
+        f = p[n];
+        df = 0.0;
+        for (int i = n - 1; i >= 0; i--) { df = df * x + f; f = f * x + p[i]; }
+        if (f == 0.0) return x;
+        if (f < 0.0) lo = x; else hi = x;
+    }
+    return x;
+}
+
+/* The distinct real eigenvalues of the upper Hessenberg h (n x n): -> how many (in wr), or -1
+ * where the Sturm sequence is degenerate (the caller uses hqr). */
+static int sturm_real_eigenvalues(const double *h, int n, double *wr) {
+    double p[STURM_MAX_BASIS + 1];
+    sturm_t s;
+    if (n > STURM_MAX_BASIS) return -1;
+    hessenberg_charpoly(h, n, p);
+    for (int i = 0; i <= n; i++)
+        if (!isfinite(p[i])) return -1;
+    double bound = 0.0; /* Fujiwara: |root| <= 2 max_k |p_(n-k)|^(1/k) (p monic, p_0 halved) */
+    for (int k = 1; k <= n; k++) {
+        double a = fabs(p[n - k]) * (k == n ? 0.5 : 1.0);
+        if (a > 0.0) bound = max_of(bound, k == 1 ? a : pow(a, 1.0 / k));
+    }
+    if (!(bound > 0.0)) { /* p = lambda^n: the root 0 (n-fold for n > 1) */
+        if (n > 1) return -1;
+        wr[0] = 0.0;
+        return 1;
+    }
+    bound *= 2.0;
+    /* In the variable y = lambda / bound the roots lie in (-1, 1) and the coefficients are of
+     * one scale (a remainder's lost degree is then a relative test); back to lambda at the end. */
+    double power = 1.0;
+    for (int i = n - 1; i >= 0; i--) {
+        power *= bound;
+        p[i] /= power;
+    }
+    if (!sturm_build(p, n, &s)) return -1;
+    const double end = 1.0 + 4.0 * DBL_EPSILON; /* strictly outside: no root at an end */
+    /* intervals still to split, depth first: at most one per level and the current one */
+    double lo_stack[STURM_DEPTH + 2], hi_stack[STURM_DEPTH + 2];
+    int clo_stack[STURM_DEPTH + 2], chi_stack[STURM_DEPTH + 2], depth[STURM_DEPTH + 2];
+    int top = 0, found = 0;
+    lo_stack[0] = -end; hi_stack[0] = end;
+    clo_stack[0] = sturm_changes(&s, -end); chi_stack[0] = sturm_changes(&s, end);
+    depth[0] = 0;
+    top = 1;
+    while (top > 0) {
+        top--;
+        double lo = lo_stack[top], hi = hi_stack[top];
+        int clo = clo_stack[top], chi = chi_stack[top], dep = depth[top];
+        int count = clo - chi;
+        if (count <= 0) continue;
+        if (count == 1) {
+            wr[found++] = bound * sturm_refine(p, n, lo, hi);
+            continue;
+        }
+        if (dep >= STURM_DEPTH) { /* a cluster: one value for it */
+            wr[found++] = bound * 0.5 * (lo + hi);
+            continue;
+        }
+        double mid = 0.5 * (lo + hi);
+        int cmid = sturm_changes(&s, mid);
+        lo_stack[top] = lo; hi_stack[top] = mid; clo_stack[top] = clo; chi_stack[top] = cmid; depth[top] = dep + 1; top++;
+        lo_stack[top] = mid; hi_stack[top] = hi; clo_stack[top] = cmid; chi_stack[top] = chi; depth[top] = dep + 1; top++;
+    }
+    return found;
+}
