@@ -118,6 +118,36 @@ def test_garbage_rows_float32_and_the_gradient():
 
 
 @needs_compiler
+def test_natural_formulation_in_the_kernel_keeps_bad_rows_apart_and_the_gradient():
+    """relpose_5pt's linear block runs in the kernel (null space, gauge, back to the declared
+    unknowns): a NaN row and a rank-deficient one (a repeated correspondence: L has rank 4) are
+    all-invalid and leave the other rows as solved alone; the coefficients it returns give the
+    torch path's IFT gradient."""
+    module = generated_module("relpose_5pt")
+    assert native.computes_coefficients(module.PLAN)
+    params, _ = instances("relpose_5pt", 6, seed=2)
+    solver = module.Solver(backend="native")
+    alone, valid_alone = solver(params[[0, 3, 4, 5]])
+    mixed = params.clone()
+    mixed[1, 7] = float("nan")
+    names = module.PARAMETER_NAMES
+    for u in ("u", "v"):  # correspondence 1 := correspondence 0
+        mixed[2, names.index(f"{u}1")], mixed[2, names.index(f"{u}1p")] = mixed[2, names.index(f"{u}0")], mixed[2, names.index(f"{u}0p")]
+    x, valid = solver(mixed)
+    assert not valid[1].any() and not valid[2].any() and (x[1:3] == 0).all()
+    assert torch.equal(x[[0, 3, 4, 5]], alone) and torch.equal(valid[[0, 3, 4, 5]], valid_alone)
+    grads = []
+    for backend in ("torch", "native"):
+        p = params.clone().requires_grad_(True)
+        x, valid = module.Solver(backend=backend)(p)
+        # (every solution has the gauge's norm: picked by an entry, whatever order each path lists them in)
+        picked, _ = module.Solver.select(x, valid, score=lambda s: s[..., 0])
+        picked.sum().backward()
+        grads.append(p.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-9)
+
+
+@needs_compiler
 def test_builds_are_cached_on_disk_and_reused_by_other_processes(tmp_path):
     script = textwrap.dedent(f"""
         import sys, time, torch

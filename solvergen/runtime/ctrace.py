@@ -116,7 +116,7 @@ class _Inputs:
 
     def __init__(self, program: _Program, count: int):
         self.program, self.count = program, count
-        self.shape = (1, count)  # a batch of one: new_ones(shape[:-1]) is the number 1
+        self.shape = (1, count)  # a batch of one
 
     def movedim(self, source, destination):
         return self
@@ -128,7 +128,7 @@ class _Inputs:
         return tuple(_Value(self.program, f"a[{i}]") for i in range(self.count))
 
     def new_ones(self, shape):
-        return 1.0
+        return _Value(self.program, "1.0")  # a traced value: torch.stack then sees only traced values
 
 
 class _Outputs:

@@ -50,8 +50,9 @@ def solve(a, settings):
             finite &= torch.isfinite(c).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
     native_stage = plan.template is not None and settings.uses_native(a.device)
-    if native_stage and plan.linear is None and native.computes_coefficients(plan):
-        # the kernel computes the coefficients too (runtime/ctrace.py): one pass per instance
+    if native_stage and native.computes_coefficients(plan):
+        # the kernel computes the coefficients (runtime/ctrace.py) and the linear block too: one
+        # pass per instance
         c, x, error, candidate = native.solve_from_params(a, finite, plan, settings)
         return (*_finish(plan, x, error, candidate, settings), c)
     c = coefficients.coefficients_of(a, plan.coefficients, tables["declared_program"], settings)

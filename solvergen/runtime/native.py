@@ -1,15 +1,20 @@
-"""The native backend: the template stage of a solver in C, compiled at first use.
+"""The native backend: the forward of a solver in C, per instance, compiled at first use.
 
-`Solver(backend="native")` runs, per instance, what `template.polished_candidates` runs batched
-in torch: template elimination, action matrix, real eigenpairs, read-off and Newton polishing
-(native/stage.h). The coefficients before it, and the linear block, validity and ordering after
-it, stay in torch: they are a few batched tensor operations, while the template stage is
-thousands of small ones (and one LAPACK call per matrix). The IFT backward needs only the
-solutions, so it is unchanged.
+`Solver(backend="native")` runs, per instance, what runtime/forward.py runs batched in torch:
+the coefficients (the generated function traced into C, runtime/ctrace.py), a natural
+formulation's linear block (null space by QR, back to the declared unknowns and the gauge),
+template elimination (the compile-time sparse plan as straight-line code where the template has
+one, else LU with partial pivoting), action matrix, real eigenpairs (a Sturm sequence on the
+characteristic polynomial up to basis STURM_MAX_BASIS, Francis QR above; native/sturm.h),
+read-off and Newton polishing (native/stage.h). Validity and ordering stay in torch (a few
+batched operations). Where a coefficient function cannot be traced, the kernel starts from the
+coefficients computed in torch. The IFT backward needs only the solutions and the
+coefficients, so it is unchanged.
 
-The C source of a problem is its plan's sizes and tables (`source`) followed by native/stage.h;
-it is compiled with the system C compiler (`$CC`, else cc, gcc or clang; -O3, the host's vector
-extensions, OpenMP where the compiler has it) into a shared library cached on disk under
+The C source of a problem (`source`) is its plan's sizes and tables, native/sturm.h and
+native/stage.h, then the generated straight-line functions; it is compiled with the system C
+compiler (`$CC`, else cc, gcc or clang; -O3, the host's vector extensions, OpenMP where the
+compiler has it: OMP_NUM_THREADS threads) into a shared library cached on disk under
 `$SOLVERGEN_CACHE` (default ~/.cache/solvergen) keyed by the source's and the compiler's hash,
 and loaded with ctypes. Supported: CPU tensors, every template but those with a partial sign
 symmetry (`fixed` unknowns), action matrices up to 64 x 64.
@@ -86,18 +91,25 @@ def _array(ctype: str, name: str, values) -> str:
 
 def source(plan: Plan) -> str:
     """The problem's C source: its sizes and tables, native/sturm.h, native/stage.h, then the
-    polish system's straight-line `evaluate`."""
+    generated functions (the polish system's `evaluate`, the sparse elimination, the
+    coefficients, a natural formulation's linear block)."""
     t: Template = plan.template
     e = polish_equations(plan)
-    coefficients = coefficient_source(plan)
+    coefficients = traced(plan.coefficients, plan.num_parameters, "coefficients")
+    block = plan.linear
+    linear = None
+    if block is not None and coefficients is not None:
+        reduced = traced(block.reduced_coefficients, block.num_reduced_inputs, "reduced_coefficients")
+        linear = None if reduced is None else gauge_source(plan) + reduced
+    native_coefficients = coefficients is not None and (block is None or linear is not None)
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis, NREAD=t.num_read,
                    ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
                    SLOTS=2 * t.basis if t.even else t.basis, NCOEF=len(e.term_equation), NPOS=len(t.positions),
                    NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
                    STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
-                   PN=e.unknowns, PK=e.equations, NATIVE_COEFFICIENTS=int(coefficients is not None),
-                   SPARSE_LU=int(t.sparse_lu is not None),
+                   PN=e.unknowns, PK=e.equations, NATIVE_COEFFICIENTS=int(native_coefficients),
+                   LINEAR_BLOCK=int(linear is not None), SPARSE_LU=int(t.sparse_lu is not None),
                    NPARAM=plan.num_parameters)
     text = f"/* solvergen native template stage: {plan.name} (generated from its plan; do not edit) */\n"
     text += "".join(f"#define {key} {value}\n" for key, value in defines.items())
@@ -112,8 +124,66 @@ def source(plan: Plan) -> str:
     n = t.unknowns  # an even template's read monomials x_i x_j, i <= j: their index per (i, j)
     upper = [(i, j) for i in range(n) for j in range(i, n)]
     text += _array("int", "gram_index", [upper.index((min(i, j), max(i, j))) for i in range(n) for j in range(n)])
-    return (text + "".join(header.read_text() for header in HEADERS) + evaluate_source(e) + (coefficients or "")
-            + sparse_source(t))
+    if linear is not None:
+        text += linear_tables(plan)
+    generated = evaluate_source(e) + sparse_source(t)
+    if native_coefficients:
+        generated += coefficients + (linear or "")
+    return text + "".join(header.read_text() for header in HEADERS) + generated
+
+
+def traced(function, num_inputs: int, name: str) -> str | None:
+    """A generated coefficient function in C (ctrace.py), or None where it cannot be traced
+    (then the torch path computes it, and the kernel starts from the coefficients)."""
+    try:
+        return ctrace.coefficient_source(function, num_inputs, name)
+    except ctrace.Unsupported:
+        return None
+
+
+def linear_tables(plan: Plan) -> str:
+    """The sizes and tables of a natural formulation's linear block (stage.h's LINEAR_BLOCK)."""
+    block = plan.linear
+    gauge = block.gauge
+    defines = dict(LN=len(block.block), LRANK=block.rank, LK=block.null_dim, LHOMOG=int(block.homogeneous),
+                   NDECL=len(plan.equations.term_equation), NDUNK=plan.num_unknowns, NFREE=len(block.free),
+                   NUSED=len(block.used_parameters), NMAT=len(block.matrix_positions),
+                   NRHS=len(block.rhs_positions), GAUGE=int(gauge is not None),
+                   GDEG=gauge.degree if gauge else 1, GCONST=gauge.constant if gauge else 0)
+    order = block.block + block.free  # the declared unknowns from [block, free]
+    text = "".join(f"#define {key} {value}\n" for key, value in defines.items())
+    text += _array("int", "matrix_positions", block.matrix_positions)
+    text += _array("int", "matrix_sources", block.matrix_sources)
+    text += _array("int", "rhs_positions", block.rhs_positions) + _array("int", "rhs_sources", block.rhs_sources)
+    text += _array("double", "null_mix", [v for row in block.null_mix for v in row])
+    text += _array("int", "used_parameters", block.used_parameters)
+    return text + _array("int", "assemble", sorted(range(len(order)), key=order.__getitem__))
+
+
+def gauge_source(plan: Plan) -> str:
+    """The gauge polynomial q(x) of a natural formulation (linear.rescale_to_gauge) as C:
+    `gauge_value(c, x)` over the declared coefficients c and the block's unknowns x."""
+    gauge = plan.linear.gauge
+    if gauge is None:
+        return ""
+    e = gauge.equations
+    parent, unknown = _monomials(e)
+    lines = ["static double gauge_value(const double *c, const double *x) {", f"    double m[{len(parent)}];",
+             "    m[0] = 1.0;"]
+    lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
+    terms = [f"c[{gauge.coefficients[j]}]" + ("" if monomial == 0 else f" * m[{monomial}]")
+             for j, (equation, monomial) in enumerate(zip(e.term_equation, e.term_monomial)) if equation == 0]
+    return "\n".join(lines + [f"    return {' + '.join(terms) or '0.0'};", "}"]) + "\n"
+
+
+def _monomials(e: Equations):
+    """The monomials of a system, 1 then degree by degree: each a parent times an unknown."""
+    parent, unknown, start = [0], [0], 0
+    for parents, unknowns in e.levels:
+        parent += [start + p for p in parents]
+        unknown += list(unknowns)
+        start = len(parent) - len(parents)
+    return parent, unknown
 
 
 def sparse_source(t: Template) -> str:
@@ -142,28 +212,12 @@ def sparse_source(t: Template) -> str:
     return "\n".join(lines) + "\n"
 
 
-def coefficient_source(plan: Plan) -> str | None:
-    """The plan's coefficient function in C (ctrace.py), where the kernel can start from the
-    parameters: no linear block (its null space runs in torch before the template stage) and a
-    traceable function. None otherwise: the coefficients are computed in torch."""
-    if plan.linear is not None:
-        return None
-    try:
-        return ctrace.coefficient_source(plan.coefficients, plan.num_parameters, "coefficients")
-    except ctrace.Unsupported:
-        return None
-
-
 def evaluate_source(e: Equations) -> str:
     """The polish system's `evaluate` as straight-line C: at x, (if h) h [PK] and the size of
     its terms [PK], (if jac) dh/dx [PK x PN]. The same sums as the torch path's
     `equations.evaluate`, unrolled with the monomials, coefficients and factors as constants
     (a loop over the tables is about 1.5x slower: its scattered accumulations serialise)."""
-    parent, unknown, start = [0], [0], 0  # monomials: 1, then degree by degree, parent times an unknown
-    for parents, unknowns in e.levels:
-        parent += [start + p for p in parents]
-        unknown += list(unknowns)
-        start = len(parent) - len(parents)
+    parent, unknown = _monomials(e)
 
     def term(coefficient, monomial, factor=1.0):
         value = f"c[{coefficient}]" if monomial == 0 else f"c[{coefficient}] * m[{monomial}]"
@@ -233,8 +287,8 @@ _ARGUMENTS = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
 
 def kernel(plan: Plan):
     """The loaded `solve_batch` of the plan (compiled or read from the cache once per process);
-    `plan.cache["native_from_params"]` is its `solve_batch_params` where the kernel computes the
-    coefficients too (else None)."""
+    `plan.cache["native_from_params"]` is its `solve_batch_params` (or `solve_batch_linear`, for a
+    natural formulation) where the kernel starts from the parameters (else None)."""
     function = plan.cache.get("native_kernel")
     if function is None:
         reason = unsupported(plan)
@@ -244,7 +298,7 @@ def kernel(plan: Plan):
         function = library.solve_batch
         function.restype = None
         function.argtypes = _ARGUMENTS + [ctypes.c_void_p] * 3
-        from_params = getattr(library, "solve_batch_params", None)
+        from_params = getattr(library, "solve_batch_linear" if plan.linear else "solve_batch_params", None)
         if from_params is not None:
             from_params.restype = None
             from_params.argtypes = _ARGUMENTS + [ctypes.c_void_p] * 4
@@ -254,9 +308,9 @@ def kernel(plan: Plan):
     return function
 
 
-def _outputs(batch, template):
+def _outputs(batch, template, unknowns=None):
     slots = 2 * template.basis if template.even else template.basis
-    return (torch.empty(batch, slots, template.unknowns, dtype=torch.float64),
+    return (torch.empty(batch, slots, unknowns or template.unknowns, dtype=torch.float64),
             torch.empty(batch, slots, dtype=torch.float64), torch.empty(batch, slots, dtype=torch.uint8))
 
 
@@ -283,14 +337,15 @@ def computes_coefficients(plan: Plan) -> bool:
 
 def solve_from_params(a, ok, plan: Plan, settings):
     """Coefficients and template stage by the native kernel: parameters a [B, M] on the CPU
-    (finite: the caller replaced the others), rows `ok` [B] -> the coefficients [B, n], then as
-    `solve_candidates`; in a's dtype (computed in float64)."""
-    function = kernel(plan)
+    (finite: the caller replaced the others), rows `ok` [B] -> the declared coefficients [B, n],
+    then as `solve_candidates`, the points in the declared unknowns (a natural formulation's
+    linear block included); in a's dtype (computed in float64)."""
+    kernel(plan)
     batch = a.shape[0]
     params = a.detach().to(torch.float64).contiguous()
     usable = ok.to(torch.uint8).contiguous()
     c = torch.empty(batch, len(plan.equations.term_equation), dtype=torch.float64)
-    x, error, candidate = _outputs(batch, plan.template)
+    x, error, candidate = _outputs(batch, plan.template, plan.num_unknowns)
     if batch:
         plan.cache["native_from_params"](batch, params.data_ptr(), usable.data_ptr(), settings.imag_tol,
                                          settings.newton_steps, c.data_ptr(), x.data_ptr(), error.data_ptr(),

@@ -1,24 +1,25 @@
-/* The template stage of a solvergen solver, per instance, in C (solvergen/runtime/native.py).
+/* The forward of a solvergen solver, per instance, in C (solvergen/runtime/native.py).
  *
  * The per-problem source (`native.source`) defines the sizes and tables below, then includes
- * this file. For each instance: fill the elimination template from the coefficients, eliminate
- * it (LU with partial pivoting), build the action matrix, take its real eigenpairs (balancing,
- * Hessenberg reduction; the real eigenvalues from the characteristic polynomial by a Sturm
- * sequence for small bases (sturm.h), else by Francis double-shift QR; inverse iteration for the
- * eigenvectors), read the unknowns off the eigenvectors, and polish them by Gauss-Newton on the
- * polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
+ * sturm.h and this file, then the generated functions. For each instance: (where generated) the
+ * coefficients from the parameters and a natural formulation's linear block (LINEAR_BLOCK, at the
+ * end); fill the elimination template from the coefficients, eliminate it (the compile-time
+ * sparse plan, else LU with partial pivoting), build the action matrix, take its real eigenpairs
+ * (balancing, Hessenberg reduction; the real eigenvalues from the characteristic polynomial by a
+ * Sturm sequence for small bases (sturm.h), else by Francis double-shift QR; inverse iteration
+ * for the eigenvectors), read the unknowns off the eigenvectors, and polish them by Gauss-Newton
+ * on the polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
  * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
  *
  * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF, NPOS,
- * NCONST, NACT, NPAIRS, EIG_STURM (real eigenvalues by sturm.h rather than QR); polish system: PN
- * (unknowns), PK (equations). Arrays: see native.py's `source`. Before this file: sturm.h, and the
- * polish system's `evaluate` (straight-line code generated per problem by native.py).
+ * NCONST, NACT, NPAIRS, EIG_STURM (real eigenvalues by sturm.h rather than QR), SPARSE_LU,
+ * NATIVE_COEFFICIENTS, LINEAR_BLOCK, NPARAM; polish system: PN (unknowns), PK (equations). Arrays:
+ * see native.py's `source`. Generated after this file (declared below): `evaluate`,
+ * `sparse_eliminate`, `coefficients`, `reduced_coefficients`, `gauge_value`.
  */
 
 #define CONVERGED (4.0 * DBL_EPSILON) /* newton.CONVERGED */
-#ifndef EIG_ROUNDS
-#define EIG_ROUNDS 2  /* inverse iteration solves per eigenvector */
-#endif
+#define EIG_ROUNDS 2  /* inverse iteration solves per eigenvector (1: a few instances lose a solution) */
 #define EIG_NEWTON 3  /* Newton steps on each real eigenpair (refine_eigenpair) */
 #define EXTRA_STEPS 3 /* Newton steps beyond newton_steps, kept only where they lower the residual:
                          the eigenpairs here are less accurate than LAPACK's on badly scaled
@@ -497,7 +498,7 @@ void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double i
                   candidate + b * SLOTS);
 }
 
-#if NATIVE_COEFFICIENTS
+#if NATIVE_COEFFICIENTS && !LINEAR_BLOCK
 /* The batch from the parameters: a [batch x NPARAM], usable [batch] -> the coefficients c
  * [batch x NCOEF], and x, error, candidate as solve_batch. */
 void solve_batch_params(int64_t batch, const double *a, const uint8_t *usable, double imag_tol, int newton_steps,
@@ -508,5 +509,149 @@ void solve_batch_params(int64_t batch, const double *a, const uint8_t *usable, d
         solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
                   candidate + b * SLOTS);
     }
+}
+#endif
+
+#if LINEAR_BLOCK
+/* A natural formulation: the declared equations' linear block L x = b in the kernel too (as
+ * runtime/forward.py and linear.py do in torch). Per instance: the declared coefficients, L and
+ * b, a QR of [L^T | G] (Householder) whose last columns of Q span L's null space N, the
+ * least-norm particular solution x_p (inhomogeneous blocks), the reduced equations'
+ * coefficients from [N, x_p, used parameters], the template stage on them, and back: x = x_p +
+ * N z (in the chart z_last = 1, then scaled to the gauge q(x) = c), the linear block's residual
+ * folded into the error, the free unknowns put back in declared order.
+ * Per-problem macros: LN (block size), LRANK, LK (null dimension), LHOMOG, NDECL (declared
+ * coefficients), NDUNK (declared unknowns), NFREE, NUSED, NMAT and NRHS (entries of L and b),
+ * GAUGE, GDEG, GCONST; arrays: see native.py's `linear_source`. */
+static void reduced_coefficients(const double *a, double *c); /* generated after this file */
+#if GAUGE
+static double gauge_value(const double *c, const double *x); /* q(x) from the declared c: generated */
+#endif
+
+/* QR of s (n x n, row-major) by Householder reflections: s <- R, q <- Q (n x n). */
+static void householder_qr(double *s, double *q, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) q[i * n + j] = i == j ? 1.0 : 0.0;
+    for (int k = 0; k < n - 1; k++) {
+        double norm = 0.0, v[LN];
+        for (int i = k; i < n; i++) norm += s[i * n + k] * s[i * n + k];
+        norm = sqrt(norm);
+        if (norm == 0.0) continue;
+        double alpha = s[k * n + k] > 0.0 ? -norm : norm;
+        for (int i = k; i < n; i++) v[i] = s[i * n + k];
+        v[k] -= alpha;
+        double vv = 0.0;
+        for (int i = k; i < n; i++) vv += v[i] * v[i];
+        if (!(vv > 0.0)) continue;
+        for (int j = k; j < n; j++) {
+            double d = 0.0;
+            for (int i = k; i < n; i++) d += v[i] * s[i * n + j];
+            double f = 2.0 * d / vv;
+            for (int i = k; i < n; i++) s[i * n + j] -= f * v[i];
+        }
+        for (int r = 0; r < n; r++) {
+            double d = 0.0;
+            for (int i = k; i < n; i++) d += q[r * n + i] * v[i];
+            double f = 2.0 * d / vv;
+            for (int i = k; i < n; i++) q[r * n + i] -= f * v[i];
+        }
+    }
+}
+
+static void solve_linear_one(const double *a, int usable, double imag_tol, int newton_steps, double *cd,
+                             double *x, double *error, uint8_t *candidate) {
+    coefficients(a, cd);
+    for (int s = 0; s < SLOTS; s++) {
+        candidate[s] = 0;
+        error[s] = 0.0;
+        for (int q = 0; q < NDUNK; q++) x[s * NDUNK + q] = 0.0;
+    }
+    if (!usable) return;
+    for (int j = 0; j < NDECL; j++)
+        if (!isfinite(cd[j])) return;
+    double L[LRANK * LN], rhs[LRANK], square[LN * LN], q[LN * LN];
+    memset(L, 0, sizeof(L));
+    memset(rhs, 0, sizeof(rhs));
+    for (int k = 0; k < NMAT; k++) L[matrix_positions[k]] = cd[matrix_sources[k]];
+    for (int k = 0; k < NRHS; k++) rhs[rhs_positions[k]] = -cd[rhs_sources[k]];
+    for (int i = 0; i < LN; i++) {
+        for (int j = 0; j < LRANK; j++) square[i * LN + j] = L[j * LN + i];
+        for (int j = 0; j < LK; j++) square[i * LN + LRANK + j] = null_mix[i * LK + j];
+    }
+    householder_qr(square, q, LN);
+    double largest = 0.0, smallest = INFINITY;
+    for (int k = 0; k < LRANK; k++) {
+        double p = fabs(square[k * LN + k]);
+        if (!isfinite(p)) return;
+        largest = max_of(largest, p);
+        smallest = min_of(smallest, p);
+    }
+    if (!(smallest > 1e-10 * largest)) return; /* rank deficient (linear._full_rank) */
+    double inputs[LN * LK + LN + NUSED + 1], particular[LN];
+    for (int i = 0; i < LN; i++)
+        for (int j = 0; j < LK; j++) inputs[i * LK + j] = q[i * LN + LRANK + j];
+    for (int i = 0; i < LN; i++) particular[i] = 0.0;
+#if !LHOMOG
+    { /* L^T = Q1 R1: x_p = Q1 R1^-T b, R1^T y = b forward */
+        double y[LRANK];
+        for (int i = 0; i < LRANK; i++) {
+            double acc = rhs[i];
+            for (int j = 0; j < i; j++) acc -= square[j * LN + i] * y[j];
+            y[i] = acc / square[i * LN + i];
+        }
+        for (int i = 0; i < LN; i++)
+            for (int j = 0; j < LRANK; j++) particular[i] += q[i * LN + j] * y[j];
+        for (int i = 0; i < LN; i++) inputs[LN * LK + i] = particular[i];
+    }
+#endif
+    for (int k = 0; k < NUSED; k++) inputs[LN * LK + (LHOMOG ? 0 : LN) + k] = a[used_parameters[k]];
+    double c[NCOEF], z[SLOTS * NUNK];
+    reduced_coefficients(inputs, c);
+    solve_one(c, 1, imag_tol, newton_steps, z, error, candidate);
+    for (int s = 0; s < SLOTS; s++) {
+        if (!candidate[s]) continue;
+        const double *zs = z + s * NUNK;
+        double chart[LK], block[LN + NFREE + 1];
+        for (int j = 0; j < NUNK - NFREE; j++) chart[j] = zs[j];
+        if (GAUGE) chart[LK - 1] = 1.0;
+        for (int i = 0; i < LN; i++) {
+            double acc = particular[i];
+            for (int j = 0; j < LK; j++) acc += inputs[i * LK + j] * chart[j];
+            block[i] = acc;
+        }
+#if GAUGE
+        double ratio = -cd[GCONST] / gauge_value(cd, block), scale;
+#if GDEG % 2 == 0
+        int scalable = ratio > 0.0;
+        scale = pow(max_of(ratio, DBL_MIN), 1.0 / GDEG);
+#else
+        int scalable = isfinite(ratio);
+        scale = (ratio < 0.0 ? -1.0 : 1.0) * pow(fabs(ratio), 1.0 / GDEG);
+#endif
+        if (!scalable || !isfinite(scale)) candidate[s] = 0;
+        for (int i = 0; i < LN; i++) block[i] *= scale;
+#endif
+        double e = error[s]; /* the linear block's relative residual (linear.linear_error) */
+        for (int r = 0; r < LRANK; r++) {
+            double h = -rhs[r], size = fabs(rhs[r]);
+            for (int i = 0; i < LN; i++) { h += L[r * LN + i] * block[i]; size += fabs(L[r * LN + i] * block[i]); }
+            double ratio_r = fabs(h) / max_of(size, DBL_MIN);
+            if (!(ratio_r <= e)) e = ratio_r;
+        }
+        error[s] = e;
+        for (int i = 0; i < NFREE; i++) block[LN + i] = zs[NUNK - NFREE + i];
+        for (int i = 0; i < NDUNK; i++) x[s * NDUNK + i] = block[assemble[i]];
+    }
+}
+
+/* The batch from the parameters, through the linear block: a [batch x NPARAM] -> the declared
+ * coefficients [batch x NDECL], x [batch x SLOTS x NDUNK] (declared unknowns), error and
+ * candidate [batch x SLOTS]. */
+void solve_batch_linear(int64_t batch, const double *a, const uint8_t *usable, double imag_tol, int newton_steps,
+                        double *c, double *x, double *error, uint8_t *candidate) {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < batch; b++)
+        solve_linear_one(a + b * NPARAM, usable[b], imag_tol, newton_steps, c + b * NDECL, x + b * SLOTS * NDUNK,
+                         error + b * SLOTS, candidate + b * SLOTS);
 }
 #endif
