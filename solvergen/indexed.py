@@ -592,6 +592,53 @@ def diagonal_unknown(system: IndexedSystem, c: int) -> bool:
     return all((c, o) not in system.blocks for o, w in enumerate(system.columns) if o != c and w.kind == "unknown")
 
 
+def schur_solve(system: IndexedSystem) -> list | None:
+    """The KKT solve of an Argmin whose unknowns all have a diagonal Hessian D and whose only
+    constraint is one scalar equality (LML's sum y = k), in closed form: with A the constraint's
+    Jacobian row and g the right-hand side (g_y per unknown, g_mu for the multiplier),
+
+        w_mu = (sum A D^-1 g_y - g_mu) / (sum A^2 D^-1),    w_y = D^-1 (g_y - A w_mu),
+
+    D^-1 simplified by sympy (LML: D = 1 / (y (1 - y)), so D^-1 = y (1 - y): the paper's eq. 19).
+    The right-hand sides are the arrays `_g<column>`. -> [(expression, letters)] per column, in
+    column order, or None where the structure is not this one (the runtime's structured solve)."""
+    if system.kind != "argmin" or system.redundant or system.auxiliary:
+        return None
+    unknown = [c for c, v in enumerate(system.columns) if v.kind == "unknown"]
+    others = [c for c, v in enumerate(system.columns) if v.kind != "unknown"]
+    if len(others) != 1 or system.columns[others[0]].kind != "multiplier" or system.columns[others[0]].array.dims:
+        return None
+    m = others[0]
+    if (m, m) in system.blocks or not all(diagonal_unknown(system, c) for c in unknown):
+        return None
+    g_mu = sp.Symbol(f"_g{m}")
+    parts = {}
+    for c in unknown:
+        v = system.columns[c]
+        letters = v.col_letters
+        by_name = {}
+        for t in system.blocks[(c, c)]:
+            by_name.update({name: letters[k] for k, name in enumerate(t.rows)})
+        diagonal = sum((t.coefficient.xreplace({sp.Idx(n, idx_size(l)): l for n, l in by_name.items()})
+                        for t in system.blocks[(c, c)]), sp.Integer(0))
+        row = sp.Integer(0)
+        for t in system.blocks.get((m, c), ()):
+            names = {name: letters[k] for k, name in enumerate(t.cols)}
+            row += t.coefficient.xreplace({sp.Idx(n, idx_size(l)): l for n, l in names.items()})
+        g = sp.IndexedBase(f"_g{c}", shape=v.array.dims)[letters] if letters else sp.Symbol(f"_g{c}")
+        parts[c] = (sp.cancel(1 / diagonal), row, g, letters)
+    numerator, schur = -g_mu, sp.Integer(0)
+    for c, (inverse, row, g, letters) in parts.items():
+        numerator += _sum_over(row * inverse * g, letters)
+        schur += _sum_over(row * row * inverse, letters)
+    w_mu = numerator / schur
+    out = [None] * len(system.columns)
+    for c, (inverse, row, g, letters) in parts.items():
+        out[c] = (inverse * (g - row * w_mu), letters)
+    out[m] = (w_mu, ())
+    return out
+
+
 def closed_form_primal(system: IndexedSystem) -> dict | None:
     """An Argmin with equality constraints only, whose unknowns all have a diagonal Hessian:
     given the multipliers, each unknown's stationarity is one equation per entry in that entry

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sympy as sp
 
 from .errors import SpecError
-from .indexed import Array, IndexedSystem, _nodes, diagonal_unknown, entrywise_implicit, idx_size
+from .indexed import Array, IndexedSystem, _nodes, diagonal_unknown, entrywise_implicit, idx_size, schur_solve
 from .printer import TorchPrinter, identifier, print_program, share_square_roots
 from .render import environment, header_context, wrap_words
 from .render_declarative import class_name
@@ -171,7 +171,9 @@ def describe_structure(system: IndexedSystem) -> str:
             parts.append(f"dense Hessian of {v.array.name} [{shape(v.array)}]")
     families = [v for v in system.columns if v.kind == "multiplier"]
     inequalities = [v for v in system.columns if v.kind == "inequality"]
-    if families or inequalities:
+    if schur_solve(system) is not None:
+        parts.append("one scalar equality: its 1 x 1 Schur complement and the solve in closed form")
+    elif families or inequalities:
         parts.append("constraints as index patterns (" + ", ".join(
             [f"equality {k} [{shape(v.array)}]" for k, v in enumerate(families)]
             + [f"inequality {k} [{shape(v.array)}]" for k, v in enumerate(inequalities)])
@@ -225,6 +227,14 @@ def render_indexed(system: IndexedSystem, spec: str, spec_hash: str, compiler_ha
                                        [(node, letters) for _, letters, node in system.auxiliary], inputs, sizes))
     if system.objective is not None:
         functions.append(function_code("_objective", "The objective f.", [(system.objective, ())], inputs, sizes))
+    closed_form = schur_solve(system)
+    if closed_form is not None:
+        rhs = dict(inputs)
+        for c, v in enumerate(system.columns):
+            rhs[f"_g{c}"] = Array(f"_g{c}", None, v.array.dims)
+        functions.append(function_code(
+            "_schur_solve", "The KKT system K w = g (g: `_g<column>`) in closed form: one scalar equality, diagonal "
+            "Hessians (solvergen/indexed.py, schur_solve).", closed_form, rhs, sizes))
     context = dict(
         **header_context(spec, spec_hash, compiler_hash, standalone, budget),
         name=spec_object.name,
@@ -245,6 +255,7 @@ def render_indexed(system: IndexedSystem, spec: str, spec_hash: str, compiler_ha
         has_objective=system.objective is not None,
         auxiliary=_auxiliary_columns(system),
         has_primal=system.primal is not None,
+        has_schur_solve=closed_form is not None,
     )
     return environment().get_template("indexed.py.jinja").render(**context)
 

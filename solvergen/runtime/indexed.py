@@ -148,14 +148,18 @@ class IndexedLayer(torch.nn.Module):
         finite = torch.ones(B, dtype=torch.bool, device=device)
         for name, dims in self.plan.parameters:
             shape = tuple(d if isinstance(d, int) else sizes[d] for d in dims)
-            v = values[name].expand(tuple(batch_shape) + shape).reshape((B,) + shape).to(self.compute_dtype)
+            v = values[name]
+            if v.shape != (B,) + shape:  # (each view is one more node in autograd's backward)
+                v = v.expand(tuple(batch_shape) + shape).reshape((B,) + shape)
+            v = v.to(self.compute_dtype)
             ok = torch.isfinite(v).reshape(B, math.prod(shape)).all(dim=-1) if shape else torch.isfinite(v)
             finite = finite & ok
             params[name] = v
-        for name in params:  # non-finite rows: a harmless problem instead (masked in the result)
-            v = params[name]
-            mask = finite.reshape((B,) + (1,) * (v.dim() - 1))
-            params[name] = torch.where(mask, v, torch.ones_like(v))
+        if not _all(finite):
+            for name in params:  # non-finite rows: a harmless problem instead (masked in the result)
+                v = params[name]
+                mask = finite.reshape((B,) + (1,) * (v.dim() - 1))
+                params[name] = torch.where(mask, v, torch.ones_like(v))
         return params, sizes, batch_shape, finite, dtype
 
     def _start(self, params, sizes, init, batch_shape):
@@ -631,10 +635,12 @@ class IndexedLayer(torch.nn.Module):
         else:  # backward="autograd": rows that are not ok get zero gradient, as documented
             ys = tuple(torch.where(_col(ok, y), y, y.detach()) for y in z[:U])
         out = []
+        every = _all(finite)  # on the CPU: no mask (and no pass in the backward) where every row is finite
         for y in ys:
-            mask = finite.reshape((-1,) + (1,) * (y.dim() - 1))
-            y = torch.where(mask, y, torch.zeros_like(y))
-            out.append(y.to(dtype).reshape(tuple(batch_shape) + tuple(y.shape[1:])))
+            if not every:
+                y = torch.where(finite.reshape((-1,) + (1,) * (y.dim() - 1)), y, torch.zeros_like(y))
+            shape = tuple(batch_shape) + tuple(y.shape[1:])
+            out.append(y.to(dtype) if y.shape == shape else y.to(dtype).reshape(shape))
         internal = {family for _, family in plan.auxiliary}
         declared_multipliers = [z[c] for c, (_, _, kind) in enumerate(plan.columns)
                                 if kind in ("multiplier", "inequality") and c not in internal]
@@ -646,8 +652,16 @@ class IndexedLayer(torch.nn.Module):
     def _ift(self, state, grads):
         plan = self.plan
         params, sizes, z, ok = state["params"], state["sizes"], state["z"], state["ok"]
-        system = self._system(params, sizes, z)
         rhs = list(grads) + [x.new_zeros(x.shape) for x in z[len(plan.unknowns):]]
+        if plan.schur_solve is not None:  # the compiler's closed form (one scalar equality)
+            env = self._env(params, z)
+            env.update({f"_g{c}": g for c, g in enumerate(rhs)})
+            w = list(plan.schur_solve(env, sizes))
+            solved = ok
+            for x in w:
+                solved = solved & torch.isfinite(x).reshape(x.shape[0], -1).all(-1)
+            return self._vjp(params, sizes, z, w, solved)
+        system = self._system(params, sizes, z)
         if plan.kind == "implicit":
             w, solved = system.solve(rhs, transpose=True)
         else:
@@ -658,7 +672,11 @@ class IndexedLayer(torch.nn.Module):
                 extra = {c: torch.where(z[c] > state["slack"][c], torch.zeros_like(z[c]), torch.full_like(z[c], -INACTIVE))
                          for c in self._inequality_columns()}
             w, solved = system.solve(rhs, extra_diagonal=extra)
-        good = ok & solved
+        return self._vjp(params, sizes, z, w, ok & solved)
+
+    def _vjp(self, params, sizes, z, w, good):
+        """-(the parameter VJP with the IFT weights w), zero in the rows that are not `good`."""
+        plan = self.plan
         every = _all(good)  # on the CPU: skip the masks (full passes over large arrays) when all rows are good
         if not every:
             w = [torch.where(_col(good, x), x, torch.zeros_like(x)) for x in w]
@@ -667,8 +685,7 @@ class IndexedLayer(torch.nn.Module):
         for g in vjp:
             # An entry at the edge of its domain (LML's y = 1, a transport plan's P = 0 after
             # underflow) has weight 0 and an infinite derivative: 0 * inf, whose limit is 0.
-            if not _all(~torch.isnan(g)):
-                g = torch.nan_to_num(g, nan=0.0)
+            g = torch.nan_to_num(g, nan=0.0)  # (one pass; asking whether any is NaN costs two)
             out.append(-g if every else torch.where(_col(good, g), -g, torch.zeros_like(g)))
         return out
 

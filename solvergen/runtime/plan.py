@@ -305,3 +305,6 @@ class IndexedPlan:
     # the dual Newton forward (solvergen/indexed.py, closed_form_primal): (v, s) -> every unknown
     # column from the multipliers, in column order; None: Newton on the whole KKT system
     primal: Optional[Callable] = None
+    # the KKT solve in closed form (solvergen/indexed.py, schur_solve): (v, s), with the
+    # right-hand side as v["_g<column>"], -> the solution per column; None: the structured solve
+    schur_solve: Optional[Callable] = None

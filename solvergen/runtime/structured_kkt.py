@@ -56,8 +56,9 @@ def take(value, axes: tuple, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     for j, a in enumerate(axes):
         full[1 + a] = shape[j]
     value = value.expand(full)
-    others = [a for a in range(total) if a not in axes]
-    value = value.permute(0, *[1 + a for a in axes], *[1 + a for a in others])
+    order = list(axes) + [a for a in range(total) if a not in axes]
+    if order != list(range(total)):
+        value = value.permute(0, *[1 + a for a in order])
     return value.reshape((like.shape[0],) + tuple(shape))
 
 
@@ -174,7 +175,80 @@ class StructuredSystem:
         -slack / multiplier for an inequality family)."""
         if self.plan.kind == "implicit":
             return self._dense_solve(rhs, transpose)
+        if not convexify and not extra_diagonal and self._scalar_constraints():
+            return self._scalar_schur_solve(rhs)
         return self._structured_solve(rhs, convexify, extra_diagonal or {})
+
+    def _scalar_constraints(self) -> bool:
+        """Every unknown eliminated (a diagonal Hessian) and every other column one scalar
+        equality multiplier (LML's sum y = k): the Schur complement is E x E, formed directly."""
+        plan = self.plan
+        unknown = {c for c, column in enumerate(plan.columns) if column[2] == "unknown"}
+        if plan.redundant or set(plan.eliminated) != unknown:
+            return False
+        if any(plan.columns[c][2] != "multiplier" or self.col_shapes[c] for c in range(len(plan.columns))
+               if c not in unknown):
+            return False
+        for t in self.terms:
+            if (t.row in unknown) == (t.col in unknown) and not (t.row == t.col and t.diagonal and t.rows):
+                return False  # a multiplier-multiplier block, or an unknown coupled to another
+        return True
+
+    def _scalar_schur_solve(self, rhs):
+        """K w = rhs for `_scalar_constraints`: with D the unknowns' diagonal Hessian and A the
+        constraints' Jacobian rows, w_mu = S^-1 (A D^-1 rhs_y - rhs_mu), S = A D^-1 A^T (E x E),
+        and w_y = D^-1 (rhs_y - A^T w_mu): the closed form of the paper's LML backward, for any
+        such layer. A few entrywise passes over y; no materialised block, no Python loop over
+        terms beyond one pass. Rows where S is singular or a result is not finite: solved False."""
+        plan, B = self.plan, self.batch
+        unknown = list(plan.eliminated)
+        multipliers = [c for c in range(len(plan.columns)) if c not in unknown]
+        inverse, rows = {}, {}
+        for t in self.terms:
+            if t.row == t.col:
+                value = materialize(t.coefficient, t.letters, t.rows, self.letter_size)
+                inverse[t.row] = inverse.get(t.row, 0) + value
+            elif t.row in multipliers:  # A[m, e] (the transposed term is the same: K is symmetric)
+                value = materialize(t.coefficient, t.letters, t.cols, self.letter_size)
+                rows[(t.row, t.col)] = rows.get((t.row, t.col), 0) + value
+        inverse = {e: torch.reciprocal(d.expand((B,) + self.col_shapes[e])) for e, d in inverse.items()}
+        scaled = {e: inverse[e] * rhs[e] for e in unknown}
+        E = len(multipliers)
+        reduced = [-rhs[m].reshape(B) for m in multipliers]
+        schur = [[None] * E for _ in range(E)]
+        for i, m in enumerate(multipliers):
+            for e in unknown:
+                if (m, e) not in rows:
+                    continue
+                reduced[i] = reduced[i] + (rows[(m, e)] * scaled[e]).flatten(1).sum(-1)
+                weighted = rows[(m, e)] * inverse[e]
+                for j in range(i, E):
+                    if (multipliers[j], e) in rows:
+                        entry = (weighted * rows[(multipliers[j], e)]).flatten(1).sum(-1)
+                        schur[i][j] = entry if schur[i][j] is None else schur[i][j] + entry
+        zero = rhs[0].new_zeros(B)
+        if E == 0:  # no constraints: D w = rhs
+            w_mu, solved = [], torch.ones(B, dtype=torch.bool, device=zero.device)
+        elif E == 1:
+            w_mu = [reduced[0] / (zero if schur[0][0] is None else schur[0][0])]
+            solved = torch.isfinite(w_mu[0])
+        else:
+            S = torch.stack([torch.stack([schur[min(i, j)][max(i, j)] if schur[min(i, j)][max(i, j)] is not None
+                                          else zero for j in range(E)], -1) for i in range(E)], -2)
+            w, info = torch.linalg.solve_ex(S, torch.stack(reduced, -1).unsqueeze(-1))
+            w_mu = list(w.squeeze(-1).unbind(-1))
+            solved = (info == 0) & torch.isfinite(w).flatten(1).all(-1)
+        out = [None] * len(plan.columns)
+        for i, m in enumerate(multipliers):
+            out[m] = w_mu[i]
+        for e in unknown:
+            acc = rhs[e]
+            for i, m in enumerate(multipliers):
+                if (m, e) in rows:
+                    acc = acc - rows[(m, e)] * w_mu[i].reshape((B,) + (1,) * len(self.col_shapes[e]))
+            out[e] = acc * inverse[e]
+            solved = solved & torch.isfinite(out[e]).flatten(1).all(-1)
+        return out, solved
 
     def _entrywise(self) -> bool:
         """Every block of one shape and every term entry by entry (an Implicit whose equation
