@@ -10,7 +10,9 @@ and batch 8 and 128, the backward of one loss <g, y> (the forward is run once, o
     backward="autograd", through its Newton steps; entropic_ot: through 100 log-domain Sinkhorn
     iterations, the usual alternative);
   - closed_form: the papers' hand-derived backward (LML eq. 19; DDN's OT block elimination;
-    DDN's pooling backward with the d x d Hessian).
+    DDN's pooling backward with the d x d Hessian), called as a bare function;
+  - closed_form_layer: the same backward as a user runs it, inside a torch.autograd.Function
+    (as the LML paper's module does), timed like ift: autograd.grad of the same loss <g, y>.
 
 A method is not run where it would not fit this machine's time or memory (the JSON says which
 and why). Peak memory: the largest sum of live CPU allocations during the backward, from
@@ -72,6 +74,25 @@ def peak_bytes(fn) -> int:
     return int(peak)
 
 
+class _ClosedFormLayer(torch.autograd.Function):
+    """y (given) with a hand-derived backward `backward(grad) -> dl/dx` attached to x."""
+
+    @staticmethod
+    def forward(ctx, x, y, backward):
+        ctx.closed_form = backward
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.closed_form(grad), None, None
+
+
+def closed_form_layer(x, y, backward, grad):
+    """The closed-form backward timed as a layer's: autograd.grad of <grad, y> wrt x."""
+    xg = x.clone().requires_grad_(True)
+    return gradient_runner(lambda: (_ClosedFormLayer.apply(xg, y, backward) * grad).sum(), [xg])
+
+
 def gradient_runner(loss_of, inputs):
     """() -> gradient of the scalar loss wrt inputs, the graph kept between calls."""
     loss = loss_of()
@@ -91,6 +112,7 @@ def lml_case(n, batch, gen):
     methods = {
         "ift": gradient_runner(lambda: (layer(xg, k)[0] * grad).sum(), [xg]),
         "closed_form": lambda: ref.lml_backward(y, grad),
+        "closed_form_layer": closed_form_layer(x, y, lambda g: ref.lml_backward(y, g), grad),
     }
     if batch * n <= AUTOGRAD_MAX_ENTRIES:
         auto = solvergen.load(ROOT / "problems" / "lml.py", backward="autograd")
@@ -113,6 +135,8 @@ def pool_case(n, batch, gen):
     methods = {
         "ift": gradient_runner(lambda: (layer(xg, 1.0)[0] * grad).sum(), [xg]),
         "closed_form": lambda: ref.robust_pool_backward(x, y, "pseudo_huber", 1.0, grad),
+        "closed_form_layer": closed_form_layer(x, y, lambda g: ref.robust_pool_backward(x, y, "pseudo_huber", 1.0, g),
+                                               grad),
         "dense_ift": lambda: ref.dense_ift_backward(
             lambda y_, x_: ref.robust_pool_objective(y_, x_, "pseudo_huber", 1.0), None, y, (x,), grad),
     }
@@ -137,6 +161,7 @@ def ot_case(n, batch, gen):
     methods = {
         "ift": gradient_runner(lambda: (layer.attach(Mg, r, c, eps, P) * grad).sum(), [Mg]),
         "closed_form": lambda: ref.ot_backward_ddn(P, r, c, eps, grad),
+        "closed_form_layer": closed_form_layer(M, P, lambda g: ref.ot_backward_ddn(P, r, c, eps, g)[0], grad),
     }
     if batch * n * n <= AUTOGRAD_MAX_ENTRIES:
         Ms = M.clone().requires_grad_(True)
@@ -179,7 +204,7 @@ def run(sizes: dict, batches, repeats, budget) -> list:
                 methods, ok, unknowns = CASES[name](n, batch, gen)
                 record = {"layer": name, "n": n, "batch": batch, "unknowns": unknowns,
                           "ok_percent": 100.0 * ok.double().mean().item(), "ms": {}, "peak_mb": {}, "not_run": {}}
-                for method in ("ift", "closed_form", "autograd", "dense_ift"):
+                for method in ("ift", "closed_form", "closed_form_layer", "autograd", "dense_ift"):
                     if method not in methods:
                         record["not_run"][method] = ("N backward passes and N x N dense solves with N = "
                                                      f"{unknowns} per instance" if method == "dense_ift"
@@ -204,12 +229,15 @@ def markdown(data) -> str:
         "",
         "float64, CPU. Backward of one loss <g, y> in ms for the whole batch (median), the forward excluded; peak: "
         "largest live CPU allocation during the backward (torch.profiler). ift: the generated layer; closed form: "
-        "the papers' hand-derived backward; autograd: through the forward's iterations (entropic_ot: 100 Sinkhorn "
-        "iterations); dense IFT: the DDN library's generic method. '-': not run (see the JSON's `not_run`).",
+        "the papers' hand-derived backward, as a bare function; closed form layer: the same inside a "
+        "torch.autograd.Function, timed as ift is (autograd.grad of the same loss); autograd: through the forward's "
+        "iterations (entropic_ot: 100 Sinkhorn iterations); dense IFT: the DDN library's generic method. '-': not "
+        "run (see the JSON's `not_run`).",
         "",
-        "| layer | n | batch | ift ms | closed form ms | autograd ms | dense IFT ms | dense / ift | ift / closed form "
-        "| peak MB ift | peak MB closed form | peak MB autograd | peak MB dense | ok % |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| layer | n | batch | ift ms | closed form ms | closed form layer ms | autograd ms | dense IFT ms | dense / ift "
+        "| ift / closed form | ift / closed form layer | peak MB ift | peak MB closed form | peak MB autograd "
+        "| peak MB dense | ok % |",
+        "| --- " * 16 + "|",
     ]
 
     def f(v):
@@ -220,9 +248,11 @@ def markdown(data) -> str:
         ms, mb = r["ms"], r["peak_mb"]
         ratio = f"{ms['dense_ift'] / ms['ift']:.0f}x" if "dense_ift" in ms else "-"
         closed = f"{ms['ift'] / ms['closed_form']:.2f}" if "closed_form" in ms else "-"
+        layer = f"{ms['ift'] / ms['closed_form_layer']:.2f}" if "closed_form_layer" in ms else "-"
         size = f"{r['n']} x {r['n']}" if r["layer"] == "entropic_ot" else str(r["n"])
         lines.append(f"| {r['layer']} | {size} | {r['batch']} | {f(ms.get('ift'))} | {f(ms.get('closed_form'))} | "
-                     f"{f(ms.get('autograd'))} | {f(ms.get('dense_ift'))} | {ratio} | {closed} | {f(mb.get('ift'))} | "
+                     f"{f(ms.get('closed_form_layer'))} | {f(ms.get('autograd'))} | {f(ms.get('dense_ift'))} | {ratio} | "
+                     f"{closed} | {layer} | {f(mb.get('ift'))} | "
                      f"{f(mb.get('closed_form'))} | {f(mb.get('autograd'))} | {f(mb.get('dense_ift'))} | {r['ok_percent']:.1f} |")
     skipped = [r for r in data["records"] if "skipped" in r]
     if skipped:

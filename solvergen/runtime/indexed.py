@@ -51,7 +51,7 @@ class _ImplicitFunction(torch.autograd.Function):
         layer, state = ctx.layer, ctx.state
         with torch.no_grad():
             grads = [torch.zeros_like(z) if g is None else g.to(z.dtype) for g, z in zip(grads, state["z"])]
-            gradients = layer._ift(state, grads)
+            gradients = layer._ift(state, grads, ctx.needs_input_grad[2:])
         return (None, None) + tuple(gradients)
 
 
@@ -649,7 +649,8 @@ class IndexedLayer(torch.nn.Module):
         y = out[0] if len(out) == 1 else tuple(out)
         return y, ok.reshape(batch_shape)
 
-    def _ift(self, state, grads):
+    def _ift(self, state, grads, wanted=None):
+        """The parameters' gradients (None for those not `wanted`, a flag per parameter)."""
         plan = self.plan
         params, sizes, z, ok = state["params"], state["sizes"], state["z"], state["ok"]
         rhs = list(grads) + [x.new_zeros(x.shape) for x in z[len(plan.unknowns):]]
@@ -660,7 +661,7 @@ class IndexedLayer(torch.nn.Module):
             solved = ok
             for x in w:
                 solved = solved & torch.isfinite(x).reshape(x.shape[0], -1).all(-1)
-            return self._vjp(params, sizes, z, w, solved)
+            return self._vjp(params, sizes, z, w, solved, wanted)
         system = self._system(params, sizes, z)
         if plan.kind == "implicit":
             w, solved = system.solve(rhs, transpose=True)
@@ -672,17 +673,21 @@ class IndexedLayer(torch.nn.Module):
                 extra = {c: torch.where(z[c] > state["slack"][c], torch.zeros_like(z[c]), torch.full_like(z[c], -INACTIVE))
                          for c in self._inequality_columns()}
             w, solved = system.solve(rhs, extra_diagonal=extra)
-        return self._vjp(params, sizes, z, w, ok & solved)
+        return self._vjp(params, sizes, z, w, ok & solved, wanted)
 
-    def _vjp(self, params, sizes, z, w, good):
-        """-(the parameter VJP with the IFT weights w), zero in the rows that are not `good`."""
+    def _vjp(self, params, sizes, z, w, good, wanted=None):
+        """-(the parameter VJP with the IFT weights w), zero in the rows that are not `good`;
+        None for the parameters not `wanted`."""
         plan = self.plan
         every = _all(good)  # on the CPU: skip the masks (full passes over large arrays) when all rows are good
         if not every:
             w = [torch.where(_col(good, x), x, torch.zeros_like(x)) for x in w]
         vjp = plan.parameter_vjp(self._env(params, z, w), sizes)
         out = []
-        for g in vjp:
+        for k, g in enumerate(vjp):
+            if wanted is not None and not wanted[k]:
+                out.append(None)
+                continue
             # An entry at the edge of its domain (LML's y = 1, a transport plan's P = 0 after
             # underflow) has weight 0 and an infinite derivative: 0 * inf, whose limit is 0.
             g = torch.nan_to_num(g, nan=0.0)  # (one pass; asking whether any is NaN costs two)
