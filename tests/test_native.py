@@ -104,6 +104,8 @@ def test_garbage_rows_float32_and_the_gradient():
     x, valid = solver(mixed)
     assert not valid[1].any() and (x[1] == 0).all()
     assert torch.equal(x[[0, 2, 3, 4, 5]], alone) and torch.equal(valid[[0, 2, 3, 4, 5]], valid_alone)
+    assert torch.equal(valid.int().cummin(-1).values, valid.int())  # the valid solutions first
+    assert (x[~valid] == 0).all()
     x32, valid32 = solver(params.float())
     assert x32.dtype == torch.float32 and torch.equal(valid32, solver(params)[1])
     # The IFT backward is the torch path's: the same gradient of the first valid solution.

@@ -42,6 +42,11 @@ def solve(a, settings):
     do not affect the other rows.
     """
     plan = settings.plan
+    native_stage = plan.template is not None and settings.uses_native(a.device)
+    if native_stage and native.computes_coefficients(plan):
+        # the whole forward per instance in the kernel: coefficients (runtime/ctrace.py), the
+        # linear block, the template stage, validity and order
+        return native.solve_from_params(a, plan, settings)
     tables = tensors(plan, a.device, a.dtype)
     finite = torch.isfinite(a).all(dim=-1)
     if parallel.differentiated(a):  # rows whose coefficients overflow too (parallel.differentiated)
@@ -49,12 +54,6 @@ def solve(a, settings):
             c = coefficients.coefficients_of(torch.where(finite.unsqueeze(-1), a, 1), plan.coefficients, None, settings)
             finite &= torch.isfinite(c).all(dim=-1)
     a = torch.where(finite.unsqueeze(-1), a, torch.ones_like(a))
-    native_stage = plan.template is not None and settings.uses_native(a.device)
-    if native_stage and native.computes_coefficients(plan):
-        # the kernel computes the coefficients (runtime/ctrace.py) and the linear block too: one
-        # pass per instance
-        c, x, error, candidate = native.solve_from_params(a, finite, plan, settings)
-        return (*_finish(plan, x, error, candidate, settings), c)
     c = coefficients.coefficients_of(a, plan.coefficients, tables["declared_program"], settings)
     block = plan.linear
     ok, c_template, polish_system = finite, c, tables["declared"]

@@ -287,8 +287,8 @@ _ARGUMENTS = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
 
 def kernel(plan: Plan):
     """The loaded `solve_batch` of the plan (compiled or read from the cache once per process);
-    `plan.cache["native_from_params"]` is its `solve_batch_params` (or `solve_batch_linear`, for a
-    natural formulation) where the kernel starts from the parameters (else None)."""
+    `plan.cache["native_from_params"]` is its `solve_batch_from` where the kernel runs the whole
+    forward from the parameters (else None)."""
     function = plan.cache.get("native_kernel")
     if function is None:
         reason = unsupported(plan)
@@ -298,19 +298,20 @@ def kernel(plan: Plan):
         function = library.solve_batch
         function.restype = None
         function.argtypes = _ARGUMENTS + [ctypes.c_void_p] * 3
-        from_params = getattr(library, "solve_batch_linear" if plan.linear else "solve_batch_params", None)
+        from_params = getattr(library, "solve_batch_from", None)
         if from_params is not None:
             from_params.restype = None
-            from_params.argtypes = _ARGUMENTS + [ctypes.c_void_p] * 4
+            from_params.argtypes = [ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int, ctypes.c_double,
+                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         plan.cache["native_kernel"] = function
         plan.cache["native_from_params"] = from_params
         plan.cache["native_library"] = library  # keep it loaded
     return function
 
 
-def _outputs(batch, template, unknowns=None):
+def _outputs(batch, template):
     slots = 2 * template.basis if template.even else template.basis
-    return (torch.empty(batch, slots, unknowns or template.unknowns, dtype=torch.float64),
+    return (torch.empty(batch, slots, template.unknowns, dtype=torch.float64),
             torch.empty(batch, slots, dtype=torch.float64), torch.empty(batch, slots, dtype=torch.uint8))
 
 
@@ -335,22 +336,22 @@ def computes_coefficients(plan: Plan) -> bool:
     return plan.cache["native_from_params"] is not None
 
 
-def solve_from_params(a, ok, plan: Plan, settings):
-    """Coefficients and template stage by the native kernel: parameters a [B, M] on the CPU
-    (finite: the caller replaced the others), rows `ok` [B] -> the declared coefficients [B, n],
-    then as `solve_candidates`, the points in the declared unknowns (a natural formulation's
-    linear block included); in a's dtype (computed in float64)."""
+def solve_from_params(a, plan: Plan, settings):
+    """The whole forward by the native kernel (runtime/forward.py's `solve`): parameters a
+    [B, M] on the CPU -> solutions [B, S, N] in the declared unknowns, valid [B, S] (valid ones
+    first) and the declared coefficients [B, n]; in a's dtype (computed in float64)."""
     kernel(plan)
     batch = a.shape[0]
     params = a.detach().to(torch.float64).contiguous()
-    usable = ok.to(torch.uint8).contiguous()
+    template = plan.template
+    slots = 2 * template.basis if template.even else template.basis
     c = torch.empty(batch, len(plan.equations.term_equation), dtype=torch.float64)
-    x, error, candidate = _outputs(batch, plan.template, plan.num_unknowns)
+    x = torch.empty(batch, slots, plan.num_unknowns, dtype=torch.float64)
+    valid = torch.empty(batch, slots, dtype=torch.uint8)
     if batch:
-        plan.cache["native_from_params"](batch, params.data_ptr(), usable.data_ptr(), settings.imag_tol,
-                                         settings.newton_steps, c.data_ptr(), x.data_ptr(), error.data_ptr(),
-                                         candidate.data_ptr())
-    return c.to(a.dtype), x.to(a.dtype), error.to(a.dtype), candidate.bool()
+        plan.cache["native_from_params"](batch, params.data_ptr(), settings.imag_tol, settings.newton_steps,
+                                         settings.residual_tol, c.data_ptr(), x.data_ptr(), valid.data_ptr())
+    return x.to(a.dtype), valid.bool(), c.to(a.dtype)
 
 
 def check_backend(solver, backend: str) -> str:

@@ -498,20 +498,6 @@ void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double i
                   candidate + b * SLOTS);
 }
 
-#if NATIVE_COEFFICIENTS && !LINEAR_BLOCK
-/* The batch from the parameters: a [batch x NPARAM], usable [batch] -> the coefficients c
- * [batch x NCOEF], and x, error, candidate as solve_batch. */
-void solve_batch_params(int64_t batch, const double *a, const uint8_t *usable, double imag_tol, int newton_steps,
-                        double *c, double *x, double *error, uint8_t *candidate) {
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < batch; b++) {
-        coefficients(a + b * NPARAM, c + b * NCOEF);
-        solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
-                  candidate + b * SLOTS);
-    }
-}
-#endif
-
 #if LINEAR_BLOCK
 /* A natural formulation: the declared equations' linear block L x = b in the kernel too (as
  * runtime/forward.py and linear.py do in torch). Per instance: the declared coefficients, L and
@@ -644,14 +630,57 @@ static void solve_linear_one(const double *a, int usable, double imag_tol, int n
     }
 }
 
-/* The batch from the parameters, through the linear block: a [batch x NPARAM] -> the declared
- * coefficients [batch x NDECL], x [batch x SLOTS x NDUNK] (declared unknowns), error and
- * candidate [batch x SLOTS]. */
-void solve_batch_linear(int64_t batch, const double *a, const uint8_t *usable, double imag_tol, int newton_steps,
-                        double *c, double *x, double *error, uint8_t *candidate) {
+#endif
+
+#if NATIVE_COEFFICIENTS
+#if LINEAR_BLOCK
+#define XUNK NDUNK
+#define XCOEF NDECL
+#else
+#define XUNK NUNK
+#define XCOEF NCOEF
+#endif
+/* Validity and order (runtime/forward.py's _finish): a point is valid where it is a candidate,
+ * its relative residual is within tol and it is finite; the valid points come first, in the
+ * order they were found, the others are zero. */
+static void finish_one(double *x, const double *error, const uint8_t *candidate, double tol, uint8_t *valid) {
+    double kept[SLOTS * XUNK];
+    int count = 0;
+    for (int s = 0; s < SLOTS; s++) {
+        int ok = candidate[s] && error[s] <= tol;
+        for (int i = 0; i < XUNK && ok; i++) ok = isfinite(x[s * XUNK + i]);
+        if (ok) memcpy(kept + XUNK * count++, x + s * XUNK, sizeof(double) * XUNK);
+    }
+    memset(x, 0, sizeof(double) * SLOTS * XUNK);
+    memcpy(x, kept, sizeof(double) * XUNK * count);
+    for (int s = 0; s < SLOTS; s++) valid[s] = s < count;
+}
+
+/* The whole forward from the parameters: a [batch x NPARAM] -> the declared coefficients c
+ * [batch x XCOEF], the solutions x [batch x SLOTS x XUNK] in the declared unknowns and valid
+ * [batch x SLOTS] (runtime/forward.py's solve). A row with a non-finite parameter is solved as a
+ * row of ones (its coefficients are those) and has no valid solution. */
+void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
+                      double *c, double *x, uint8_t *valid) {
 #pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < batch; b++)
-        solve_linear_one(a + b * NPARAM, usable[b], imag_tol, newton_steps, c + b * NDECL, x + b * SLOTS * NDUNK,
-                         error + b * SLOTS, candidate + b * SLOTS);
+    for (int64_t b = 0; b < batch; b++) {
+        const double *row = a + b * NPARAM;
+        double ones[NPARAM], error[SLOTS];
+        uint8_t candidate[SLOTS];
+        int finite = 1;
+        for (int i = 0; i < NPARAM; i++) finite &= isfinite(row[i]) != 0;
+        if (!finite) {
+            for (int i = 0; i < NPARAM; i++) ones[i] = 1.0;
+            row = ones;
+        }
+        double *xb = x + b * SLOTS * XUNK;
+#if LINEAR_BLOCK
+        solve_linear_one(row, finite, imag_tol, newton_steps, c + b * XCOEF, xb, error, candidate);
+#else
+        coefficients(row, c + b * XCOEF);
+        solve_one(c + b * XCOEF, finite, imag_tol, newton_steps, xb, error, candidate);
+#endif
+        finish_one(xb, error, candidate, residual_tol, valid + b * SLOTS);
+    }
 }
 #endif

@@ -135,17 +135,19 @@ static int sturm_real_eigenvalues(const double *h, int n, double *wr) {
     hessenberg_charpoly(h, n, p);
     for (int i = 0; i <= n; i++)
         if (!isfinite(p[i])) return -1;
-    double bound = 0.0; /* Fujiwara: |root| <= 2 max_k |p_(n-k)|^(1/k) (p monic, p_0 halved) */
-    for (int k = 1; k <= n; k++) {
-        double a = fabs(p[n - k]) * (k == n ? 0.5 : 1.0);
-        if (a > 0.0) bound = max_of(bound, k == 1 ? a : pow(a, 1.0 / k));
+    double bound = 0.0; /* Gershgorin: |lambda| <= the largest absolute row sum of h */
+    for (int i = 0; i < n; i++) {
+        double row = 0.0;
+        for (int j = (i > 0 ? i - 1 : 0); j < n; j++) row += fabs(h[i * n + j]);
+        bound = max_of(bound, row);
     }
-    if (!(bound > 0.0)) { /* p = lambda^n: the root 0 (n-fold for n > 1) */
+    if (!(bound > 0.0) || !isfinite(bound)) { /* h = 0: the root 0 (n-fold for n > 1) */
+        if (!isfinite(bound)) return -1;
         if (n > 1) return -1;
         wr[0] = 0.0;
         return 1;
     }
-    bound *= 2.0;
+    bound *= 1.01; /* (margin: the polynomial's roots are the eigenvalues up to its rounding) */
     /* In the variable y = lambda / bound the roots lie in (-1, 1) and the coefficients are of
      * one scale (a remainder's lost degree is then a relative test); back to lambda at the end. */
     double power = 1.0;
