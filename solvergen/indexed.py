@@ -592,6 +592,55 @@ def diagonal_unknown(system: IndexedSystem, c: int) -> bool:
     return all((c, o) not in system.blocks for o, w in enumerate(system.columns) if o != c and w.kind == "unknown")
 
 
+def _never_negative(expr: sp.Expr) -> bool:
+    """Whether expr >= 0 for every real value of its arrays and symbols (sympy's assumptions; a
+    sum of terms that are never negative is never negative): robust pooling's sqrt(1 + |d|^2)
+    needs no check at run time."""
+    def real(node):
+        if isinstance(node, sp.Sum):
+            body = node.function.xreplace(_real_values(node.function))
+            return sp.Dummy(nonnegative=True) if body.is_nonnegative else sp.Dummy(real=True)
+        return node
+    reduced = expr.replace(lambda e: isinstance(e, sp.Sum), real)
+    return bool(reduced.xreplace(_real_values(reduced)).is_nonnegative)
+
+
+def _real_values(expr: sp.Expr) -> dict:
+    """Every array entry and symbol of expr (not an index) -> a real, nonzero dummy."""
+    nodes = [a for a in expr.atoms(sp.Indexed)] + [a for a in expr.free_symbols if isinstance(a, sp.Symbol)
+                                                   and not isinstance(a, (sp.Idx, sp.Dummy))]
+    return {a: sp.Dummy(real=True, nonzero=True) for a in nodes}
+
+
+def domain_conditions(system: IndexedSystem) -> list:
+    """Where the layer's expressions are defined, as [(u, letters)] with every entry u >= 0
+    required: the argument of each log and of each non-integer power (a square root) that
+    involves an unknown, in the objective, the constraints or the equations. The runtime's line
+    searches keep the iterates there and `ok` requires it: a log-barrier's residual -c/y stays
+    finite at y < 0, where the objective is not defined, so finiteness alone does not tell."""
+    spec = system.spec
+    unknown_names = {a.name for a in system.unknowns}
+    sources = ([spec.objective] + list(spec.equalities) + list(spec.inequalities) if spec.kind == "argmin"
+               else list(spec.equations))
+    out, seen = [], set()
+    for expr in sources:
+        for node in _nodes(sp.sympify(expr)):
+            if isinstance(node, sp.log):
+                argument = node.args[0]
+            elif isinstance(node, sp.Pow) and node.exp.is_number and not node.exp.is_integer:
+                argument = node.base
+            else:
+                continue
+            if not any(isinstance(a, sp.Indexed) and str(a.base.label) in unknown_names or
+                       isinstance(a, sp.Symbol) and a.name in unknown_names for a in _nodes(argument)):
+                continue
+            if argument in seen or _never_negative(argument):
+                continue
+            seen.add(argument)
+            out.append((argument, tuple(sorted(free_letters(argument), key=str))))
+    return out
+
+
 def schur_solve(system: IndexedSystem) -> list | None:
     """The KKT solve of an Argmin whose unknowns all have a diagonal Hessian D and whose only
     constraint is one scalar equality (LML's sum y = k), in closed form: with A the constraint's

@@ -12,7 +12,8 @@ from __future__ import annotations
 import sympy as sp
 
 from .errors import SpecError
-from .indexed import Array, IndexedSystem, _nodes, diagonal_unknown, entrywise_implicit, idx_size, schur_solve
+from .indexed import (Array, IndexedSystem, _nodes, diagonal_unknown, domain_conditions, entrywise_implicit, idx_size,
+                      schur_solve)
 from .printer import TorchPrinter, identifier, print_program, share_square_roots
 from .render import environment, header_context, wrap_words
 from .render_declarative import class_name
@@ -227,6 +228,11 @@ def render_indexed(system: IndexedSystem, spec: str, spec_hash: str, compiler_ha
                                        [(node, letters) for _, letters, node in system.auxiliary], inputs, sizes))
     if system.objective is not None:
         functions.append(function_code("_objective", "The objective f.", [(system.objective, ())], inputs, sizes))
+    domain = domain_conditions(system)
+    if domain:
+        functions.append(function_code(
+            "_domain", "Where the expressions are defined: every entry of each output >= 0 (logs' and roots' "
+            "arguments; solvergen/indexed.py, domain_conditions).", domain, inputs, sizes))
     closed_form = schur_solve(system)
     if closed_form is not None:
         rhs = dict(inputs)
@@ -256,6 +262,7 @@ def render_indexed(system: IndexedSystem, spec: str, spec_hash: str, compiler_ha
         auxiliary=_auxiliary_columns(system),
         has_primal=system.primal is not None,
         has_schur_solve=closed_form is not None,
+        has_domain=bool(domain),
     )
     return environment().get_template("indexed.py.jinja").render(**context)
 

@@ -309,3 +309,51 @@ def test_sparse_elimination_in_c_is_the_dense_one(name, tmp_path):
             trusted += 1
             torch.testing.assert_close(sparse, dense, rtol=1e-8, atol=1e-8 * dense.abs().max().item())
     assert trusted >= 195
+
+
+# -- Found by a helper's adversarial inputs (2026-11-30) ----------------------------------------
+
+
+@needs_compiler
+def test_exactly_zero_parameters_give_the_torch_paths_representative():
+    """A natural formulation's null space in the kernel takes LAPACK's Householder sign at an
+    exactly zero pivot too, so a parameter that is exactly 0 gives the torch path's F, not -F."""
+    module = generated_module("fundamental_7pt")
+    params, _ = instances("fundamental_7pt", 1, seed=3)
+    for column in range(params.shape[1]):
+        zeroed = params.clone()
+        zeroed[0, column] = 0.0
+        x_t, v_t = module.Solver()(zeroed)
+        x_n, v_n = module.Solver(backend="native")(zeroed)
+        assert matched(x_t, v_t, x_n, v_n, 1e-6).all() and torch.equal(v_t.sum(-1), v_n.sum(-1)), column
+
+
+@needs_compiler
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_float32_output_never_holds_an_inf_marked_valid(backend):
+    """A float64 solution beyond float32's range (about 1e31 to 1e39 here: two equal basis vectors)
+    is not valid in a float32 output, and the valid ones stay first."""
+    row = [0.23443786799907684, -0.3647935688495636, 0.3528026342391968, 0.6719883680343628,
+           -0.24013735353946686, 0.27556103467941284, -0.10551829636096954, -0.2889504134654999,
+           0.08775074779987335] * 2 + [
+           -0.3612993657588959, -0.35396236181259155, 0.07930837571620941, -0.5079904794692993,
+           -0.5186501741409302, 0.0738615170121193, -0.345156729221344, -0.2907385528087616, 0.04139629378914833]
+    params = torch.tensor([row], dtype=torch.float32)
+    x, valid = generated_module("relpose_6pt_shared_focal").Solver(backend=backend)(params)
+    assert torch.isfinite(x).all() and (x[~valid] == 0).all()
+    assert torch.equal(valid.int().cummin(-1).values, valid.int())
+
+
+@needs_compiler
+def test_an_infinite_imag_tol_reads_only_the_eigenvalues_found():
+    """With imag_tol = inf every eigenvalue QR finds counts as real; the Sturm path finds only the
+    real ones, and the slots it leaves are skipped: a row's output does not depend on the rows
+    beside it (it read uninitialised memory before)."""
+    module = generated_module("p3p")
+    params, _ = instances("p3p", 50)
+    garbage = torch.tensor(np.random.default_rng(1).uniform(-1, 1, size=(13, 18)))
+    solver = module.Solver(backend="native", imag_tol=float("inf"))
+    alone = solver(params)
+    together = solver(torch.cat([garbage, params]))
+    assert torch.equal(alone[0], together[0][13:]) and torch.equal(alone[1], together[1][13:])
+    assert torch.equal(alone[1].sum(), module.Solver(imag_tol=float("inf"))(params)[1].sum())

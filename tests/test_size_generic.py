@@ -951,3 +951,38 @@ def test_closed_form_solve_with_a_curved_constraint(tmp_path):
     direction = torch.randn_like(x)
     fd = directional_fd(lambda x_: (Sphere()(x_)[0] * grad).sum(), [x.detach()], [direction])
     assert agree((x.grad * direction).sum(), fd, 1e-6)
+
+
+LOG_BARRIER_SIMPLEX = '''
+import sympy as sp
+from solvergen import Argmin
+n = sp.Symbol("n", integer=True, positive=True)
+i = sp.Idx("i", n)
+x = sp.IndexedBase("x", shape=(n,))
+c = sp.IndexedBase("c", shape=(n,))
+y = sp.IndexedBase("y", shape=(n,))
+problem = Argmin("logbarrier_simplex", unknowns=[y], parameters=[x, c],
+                 objective=sp.Sum(-c[i] * sp.log(y[i]) - x[i] * y[i], (i, 0, n - 1)),
+                 equalities=[sp.Sum(y[i], (i, 0, n - 1)) - 1], init=[1 / n])
+'''
+
+
+def test_log_barrier_iterates_stay_where_the_log_is_defined(tmp_path):
+    """min sum -c_i log y_i - x_i y_i on sum y = 1: the residual -c/y - x + mu is finite at y < 0,
+    where the objective is not defined, so the compiler's domain conditions (y >= 0, from the log)
+    keep the line searches there. Found by a helper: before, 2 of 16 rows returned ok with
+    negative entries. Reference: y_i = c_i / (mu - x_i) with mu > max x solving sum y = 1."""
+    Layer = compile_spec(tmp_path, LOG_BARRIER_SIMPLEX, "logbarrier_simplex")
+    assert Layer.plan.domain is not None
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.tensor([[4.82, 7.504, 4.333, -2.005, -3.599]]), 3 * torch.randn(31, 5, generator=gen)])
+    c = torch.cat([torch.tensor([[1.125, 0.535, 0.746, 0.672, 0.535]]), 0.5 + torch.rand(31, 5, generator=gen)])
+    y, ok = Layer()(x, c)
+    lo, hi = x.amax(-1) + 1e-12, x.amax(-1) + c.sum(-1) + 1.0  # sum c / (mu - x) decreases from inf to < 1
+    for _ in range(200):
+        mu = 0.5 * (lo + hi)
+        above = (c / (mu[:, None] - x)).sum(-1) > 1
+        lo, hi = torch.where(above, mu, lo), torch.where(above, hi, mu)
+    reference = c / (0.5 * (lo + hi))[:, None].sub(x)
+    assert ok.all() and (y > 0).all()
+    torch.testing.assert_close(y, reference, rtol=1e-9, atol=1e-12)

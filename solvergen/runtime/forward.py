@@ -110,6 +110,21 @@ def solve(a, settings):
     return x, valid, c
 
 
+def representable(x, valid, dtype):
+    """Solutions x [B, S, N] (the compute dtype) and valid [B, S] for an output in `dtype`: those
+    it cannot represent (a float64 solution beyond float32's range, which would become inf) are
+    made invalid, the valid ones still first."""
+    if dtype == x.dtype:
+        return x, valid
+    fits = torch.isfinite(x.to(dtype)).all(dim=-1)
+    if parallel.host_sync_is_free(x.device) and bool((fits | ~valid).all()):
+        return x, valid
+    valid = valid & fits
+    x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
+    order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
+    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), valid.gather(1, order)
+
+
 def _finish(plan: Plan, x, error, candidate, settings):
     """The valid solutions (candidates with a relative residual within tolerance), first, in
     the order the solver found them: -> x [B, S, N] (zeros where not valid), valid [B, S]."""

@@ -87,6 +87,7 @@ class ImplicitFunction(torch.autograd.Function):
     def forward(ctx, params, solver):
         a = params.detach().to(solver.compute_dtype)
         x, valid, c = forward.solve(a, solver)
+        x, valid = forward.representable(x, valid, params.dtype)
         ctx.save_for_backward(params.detach(), x, valid, c)
         ctx.solver = solver
         ctx.mark_non_differentiable(valid)

@@ -233,7 +233,18 @@ class IndexedLayer(torch.nn.Module):
         return v
 
     def _residual(self, params, sizes, z):
-        r = self.plan.residuals(self._env(params, z), sizes)
+        """The residual blocks and their flat [B, total] form; NaN in the rows outside the
+        expressions' domain (`plan.domain`: a log's argument below 0), so that every test of
+        finiteness (the line searches, convergence, `ok`) keeps them out."""
+        env = self._env(params, z)
+        r = self.plan.residuals(env, sizes)
+        if self.plan.domain is not None:
+            B = z[0].shape[0]
+            inside = torch.ones(B, dtype=torch.bool, device=z[0].device)
+            for u in self.plan.domain(env, sizes):
+                inside = inside & (u.reshape(B, -1) >= 0).all(-1)
+            if not _all(inside):
+                r = tuple(torch.where(_col(inside, x), x, torch.full_like(x, float("nan"))) for x in r)
         return r, self._flat(r)
 
     def _flat(self, r):

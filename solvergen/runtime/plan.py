@@ -308,3 +308,6 @@ class IndexedPlan:
     # the KKT solve in closed form (solvergen/indexed.py, schur_solve): (v, s), with the
     # right-hand side as v["_g<column>"], -> the solution per column; None: the structured solve
     schur_solve: Optional[Callable] = None
+    # where the expressions are defined (solvergen/indexed.py, domain_conditions): (v, s) -> arrays
+    # whose every entry must be >= 0; None: everywhere
+    domain: Optional[Callable] = None

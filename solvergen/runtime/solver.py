@@ -142,6 +142,7 @@ class Solver(torch.nn.Module):
             x, valid = ift.ImplicitFunction.apply(flat, self)
         else:
             x, valid, _ = forward.solve(flat.to(self.compute_dtype), self)
+            x, valid = forward.representable(x, valid, params.dtype)
             x = x.to(params.dtype)
         solutions = x.reshape(*batch_shape, self.num_solutions, self.plan.num_unknowns)
         return solutions, valid.reshape(*batch_shape, self.num_solutions)

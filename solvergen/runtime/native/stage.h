@@ -21,7 +21,7 @@
 #define CONVERGED (4.0 * DBL_EPSILON) /* newton.CONVERGED */
 #define EIG_ROUNDS 2  /* inverse iteration solves per eigenvector (1: a few instances lose a solution) */
 #define EIG_NEWTON 3  /* Newton steps on each real eigenpair (refine_eigenpair) */
-#define EXTRA_STEPS 3 /* Newton steps beyond newton_steps, kept only where they lower the residual:
+#define EXTRA_STEPS 3 /* Newton steps beyond newton_steps (none where it is 0), kept only where they lower the residual:
                          the eigenpairs here are less accurate than LAPACK's on badly scaled
                          action matrices */
 
@@ -430,7 +430,7 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
     hessenberg(h, BASIS);
     int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */
     if (real >= 0) {
-        for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : INFINITY;
+        for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : NAN; /* (NaN: skipped whatever imag_tol) */
     } else if (!hqr(h, BASIS, wr, wi)) {
         return;
     }
@@ -478,7 +478,7 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
             continue;
         }
         candidate[s] = 1;
-        error[s] = polish(c, xs, newton_steps + EXTRA_STEPS);
+        error[s] = polish(c, xs, newton_steps > 0 ? newton_steps + EXTRA_STEPS : 0);
 #if EVEN
         /* The pair's other member: Newton keeps the sign symmetry exactly. */
         for (int i = 0; i < NUNK; i++) x[(s + BASIS) * NUNK + i] = -xs[i];
@@ -523,7 +523,7 @@ static void householder_qr(double *s, double *q, int n) {
         for (int i = k; i < n; i++) norm += s[i * n + k] * s[i * n + k];
         norm = sqrt(norm);
         if (norm == 0.0) continue;
-        double alpha = s[k * n + k] > 0.0 ? -norm : norm;
+        double alpha = s[k * n + k] >= 0.0 ? -norm : norm; /* LAPACK's sign, also at 0: the torch path's basis */
         for (int i = k; i < n; i++) v[i] = s[i * n + k];
         v[k] -= alpha;
         double vv = 0.0;
