@@ -425,7 +425,8 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
      * iteration, scaled back. */
     double balanced[BASIS * BASIS];
     memcpy(balanced, action, sizeof(action));
-    balance(balanced, BASIS, d);
+    balance(balanced, BASIS, d); /* (without it, P3P and gP3P were 15 to 20% faster, and the 5-point lost
+                                     every solution where one null-space basis vector is scaled by 1e-20) */
     memcpy(h, balanced, sizeof(h));
     hessenberg(h, BASIS);
     int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */

@@ -23,6 +23,9 @@ static inline double min_of(double a, double b) { return (a <= b || b != b) ? a 
 #define STURM_MAX_BASIS 12
 #endif
 #define STURM_DEPTH 64 /* bisections of one interval before its roots count as one */
+#ifndef STURM_ROOT_TOL
+#define STURM_ROOT_TOL 1e-12 /* a root's last Newton correction, relative (the eigenpair Newton refines it) */
+#endif
 #define STURM_LOST 1e-13 /* a remainder whose leading coefficient is below this share of its largest: degenerate */
 
 /* p (ascending coefficients, monic of degree n) = det(lambda I - h), h upper Hessenberg (n x n). */
@@ -116,7 +119,7 @@ static double sturm_refine(const double *p, int n, double lo, double hi) {
             dx = f / df;
             x -= dx;
         }
-        if (fabs(dx) <= 2.0 * DBL_EPSILON * fabs(x)) return x;
+        if (fabs(dx) <= STURM_ROOT_TOL * fabs(x)) return x;
         f = p[n];
         df = 0.0;
         for (int i = n - 1; i >= 0; i--) { df = df * x + f; f = f * x + p[i]; }
