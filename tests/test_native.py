@@ -357,3 +357,26 @@ def test_an_infinite_imag_tol_reads_only_the_eigenvalues_found():
     together = solver(torch.cat([garbage, params]))
     assert torch.equal(alone[0], together[0][13:]) and torch.equal(alone[1], together[1][13:])
     assert torch.equal(alone[1].sum(), module.Solver(imag_tol=float("inf"))(params)[1].sum())
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["relpose_5pt_nullspace", "relpose_5pt", "p3p"])
+def test_a_kernel_without_traced_coefficients_starts_from_the_torch_paths(name, monkeypatch):
+    """Where a coefficient function cannot be traced into C (runtime/ctrace.py), the kernel runs
+    from the coefficients computed in torch (and, for a natural formulation, the linear block in
+    torch): the same solutions as the whole-forward kernel."""
+    module = generated_module(name)
+    params, _ = instances(name, 200)
+    x_full, v_full = module.Solver(backend="native")(params)
+    monkeypatch.setattr(native, "traced", lambda function, num_inputs, label: None)
+    cached = {key: module.PLAN.cache.pop(key) for key in ("native_kernel", "native_from_params", "native_library")
+              if key in module.PLAN.cache}
+    try:
+        assert not native.computes_coefficients(module.PLAN)
+        x, valid = module.Solver(backend="native")(params)
+    finally:
+        for key in ("native_kernel", "native_from_params", "native_library"):
+            module.PLAN.cache.pop(key, None)
+        module.PLAN.cache.update(cached)
+    assert matched(x_full, v_full, x, valid, 1e-8).float().mean() >= 0.995
+    assert matched(x, valid, x_full, v_full, 1e-8).float().mean() >= 0.995

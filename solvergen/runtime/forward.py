@@ -119,20 +119,21 @@ def representable(x, valid, dtype):
     fits = torch.isfinite(x.to(dtype)).all(dim=-1)
     if parallel.host_sync_is_free(x.device) and bool((fits | ~valid).all()):
         return x, valid
-    valid = valid & fits
-    x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
-    order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
-    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), valid.gather(1, order)
+    return _valid_first(x, valid & fits)
 
 
 def _finish(plan: Plan, x, error, candidate, settings):
     """The valid solutions (candidates with a relative residual within tolerance), first, in
     the order the solver found them: -> x [B, S, N] (zeros where not valid), valid [B, S]."""
-    valid = candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1)
+    return _valid_first(x, candidate & (error <= settings.residual_tol) & torch.isfinite(x).all(dim=-1))
+
+
+def _valid_first(x, valid):
+    """x [B, S, N] zero where not valid, and both reordered so that the valid ones come first
+    (stable: in the order found)."""
     x = torch.where(valid.unsqueeze(-1), x, torch.zeros_like(x))
     order = torch.sort((~valid).to(torch.uint8), dim=-1, stable=True).indices
-    x = x.gather(1, order.unsqueeze(-1).expand(-1, -1, plan.num_unknowns))
-    return x, valid.gather(1, order)
+    return x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), valid.gather(1, order)
 
 
 def relative_residuals(plan: Plan, a, x):

@@ -398,15 +398,20 @@ static int dense_eliminate(const double *c, double *reduced) {
     return 1;
 }
 
+/* No solution yet: x [SLOTS x unknowns] zero, error 0, no candidate. */
+static void clear_outputs(double *x, int unknowns, double *error, uint8_t *candidate) {
+    memset(x, 0, sizeof(double) * SLOTS * unknowns);
+    for (int s = 0; s < SLOTS; s++) {
+        candidate[s] = 0;
+        error[s] = 0.0;
+    }
+}
+
 /* One instance: coefficients c [NCOEF] -> x [SLOTS x NUNK], error [SLOTS], candidate [SLOTS]
  * (SLOTS = BASIS, or 2 BASIS for an even template: each eigenpair gives x and -x). */
 static void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
                       double *x, double *error, uint8_t *candidate) {
-    for (int s = 0; s < SLOTS; s++) {
-        candidate[s] = 0;
-        error[s] = 0.0;
-        for (int q = 0; q < NUNK; q++) x[s * NUNK + q] = 0.0;
-    }
+    clear_outputs(x, NUNK, error, candidate);
     if (!usable) return;
     for (int j = 0; j < NCOEF; j++)
         if (!isfinite(c[j])) return;
@@ -548,11 +553,7 @@ static void householder_qr(double *s, double *q, int n) {
 static void solve_linear_one(const double *a, int usable, double imag_tol, int newton_steps, double *cd,
                              double *x, double *error, uint8_t *candidate) {
     coefficients(a, cd);
-    for (int s = 0; s < SLOTS; s++) {
-        candidate[s] = 0;
-        error[s] = 0.0;
-        for (int q = 0; q < NDUNK; q++) x[s * NDUNK + q] = 0.0;
-    }
+    clear_outputs(x, NDUNK, error, candidate);
     if (!usable) return;
     for (int j = 0; j < NDECL; j++)
         if (!isfinite(cd[j])) return;
