@@ -100,7 +100,8 @@ def source(plan: Plan) -> str:
     linear = None
     if block is not None and coefficients is not None:
         reduced = traced(block.reduced_coefficients, block.num_reduced_inputs, "reduced_coefficients")
-        linear = None if reduced is None else gauge_source(plan) + reduced
+        linear = None if reduced is None else (gauge_source(plan) + reduced
+                                               + evaluate_source(plan.equations, "evaluate_declared", jacobian=False))
     native_coefficients = coefficients is not None and (block is None or linear is not None)
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis, NREAD=t.num_read,
@@ -146,7 +147,8 @@ def linear_tables(plan: Plan) -> str:
     block = plan.linear
     gauge = block.gauge
     defines = dict(LN=len(block.block), LRANK=block.rank, LK=block.null_dim, LHOMOG=int(block.homogeneous),
-                   NDECL=len(plan.equations.term_equation), NDUNK=plan.num_unknowns, NFREE=len(block.free),
+                   NDECL=len(plan.equations.term_equation), NDUNK=plan.num_unknowns, NDEQ=plan.equations.equations,
+                   NFREE=len(block.free),
                    NUSED=len(block.used_parameters), NMAT=len(block.matrix_positions),
                    NRHS=len(block.rhs_positions), GAUGE=int(gauge is not None),
                    GDEG=gauge.degree if gauge else 1, GCONST=gauge.constant if gauge else 0)
@@ -212,19 +214,20 @@ def sparse_source(t: Template) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_source(e: Equations) -> str:
-    """The polish system's `evaluate` as straight-line C: at x, (if h) h [PK] and the size of
-    its terms [PK], (if jac) dh/dx [PK x PN]. The same sums as the torch path's
-    `equations.evaluate`, unrolled with the monomials, coefficients and factors as constants
-    (a loop over the tables is about 1.5x slower: its scattered accumulations serialise)."""
+def evaluate_source(e: Equations, name: str = "evaluate", jacobian: bool = True) -> str:
+    """A polynomial system's evaluation as straight-line C, `name(c, x, h, scale, jac)`: at x,
+    (if h) h and the size of its terms, (with `jacobian`, if jac) dh/dx [equations x unknowns].
+    The same sums as the torch path's `equations.evaluate`, unrolled with the monomials,
+    coefficients and factors as constants (a loop over the tables is about 1.5x slower: its
+    scattered accumulations serialise). The polish system's is `evaluate`."""
     parent, unknown = _monomials(e)
 
     def term(coefficient, monomial, factor=1.0):
         value = f"c[{coefficient}]" if monomial == 0 else f"c[{coefficient}] * m[{monomial}]"
         return value if factor == 1.0 else f"{float(factor)!r} * {value}"
 
-    lines = ["static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac) {",
-             f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
+    lines = [f"static void {name}(const double *c, const double *x, double *h, double *scale"
+             + (", double *jac) {" if jacobian else ") {"), f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
     lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
     lines += ["    if (h) {", "        double t;"]
     for k in range(e.equations):
@@ -233,7 +236,10 @@ def evaluate_source(e: Equations) -> str:
         for j, (equation, monomial) in enumerate(zip(e.term_equation, e.term_monomial)):
             if equation == k:
                 lines.append(f"        t = {term(j, monomial)}; h[{k}] += t; scale[{k}] += fabs(t);")
-    lines += ["    }", "    if (jac) {"]
+    lines.append("    }")
+    if not jacobian:
+        return "\n".join(lines + ["}"]) + "\n"
+    lines.append("    if (jac) {")
     sums: dict = {}
     for position, coefficient, factor, monomial in zip(e.derivative_position, e.derivative_coefficient,
                                                        e.derivative_factor, e.derivative_monomial):

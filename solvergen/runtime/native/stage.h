@@ -513,9 +513,11 @@ void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double i
  * N z (in the chart z_last = 1, then scaled to the gauge q(x) = c), the linear block's residual
  * folded into the error, the free unknowns put back in declared order.
  * Per-problem macros: LN (block size), LRANK, LK (null dimension), LHOMOG, NDECL (declared
- * coefficients), NDUNK (declared unknowns), NFREE, NUSED, NMAT and NRHS (entries of L and b),
+ * coefficients), NDUNK (declared unknowns), NDEQ (declared equations), NFREE, NUSED, NMAT and NRHS (entries of L and b),
  * GAUGE, GDEG, GCONST; arrays: see native.py's `linear_source`. */
 static void reduced_coefficients(const double *a, double *c); /* generated after this file */
+/* The declared equations at the declared unknowns x: h [NDEQ] and the size of their terms; generated. */
+static void evaluate_declared(const double *c, const double *x, double *h, double *scale);
 #if GAUGE
 static double gauge_value(const double *c, const double *x); /* q(x) from the declared c: generated */
 #endif
@@ -619,16 +621,18 @@ static void solve_linear_one(const double *a, int usable, double imag_tol, int n
         if (!scalable || !isfinite(scale)) candidate[s] = 0;
         for (int i = 0; i < LN; i++) block[i] *= scale;
 #endif
-        double e = error[s]; /* the linear block's relative residual (linear.linear_error) */
-        for (int r = 0; r < LRANK; r++) {
-            double h = -rhs[r], size = fabs(rhs[r]);
-            for (int i = 0; i < LN; i++) { h += L[r * LN + i] * block[i]; size += fabs(L[r * LN + i] * block[i]); }
-            double ratio_r = fabs(h) / max_of(size, DBL_MIN);
-            if (!(ratio_r <= e)) e = ratio_r;
-        }
-        error[s] = e;
         for (int i = 0; i < NFREE; i++) block[LN + i] = zs[NUNK - NFREE + i];
-        for (int i = 0; i < NDUNK; i++) x[s * NDUNK + i] = block[assemble[i]];
+        double *xs = x + s * NDUNK;
+        for (int i = 0; i < NDUNK; i++) xs[i] = block[assemble[i]];
+        /* every declared equation at the declared unknowns: a degenerate block (collinear points)
+         * can leave the reduced equations satisfied and the declared ones not (the torch path
+         * checks the reduced equations and the linear block only) */
+        double h[NDEQ], size[NDEQ];
+        evaluate_declared(cd, xs, h, size);
+        for (int k = 0; k < NDEQ; k++) {
+            double ratio_k = fabs(h[k]) / max_of(size[k], DBL_MIN);
+            if (!(ratio_k <= error[s])) error[s] = ratio_k;
+        }
     }
 }
 
