@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import sympy as sp
 import torch
 from conftest import ROOT, generated_module
 

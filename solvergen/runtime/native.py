@@ -315,12 +315,6 @@ def kernel(plan: Plan):
     return function
 
 
-def _outputs(batch, template):
-    slots = 2 * template.basis if template.even else template.basis
-    return (torch.empty(batch, slots, template.unknowns, dtype=torch.float64),
-            torch.empty(batch, slots, dtype=torch.float64), torch.empty(batch, slots, dtype=torch.uint8))
-
-
 def solve_candidates(c, ok, plan: Plan, settings):
     """The template stage by the native kernel (as `template.solve_candidates`): coefficients
     c [B, n] on the CPU, rows `ok` [B] -> points [B, S, N], their relative residual [B, S] and
@@ -329,7 +323,11 @@ def solve_candidates(c, ok, plan: Plan, settings):
     batch = c.shape[0]
     coefficients = c.detach().to(torch.float64).contiguous()
     usable = ok.to(torch.uint8).contiguous()
-    x, error, candidate = _outputs(batch, plan.template)
+    template = plan.template
+    slots = 2 * template.basis if template.even else template.basis
+    x = torch.empty(batch, slots, template.unknowns, dtype=torch.float64)
+    error = torch.empty(batch, slots, dtype=torch.float64)
+    candidate = torch.empty(batch, slots, dtype=torch.uint8)
     if batch:
         function(batch, coefficients.data_ptr(), usable.data_ptr(), settings.imag_tol, settings.newton_steps,
                  x.data_ptr(), error.data_ptr(), candidate.data_ptr())

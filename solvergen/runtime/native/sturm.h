@@ -6,7 +6,7 @@
  * safeguarded Newton on the polynomial (rtsafe). It finds only the real eigenvalues, which is
  * all the read-off uses; QR (stage.h's hqr) finds all of them. The coefficients of a
  * characteristic polynomial lose accuracy as the size grows, so native.py uses it only up to
- * STURM_MAX_BASIS (chosen by measurement: benchmarks/results/native.md). Where the sequence is
+ * STURM_MAX_BASIS (chosen by measurement: benchmarks/README.md, "Native kernels"). Where the sequence is
  * degenerate (a multiple root, a leading coefficient lost to cancellation) it returns -1 and the
  * caller uses QR.
  */
