@@ -223,7 +223,7 @@ def test_traced_coefficients_are_the_generated_functions(name, tmp_path):
     a, _ = instances(name, 50)
     expected = plan.coefficients(a)
     n = expected.shape[-1]
-    library = _library(tmp_path, "#include <math.h>\n" + text + textwrap.dedent(f"""
+    library = _library(tmp_path, native.PORTABLE.read_text() + text + textwrap.dedent(f"""
         void run(long batch, const double *a, double *c) {{
             for (long i = 0; i < batch; i++) coefficients(a + i * {plan.num_parameters}, c + i * {n});
         }}"""), name)
@@ -259,7 +259,8 @@ def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path):
     """sturm.h's real eigenvalues of upper Hessenberg matrices against numpy's eigvals: the same
     real ones (where numpy's are separated and clearly real or complex); a double root is found
     once or twice, or refused (-1: the kernel uses QR)."""
-    library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + native.HEADERS[0].read_text() + textwrap.dedent("""
+    library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + native.PORTABLE.read_text() + native.HEADERS[0].read_text()
+                       + textwrap.dedent("""
         int real_eigenvalues(const double *h, int n, double *wr) { return sturm_real_eigenvalues(h, n, wr); }
         """), "sturm")
     rng = np.random.default_rng(0)
@@ -406,3 +407,114 @@ def test_valid_solutions_satisfy_the_declared_equations_on_degenerate_input(name
     x, valid = solver(params)
     residual = forward.relative_residuals(module.PLAN, params, x)
     assert (residual[valid] <= solver.residual_tol).all()
+
+
+# -- CUDA: the same source through NVRTC; where there is no GPU, the kernels emulated ------------
+
+needs_cxx = pytest.mark.skipif(native.cxx_compiler() is None, reason="no C++ compiler")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _nvrtc():
+    try:
+        return native.nvrtc_library()
+    except native.NativeUnavailable:
+        return None
+
+
+needs_nvrtc = pytest.mark.skipif(_nvrtc() is None, reason="no NVRTC (pip install nvidia-cuda-nvrtc-cu12, or set "
+                                                          "SOLVERGEN_NVRTC)")
+_ROWS = [ctypes.c_int, ctypes.c_int, ctypes.c_int]  # grid, block, batch
+
+
+@needs_compiler
+@needs_cxx
+@pytest.mark.parametrize("name", ["p3p", "implicit_example", "relpose_5pt", "relpose_6pt_shared_focal_natural", "gp3p"])
+def test_cuda_kernels_emulated_on_the_cpu_are_the_cpu_kernels(name):
+    """The CUDA kernels (one instance per thread: portable.h, stage.h), compiled as C++ and
+    launched over every (block, thread) in turn, give the CPU kernels' outputs bit for bit: a
+    batch that is not a multiple of the block, a row with a NaN, both entry points."""
+    module = generated_module(name)
+    plan, solver = module.PLAN, module.Solver(backend="native")
+    a, _ = instances(name, 300)
+    a[7, 0] = float("nan")
+    x, valid, c = native.solve_from_params(a, plan, solver)
+    assert valid.any(-1).float().mean() > 0.9
+    library = native.emulated_kernels(plan)
+    launch = library.emulate_solve_batch_from
+    launch.argtypes = _ROWS + [ctypes.c_void_p, ctypes.c_double, ctypes.c_int, ctypes.c_double] + [ctypes.c_void_p] * 3
+    x_e, c_e = torch.full_like(x, 7.0), torch.full_like(c, 7.0)
+    valid_e = torch.full(valid.shape, 7, dtype=torch.uint8)
+    launch(3, 128, len(a), _pointer(a), solver.imag_tol, solver.newton_steps, solver.residual_tol, _pointer(c_e),
+           _pointer(x_e), _pointer(valid_e))
+    assert torch.equal(x_e, x) and torch.equal(valid_e.bool(), valid) and torch.equal(c_e, c)
+    if plan.linear is None:  # the kernel the torch path's coefficients feed (untraceable coefficient functions)
+        usable = torch.ones(len(a), dtype=torch.bool)
+        usable[[3, 299]] = False
+        c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
+        points, error, candidate = native.solve_candidates(c, usable, plan, solver)
+        launch = library.emulate_solve_batch
+        launch.argtypes = _ROWS + [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double, ctypes.c_int] + [ctypes.c_void_p] * 3
+        out = [torch.full_like(points, 7.0), torch.full_like(error, 7.0), torch.full(candidate.shape, 7, dtype=torch.uint8)]
+        flags = usable.to(torch.uint8)
+        launch(5, 64, len(a), _pointer(c), _pointer(flags), solver.imag_tol, solver.newton_steps,
+               *[_pointer(t) for t in out])
+        assert torch.equal(out[0], points) and torch.equal(out[1], error) and torch.equal(out[2].bool(), candidate)
+        assert not candidate[[3, 299]].any()
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("name", [n if n in ("p3p", "implicit_example") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NATIVE])
+def test_every_kernel_source_compiles_for_cuda_with_nvrtc(name):
+    """NVRTC (no GPU needed) compiles each problem's kernel source for an H100 / H200 (sm_90):
+    the cubin that `cuda_kernels` loads. 1.5 to 36 s per problem on the 2-core machine."""
+    binary = native.nvrtc_compile(native.source(generated_module(name).PLAN), "sm_90", f"{name}.cu")
+    assert binary[:4] == b"\x7fELF"
+
+
+@needs_nvrtc
+def test_nvrtc_errors_are_one_line():
+    with pytest.raises(native.NativeUnavailable, match="NVRTC failed on broken.cu: .*error") as error:
+        native.nvrtc_compile("__global__ void k() { int x = ; }", "sm_90", "broken.cu")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_without_a_cuda_device_the_cuda_kernels_say_why():
+    with pytest.raises(native.NativeUnavailable, match="torch has no CUDA device"):
+        native.cuda_kernels(generated_module("p3p").PLAN, "cuda")
+
+
+@needs_cuda
+@needs_compiler
+@pytest.mark.parametrize("name", NATIVE)
+def test_cuda_kernels_find_the_cpu_kernels_solutions(name):
+    """On a GPU: the native backend on CUDA tensors (NVRTC, one instance per thread) against the
+    CPU kernel on the same instances, both ways (rounding differs: the GPU fuses other
+    multiply-adds), outputs on the input's device."""
+    module = generated_module(name)
+    a, _ = instances(name, 400)
+    x_c, v_c = module.Solver(backend="native")(a)
+    x_g, v_g = module.Solver(backend="native")(a.cuda())
+    assert x_g.device.type == "cuda" and v_g.device.type == "cuda"
+    x_g, v_g = x_g.cpu(), v_g.cpu()
+    assert matched(x_c, v_c, x_g, v_g, 1e-6).float().mean() >= 0.995
+    assert matched(x_g, v_g, x_c, v_c, 1e-6).float().mean() >= 0.995
+
+
+@needs_cuda
+@pytest.mark.parametrize("name", ["relpose_5pt_nullspace", "relpose_6pt_shared_focal_natural"])
+def test_the_cuda_forward_does_not_synchronise_with_the_host(name):
+    """CUDA's sync debug mode raises on any host synchronisation inside the forward (after a
+    first call: compiling and loading the kernels synchronise)."""
+    solver = generated_module(name).Solver(backend="native")
+    a = instances(name, 1000)[0].cuda()
+    solver(a)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x, valid = solver(a)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert valid.any(-1).float().mean().item() > 0.9

@@ -1,6 +1,6 @@
 #!/bin/bash
 # Run from the repository root of the device copy: bash .gpu_snapshot/gpu/device.sh
-# Env: DEV (cuda), NCHECK (5000), DEADLINE (240), INSTANCES (200000), MINTIME (0.5), OUT
+# Env: DEV (cuda), NCHECK (5000), DEADLINE (240), INSTANCES (200000), MINTIME (0.5), OUT, NATIVE_TIMEOUT (200)
 set -u
 DEV=${DEV:-cuda}; NCHECK=${NCHECK:-5000}; DEADLINE=${DEADLINE:-240}; INSTANCES=${INSTANCES:-200000}
 MINTIME=${MINTIME:-0.5}; CHECK_TIMEOUT=${CHECK_TIMEOUT:-100}; BENCH_TIMEOUT=${BENCH_TIMEOUT:-290}
@@ -28,5 +28,8 @@ echo "=== benchmark"; t0=$(date +%s)
 timeout $BENCH_TIMEOUT python3 gpu/bench_cuda.py --device $DEV --deadline $DEADLINE --instances $INSTANCES \
   --min-time $MINTIME --out $OUT --commit $COMMIT $EXTRA
 echo "benchmark rc=$? in $(( $(date +%s) - t0 )) s"
+echo "=== native kernels on CUDA"; t0=$(date +%s)
+timeout ${NATIVE_TIMEOUT:-200} python3 gpu/native_cuda.py --out $OUT --commit $COMMIT
+echo "native rc=$? in $(( $(date +%s) - t0 )) s"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm,temperature.gpu --format=csv 2>&1
 date -u

@@ -9,7 +9,7 @@ the elementwise torch functions in FUNCTIONS; anything else (`Unsupported`) leav
 with its coefficients computed in torch.
 
     text = coefficient_source(plan.coefficients, plan.num_parameters, "coefficients")
-    # static void coefficients(const double *a, double *c) { ... }
+    # SG_FN void coefficients(const double *a, double *c) { ... }
 """
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ class _Outputs:
 
 
 def coefficient_source(function, num_inputs: int, name: str) -> str:
-    """`static void name(const double *a, double *c)`: c = function(a) for one instance, as C.
+    """`SG_FN void name(const double *a, double *c)` (native/portable.h): c = function(a) for one instance, as C.
     Raises Unsupported where the function has no such form."""
     program = _Program()
     try:
@@ -151,6 +151,6 @@ def coefficient_source(function, num_inputs: int, name: str) -> str:
         raise Unsupported(f"{type(error).__name__}: {error}") from None
     if not isinstance(outputs, _Outputs):
         raise Unsupported("the function does not return torch.stack(...).movedim(0, -1)")
-    lines = [f"static void {name}(const double *a, double *c) {{", *program.lines]
+    lines = [f"SG_FN void {name}(const double *a, double *c) {{", *program.lines]
     lines += [f"    c[{k}] = {program.operand(value)};" for k, value in enumerate(outputs.values)]
     return "\n".join(lines + ["}"]) + "\n"

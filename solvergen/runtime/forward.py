@@ -43,7 +43,7 @@ def solve(a, settings):
     """
     plan = settings.plan
     native_stage = plan.template is not None and settings.uses_native(a.device)
-    if native_stage and native.computes_coefficients(plan):
+    if native_stage and native.computes_coefficients(plan, a.device):
         # the whole forward per instance in the kernel: coefficients (runtime/ctrace.py), the
         # linear block, the template stage, validity and order
         return native.solve_from_params(a, plan, settings)

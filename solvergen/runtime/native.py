@@ -6,18 +6,19 @@ formulation's linear block (null space by QR, back to the declared unknowns and 
 template elimination (the compile-time sparse plan as straight-line code where the template has
 one, else LU with partial pivoting), action matrix, real eigenpairs (a Sturm sequence on the
 characteristic polynomial up to basis STURM_MAX_BASIS, Francis QR above; native/sturm.h),
-read-off and Newton polishing (native/stage.h). Validity and ordering stay in torch (a few
-batched operations). Where a coefficient function cannot be traced, the kernel starts from the
-coefficients computed in torch. The IFT backward needs only the solutions and the
-coefficients, so it is unchanged.
+read-off and Newton polishing, validity and order (native/stage.h). Where a coefficient
+function cannot be traced, the kernel starts from the coefficients computed in torch. The IFT
+backward needs only the solutions and the coefficients, so it is unchanged.
 
-The C source of a problem (`source`) is its plan's sizes and tables, native/sturm.h and
-native/stage.h, then the generated straight-line functions; it is compiled with the system C
-compiler (`$CC`, else cc, gcc or clang; -O3, the host's vector extensions, OpenMP where the
-compiler has it: OMP_NUM_THREADS threads) into a shared library cached on disk under
-`$SOLVERGEN_CACHE` (default ~/.cache/solvergen) keyed by the source's and the compiler's hash,
-and loaded with ctypes. Supported: CPU tensors, every template but those with a partial sign
-symmetry (`fixed` unknowns), action matrices up to 64 x 64.
+The source of a problem (`source`) is native/portable.h, its plan's sizes and tables,
+native/sturm.h and native/stage.h, then the generated straight-line functions. On the CPU it is
+compiled with the system C compiler (`$CC`, else cc, gcc or clang; -O3, the host's vector
+extensions, OpenMP where the compiler has it: OMP_NUM_THREADS threads) into a shared library
+cached on disk under `$SOLVERGEN_CACHE` (default ~/.cache/solvergen) keyed by the source's and
+the compiler's hash, and loaded with ctypes. On CUDA devices the same source is compiled by
+NVRTC into a cubin for the device (cached the same way) and loaded with torch's launcher: one
+instance per thread (portable.h says what differs). Supported: CPU and CUDA tensors, every
+template but those with a partial sign symmetry (`fixed` unknowns), action matrices up to 64 x 64.
 """
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ import torch
 from . import ctrace
 from .plan import Equations, Plan, Template
 
-HEADERS = [Path(__file__).parent / "native" / name for name in ("sturm.h", "stage.h")]
+NATIVE = Path(__file__).parent / "native"
+PORTABLE = NATIVE / "portable.h"  # first: the CPU / CUDA differences
+HEADERS = [NATIVE / name for name in ("sturm.h", "stage.h")]  # after the sizes and tables
 BACKENDS = ("torch", "native", "auto")
 MAX_BASIS = 64
 STURM_MAX_BASIS = 10  # real eigenvalues by a Sturm sequence up to this basis, by QR above (sturm.h)
@@ -50,15 +53,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SOLVERGEN_CACHE", Path.home() / ".cache" / "solvergen")) / "native"
 
 
+def _program(variable: str, names) -> str | None:
+    """$variable if set (None where it is not found), else the first of names on the PATH."""
+    if os.environ.get(variable):
+        return shutil.which(os.environ[variable])
+    return next((path for path in map(shutil.which, names) if path), None)
+
+
 def compiler() -> str | None:
     """The C compiler: $CC, else the first of cc, gcc, clang on the PATH (None: none)."""
-    if os.environ.get("CC"):
-        return shutil.which(os.environ["CC"])
-    for name in ("cc", "gcc", "clang"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+    return _program("CC", ("cc", "gcc", "clang"))
 
 
 def unsupported(plan: Plan) -> str | None:
@@ -86,7 +90,7 @@ def polish_equations(plan: Plan) -> Equations:
 def _array(ctype: str, name: str, values) -> str:
     values = list(values) or [0]
     body = ", ".join(repr(float(v)) if ctype == "double" else str(int(v)) for v in values)
-    return f"static const {ctype} {name}[{len(values)}] = {{{body}}};\n"
+    return f"SG_TABLE {ctype} {name}[{len(values)}] = {{{body}}};\n"
 
 
 def source(plan: Plan) -> str:
@@ -113,6 +117,7 @@ def source(plan: Plan) -> str:
                    LINEAR_BLOCK=int(linear is not None), SPARSE_LU=int(t.sparse_lu is not None),
                    NPARAM=plan.num_parameters)
     text = f"/* solvergen native template stage: {plan.name} (generated from its plan; do not edit) */\n"
+    text += PORTABLE.read_text()
     text += "".join(f"#define {key} {value}\n" for key, value in defines.items())
     text += _array("int", "positions", t.positions) + _array("int", "sources", t.sources)
     text += _array("int", "const_row", [r for r, _, _ in t.action_constant])
@@ -170,7 +175,7 @@ def gauge_source(plan: Plan) -> str:
         return ""
     e = gauge.equations
     parent, unknown = _monomials(e)
-    lines = ["static double gauge_value(const double *c, const double *x) {", f"    double m[{len(parent)}];",
+    lines = ["SG_FN double gauge_value(const double *c, const double *x) {", f"    double m[{len(parent)}];",
              "    m[0] = 1.0;"]
     lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
     terms = [f"c[{gauge.coefficients[j]}]" + ("" if monomial == 0 else f" * m[{monomial}]")
@@ -192,7 +197,7 @@ def sparse_source(t: Template) -> str:
     """The template's fixed-pivot sparse elimination (runtime/template.py's sparse_elimination)
     as straight-line C: `sparse_eliminate` (a stub returning 0 where the template has no plan).
     Within a level no update reads a value another one writes, so in order is as at once."""
-    lines = ["static int sparse_eliminate(const double *c, double *reduced) {"]
+    lines = ["SG_FN int sparse_eliminate(const double *c, double *reduced) {"]
     lu = t.sparse_lu
     if lu is None:
         return "\n".join(lines + ["    (void)c;", "    (void)reduced;", "    return 0;", "}"]) + "\n"
@@ -226,7 +231,7 @@ def evaluate_source(e: Equations, name: str = "evaluate", jacobian: bool = True)
         value = f"c[{coefficient}]" if monomial == 0 else f"c[{coefficient}] * m[{monomial}]"
         return value if factor == 1.0 else f"{float(factor)!r} * {value}"
 
-    lines = [f"static void {name}(const double *c, const double *x, double *h, double *scale"
+    lines = [f"SG_FN void {name}(const double *c, const double *x, double *h, double *scale"
              + (", double *jac) {" if jacobian else ") {"), f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
     lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
     lines += ["    if (h) {", "        double t;"]
@@ -255,35 +260,44 @@ def _compiler_id(cc: str) -> str:
     return result.stdout.splitlines()[0] if result.stdout else cc
 
 
-def _flags(cc: str) -> list[str]:
-    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-std=gnu99"]
+def _flags(cc: str, emulate_cuda: bool = False) -> list[str]:
+    flags = ["-O3", "-march=native", "-shared", "-fPIC"]
+    if emulate_cuda:  # the source as C++ (as NVRTC reads it), the CUDA kernels run by emulate_*
+        return flags + ["-x", "c++", "-DSG_EMULATE_CUDA"]
     probe = subprocess.run([cc, "-fopenmp", "-x", "c", "-E", "-", "-o", os.devnull], input="", capture_output=True,
                            text=True, timeout=30)
-    return flags + (["-fopenmp"] if probe.returncode == 0 else [])
+    return flags + ["-std=gnu99"] + (["-fopenmp"] if probe.returncode == 0 else [])
 
 
-def library_path(plan: Plan) -> Path:
-    """Compile the plan's source unless the cache has it: -> the shared library's path."""
-    cc = compiler()
+def cxx_compiler() -> str | None:
+    """The C++ compiler of the CUDA emulation: $CXX, else the first of c++, g++, clang++."""
+    return _program("CXX", ("c++", "g++", "clang++"))
+
+
+def library_path(plan: Plan, emulate_cuda: bool = False) -> Path:
+    """Compile the plan's source unless the cache has it: -> the shared library's path.
+    emulate_cuda: the CUDA kernels compiled as C++ for the CPU instead (native/portable.h)."""
+    cc = cxx_compiler() if emulate_cuda else compiler()
     if cc is None:
-        raise NativeUnavailable("no C compiler found (set $CC, or install cc, gcc or clang)")
+        raise NativeUnavailable("no C++ compiler found (set $CXX, or install c++, g++ or clang++)" if emulate_cuda
+                                else "no C compiler found (set $CC, or install cc, gcc or clang)")
     text = source(plan)
-    flags = _flags(cc)
+    flags = _flags(cc, emulate_cuda)
     key = hashlib.sha256("\n".join([text, _compiler_id(cc), " ".join(flags)]).encode()).hexdigest()[:20]
     folder = cache_dir()
-    path = folder / f"{plan.name}-{key}.so"
+    path = folder / f"{plan.name}-{key}{'-emulated-cuda' if emulate_cuda else ''}.so"
     if path.exists():
         return path
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        c_file = Path(scratch) / f"{plan.name}.c"
+        c_file = Path(scratch) / f"{plan.name}.{'cpp' if emulate_cuda else 'c'}"
         c_file.write_text(text)
         out = Path(scratch) / path.name
         result = subprocess.run([cc, *flags, str(c_file), "-o", str(out), "-lm"], capture_output=True, text=True,
                                 timeout=600)
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["(no message)"])[0]
-            raise NativeUnavailable(f"the C compiler failed on {plan.name}'s source: {first}")
+            raise NativeUnavailable(f"the {'C++' if emulate_cuda else 'C'} compiler failed on {plan.name}'s source: {first}")
         os.replace(out, path)  # atomic: a concurrent process sees the whole file or none
     return path
 
@@ -317,45 +331,183 @@ def kernel(plan: Plan):
 
 def solve_candidates(c, ok, plan: Plan, settings):
     """The template stage by the native kernel (as `template.solve_candidates`): coefficients
-    c [B, n] on the CPU, rows `ok` [B] -> points [B, S, N], their relative residual [B, S] and
-    which are candidates [B, S], in c's dtype (computed in float64)."""
-    function = kernel(plan)
-    batch = c.shape[0]
+    c [B, n] on the CPU or a CUDA device, rows `ok` [B] -> points [B, S, N], their relative
+    residual [B, S] and which are candidates [B, S], in c's dtype (computed in float64)."""
+    batch, device = c.shape[0], c.device
     coefficients = c.detach().to(torch.float64).contiguous()
     usable = ok.to(torch.uint8).contiguous()
     template = plan.template
     slots = 2 * template.basis if template.even else template.basis
-    x = torch.empty(batch, slots, template.unknowns, dtype=torch.float64)
-    error = torch.empty(batch, slots, dtype=torch.float64)
-    candidate = torch.empty(batch, slots, dtype=torch.uint8)
-    if batch:
-        function(batch, coefficients.data_ptr(), usable.data_ptr(), settings.imag_tol, settings.newton_steps,
-                 x.data_ptr(), error.data_ptr(), candidate.data_ptr())
+    x = torch.empty(batch, slots, template.unknowns, dtype=torch.float64, device=device)
+    error = torch.empty(batch, slots, dtype=torch.float64, device=device)
+    candidate = torch.empty(batch, slots, dtype=torch.uint8, device=device)
+    if device.type == "cuda":
+        _launch(cuda_kernels(plan, device)["solve_batch_kernel"], batch, coefficients, usable,
+                float(settings.imag_tol), int(settings.newton_steps), x, error, candidate)
+    elif batch:
+        kernel(plan)(batch, coefficients.data_ptr(), usable.data_ptr(), settings.imag_tol, settings.newton_steps,
+                     x.data_ptr(), error.data_ptr(), candidate.data_ptr())
     return x.to(c.dtype), error.to(c.dtype), candidate.bool()
 
 
-def computes_coefficients(plan: Plan) -> bool:
-    """Whether the plan's kernel starts from the parameters (`solve_from_params`)."""
+def computes_coefficients(plan: Plan, device=None) -> bool:
+    """Whether the plan's kernel starts from the parameters (`solve_from_params`) on `device`
+    (default the CPU)."""
+    if device is not None and torch.device(device).type == "cuda":
+        return "solve_batch_from_kernel" in cuda_kernels(plan, torch.device(device))
     kernel(plan)
     return plan.cache["native_from_params"] is not None
 
 
 def solve_from_params(a, plan: Plan, settings):
     """The whole forward by the native kernel (runtime/forward.py's `solve`): parameters a
-    [B, M] on the CPU -> solutions [B, S, N] in the declared unknowns, valid [B, S] (valid ones
-    first) and the declared coefficients [B, n]; in a's dtype (computed in float64)."""
-    kernel(plan)
-    batch = a.shape[0]
+    [B, M] on the CPU or a CUDA device -> solutions [B, S, N] in the declared unknowns, valid
+    [B, S] (valid ones first) and the declared coefficients [B, n]; in a's dtype (computed in
+    float64). On CUDA the kernel is launched on the current stream, with no host synchronisation."""
+    batch, device = a.shape[0], a.device
     params = a.detach().to(torch.float64).contiguous()
     template = plan.template
     slots = 2 * template.basis if template.even else template.basis
-    c = torch.empty(batch, len(plan.equations.term_equation), dtype=torch.float64)
-    x = torch.empty(batch, slots, plan.num_unknowns, dtype=torch.float64)
-    valid = torch.empty(batch, slots, dtype=torch.uint8)
-    if batch:
+    c = torch.empty(batch, len(plan.equations.term_equation), dtype=torch.float64, device=device)
+    x = torch.empty(batch, slots, plan.num_unknowns, dtype=torch.float64, device=device)
+    valid = torch.empty(batch, slots, dtype=torch.uint8, device=device)
+    if device.type == "cuda":
+        _launch(cuda_kernels(plan, device)["solve_batch_from_kernel"], batch, params, float(settings.imag_tol),
+                int(settings.newton_steps), float(settings.residual_tol), c, x, valid)
+    elif batch:
+        kernel(plan)
         plan.cache["native_from_params"](batch, params.data_ptr(), settings.imag_tol, settings.newton_steps,
                                          settings.residual_tol, c.data_ptr(), x.data_ptr(), valid.data_ptr())
     return x.to(a.dtype), valid.bool(), c.to(a.dtype)
+
+
+# -- CUDA: the same source through NVRTC ------------------------------------------------------
+
+CUDA_BLOCK = 128  # threads per block, one instance per thread
+CUDA_CHUNK = 1 << 30  # instances per launch (the kernels' batch argument is a C int)
+NVRTC_OPTIONS = ("--std=c++17",)
+
+
+def nvrtc_library() -> ctypes.CDLL:
+    """NVRTC, loaded with ctypes: $SOLVERGEN_NVRTC (a path) if set, else the CUDA toolkit's
+    libnvrtc (the one torch's CUDA builds use), else the nvidia-cuda-nvrtc wheel's."""
+    names = [os.environ["SOLVERGEN_NVRTC"]] if os.environ.get("SOLVERGEN_NVRTC") else []
+    if torch.version.cuda:
+        names.append(f"libnvrtc.so.{torch.version.cuda.split('.')[0]}")
+    names += ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
+    try:
+        import nvidia.cuda_nvrtc as wheel  # the pip wheel nvidia-cuda-nvrtc-cu12 / -cu13
+
+        for folder in wheel.__path__:
+            names += sorted(str(path) for path in (Path(folder) / "lib").glob("libnvrtc.so*"))
+    except ImportError:
+        pass
+    for name in names:
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    raise NativeUnavailable("NVRTC not found (the CUDA toolkit's libnvrtc, the pip wheel nvidia-cuda-nvrtc-cu12, "
+                            "or $SOLVERGEN_NVRTC)")
+
+
+def nvrtc_version(library) -> str:
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    library.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor))
+    return f"{major.value}.{minor.value}"
+
+
+def nvrtc_compile(text: str, arch: str, name: str = "kernel.cu", library=None) -> bytes:
+    """text compiled by NVRTC for `arch` (a GPU architecture: "sm_90") -> the cubin. No GPU is
+    needed. NativeUnavailable with the compiler's first error where it fails."""
+    nvrtc = library or nvrtc_library()
+    program = ctypes.c_void_p()
+    if nvrtc.nvrtcCreateProgram(ctypes.byref(program), text.encode(), name.encode(), 0, None, None) != 0:
+        raise NativeUnavailable("NVRTC could not create a program")
+    try:
+        options = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in NVRTC_OPTIONS)]
+        status = nvrtc.nvrtcCompileProgram(program, len(options), (ctypes.c_char_p * len(options))(*options))
+        if status != 0:
+            size = ctypes.c_size_t()
+            nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            nvrtc.nvrtcGetProgramLog(program, log)
+            lines = [line for line in log.value.decode(errors="replace").splitlines() if "error" in line]
+            raise NativeUnavailable(f"NVRTC failed on {name}: {(lines or ['(no message)'])[0].strip()}")
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetCUBINSize(program, ctypes.byref(size))
+        binary = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetCUBIN(program, binary)
+        return binary.raw
+    finally:
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+def cubin_path(plan: Plan, arch: str) -> Path:
+    """The plan's source compiled by NVRTC for `arch` unless the cache has it: -> the cubin's path
+    (the disk cache of the CPU build, keyed by the source, NVRTC's version and the options)."""
+    reason = unsupported(plan)
+    if reason is not None:
+        raise NativeUnavailable(f"{plan.name}: the native backend does not support it: {reason}")
+    nvrtc = nvrtc_library()
+    text = source(plan)
+    key = hashlib.sha256("\n".join([text, nvrtc_version(nvrtc), arch, *NVRTC_OPTIONS]).encode()).hexdigest()[:20]
+    folder = cache_dir()
+    path = folder / f"{plan.name}-{key}-{arch}.cubin"
+    if path.exists():
+        return path
+    binary = nvrtc_compile(text, arch, f"{plan.name}.cu", nvrtc)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, delete=False) as scratch:
+        scratch.write(binary)
+    os.replace(scratch.name, path)  # atomic, as the CPU build
+    return path
+
+
+def cuda_kernels(plan: Plan, device) -> dict:
+    """The plan's CUDA kernels on `device` (compiled, or read from the disk cache, and loaded once
+    per process and device): {"solve_batch_kernel": ..., "solve_batch_from_kernel": ...} (the
+    second where the kernel computes the coefficients), torch's launchers."""
+    if not torch.cuda.is_available():
+        raise NativeUnavailable("torch has no CUDA device")
+    device = torch.device(device)
+    loaded = plan.cache.setdefault("native_cuda", {})
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in loaded:
+        major, minor = torch.cuda.get_device_capability(index)
+        path = cubin_path(plan, f"sm_{major}{minor}")
+        names = ["solve_batch_kernel"]
+        if "#define NATIVE_COEFFICIENTS 1\n" in source(plan):
+            names.append("solve_batch_from_kernel")
+        try:
+            with torch.cuda.device(index):
+                loaded[index] = torch.cuda._utils._cuda_load_module(path.read_bytes(), names)
+        except Exception as error:  # a private torch API: any failure means "not here"
+            raise NativeUnavailable(f"{plan.name}: loading its CUDA kernels failed: {str(error).splitlines()[0]}")
+    return loaded[index]
+
+
+def _launch(function, batch: int, *args):
+    """One thread per instance on the current stream of the tensors' device; the batch in chunks
+    of CUDA_CHUNK (tensor arguments are sliced per chunk along their first dimension)."""
+    for start in range(0, batch, CUDA_CHUNK):
+        count = min(CUDA_CHUNK, batch - start)
+        chunk = [arg[start:start + count] if isinstance(arg, torch.Tensor) else arg for arg in args]
+        with torch.cuda.device(args[0].device):  # (the first argument is the input tensor)
+            function(grid=((count + CUDA_BLOCK - 1) // CUDA_BLOCK, 1, 1), block=(CUDA_BLOCK, 1, 1),
+                     args=[count, *chunk])
+
+
+def emulated_kernels(plan: Plan):
+    """The CUDA kernels compiled as C++ for the CPU (portable.h's SG_EMULATE_CUDA) and loaded:
+    `emulate_solve_batch(grid, block, <solve_batch_kernel's arguments>)` and, where the kernel
+    computes the coefficients, `emulate_solve_batch_from(...)`. For tests: the kernels' own
+    indexing and arguments, run where there is no GPU."""
+    library = plan.cache.get("native_emulated")
+    if library is None:
+        library = ctypes.CDLL(str(library_path(plan, emulate_cuda=True)))
+        plan.cache["native_emulated"] = library
+    return library
 
 
 def check_backend(solver, backend: str) -> str:
@@ -374,23 +526,29 @@ def check_backend(solver, backend: str) -> str:
 
 def runs_native(solver, device) -> bool:
     """Whether `solver` runs its template stage natively for tensors on `device`: backend
-    "native" (on the CPU; elsewhere a one-line error), or "auto" where that works (else a
-    one-line warning, once per solver class and reason, and the torch path)."""
+    "native" (on the CPU or a CUDA device; elsewhere, or where the CUDA kernels cannot be built, a
+    one-line error), or "auto" where that works (else a one-line warning, once per solver class
+    and reason, and the torch path)."""
     if solver.backend == "torch":
         return False
     if solver.backend == "native":
-        if device.type != "cpu":
-            raise NativeUnavailable(f"backend='native' runs on the CPU; these tensors are on {device} "
-                                    "(use backend='auto' or 'torch' there)")
+        if device.type == "cuda":
+            cuda_kernels(solver.plan, device)  # NativeUnavailable: no NVRTC, a compile or load failure
+        elif device.type != "cpu":
+            raise NativeUnavailable(f"backend='native' runs on the CPU and on CUDA devices; these tensors are on "
+                                    f"{device} (use backend='auto' or 'torch' there)")
         return True
     reason = None
-    if device.type != "cpu":
-        reason = f"tensors on {device} (the native backend is CPU only for now)"
+    if device.type not in ("cpu", "cuda"):
+        reason = f"tensors on {device} (the native backend runs on the CPU and on CUDA devices)"
     elif solver.backward != "ift":
         reason = "backward='autograd'"
     else:
         try:
-            kernel(solver.plan)
+            if device.type == "cuda":
+                cuda_kernels(solver.plan, device)
+            else:
+                kernel(solver.plan)
         except NativeUnavailable as error:
             reason = str(error)
     if reason is None:

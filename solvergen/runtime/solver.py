@@ -52,8 +52,9 @@ class Solver(torch.nn.Module):
     read-off and Newton steps. The first call of each compiles them (seconds to minutes; torch
     caches the result on disk); only with backward="ift".
     backend="torch" (default) runs the template stage as batched torch operations; "native" runs
-    it per instance in C (runtime/native.py: compiled with the system C compiler at first use,
-    cached on disk; CPU tensors, float64 inside; templates that are not sign-symmetric), and
+    the whole forward per instance in C (runtime/native.py: compiled at first use by the system C
+    compiler for CPU tensors, by NVRTC for CUDA tensors, cached on disk; float64 inside;
+    templates without a partial sign symmetry), and
     "auto" uses native where it can and otherwise the torch path after a one-line warning. The
     backward is the same; only with backward="ift".
 

@@ -28,7 +28,7 @@
 /* LU with partial pivoting of a (n x n, row-major, in place); 0 if a pivot is not finite, or is
  * 0 and `pivot_floor` is 0. A pivot below `pivot_floor` in magnitude is replaced by it (inverse
  * iteration on a matrix that is singular by construction). */
-static int lu_factor(double *a, int n, int *perm, double pivot_floor) {
+SG_FN int lu_factor(double *a, int n, int *perm, double pivot_floor) {
     for (int i = 0; i < n; i++) perm[i] = i;
     for (int k = 0; k < n; k++) {
         int p = k;
@@ -55,7 +55,7 @@ static int lu_factor(double *a, int n, int *perm, double pivot_floor) {
 }
 
 /* Solve with lu_factor's factors: b (n x m, row-major, the original row order) -> x in place. */
-static void lu_solve(const double *lu, int n, const int *perm, double *b, int m, double *work) {
+SG_FN void lu_solve(const double *lu, int n, const int *perm, double *b, int m, double *work) {
     for (int i = 0; i < n; i++) memcpy(work + i * m, b + perm[i] * m, sizeof(double) * m);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < i; k++) {
@@ -78,7 +78,7 @@ static void lu_solve(const double *lu, int n, const int *perm, double *b, int m,
 /* Balance a (n x n) by powers of 2, as LAPACK's dgebal (3.5 and later: 2-norms of the rows
  * and columns; scaling only): a <- D^-1 a D. The 1-norm variant of older codes leaves some
  * action matrices (norm 1e12, graded) with eigenvalues off by 1e-5. */
-static void balance(double *a, int n, double *d) {
+SG_FN void balance(double *a, int n, double *d) {
     for (int i = 0; i < n; i++) d[i] = 1.0;
     int changed = 1;
     while (changed) {
@@ -104,7 +104,7 @@ static void balance(double *a, int n, double *d) {
 
 /* Reduce a (n x n) to upper Hessenberg form by stabilized elementary similarity transforms
  * (Gaussian elimination with pivoting: Numerical Recipes' elmhes, 0-based; eigenvalues only). */
-static void hessenberg(double *a, int n) {
+SG_FN void hessenberg(double *a, int n) {
     for (int m = 1; m < n - 1; m++) {
         double x = 0.0;
         int i = m;
@@ -129,7 +129,7 @@ static void hessenberg(double *a, int n) {
 
 /* Eigenvalues (wr + i wi) of an upper Hessenberg matrix by the Francis double-shift QR
  * iteration (Numerical Recipes' hqr, 0-based); 0 if it does not converge. a is destroyed. */
-static int hqr(double *a, int n, double *wr, double *wi) {
+SG_FN int hqr(double *a, int n, double *wr, double *wi) {
 #define A(i, j) a[(i) * n + (j)]
     double anorm = 0.0, p = 0.0, q = 0.0, r = 0.0, s, t = 0.0, w, x, y, z;
     for (int i = 0; i < n; i++)
@@ -244,7 +244,7 @@ static int hqr(double *a, int n, double *wr, double *wi) {
 
 /* An eigenvector of a (n x n) for the real eigenvalue lambda by inverse iteration (two solves
  * with (a - lambda I), its zero pivots nudged); 0 if it fails. */
-static int eigenvector(const double *a, int n, double lambda, double *v) {
+SG_FN int eigenvector(const double *a, int n, double lambda, double *v) {
     double m[BASIS * BASIS], work[BASIS];
     int perm[BASIS];
     double norm = 0.0;
@@ -269,7 +269,7 @@ static int eigenvector(const double *a, int n, double lambda, double *v) {
  * each kept only where it lowers |(a - lambda I) v|. The Hessenberg reduction and QR leave
  * eigenvalues of graded matrices off by up to 1e-5; the residual here is of a itself, so the
  * pair converges to the accuracy LAPACK reaches. */
-static void refine_eigenpair(const double *a, int n, double *lambda, double *v) {
+SG_FN void refine_eigenpair(const double *a, int n, double *lambda, double *v) {
     int k = 0;
     for (int i = 1; i < n; i++)
         if (fabs(v[i]) > fabs(v[k])) k = i;
@@ -313,18 +313,18 @@ static void refine_eigenpair(const double *a, int n, double *lambda, double *v) 
 
 /* The polish system at x: (if h) h [PK] and the size of its terms [PK], (if jac) dh/dx [PK x PN];
  * generated per problem after this file (native.py's evaluate_source). */
-static void evaluate(const double *c, const double *x, double *h, double *scale, double *jac);
+SG_FN void evaluate(const double *c, const double *x, double *h, double *scale, double *jac);
 /* The template's X [NRED x BASIS] by the fixed-pivot sparse elimination planned at compile time
  * (solvergen/sparse_lu.py), as straight-line code generated after this file where SPARSE_LU;
  * 0 where a factor exceeds the growth limit or a value is not finite (then dense_eliminate). */
-static int sparse_eliminate(const double *c, double *reduced);
+SG_FN int sparse_eliminate(const double *c, double *reduced);
 #if NATIVE_COEFFICIENTS
 /* The coefficients c [NCOEF] of one instance's parameters a [NPARAM] (the generated
  * `_coefficients`, traced into C by ctrace.py); generated after this file. */
-static void coefficients(const double *a, double *c);
+SG_FN void coefficients(const double *a, double *c);
 #endif
 
-static double relative_error(const double *h, const double *scale) {
+SG_FN double relative_error(const double *h, const double *scale) {
     double e = 0.0;
     for (int k = 0; k < PK; k++) {
         double r = fabs(h[k]) / max_of(scale[k], DBL_MIN);
@@ -336,7 +336,7 @@ static double relative_error(const double *h, const double *scale) {
 /* Gauss-Newton steps on the polish system from x (rows scaled by their size), each kept only
  * where it lowers the relative residual (newton.polish): -> the relative residual. A step that
  * is not kept ends the loop: the next one would be the same step from the same x. */
-static double polish(const double *c, double *x, int steps) {
+SG_FN double polish(const double *c, double *x, int steps) {
     double h[PK], scale[PK], jac[PK * PN], h1[PK], scale1[PK];
     evaluate(c, x, h, scale, NULL);
     double error = relative_error(h, scale);
@@ -382,7 +382,7 @@ static double polish(const double *c, double *x, int steps) {
 /* The template [eliminated | reduced | basis] and its solve X' = T[:, :SQUARE]^-1 T[:, SQUARE:]
  * by LU with partial pivoting: -> X (X' rows of the reduced monomials) [NRED x BASIS]; 0 where
  * the square block is singular. */
-static int dense_eliminate(const double *c, double *reduced) {
+SG_FN int dense_eliminate(const double *c, double *reduced) {
     double t[ROWS * COLS];
     double lhs[SQUARE * SQUARE], rhs[SQUARE * BASIS], work[SQUARE * BASIS];
     int perm[SQUARE];
@@ -399,7 +399,7 @@ static int dense_eliminate(const double *c, double *reduced) {
 }
 
 /* No solution yet: x [SLOTS x unknowns] zero, error 0, no candidate. */
-static void clear_outputs(double *x, int unknowns, double *error, uint8_t *candidate) {
+SG_FN void clear_outputs(double *x, int unknowns, double *error, uint8_t *candidate) {
     memset(x, 0, sizeof(double) * SLOTS * unknowns);
     for (int s = 0; s < SLOTS; s++) {
         candidate[s] = 0;
@@ -409,7 +409,7 @@ static void clear_outputs(double *x, int unknowns, double *error, uint8_t *candi
 
 /* One instance: coefficients c [NCOEF] -> x [SLOTS x NUNK], error [SLOTS], candidate [SLOTS]
  * (SLOTS = BASIS, or 2 BASIS for an even template: each eigenpair gives x and -x). */
-static void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
+SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
                       double *x, double *error, uint8_t *candidate) {
     clear_outputs(x, NUNK, error, candidate);
     if (!usable) return;
@@ -495,14 +495,24 @@ static void solve_one(const double *c, int usable, double imag_tol, int newton_s
 }
 
 /* The batch: c [batch x NCOEF], usable [batch] -> x [batch x SLOTS x NUNK], error and
- * candidate [batch x SLOTS]. */
-void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double imag_tol, int newton_steps,
-                 double *x, double *error, uint8_t *candidate) {
+ * candidate [batch x SLOTS]. On the CPU a loop over the instances; on CUDA one instance per thread. */
+#if SG_CUDA
+SG_EXPORT __global__ void solve_batch_kernel(int batch, const double *c, const uint8_t *usable, double imag_tol,
+                                             int newton_steps, double *x, double *error, uint8_t *candidate) {
+    const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < batch)
+        solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
+                  candidate + b * SLOTS);
+}
+#else
+SG_EXPORT void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double imag_tol, int newton_steps,
+                           double *x, double *error, uint8_t *candidate) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < batch; b++)
         solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
                   candidate + b * SLOTS);
 }
+#endif
 
 #if LINEAR_BLOCK
 /* A natural formulation: the declared equations' linear block L x = b in the kernel too (as
@@ -515,15 +525,15 @@ void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double i
  * Per-problem macros: LN (block size), LRANK, LK (null dimension), LHOMOG, NDECL (declared
  * coefficients), NDUNK (declared unknowns), NDEQ (declared equations), NFREE, NUSED, NMAT and NRHS (entries of L and b),
  * GAUGE, GDEG, GCONST; arrays: see native.py's `linear_source`. */
-static void reduced_coefficients(const double *a, double *c); /* generated after this file */
+SG_FN void reduced_coefficients(const double *a, double *c); /* generated after this file */
 /* The declared equations at the declared unknowns x: h [NDEQ] and the size of their terms; generated. */
-static void evaluate_declared(const double *c, const double *x, double *h, double *scale);
+SG_FN void evaluate_declared(const double *c, const double *x, double *h, double *scale);
 #if GAUGE
-static double gauge_value(const double *c, const double *x); /* q(x) from the declared c: generated */
+SG_FN double gauge_value(const double *c, const double *x); /* q(x) from the declared c: generated */
 #endif
 
 /* QR of s (n x n, row-major) by Householder reflections: s <- R, q <- Q (n x n). */
-static void householder_qr(double *s, double *q, int n) {
+SG_FN void householder_qr(double *s, double *q, int n) {
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++) q[i * n + j] = i == j ? 1.0 : 0.0;
     for (int k = 0; k < n - 1; k++) {
@@ -552,7 +562,7 @@ static void householder_qr(double *s, double *q, int n) {
     }
 }
 
-static void solve_linear_one(const double *a, int usable, double imag_tol, int newton_steps, double *cd,
+SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int newton_steps, double *cd,
                              double *x, double *error, uint8_t *candidate) {
     coefficients(a, cd);
     clear_outputs(x, NDUNK, error, candidate);
@@ -601,7 +611,7 @@ static void solve_linear_one(const double *a, int usable, double imag_tol, int n
     for (int s = 0; s < SLOTS; s++) {
         if (!candidate[s]) continue;
         const double *zs = z + s * NUNK;
-        double chart[LK], block[LN + NFREE + 1];
+        double chart[LK + 1], block[LN + NFREE + 1]; /* (+ 1: no zero-length array where LK = 0) */
         for (int j = 0; j < NUNK - NFREE; j++) chart[j] = zs[j];
         if (GAUGE) chart[LK - 1] = 1.0;
         for (int i = 0; i < LN; i++) {
@@ -649,7 +659,7 @@ static void solve_linear_one(const double *a, int usable, double imag_tol, int n
 /* Validity and order (runtime/forward.py's _finish): a point is valid where it is a candidate,
  * its relative residual is within tol and it is finite; the valid points come first, in the
  * order they were found, the others are zero. */
-static void finish_one(double *x, const double *error, const uint8_t *candidate, double tol, uint8_t *valid) {
+SG_FN void finish_one(double *x, const double *error, const uint8_t *candidate, double tol, uint8_t *valid) {
     double kept[SLOTS * XUNK];
     int count = 0;
     for (int s = 0; s < SLOTS; s++) {
@@ -662,31 +672,64 @@ static void finish_one(double *x, const double *error, const uint8_t *candidate,
     for (int s = 0; s < SLOTS; s++) valid[s] = s < count;
 }
 
-/* The whole forward from the parameters: a [batch x NPARAM] -> the declared coefficients c
- * [batch x XCOEF], the solutions x [batch x SLOTS x XUNK] in the declared unknowns and valid
- * [batch x SLOTS] (runtime/forward.py's solve). A row with a non-finite parameter is solved as a
- * row of ones (its coefficients are those) and has no valid solution. */
-void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
-                      double *c, double *x, uint8_t *valid) {
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < batch; b++) {
-        const double *row = a + b * NPARAM;
-        double ones[NPARAM], error[SLOTS];
-        uint8_t candidate[SLOTS];
-        int finite = 1;
-        for (int i = 0; i < NPARAM; i++) finite &= isfinite(row[i]) != 0;
-        if (!finite) {
-            for (int i = 0; i < NPARAM; i++) ones[i] = 1.0;
-            row = ones;
-        }
-        double *xb = x + b * SLOTS * XUNK;
-#if LINEAR_BLOCK
-        solve_linear_one(row, finite, imag_tol, newton_steps, c + b * XCOEF, xb, error, candidate);
-#else
-        coefficients(row, c + b * XCOEF);
-        solve_one(c + b * XCOEF, finite, imag_tol, newton_steps, xb, error, candidate);
-#endif
-        finish_one(xb, error, candidate, residual_tol, valid + b * SLOTS);
+/* The whole forward of instance b from the parameters: a [batch x NPARAM] -> the declared
+ * coefficients c [batch x XCOEF], the solutions x [batch x SLOTS x XUNK] in the declared
+ * unknowns and valid [batch x SLOTS] (runtime/forward.py's solve). A row with a non-finite
+ * parameter is solved as a row of ones (its coefficients are those) and has no valid solution. */
+SG_FN void solve_row_from(int64_t b, const double *a, double imag_tol, int newton_steps, double residual_tol,
+                          double *c, double *x, uint8_t *valid) {
+    const double *row = a + b * NPARAM;
+    double ones[NPARAM], error[SLOTS];
+    uint8_t candidate[SLOTS];
+    int finite = 1;
+    for (int i = 0; i < NPARAM; i++) finite &= isfinite(row[i]) != 0;
+    if (!finite) {
+        for (int i = 0; i < NPARAM; i++) ones[i] = 1.0;
+        row = ones;
     }
+    double *xb = x + b * SLOTS * XUNK;
+#if LINEAR_BLOCK
+    solve_linear_one(row, finite, imag_tol, newton_steps, c + b * XCOEF, xb, error, candidate);
+#else
+    coefficients(row, c + b * XCOEF);
+    solve_one(c + b * XCOEF, finite, imag_tol, newton_steps, xb, error, candidate);
+#endif
+    finish_one(xb, error, candidate, residual_tol, valid + b * SLOTS);
 }
+
+/* The batch from the parameters (the arrays of solve_row_from). */
+#if SG_CUDA
+SG_EXPORT __global__ void solve_batch_from_kernel(int batch, const double *a, double imag_tol, int newton_steps,
+                                                  double residual_tol, double *c, double *x, uint8_t *valid) {
+    const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b < batch) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
+}
+#else
+SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
+                                double *c, double *x, uint8_t *valid) {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < batch; b++) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
+}
+#endif
+#endif
+
+#if defined(SG_EMULATE_CUDA)
+/* The CUDA launches, emulated on the CPU (tests): every (block, thread) of a one-dimensional
+ * grid in turn, with the kernel's own indexing. */
+#define SG_LAUNCH(grid, block, call)                                                            \
+    for (unsigned g = 0; g < (unsigned)(grid); g++)                                             \
+        for (unsigned t = 0; t < (unsigned)(block); t++) {                                      \
+            blockIdx.x = g; threadIdx.x = t; blockDim.x = (unsigned)(block);                    \
+            call;                                                                               \
+        }
+SG_EXPORT void emulate_solve_batch(int grid, int block, int batch, const double *c, const uint8_t *usable,
+                                   double imag_tol, int newton_steps, double *x, double *error, uint8_t *candidate) {
+    SG_LAUNCH(grid, block, solve_batch_kernel(batch, c, usable, imag_tol, newton_steps, x, error, candidate))
+}
+#if NATIVE_COEFFICIENTS
+SG_EXPORT void emulate_solve_batch_from(int grid, int block, int batch, const double *a, double imag_tol,
+                                        int newton_steps, double residual_tol, double *c, double *x, uint8_t *valid) {
+    SG_LAUNCH(grid, block, solve_batch_from_kernel(batch, a, imag_tol, newton_steps, residual_tol, c, x, valid))
+}
+#endif
 #endif

@@ -1,5 +1,5 @@
 /* Shared numerical helpers of the native kernels, and the real eigenvalues of an upper
- * Hessenberg matrix by a Sturm sequence (solvergen/runtime/native.py puts this file first).
+ * Hessenberg matrix by a Sturm sequence (solvergen/runtime/native.py puts this file after portable.h).
  *
  * The Sturm path: the characteristic polynomial's coefficients by the Hessenberg recurrence,
  * its distinct real roots isolated by bisection on Sturm sequence sign counts and refined by
@@ -10,14 +10,9 @@
  * degenerate (a multiple root, a leading coefficient lost to cancellation) it returns -1 and the
  * caller uses QR.
  */
-#include <float.h>
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
 /* fmax and fmin (a NaN argument gives the other), inline: libm's are calls. */
-static inline double max_of(double a, double b) { return (a >= b || b != b) ? a : b; }
-static inline double min_of(double a, double b) { return (a <= b || b != b) ? a : b; }
+SG_FN inline double max_of(double a, double b) { return (a >= b || b != b) ? a : b; }
+SG_FN inline double min_of(double a, double b) { return (a <= b || b != b) ? a : b; }
 
 #ifndef STURM_MAX_BASIS
 #define STURM_MAX_BASIS 12
@@ -29,7 +24,7 @@ static inline double min_of(double a, double b) { return (a <= b || b != b) ? a 
 #define STURM_LOST 1e-13 /* a remainder whose leading coefficient is below this share of its largest: degenerate */
 
 /* p (ascending coefficients, monic of degree n) = det(lambda I - h), h upper Hessenberg (n x n). */
-static void hessenberg_charpoly(const double *h, int n, double *p) {
+SG_FN void hessenberg_charpoly(const double *h, int n, double *p) {
     double q[(STURM_MAX_BASIS + 1) * (STURM_MAX_BASIS + 1)]; /* q_k: row k, det of the leading k x k */
     int w = n + 1;
     for (int i = 0; i < w * w; i++) q[i] = 0.0;
@@ -56,7 +51,7 @@ static void hessenberg_charpoly(const double *h, int n, double *p) {
  * 0 where a remainder loses its degree. */
 typedef struct { int n; double seq[(STURM_MAX_BASIS + 1) * (STURM_MAX_BASIS + 1)]; } sturm_t; /* s_k: row k, degree n - k */
 
-static int sturm_build(const double *p, int n, sturm_t *s) {
+SG_FN int sturm_build(const double *p, int n, sturm_t *s) {
     int w = n + 1;
     s->n = n;
     for (int i = 0; i <= n; i++) s->seq[i] = p[i];
@@ -79,7 +74,7 @@ static int sturm_build(const double *p, int n, sturm_t *s) {
     return 1;
 }
 
-static double horner(const double *p, int degree, double x) {
+SG_FN double horner(const double *p, int degree, double x) {
     double r = p[degree];
     for (int i = degree - 1; i >= 0; i--) r = r * x + p[i];
     return r;
@@ -87,7 +82,7 @@ static double horner(const double *p, int degree, double x) {
 
 /* Sign changes of the Sturm sequence at x (each polynomial by Horner: the three-term
  * recurrence is cheaper but loses the signs far from the roots). */
-static int sturm_changes(const sturm_t *s, double x) {
+SG_FN int sturm_changes(const sturm_t *s, double x) {
     int changes = 0, w = s->n + 1;
     double last = 0.0;
     for (int k = 0; k <= s->n; k++) {
@@ -102,7 +97,7 @@ static int sturm_changes(const sturm_t *s, double x) {
 
 /* The root of p in [lo, hi] (p changes sign there): Newton where it lands inside the bracket
  * and shrinks it fast enough, else bisection (Numerical Recipes' rtsafe). */
-static double sturm_refine(const double *p, int n, double lo, double hi) {
+SG_FN double sturm_refine(const double *p, int n, double lo, double hi) {
     double flo = horner(p, n, lo);
     if (flo == 0.0) return lo;
     if (flo > 0.0) { double t = lo; lo = hi; hi = t; } /* p(lo) < 0 < p(hi) */
@@ -131,7 +126,7 @@ static double sturm_refine(const double *p, int n, double lo, double hi) {
 
 /* The distinct real eigenvalues of the upper Hessenberg h (n x n): -> how many (in wr), or -1
  * where the Sturm sequence is degenerate (the caller uses hqr). */
-static int sturm_real_eigenvalues(const double *h, int n, double *wr) {
+SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
     double p[STURM_MAX_BASIS + 1];
     sturm_t s;
     if (n > STURM_MAX_BASIS) return -1;
