@@ -254,6 +254,12 @@ def test_tracing_refuses_what_it_cannot_write_in_c():
     assert "sqrt(a[0])" in text and "pow(2.0, a[1])" in text and "pow(a[0], 0.5)" in text and "3.0 / a[1]" in text
 
 
+def _random_hessenberg(rng, largest):
+    """An upper Hessenberg matrix of a random size 1 to `largest`, entries of one random scale."""
+    n = int(rng.integers(1, largest + 1))
+    return np.triu(rng.normal(size=(n, n)) * rng.choice([1e-3, 1.0, 1e3]), -1)
+
+
 @needs_compiler
 def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path):
     """sturm.h's real eigenvalues of upper Hessenberg matrices against numpy's eigvals: the same
@@ -266,8 +272,8 @@ def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path):
     rng = np.random.default_rng(0)
     checked = 0
     for trial in range(300):
-        n = int(rng.integers(1, 13))
-        h = np.triu(rng.normal(size=(n, n)) * rng.choice([1e-3, 1.0, 1e3]), -1)
+        h = _random_hessenberg(rng, 12)
+        n = len(h)
         values = np.linalg.eigvals(h)
         gaps = np.abs(values[:, None] - values[None]) + np.eye(n)
         if gaps.min() < 1e-6 or (np.abs(values.imag) > 0).any() and np.abs(values.imag[values.imag != 0]).min() < 1e-6:
@@ -285,6 +291,50 @@ def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path):
     wr = np.zeros(3)
     found = library.real_eigenvalues(companion.ctypes.data_as(ctypes.c_void_p), 3, wr.ctypes.data_as(ctypes.c_void_p))
     assert found == -1 or (found in (2, 3) and np.abs(wr[:found, None] - [1.0, 2.0]).min(0).max() <= 1e-6), wr
+
+
+@needs_compiler
+def test_closed_form_eigenvalues_of_small_matrices(tmp_path):
+    """roots.h: every eigenvalue of upper Hessenberg matrices up to 4 x 4 (quadratic, cubic and
+    quartic formulas, real roots polished) against numpy's eigvals, complex ones included; where
+    two close real roots sit beside much larger ones (P3P's instance that came out as a complex
+    pair) it declines (0: the kernel uses the Sturm sequence)."""
+    library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + native.PORTABLE.read_text() + "".join(
+        header.read_text() for header in native.HEADERS[:2]) + textwrap.dedent("""
+        int eigenvalues(const double *h, int n, double *wr, double *wi) { return closed_form_eigenvalues(h, n, wr, wi); }
+        """), "roots")
+
+    def run(h):
+        n = len(h)
+        wr, wi = np.zeros(n), np.zeros(n)
+        ok = library.eigenvalues(np.ascontiguousarray(h).ctypes.data_as(ctypes.c_void_p), n,
+                                 wr.ctypes.data_as(ctypes.c_void_p), wi.ctypes.data_as(ctypes.c_void_p))
+        return ok, wr + 1j * wi
+
+    rng = np.random.default_rng(0)
+    declined = 0
+    for trial in range(400):
+        h = _random_hessenberg(rng, 4)
+        values = np.linalg.eigvals(h)
+        ok, found = run(h)
+        if not ok:
+            declined += 1
+            continue
+        scale = max(1.0, np.abs(values).max())
+        distance = np.abs(found[:, None] - values[None]).min(1)  # each found near an eigenvalue, and
+        assert distance.max() <= 1e-7 * scale, (trial, found, values)
+        assert np.abs(values[:, None] - found[None]).min(1).max() <= 1e-7 * scale  # each eigenvalue found
+        real = values.imag == 0
+        np.testing.assert_allclose(np.sort(found.real[found.imag == 0]), np.sort(values.real[real]), rtol=1e-9,
+                                   atol=1e-12 * scale)
+    assert declined <= 8, declined
+    # roots 1 - 1.5e-3, 1 + 1.5e-3 and -2583 +- 46300i: declined, or the two real roots
+    companion = np.zeros((4, 4))
+    coefficients = np.poly([1 - 1.5e-3, 1 + 1.5e-3, -2583 + 46300j, -2583 - 46300j]).real
+    companion[0] = -coefficients[1:]
+    companion[1:, :3] = np.eye(3)
+    ok, found = run(companion)
+    assert not ok or np.allclose(np.sort(found.real[found.imag == 0])[-2:], [1 - 1.5e-3, 1 + 1.5e-3], rtol=1e-9)
 
 
 @needs_compiler
@@ -346,18 +396,24 @@ def test_float32_output_never_holds_an_inf_marked_valid(backend):
 
 
 @needs_compiler
-def test_an_infinite_imag_tol_reads_only_the_eigenvalues_found():
-    """With imag_tol = inf every eigenvalue QR finds counts as real; the Sturm path finds only the
-    real ones, and the slots it leaves are skipped: a row's output does not depend on the rows
-    beside it (it read uninitialised memory before)."""
-    module = generated_module("p3p")
-    params, _ = instances("p3p", 50)
-    garbage = torch.tensor(np.random.default_rng(1).uniform(-1, 1, size=(13, 18)))
+@pytest.mark.parametrize("name", ["p3p", "gp3p"])
+def test_an_infinite_imag_tol_reads_only_the_eigenvalues_found(name):
+    """With imag_tol = inf every eigenvalue found counts as real: all of them for P3P (closed form,
+    roots.h, as QR), the real ones for gP3P (Sturm), whose unfilled slots are skipped. A row's
+    output does not depend on the rows beside it (it read uninitialised memory before), and every
+    solution found with the default imag_tol is found too; the Sturm path finds what the torch
+    path finds."""
+    module = generated_module(name)
+    params, _ = instances(name, 50)
+    garbage = torch.tensor(np.random.default_rng(1).uniform(-1, 1, size=(13, params.shape[1])))
     solver = module.Solver(backend="native", imag_tol=float("inf"))
     alone = solver(params)
     together = solver(torch.cat([garbage, params]))
     assert torch.equal(alone[0], together[0][13:]) and torch.equal(alone[1], together[1][13:])
-    assert torch.equal(alone[1].sum(), module.Solver(imag_tol=float("inf"))(params)[1].sum())
+    x, valid = module.Solver(backend="native")(params)
+    assert matched(x, valid, *alone).all()
+    if name == "gp3p":
+        assert torch.equal(alone[1].sum(), module.Solver(imag_tol=float("inf"))(params)[1].sum())
 
 
 @needs_compiler

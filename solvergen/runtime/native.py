@@ -27,6 +27,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -38,9 +39,10 @@ from .plan import Equations, Plan, Template
 
 NATIVE = Path(__file__).parent / "native"
 PORTABLE = NATIVE / "portable.h"  # first: the CPU / CUDA differences
-HEADERS = [NATIVE / name for name in ("sturm.h", "stage.h")]  # after the sizes and tables
+HEADERS = [NATIVE / name for name in ("sturm.h", "roots.h", "stage.h")]  # after the sizes and tables
 BACKENDS = ("torch", "native", "auto")
 MAX_BASIS = 64
+CLOSED_FORM_MAX_BASIS = 4  # every eigenvalue in closed form up to this basis (roots.h)
 STURM_MAX_BASIS = 10  # real eigenvalues by a Sturm sequence up to this basis, by QR above (sturm.h)
 GROWTH_LIMIT = 1e3  # largest |factor| of the sparse elimination (template.GROWTH_LIMIT in float64)
 
@@ -113,6 +115,7 @@ def source(plan: Plan) -> str:
                    SLOTS=2 * t.basis if t.even else t.basis, NCOEF=len(e.term_equation), NPOS=len(t.positions),
                    NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
                    STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
+                   EIG_CLOSED=int(t.basis <= CLOSED_FORM_MAX_BASIS),
                    PN=e.unknowns, PK=e.equations, NATIVE_COEFFICIENTS=int(native_coefficients),
                    LINEAR_BLOCK=int(linear is not None), SPARSE_LU=int(t.sparse_lu is not None),
                    NPARAM=plan.num_parameters)
@@ -395,13 +398,10 @@ def nvrtc_library() -> ctypes.CDLL:
     if torch.version.cuda:
         names.append(f"libnvrtc.so.{torch.version.cuda.split('.')[0]}")
     names += ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]
-    try:
-        import nvidia.cuda_nvrtc as wheel  # the pip wheel nvidia-cuda-nvrtc-cu12 / -cu13
-
-        for folder in wheel.__path__:
-            names += sorted(str(path) for path in (Path(folder) / "lib").glob("libnvrtc.so*"))
-    except ImportError:
-        pass
+    for entry in sys.path:  # the pip wheel nvidia-cuda-nvrtc-cu12 (-cu13): nvidia/cuda_nvrtc/lib
+        folder = Path(entry or ".") / "nvidia" / "cuda_nvrtc" / "lib"
+        if folder.is_dir():
+            names += sorted(str(path) for path in folder.glob("libnvrtc.so*") if "builtins" not in path.name)
     for name in names:
         try:
             return ctypes.CDLL(name)

@@ -434,11 +434,13 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
                                      every solution where one null-space basis vector is scaled by 1e-20) */
     memcpy(h, balanced, sizeof(h));
     hessenberg(h, BASIS);
-    int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */
-    if (real >= 0) {
-        for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : NAN; /* (NaN: skipped whatever imag_tol) */
-    } else if (!hqr(h, BASIS, wr, wi)) {
-        return;
+    if (!(EIG_CLOSED && closed_form_eigenvalues(h, BASIS, wr, wi))) { /* every one in closed form (roots.h), or */
+        int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */
+        if (real >= 0) {
+            for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : NAN; /* (NaN: skipped whatever imag_tol) */
+        } else if (!hqr(h, BASIS, wr, wi)) {
+            return;
+        }
     }
     for (int s = 0; s < BASIS; s++) {
         if (!(fabs(wi[s]) <= imag_tol * max_of(fabs(wr[s]), 1.0))) continue;
