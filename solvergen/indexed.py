@@ -644,13 +644,15 @@ def domain_conditions(system: IndexedSystem) -> list:
 def schur_solve(system: IndexedSystem) -> list | None:
     """The KKT solve of an Argmin whose unknowns all have a diagonal Hessian D and whose only
     constraint is one scalar equality (LML's sum y = k), in closed form: with A the constraint's
-    Jacobian row and g the right-hand side (g_y per unknown, g_mu for the multiplier),
+    Jacobian row and the IFT's right-hand side (g_y per unknown: the loss's gradient; 0 for the
+    multiplier, which the loss does not see),
 
-        w_mu = (sum A D^-1 g_y - g_mu) / (sum A^2 D^-1),    w_y = D^-1 (g_y - A w_mu),
+        w_mu = (sum A D^-1 g_y) / (sum A^2 D^-1),    w_y = D^-1 (g_y - A w_mu),
 
     D^-1 simplified by sympy (LML: D = 1 / (y (1 - y)), so D^-1 = y (1 - y): the paper's eq. 19).
-    The right-hand sides are the arrays `_g<column>`. -> [(expression, letters)] per column, in
-    column order, or None where the structure is not this one (the runtime's structured solve)."""
+    The right-hand sides are the arrays `_g<column>` of the unknown columns. -> [(expression,
+    letters)] per column, in column order, or None where the structure is not this one (the
+    runtime's structured solve)."""
     if system.kind != "argmin" or system.redundant or system.auxiliary:
         return None
     unknown = [c for c, v in enumerate(system.columns) if v.kind == "unknown"]
@@ -660,7 +662,6 @@ def schur_solve(system: IndexedSystem) -> list | None:
     m = others[0]
     if (m, m) in system.blocks or not all(diagonal_unknown(system, c) for c in unknown):
         return None
-    g_mu = sp.Symbol(f"_g{m}")
     parts = {}
     for c in unknown:
         v = system.columns[c]
@@ -676,7 +677,7 @@ def schur_solve(system: IndexedSystem) -> list | None:
             row += t.coefficient.xreplace({sp.Idx(n, idx_size(l)): l for n, l in names.items()})
         g = sp.IndexedBase(f"_g{c}", shape=v.array.dims)[letters] if letters else sp.Symbol(f"_g{c}")
         parts[c] = (sp.cancel(1 / diagonal), row, g, letters)
-    numerator, schur = -g_mu, sp.Integer(0)
+    numerator, schur = sp.Integer(0), sp.Integer(0)
     for c, (inverse, row, g, letters) in parts.items():
         numerator += _sum_over(row * inverse * g, letters)
         schur += _sum_over(row * row * inverse, letters)

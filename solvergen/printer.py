@@ -11,6 +11,7 @@ import keyword
 import re
 
 import sympy as sp
+from sympy.printing.precedence import precedence
 from sympy.printing.pycode import PythonCodePrinter
 
 
@@ -70,6 +71,22 @@ class TorchPrinter(PythonCodePrinter):
             return super()._print_Mul(expr)
         finally:
             self._denominators = saved
+
+    def _print_Add(self, expr, order=None):
+        # "b - a" rather than sympy's "-a + b": one tensor operation fewer (no negation), the same
+        # value to the bit (-a + b and b - a round alike). Longer sums keep sympy's order: moving
+        # a term would change how they round.
+        terms = self._as_ordered_terms(expr, order=order)
+        if len(terms) == 2:
+            first, second = (self._print(term) for term in terms)
+            if first.startswith("-") and not second.startswith("-") and not terms[0].is_Add:
+                if precedence(terms[1]) < precedence(expr):
+                    second = f"({second})"
+                rest = first[1:]
+                if precedence(terms[0]) < precedence(expr) or precedence(-terms[0]) <= precedence(expr):
+                    rest = f"({rest})" if not (rest.startswith("(") and rest.endswith(")")) else rest
+                return f"{second} - {rest}"
+        return super()._print_Add(expr, order=order)
 
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.as_base_exp()

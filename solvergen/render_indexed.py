@@ -210,9 +210,11 @@ def render_indexed(system: IndexedSystem, spec: str, spec_hash: str, compiler_ha
     weights = dict(inputs)
     for r, v in enumerate(system.rows):
         weights[f"_w{r}"] = Array(f"_w{r}", None, v.array.dims)
-    vjp_outputs = [system.vjp[a.name] for a in system.parameters]
-    functions.append(function_code("_parameter_vjp", "sum_r w_r . d residual_r / d a, for each parameter a.",
-                                   vjp_outputs, weights, sizes))
+    # the IFT's gradient itself, -(w . d residuals / d a): sympy folds the sign into the terms
+    # (LML: -(-w) = w), where negating the VJP at run time would cost a pass over each array
+    gradient_outputs = [(-expr, letters) for expr, letters in (system.vjp[a.name] for a in system.parameters)]
+    functions.append(function_code("_parameter_gradient", "-(sum_r w_r . d residual_r / d a), for each parameter a.",
+                                   gradient_outputs, weights, sizes))
     init_outputs = []
     for a in system.unknowns:
         entry = system.init.get(a.name)
@@ -237,10 +239,11 @@ def render_indexed(system: IndexedSystem, spec: str, spec_hash: str, compiler_ha
     if closed_form is not None:
         rhs = dict(inputs)
         for c, v in enumerate(system.columns):
-            rhs[f"_g{c}"] = Array(f"_g{c}", None, v.array.dims)
+            if v.kind == "unknown":
+                rhs[f"_g{c}"] = Array(f"_g{c}", None, v.array.dims)
         functions.append(function_code(
-            "_schur_solve", "The KKT system K w = g (g: `_g<column>`) in closed form: one scalar equality, diagonal "
-            "Hessians (solvergen/indexed.py, schur_solve).", closed_form, rhs, sizes))
+            "_schur_solve", "The IFT's KKT system K w = (g, 0) (g: `_g<column>` of the unknowns) in closed form: one "
+            "scalar equality, diagonal Hessians (solvergen/indexed.py, schur_solve).", closed_form, rhs, sizes))
     context = dict(
         **header_context(spec, spec_hash, compiler_hash, standalone, budget),
         name=spec_object.name,

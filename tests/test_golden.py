@@ -94,7 +94,7 @@ def test_generated_size_generic_layer_holds_only_its_functions(name):
     """A size-generic layer's file: printed functions, the plan, one class binding it."""
     tree = ast.parse((ROOT / "generated" / f"{name}.py").read_text())
     functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
-    assert functions <= {"_residuals", "_jacobian_terms", "_parameter_vjp", "_init", "_objective", "_primal",
+    assert functions <= {"_residuals", "_jacobian_terms", "_parameter_gradient", "_init", "_objective", "_primal",
                          "_auxiliary", "_schur_solve", "_domain"}, functions
     classes = [node for node in tree.body if isinstance(node, ast.ClassDef)]
     assert len(classes) == 1 and [b.attr for b in classes[0].bases] == ["IndexedLayer"]

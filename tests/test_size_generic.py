@@ -899,7 +899,8 @@ def test_spec_error_is_raised_in_python_too():
 def test_lml_backward_is_the_papers_closed_form_derived_by_the_compiler():
     """LML (diagonal Hessian, one scalar equality): the compiler emits the KKT solve in closed
     form with D^-1 simplified to y (1 - y), the paper's eq. 19; its weights equal the general
-    structured solve's on random points."""
+    structured solve's on random points, for the IFT's right-hand side (the loss's gradient for
+    y, 0 for the multiplier)."""
     from solvergen.runtime.structured_kkt import StructuredSystem
 
     plan = generated_module("lml").PLAN
@@ -908,8 +909,8 @@ def test_lml_backward_is_the_papers_closed_form_derived_by_the_compiler():
     B, n = 5, 40
     env = {"x": torch.randn(B, n, generator=gen), "k": torch.full((B,), 7.0),
            "y": torch.rand(B, n, generator=gen) * 0.98 + 0.01, "_mu0": torch.randn(B, generator=gen)}
-    rhs = [torch.randn(B, n, generator=gen), torch.randn(B, generator=gen)]
-    closed = plan.schur_solve({**env, "_g0": rhs[0], "_g1": rhs[1]}, {"n": n})
+    rhs = [torch.randn(B, n, generator=gen), torch.zeros(B)]
+    closed = plan.schur_solve({**env, "_g0": rhs[0]}, {"n": n})
     general, solved = StructuredSystem(plan, {"n": n}, plan.jacobian_terms(env, {"n": n}), B)._structured_solve(rhs)
     assert solved.all()
     y = env["y"]  # w_y = D^-1 (g - A w_mu) with D^-1 = y (1 - y) and A = 1

@@ -50,7 +50,8 @@ class _ImplicitFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         layer, state = ctx.layer, ctx.state
         with torch.no_grad():
-            grads = [torch.zeros_like(z) if g is None else g.to(z.dtype) for g, z in zip(grads, state["z"])]
+            grads = [torch.zeros_like(z) if g is None else g if g.dtype == z.dtype else g.to(z.dtype)
+                     for g, z in zip(grads, state["z"])]
             gradients = layer._ift(state, grads, ctx.needs_input_grad[2:])
         return (None, None) + tuple(gradients)
 
@@ -664,15 +665,12 @@ class IndexedLayer(torch.nn.Module):
         """The parameters' gradients (None for those not `wanted`, a flag per parameter)."""
         plan = self.plan
         params, sizes, z, ok = state["params"], state["sizes"], state["z"], state["ok"]
-        rhs = list(grads) + [x.new_zeros(x.shape) for x in z[len(plan.unknowns):]]
         if plan.schur_solve is not None:  # the compiler's closed form (one scalar equality)
             env = self._env(params, z)
-            env.update({f"_g{c}": g for c, g in enumerate(rhs)})
-            w = list(plan.schur_solve(env, sizes))
-            solved = ok
-            for x in w:
-                solved = solved & torch.isfinite(x).reshape(x.shape[0], -1).all(-1)
-            return self._vjp(params, sizes, z, w, solved, wanted)
+            env.update({f"_g{c}": g for c, g in enumerate(grads)})  # (the multipliers' right-hand side is 0)
+            w = plan.schur_solve(env, sizes)
+            return self._vjp(params, sizes, z, w, ok & _finite_rows(w), wanted, env)
+        rhs = list(grads) + [x.new_zeros(x.shape) for x in z[len(plan.unknowns):]]
         system = self._system(params, sizes, z)
         if plan.kind == "implicit":
             w, solved = system.solve(rhs, transpose=True)
@@ -686,23 +684,27 @@ class IndexedLayer(torch.nn.Module):
             w, solved = system.solve(rhs, extra_diagonal=extra)
         return self._vjp(params, sizes, z, w, ok & solved, wanted)
 
-    def _vjp(self, params, sizes, z, w, good, wanted=None):
-        """-(the parameter VJP with the IFT weights w), zero in the rows that are not `good`;
-        None for the parameters not `wanted`."""
+    def _vjp(self, params, sizes, z, w, good, wanted=None, env=None):
+        """The parameters' gradients for the IFT weights w (the generated -(w . d residuals / d a)),
+        zero in the rows that are not `good`; None for the parameters not `wanted`. env: the
+        parameters and z as `_env` has them, if at hand (it gets the weights)."""
         plan = self.plan
         every = _all(good)  # on the CPU: skip the masks (full passes over large arrays) when all rows are good
         if not every:
             w = [torch.where(_col(good, x), x, torch.zeros_like(x)) for x in w]
-        vjp = plan.parameter_vjp(self._env(params, z, w), sizes)
+        if env is None:
+            env = self._env(params, z)
+        env.update({f"_w{r}": x for r, x in enumerate(w)})
+        gradients = plan.parameter_gradient(env, sizes)
         out = []
-        for k, g in enumerate(vjp):
+        for k, g in enumerate(gradients):
             if wanted is not None and not wanted[k]:
                 out.append(None)
                 continue
             # An entry at the edge of its domain (LML's y = 1, a transport plan's P = 0 after
             # underflow) has weight 0 and an infinite derivative: 0 * inf, whose limit is 0.
             g = torch.nan_to_num(g, nan=0.0)  # (one pass; asking whether any is NaN costs two)
-            out.append(-g if every else torch.where(_col(good, g), -g, torch.zeros_like(g)))
+            out.append(g if every else torch.where(_col(good, g), g, torch.zeros_like(g)))
         return out
 
     def attach(self, *args, **kwargs):
@@ -763,6 +765,17 @@ def _norm(parts) -> torch.Tensor:
 def _rounding(parts) -> torch.Tensor:
     """The size of a float64 rounding of the point: eps (1 + |z|) per row."""
     return torch.finfo(parts[0].dtype).eps * (1 + _norm(parts))
+
+
+def _finite_rows(arrays):
+    """[B]: every entry of the row in each array [B, ...] is finite (and so is their sum: a row
+    whose sum overflows counts as not finite). One sum per array and two small operations, where
+    isfinite would take four passes over each array."""
+    first, *rest = [x.sum(tuple(range(1, x.dim()))) if x.dim() > 1 else x for x in arrays]
+    total = first
+    for x in rest:
+        total = total + x
+    return (total - total) == 0  # NaN where any entry is NaN or infinite
 
 
 def _col(mask, like):

@@ -276,8 +276,8 @@ class IndexedPlan:
     dimension is a delta (the same element). Printed functions take (v, s): v maps names to
     tensors [B, *shape] (unknowns, parameters, multipliers, weights `_w<row>`), s maps size
     names to ints; `residuals` -> one tensor per row block, `jacobian_terms` -> one coefficient
-    tensor [B, *letter sizes] per term, `parameter_vjp` -> sum_r w_r . d rows_r / d a per
-    parameter, `init` -> the default start per declared unknown, `objective` -> [B, ] (an Argmin).
+    tensor [B, *letter sizes] per term, `parameter_gradient` -> -(sum_r w_r . d rows_r / d a)
+    per parameter (the IFT's gradient for weights w), `init` -> the default start per declared unknown, `objective` -> [B, ] (an Argmin).
     `eliminated`: the unknown columns with a diagonal Hessian; `redundant`: the multiplier
     columns of which one entry is dropped (a dependent constraint); `size_sources`: size name
     -> (parameter, dimension) it is read from."""
@@ -295,7 +295,7 @@ class IndexedPlan:
     redundant: tuple
     residuals: Callable
     jacobian_terms: Callable
-    parameter_vjp: Callable
+    parameter_gradient: Callable
     init: Callable
     objective: Optional[Callable] = None
     # auxiliary unknowns (solvergen/indexed.py, auxiliary_sums): (column, its family's column)
