@@ -298,7 +298,7 @@ def test_closed_form_eigenvalues_of_small_matrices(tmp_path):
     """roots.h: every eigenvalue of upper Hessenberg matrices up to 4 x 4 (quadratic, cubic and
     quartic formulas, real roots polished) against numpy's eigvals, complex ones included; where
     two close real roots sit beside much larger ones (P3P's instance that came out as a complex
-    pair) it declines (0: the kernel uses the Sturm sequence)."""
+    pair), or at a double root, it declines (0: the kernel uses the Sturm sequence)."""
     library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + native.PORTABLE.read_text() + "".join(
         header.read_text() for header in native.HEADERS[:2]) + textwrap.dedent("""
         int eigenvalues(const double *h, int n, double *wr, double *wi) { return closed_form_eigenvalues(h, n, wr, wi); }
@@ -335,6 +335,14 @@ def test_closed_form_eigenvalues_of_small_matrices(tmp_path):
     companion[1:, :3] = np.eye(3)
     ok, found = run(companion)
     assert not ok or np.allclose(np.sort(found.real[found.imag == 0])[-2:], [1 - 1.5e-3, 1 + 1.5e-3], rtol=1e-9)
+    # exact double roots (a helper's 7-point instance: 20 x^3 - 16 x^2), which rounding may split
+    # into a complex pair: declined
+    for roots in ([0.8, 0.0, 0.0], [1.0, 1.0, 2.0], [3.0, 3.0]):
+        companion = np.zeros((len(roots), len(roots)))
+        companion[0] = -np.poly(roots)[1:]
+        companion[1:, :-1] = np.eye(len(roots) - 1)
+        ok, found = run(companion)
+        assert not ok, (roots, found)
 
 
 @needs_compiler

@@ -4,14 +4,15 @@
 the coefficients (the generated function traced into C, runtime/ctrace.py), a natural
 formulation's linear block (null space by QR, back to the declared unknowns and the gauge),
 template elimination (the compile-time sparse plan as straight-line code where the template has
-one, else LU with partial pivoting), action matrix, real eigenpairs (a Sturm sequence on the
-characteristic polynomial up to basis STURM_MAX_BASIS, Francis QR above; native/sturm.h),
+one, else LU with partial pivoting), action matrix, real eigenpairs (closed forms up to basis
+CLOSED_FORM_MAX_BASIS, native/roots.h; a Sturm sequence on the characteristic polynomial up to
+STURM_MAX_BASIS, native/sturm.h; Francis QR above),
 read-off and Newton polishing, validity and order (native/stage.h). Where a coefficient
 function cannot be traced, the kernel starts from the coefficients computed in torch. The IFT
 backward needs only the solutions and the coefficients, so it is unchanged.
 
 The source of a problem (`source`) is native/portable.h, its plan's sizes and tables,
-native/sturm.h and native/stage.h, then the generated straight-line functions. On the CPU it is
+native/sturm.h, native/roots.h and native/stage.h, then the generated straight-line functions. On the CPU it is
 compiled with the system C compiler (`$CC`, else cc, gcc or clang; -O3, the host's vector
 extensions, OpenMP where the compiler has it: OMP_NUM_THREADS threads) into a shared library
 cached on disk under `$SOLVERGEN_CACHE` (default ~/.cache/solvergen) keyed by the source's and

@@ -1,19 +1,21 @@
 /* The forward of a solvergen solver, per instance, in C (solvergen/runtime/native.py).
  *
- * The per-problem source (`native.source`) defines the sizes and tables below, then includes
- * sturm.h and this file, then the generated functions. For each instance: (where generated) the
+ * The per-problem source (`native.source`) is portable.h, the sizes and tables below, sturm.h,
+ * roots.h and this file, then the generated functions. For each instance: (where generated) the
  * coefficients from the parameters and a natural formulation's linear block (LINEAR_BLOCK, at the
  * end); fill the elimination template from the coefficients, eliminate it (the compile-time
  * sparse plan, else LU with partial pivoting), build the action matrix, take its real eigenpairs
- * (balancing, Hessenberg reduction; the real eigenvalues from the characteristic polynomial by a
- * Sturm sequence for small bases (sturm.h), else by Francis double-shift QR; inverse iteration
+ * (balancing, Hessenberg reduction; the eigenvalues from the characteristic polynomial in closed
+ * form up to 4 x 4 (roots.h), the real ones by a Sturm sequence for small bases (sturm.h), else
+ * by Francis double-shift QR; inverse iteration
  * for the eigenvectors), read the unknowns off the eigenvectors, and polish them by Gauss-Newton
  * on the polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
  * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
  *
  * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF, NPOS,
- * NCONST, NACT, NPAIRS, EIG_STURM (real eigenvalues by sturm.h rather than QR), SPARSE_LU,
- * NATIVE_COEFFICIENTS, LINEAR_BLOCK, NPARAM; polish system: PN (unknowns), PK (equations). Arrays:
+ * NCONST, NACT, NPAIRS, EIG_CLOSED (every eigenvalue by roots.h), EIG_STURM (real eigenvalues by
+ * sturm.h rather than QR), SPARSE_LU, NATIVE_COEFFICIENTS, LINEAR_BLOCK, NPARAM; polish system:
+ * PN (unknowns), PK (equations). Arrays:
  * see native.py's `source`. Generated after this file (declared below): `evaluate`,
  * `sparse_eliminate`, `coefficients`, `reduced_coefficients`, `gauge_value`.
  */
