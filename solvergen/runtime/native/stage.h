@@ -7,8 +7,8 @@
  * sparse plan, else LU with partial pivoting), build the action matrix, take its real eigenpairs
  * (balancing, Hessenberg reduction; the eigenvalues from the characteristic polynomial in closed
  * form up to 4 x 4 (roots.h), the real ones by a Sturm sequence for small bases (sturm.h), else
- * by Francis double-shift QR; inverse iteration
- * for the eigenvectors), read the unknowns off the eigenvectors, and polish them by Gauss-Newton
+ * by Francis double-shift QR; inverse iteration on the Hessenberg form for the eigenvectors, and
+ * Newton on each eigenpair), read the unknowns off the eigenvectors, and polish them by Gauss-Newton
  * on the polish system. Outputs as `template.polished_candidates` of the torch path: x [S, N], the
  * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
  *
@@ -105,28 +105,85 @@ SG_FN void balance(double *a, int n, double *d) {
 }
 
 /* Reduce a (n x n) to upper Hessenberg form by stabilized elementary similarity transforms
- * (Gaussian elimination with pivoting: Numerical Recipes' elmhes, 0-based; eigenvalues only). */
-SG_FN void hessenberg(double *a, int n) {
+ * (Gaussian elimination with pivoting: Numerical Recipes' elmhes, 0-based), keeping them: step m
+ * swapped rows and columns m and pivot[m], then took mult[i n + m] times row m from row i > m
+ * (and added as much of column i to column m). hessenberg_back maps eigenvectors back. */
+SG_FN void hessenberg(double *a, int n, int *pivot, double *mult) {
     for (int m = 1; m < n - 1; m++) {
         double x = 0.0;
         int i = m;
         for (int j = m; j < n; j++)
             if (fabs(a[j * n + m - 1]) > fabs(x)) { x = a[j * n + m - 1]; i = j; }
+        pivot[m] = i;
         if (i != m) {
             for (int j = m - 1; j < n; j++) { double t = a[i * n + j]; a[i * n + j] = a[m * n + j]; a[m * n + j] = t; }
             for (int j = 0; j < n; j++) { double t = a[j * n + i]; a[j * n + i] = a[j * n + m]; a[j * n + m] = t; }
         }
-        if (x != 0.0)
-            for (i = m + 1; i < n; i++) {
-                double y = a[i * n + m - 1];
-                if (y != 0.0) {
-                    y /= x;
-                    for (int j = m; j < n; j++) a[i * n + j] -= y * a[m * n + j];
-                    for (int j = 0; j < n; j++) a[j * n + m] += y * a[j * n + i];
-                }
-                a[i * n + m - 1] = 0.0;
+        for (i = m + 1; i < n; i++) {
+            double y = x != 0.0 ? a[i * n + m - 1] : 0.0;
+            if (y != 0.0) {
+                y /= x;
+                for (int j = m; j < n; j++) a[i * n + j] -= y * a[m * n + j];
+                for (int j = 0; j < n; j++) a[j * n + m] += y * a[j * n + i];
             }
+            mult[i * n + m] = y;
+            if (x != 0.0) a[i * n + m - 1] = 0.0;
+        }
     }
+}
+
+/* An eigenvector y of the Hessenberg form -> the matrix's, v = M y with M = P_1 L_1 ... P_k L_k
+ * (hessenberg's transformations, the last one first): O(n^2). */
+SG_FN void hessenberg_back(const int *pivot, const double *mult, int n, double *v) {
+    for (int m = n - 2; m >= 1; m--) {
+        for (int i = m + 1; i < n; i++) v[i] += mult[i * n + m] * v[m];
+        const int i = pivot[m];
+        if (i != m) { double t = v[i]; v[i] = v[m]; v[m] = t; }
+    }
+}
+
+/* Inverse iteration on the upper Hessenberg h: (h - lambda I) y = y_previous, EIG_ROUNDS
+ * solves, by LU with partial pivoting (between neighbouring rows only: O(n^2), where a full
+ * matrix's LU is O(n^3)); pivots below eps |h| replaced by it, as `eigenvector`. 0 where the
+ * iterate is not finite. */
+SG_FN int hessenberg_eigenvector(const double *h, int n, double lambda, double *y) {
+    double u[BASIS * BASIS], l[BASIS], norm = 0.0;
+    int swapped[BASIS];
+    for (int i = 0; i < n * n; i++) norm = max_of(norm, fabs(h[i]));
+    const double pivot_floor = DBL_EPSILON * (norm > 0 ? norm : 1.0);
+    memcpy(u, h, sizeof(double) * n * n);
+    for (int i = 0; i < n; i++) u[i * n + i] -= lambda;
+    for (int k = 0; k < n; k++) {
+        swapped[k] = 0;
+        if (k + 1 < n && fabs(u[(k + 1) * n + k]) > fabs(u[k * n + k])) {
+            for (int j = k; j < n; j++) { double t = u[k * n + j]; u[k * n + j] = u[(k + 1) * n + j]; u[(k + 1) * n + j] = t; }
+            swapped[k] = 1;
+        }
+        if (!isfinite(u[k * n + k])) return 0;
+        if (fabs(u[k * n + k]) < pivot_floor) u[k * n + k] = pivot_floor;
+        if (k + 1 < n) {
+            l[k] = u[(k + 1) * n + k] / u[k * n + k];
+            for (int j = k + 1; j < n; j++) u[(k + 1) * n + j] -= l[k] * u[k * n + j];
+        }
+    }
+    for (int i = 0; i < n; i++) y[i] = 1.0 / sqrt((double)n) * (1.0 + 0.01 * i);
+    for (int round = 0; round < EIG_ROUNDS; round++) {
+        for (int k = 0; k + 1 < n; k++) { /* L^-1 P */
+            if (swapped[k]) { double t = y[k]; y[k] = y[k + 1]; y[k + 1] = t; }
+            y[k + 1] -= l[k] * y[k];
+        }
+        for (int i = n - 1; i >= 0; i--) { /* U^-1 */
+            double acc = y[i];
+            for (int j = i + 1; j < n; j++) acc -= u[i * n + j] * y[j];
+            y[i] = acc / u[i * n + i];
+        }
+        double s = 0.0;
+        for (int i = 0; i < n; i++) s += y[i] * y[i];
+        s = sqrt(s);
+        if (!(s > 0.0) || !isfinite(s)) return 0;
+        for (int i = 0; i < n; i++) y[i] /= s;
+    }
+    return 1;
 }
 
 /* Eigenvalues (wr + i wi) of an upper Hessenberg matrix by the Francis double-shift QR
@@ -435,19 +492,28 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
     balance(balanced, BASIS, d); /* (without it, P3P and gP3P were 15 to 20% faster, and the 5-point lost
                                      every solution where one null-space basis vector is scaled by 1e-20) */
     memcpy(h, balanced, sizeof(h));
-    hessenberg(h, BASIS);
+    int hpivot[BASIS];
+    double hmult[BASIS * BASIS];
+    hessenberg(h, BASIS, hpivot, hmult);
     if (!(EIG_CLOSED && closed_form_eigenvalues(h, BASIS, wr, wi))) { /* every one in closed form (roots.h), or */
         int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */
         if (real >= 0) {
             for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : NAN; /* (NaN: skipped whatever imag_tol) */
-        } else if (!hqr(h, BASIS, wr, wi)) {
-            return;
+        } else {
+            double qr[BASIS * BASIS]; /* (hqr destroys its matrix; h is kept for the eigenvectors) */
+            memcpy(qr, h, sizeof(qr));
+            if (!hqr(qr, BASIS, wr, wi)) return;
         }
     }
     for (int s = 0; s < BASIS; s++) {
         if (!(fabs(wi[s]) <= imag_tol * max_of(fabs(wr[s]), 1.0))) continue;
         double v[BASIS], values[BASIS + NRED];
-        if (!eigenvector(balanced, BASIS, wr[s], v)) continue;
+        /* on the Hessenberg form, O(n^2), then back (the full matrix's, O(n^3), where that fails) */
+        if (hessenberg_eigenvector(h, BASIS, wr[s], v)) {
+            hessenberg_back(hpivot, hmult, BASIS, v);
+        } else if (!eigenvector(balanced, BASIS, wr[s], v)) {
+            continue;
+        }
         double lambda = wr[s];
         refine_eigenpair(balanced, BASIS, &lambda, v);
         for (int i = 0; i < BASIS; i++) v[i] *= d[i];
