@@ -182,6 +182,19 @@ def test_without_a_compiler_auto_falls_back_and_native_says_why(monkeypatch):
     assert torch.equal(x, x_t) and torch.equal(valid, valid_t)
 
 
+def test_without_a_c_compiler_but_with_cuda_native_is_built_for_cuda_tensors_only(monkeypatch):
+    """A GPU machine without a C compiler: construction succeeds (the CUDA kernels are compiled
+    at first use, by NVRTC); CPU tensors get the one-line reason then."""
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    monkeypatch.setattr(native, "_cuda_ready", lambda: True)
+    module = generated_module("fundamental_7pt")
+    module.Solver.plan.cache.pop("native_kernel", None)
+    solver = module.Solver(backend="native")
+    params, _ = instances("fundamental_7pt", 5)
+    with pytest.raises(native.NativeUnavailable, match="no C compiler found"):
+        solver(params)
+
+
 def test_unsupported_problems_and_bad_options_are_refused_in_one_line():
     homography = generated_module("homography_4pt")
     with pytest.raises(native.NativeUnavailable,

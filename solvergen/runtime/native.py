@@ -513,7 +513,9 @@ def emulated_kernels(plan: Plan):
 
 def check_backend(solver, backend: str) -> str:
     """Check `Solver(backend=...)` in one-line errors; for "native", that this solver can run it
-    (compiling it now, so that a failure shows at construction)."""
+    (compiling the CPU kernel now, so that a failure shows at construction; where that fails but
+    a CUDA device and NVRTC are there, the CUDA kernels are compiled at first use instead and CPU
+    tensors get the one-line error then)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be 'torch', 'native' or 'auto', got {backend!r}")
     if backend != "torch" and solver.backward != "ift":
@@ -521,8 +523,23 @@ def check_backend(solver, backend: str) -> str:
             raise ValueError("backend='native' needs backward='ift' (the autograd baseline differentiates torch operations)")
         return backend
     if backend == "native":
-        kernel(solver.plan)  # NativeUnavailable: unsupported problem, no compiler, compile error
+        try:
+            kernel(solver.plan)  # NativeUnavailable: unsupported problem, no compiler, compile error
+        except NativeUnavailable:
+            if unsupported(solver.plan) is not None or not _cuda_ready():
+                raise
     return backend
+
+
+def _cuda_ready() -> bool:
+    """A CUDA device and NVRTC: the native backend can still run on CUDA tensors."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        nvrtc_library()
+    except NativeUnavailable:
+        return False
+    return True
 
 
 def runs_native(solver, device) -> bool:
@@ -535,7 +552,9 @@ def runs_native(solver, device) -> bool:
     if solver.backend == "native":
         if device.type == "cuda":
             cuda_kernels(solver.plan, device)  # NativeUnavailable: no NVRTC, a compile or load failure
-        elif device.type != "cpu":
+        elif device.type == "cpu":
+            kernel(solver.plan)  # (compiled at construction unless only CUDA could run it)
+        else:
             raise NativeUnavailable(f"backend='native' runs on the CPU and on CUDA devices; these tensors are on "
                                     f"{device} (use backend='auto' or 'torch' there)")
         return True
