@@ -69,6 +69,14 @@ def _symbols(prefix: str, count: int) -> tuple[sp.Symbol, ...]:
     return tuple(sp.Symbol(f"{prefix}{k}") for k in range(count))
 
 
+def _tidy(expression: sp.Expr) -> sp.Expr:
+    """A lane term's derivative over one denominator with common factors pulled out, where that
+    has fewer operations (sympy's derivative of sqrt(1 + r^2) twice is x^2/s - x^2 r^2/s^3; this
+    gives x^2/s^3). Lane terms are one data point's expression, so this stays cheap."""
+    candidate = sp.factor_terms(sp.together(expression))
+    return candidate if sp.count_ops(candidate) < sp.count_ops(expression) else expression
+
+
 def _vjp(expressions, weights, parameters) -> tuple[sp.Expr, ...]:
     """sum_k w_k d e_k / d a_m for every parameter a_m."""
     return tuple(sum((w * sp.diff(e, p) for w, e in zip(weights, expressions)), sp.Integer(0)) for p in parameters)
@@ -125,13 +133,13 @@ def derive(spec: Argmin | Implicit) -> DeclarativeSystem:
     w = _symbols("_w", n + len(c))
     vjp = _vjp(lagrangian_gradient + c, w, a)
     # The lane terms' parts: the derivatives of one term, per group.
-    lane_gradients = [tuple(sp.diff(group.term, v) for v in y) for group in lanes]
+    lane_gradients = [tuple(_tidy(sp.diff(group.term, v)) for v in y) for group in lanes]
     lane_stationarity_vjp = [sum((wn * gn for wn, gn in zip(w, grads)), sp.Integer(0)) for grads in lane_gradients]
 
     def per_output(values):  # [group][output] -> [output][group]
         return tuple(zip(*values)) if lanes else ()
 
-    lane_vjp = per_output([tuple(sp.diff(e, p) for p in a) for e in lane_stationarity_vjp])
+    lane_vjp = per_output([tuple(_tidy(sp.diff(e, p)) for p in a) for e in lane_stationarity_vjp])
     functions = (
         Function("_objective", (("_y", y), ("_a", a)), (f,), (), "f(y, a): [..., N], [..., M] -> [...].",
                  lanes, per_output([(group.term,) for group in lanes])),
@@ -143,11 +151,11 @@ def derive(spec: Argmin | Implicit) -> DeclarativeSystem:
                  (len(c), n), "dc/dy: [..., N], [..., M] -> [..., E + I, N]."),
         Function("_lagrangian_hessian", (("_y", y), ("_a", a), ("_m", multipliers)), hessian, (n, n),
                  "d2L/dy2 of L = f + m . c: [..., N], [..., M], [..., E + I] -> [..., N, N].",
-                 lanes, per_output([tuple(sp.diff(g, v) for g in grads for v in y) for grads in lane_gradients])),
+                 lanes, per_output([tuple(_tidy(sp.diff(g, v)) for g in grads for v in y) for grads in lane_gradients])),
         Function("_parameter_vjp", (("_y", y), ("_a", a), ("_m", multipliers), ("_w", w)), vjp, (m,),
                  "sum_n w_n d2L/dy_n da + sum_j w_(N+j) dc_j/da: [..., N], [..., M], [..., E + I], "
                  "[..., N + E + I] -> [..., M].",
-                 lanes, lane_vjp, tuple(tuple(sp.diff(e, p) for p in group.placeholders)
+                 lanes, lane_vjp, tuple(tuple(_tidy(sp.diff(e, p)) for p in group.placeholders)
                                         for group, e in zip(lanes, lane_stationarity_vjp))),
         init,
     )
