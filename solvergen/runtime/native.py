@@ -444,14 +444,14 @@ def nvrtc_compile(text: str, arch: str, name: str = "kernel.cu", library=None) -
         nvrtc.nvrtcDestroyProgram(ctypes.byref(program))
 
 
-def cubin_path(plan: Plan, arch: str) -> Path:
-    """The plan's source compiled by NVRTC for `arch` unless the cache has it: -> the cubin's path
-    (the disk cache of the CPU build, keyed by the source, NVRTC's version and the options)."""
+def cubin_path(plan: Plan, arch: str, text: str) -> Path:
+    """The plan's source `text` compiled by NVRTC for `arch` unless the cache has it: -> the
+    cubin's path (the disk cache of the CPU build, keyed by the source, NVRTC's version and the
+    options)."""
     reason = unsupported(plan)
     if reason is not None:
         raise NativeUnavailable(f"{plan.name}: the native backend does not support it: {reason}")
     nvrtc = nvrtc_library()
-    text = source(plan)
     key = hashlib.sha256("\n".join([text, nvrtc_version(nvrtc), arch, *NVRTC_OPTIONS]).encode()).hexdigest()[:20]
     folder = cache_dir()
     path = folder / f"{plan.name}-{key}-{arch}.cubin"
@@ -476,9 +476,10 @@ def cuda_kernels(plan: Plan, device) -> dict:
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in loaded:
         major, minor = torch.cuda.get_device_capability(index)
-        path = cubin_path(plan, f"sm_{major}{minor}")
+        text = source(plan)
+        path = cubin_path(plan, f"sm_{major}{minor}", text)
         names = ["solve_batch_kernel"]
-        if "#define NATIVE_COEFFICIENTS 1\n" in source(plan):
+        if "#define NATIVE_COEFFICIENTS 1\n" in text:
             names.append("solve_batch_from_kernel")
         try:
             with torch.cuda.device(index):

@@ -77,6 +77,28 @@ SG_FN void lu_solve(const double *lu, int n, const int *perm, double *b, int m, 
     memcpy(b, work, sizeof(double) * n * m);
 }
 
+/* Inverse iteration's pieces (eigenvector, hessenberg_eigenvector): the pivot floor eps |a|_max
+ * (the matrix a - lambda I is singular by construction), the start vector (distinct entries),
+ * and v / |v| (0 where |v| is 0 or not finite). */
+SG_FN double pivot_floor_of(const double *a, int n) {
+    double norm = 0.0;
+    for (int i = 0; i < n * n; i++) norm = max_of(norm, fabs(a[i]));
+    return DBL_EPSILON * (norm > 0 ? norm : 1.0);
+}
+
+SG_FN void iteration_start(double *v, int n) {
+    for (int i = 0; i < n; i++) v[i] = 1.0 / sqrt((double)n) * (1.0 + 0.01 * i);
+}
+
+SG_FN int normalize(double *v, int n) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += v[i] * v[i];
+    s = sqrt(s);
+    if (!(s > 0.0) || !isfinite(s)) return 0;
+    for (int i = 0; i < n; i++) v[i] /= s;
+    return 1;
+}
+
 /* Balance a (n x n) by powers of 2, as LAPACK's dgebal (3.5 and later: 2-norms of the rows
  * and columns; scaling only): a <- D^-1 a D. The 1-norm variant of older codes leaves some
  * action matrices (norm 1e12, graded) with eigenvalues off by 1e-5. */
@@ -144,13 +166,12 @@ SG_FN void hessenberg_back(const int *pivot, const double *mult, int n, double *
 
 /* Inverse iteration on the upper Hessenberg h: (h - lambda I) y = y_previous, EIG_ROUNDS
  * solves, by LU with partial pivoting (between neighbouring rows only: O(n^2), where a full
- * matrix's LU is O(n^3)); pivots below eps |h| replaced by it, as `eigenvector`. 0 where the
- * iterate is not finite. */
+ * matrix's LU is O(n^3)); pivots below eps |h| replaced by it, as `eigenvector` does. 0 where
+ * the iterate is not finite. */
 SG_FN int hessenberg_eigenvector(const double *h, int n, double lambda, double *y) {
-    double u[BASIS * BASIS], l[BASIS], norm = 0.0;
+    double u[BASIS * BASIS], l[BASIS];
     int swapped[BASIS];
-    for (int i = 0; i < n * n; i++) norm = max_of(norm, fabs(h[i]));
-    const double pivot_floor = DBL_EPSILON * (norm > 0 ? norm : 1.0);
+    const double pivot_floor = pivot_floor_of(h, n);
     memcpy(u, h, sizeof(double) * n * n);
     for (int i = 0; i < n; i++) u[i * n + i] -= lambda;
     for (int k = 0; k < n; k++) {
@@ -166,7 +187,7 @@ SG_FN int hessenberg_eigenvector(const double *h, int n, double lambda, double *
             for (int j = k + 1; j < n; j++) u[(k + 1) * n + j] -= l[k] * u[k * n + j];
         }
     }
-    for (int i = 0; i < n; i++) y[i] = 1.0 / sqrt((double)n) * (1.0 + 0.01 * i);
+    iteration_start(y, n);
     for (int round = 0; round < EIG_ROUNDS; round++) {
         for (int k = 0; k + 1 < n; k++) { /* L^-1 P */
             if (swapped[k]) { double t = y[k]; y[k] = y[k + 1]; y[k + 1] = t; }
@@ -177,11 +198,7 @@ SG_FN int hessenberg_eigenvector(const double *h, int n, double lambda, double *
             for (int j = i + 1; j < n; j++) acc -= u[i * n + j] * y[j];
             y[i] = acc / u[i * n + i];
         }
-        double s = 0.0;
-        for (int i = 0; i < n; i++) s += y[i] * y[i];
-        s = sqrt(s);
-        if (!(s > 0.0) || !isfinite(s)) return 0;
-        for (int i = 0; i < n; i++) y[i] /= s;
+        if (!normalize(y, n)) return 0;
     }
     return 1;
 }
@@ -306,19 +323,13 @@ SG_FN int hqr(double *a, int n, double *wr, double *wi) {
 SG_FN int eigenvector(const double *a, int n, double lambda, double *v) {
     double m[BASIS * BASIS], work[BASIS];
     int perm[BASIS];
-    double norm = 0.0;
-    for (int i = 0; i < n * n; i++) norm = max_of(norm, fabs(a[i]));
     memcpy(m, a, sizeof(double) * n * n);
     for (int i = 0; i < n; i++) m[i * n + i] -= lambda;
-    if (!lu_factor(m, n, perm, DBL_EPSILON * (norm > 0 ? norm : 1.0))) return 0; /* tiny pivots: eps |a| */
-    for (int i = 0; i < n; i++) v[i] = 1.0 / sqrt((double)n) * (1.0 + 0.01 * i);
+    if (!lu_factor(m, n, perm, pivot_floor_of(a, n))) return 0; /* tiny pivots: eps |a| */
+    iteration_start(v, n);
     for (int round = 0; round < EIG_ROUNDS; round++) {
         lu_solve(m, n, perm, v, 1, work);
-        double s = 0.0;
-        for (int i = 0; i < n; i++) s += v[i] * v[i];
-        s = sqrt(s);
-        if (!(s > 0.0) || !isfinite(s)) return 0;
-        for (int i = 0; i < n; i++) v[i] /= s;
+        if (!normalize(v, n)) return 0;
     }
     return 1;
 }
