@@ -35,12 +35,16 @@ _LETTERS = string.ascii_letters
 # -- Views between arrays and the printed functions' axes ------------------------------------
 
 
-_IN_ORDER = [tuple(range(k)) for k in range(16)]
+_IN_ORDER = [tuple(range(k)) for k in range(16)]  # (0, ..., k - 1), for the fast paths below
+
+
+def _in_order(axes: tuple, total: int) -> bool:
+    return axes == (_IN_ORDER[total] if total < len(_IN_ORDER) else tuple(range(total)))
 
 
 def place(t: torch.Tensor, axes: tuple, total: int) -> torch.Tensor:
     """t [B, d_1, ..., d_k] -> [B, 1 or d on each of `total` axes], dimension j on axes[j]."""
-    if len(axes) == total == t.dim() - 1 and axes == _IN_ORDER[total]:
+    if len(axes) == total == t.dim() - 1 and _in_order(axes, total):
         return t  # already so (the common case: a small cost per call, many calls per solve)
     order = sorted(range(len(axes)), key=lambda j: axes[j])
     if order != list(range(len(axes))):
@@ -57,7 +61,7 @@ def take(value, axes: tuple, shape: tuple, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.dim() == 0:
         return like.new_full((like.shape[0],) + tuple(shape), float(value))
     total = value.dim() - 1
-    if len(axes) == total and axes == _IN_ORDER[total] and value.shape[1:] == shape and value.shape[0] == like.shape[0]:
+    if len(axes) == total and _in_order(axes, total) and value.shape[1:] == shape and value.shape[0] == like.shape[0]:
         return value  # already so
     if not shape and value.numel() == like.shape[0]:
         return value.reshape(like.shape[0])  # a scalar per row: [B, 1, ..., 1] -> [B]
