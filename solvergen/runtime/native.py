@@ -90,6 +90,11 @@ def polish_equations(plan: Plan) -> Equations:
     return block.reduced_equations if block is not None else plan.equations
 
 
+def _slots(t: Template) -> int:
+    """Solutions per instance: one per eigenpair, two (x and -x) for an even template (SLOTS)."""
+    return 2 * t.basis if t.even else t.basis
+
+
 def _array(ctype: str, name: str, values) -> str:
     values = list(values) or [0]
     body = ", ".join(repr(float(v)) if ctype == "double" else str(int(v)) for v in values)
@@ -113,7 +118,7 @@ def source(plan: Plan) -> str:
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis, NREAD=t.num_read,
                    ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
-                   SLOTS=2 * t.basis if t.even else t.basis, NCOEF=len(e.term_equation), NPOS=len(t.positions),
+                   SLOTS=_slots(t), NCOEF=len(e.term_equation), NPOS=len(t.positions),
                    NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
                    STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
                    EIG_CLOSED=int(t.basis <= CLOSED_FORM_MAX_BASIS),
@@ -341,7 +346,7 @@ def solve_candidates(c, ok, plan: Plan, settings):
     coefficients = c.detach().to(torch.float64).contiguous()
     usable = ok.to(torch.uint8).contiguous()
     template = plan.template
-    slots = 2 * template.basis if template.even else template.basis
+    slots = _slots(template)
     x = torch.empty(batch, slots, template.unknowns, dtype=torch.float64, device=device)
     error = torch.empty(batch, slots, dtype=torch.float64, device=device)
     candidate = torch.empty(batch, slots, dtype=torch.uint8, device=device)
@@ -370,8 +375,7 @@ def solve_from_params(a, plan: Plan, settings):
     float64). On CUDA the kernel is launched on the current stream, with no host synchronisation."""
     batch, device = a.shape[0], a.device
     params = a.detach().to(torch.float64).contiguous()
-    template = plan.template
-    slots = 2 * template.basis if template.even else template.basis
+    slots = _slots(plan.template)
     c = torch.empty(batch, len(plan.equations.term_equation), dtype=torch.float64, device=device)
     x = torch.empty(batch, slots, plan.num_unknowns, dtype=torch.float64, device=device)
     valid = torch.empty(batch, slots, dtype=torch.uint8, device=device)
