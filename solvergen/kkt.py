@@ -69,12 +69,45 @@ def _symbols(prefix: str, count: int) -> tuple[sp.Symbol, ...]:
     return tuple(sp.Symbol(f"{prefix}{k}") for k in range(count))
 
 
+TIDY_FACTOR_MAX_OPS = 400  # larger lane derivatives skip cancel/factor (polynomial expansion)
+
+
+def _inner_sums(expression: sp.Expr):
+    """The innermost sums of `expression` (the residuals r = y - k x - b of a lane term),
+    replaced by fresh symbols up to sign: -> (expression in the symbols, symbol -> sum).
+    sympy writes a derivative's r and -r as two different sums (-b - k x + y and b + k x - y),
+    so r (-r) + r^2 never cancels; over the symbols it does."""
+    inner = sorted({node for node in sp.preorder_traversal(expression) if isinstance(node, sp.Add)
+                    and not any(isinstance(sub, sp.Add) for arg in node.args for sub in sp.preorder_traversal(arg))},
+                   key=sp.default_sort_key)
+    taken = {str(symbol) for symbol in expression.free_symbols}
+    mapping, back = {}, {}
+    for node in inner:
+        key = -node if node.could_extract_minus_sign() else node
+        if key in mapping:
+            continue
+        name = f"_inner{len(back)}"
+        while name in taken:
+            name = "_" + name
+        symbol = sp.Symbol(name)
+        mapping[key], mapping[-key], back[symbol] = symbol, -symbol, key
+    return expression.xreplace(mapping), back
+
+
 def _tidy(expression: sp.Expr) -> sp.Expr:
-    """A lane term's derivative over one denominator with common factors pulled out, where that
-    has fewer operations (sympy's derivative of sqrt(1 + r^2) twice is x^2/s - x^2 r^2/s^3; this
-    gives x^2/s^3). Lane terms are one data point's expression, so this stays cheap."""
-    candidate = sp.factor_terms(sp.together(expression))
-    return candidate if sp.count_ops(candidate) < sp.count_ops(expression) else expression
+    """A lane term's derivative with its innermost sums as symbols (`_inner_sums`), over one
+    denominator with common factors pulled out, or cancelled, or factored: whichever has the
+    fewest operations, if no more than the derivative as sympy gives it (each sum then has
+    one sign throughout, which the printer's CSE shares). robust_line_fit's Hessian
+    entry x^2/s - x^2 r^2/s^3 becomes x^2/s^3 (s = sqrt(1 + r^2)); its parameter VJP entries
+    go from 29 to 14 operations. Lane terms are one data point's expression, so this stays
+    cheap."""
+    over_symbols, back = _inner_sums(expression)
+    candidates = [sp.factor_terms(sp.together(over_symbols))]
+    if sp.count_ops(over_symbols) <= TIDY_FACTOR_MAX_OPS:
+        candidates += [sp.factor_terms(sp.cancel(over_symbols)), sp.factor(over_symbols)]
+    best = min(candidates, key=sp.count_ops).xreplace(back)
+    return best if sp.count_ops(best) <= sp.count_ops(expression) else expression
 
 
 def _vjp(expressions, weights, parameters) -> tuple[sp.Expr, ...]:

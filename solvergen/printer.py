@@ -153,8 +153,40 @@ def print_with_cse(
 ) -> tuple[list[str], list[str]]:
     """CSE the outputs; return assignment lines `t = ...` and the printed outputs."""
     replacements, reduced = sp.cse(outputs, symbols=sp.numbered_symbols(temp_prefix))
+    replacements, reduced = name_power_bases(replacements, reduced, temp_prefix)
     replacements, reduced = share_square_roots(replacements, reduced, temp_prefix)
     return print_program(replacements, reduced, names)
+
+
+def _repeated_base(node) -> bool:
+    """A power that is printed with its base written more than once (b*b, 1.0/(b*b*b)), or
+    that `share_square_roots` turns into products of sqrt(b), with a base that is not a name."""
+    if not node.is_Pow or node.base.is_Atom:
+        return False
+    exp = node.exp
+    return (exp.is_Integer and 2 <= abs(exp) <= 4) or (exp.is_Rational and exp.q == 2 and exp != sp.S.Half
+                                                        and exp != -sp.S.Half)
+
+
+def name_power_bases(replacements, reduced, temp_prefix: str):
+    """After CSE: the base of every `_repeated_base` power gets a name of its own, assigned
+    just before its first reader, so that (x k - y + b)**2 is computed once and squared, not
+    written out twice, and (1 + r^2)**-1.5 becomes products of one square root."""
+    names: dict[sp.Expr, sp.Symbol] = {}
+    out: list[tuple[sp.Symbol, sp.Expr]] = []
+
+    def rewrite(e, own=None):  # own: the base being assigned, which keeps its expression
+        for node in sorted({n for n in sp.preorder_traversal(e) if _repeated_base(n)}, key=sp.default_sort_key):
+            if node.base not in names and node.base != own:
+                value = rewrite(node.base, own=node.base)  # names its own bases first
+                names[node.base] = sp.Symbol(f"{temp_prefix}base{len(names)}")
+                out.append((names[node.base], value))
+        return e.xreplace({b: s for b, s in names.items() if b != own})
+
+    for sym, value in replacements:
+        value = rewrite(value)
+        out.append((sym, value))
+    return out, [rewrite(e) for e in reduced]
 
 
 def _half_power(node) -> bool:
@@ -209,9 +241,14 @@ def print_program(
     for i, target in enumerate(targets):
         readers = reader.get(target, [])
         if len(readers) == 1 and readers[0] > i and len(texts[i]) <= inline:
-            j = readers[0]
-            value = texts[i] if _NAME.fullmatch(texts[i]) else f"({texts[i]})"
-            texts[j] = re.sub(rf"\b{re.escape(target)}\b", lambda _: value, texts[j])
+            j, bare = readers[0], texts[i]
+            wrapped = bare if _NAME.fullmatch(bare) else f"({bare})"
+
+            def value(match, text=texts[j], bare=bare, wrapped=wrapped):  # f(t) -> f(...), not f((...))
+                start, end = match.span()
+                alone = start > 0 and text[start - 1] == "(" and text[end:end + 1] == ")"
+                return bare if alone else wrapped
+            texts[j] = re.sub(rf"\b{re.escape(target)}\b", value, texts[j])
         else:
             kept.append(i)
     lines = [f"{targets[i]} = {texts[i]}" for i in kept]

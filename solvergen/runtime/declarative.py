@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from . import eig, parallel
+from . import dense, eig, parallel
 from .plan import DeclarativePlan
 from .solver import Solver, flat_params
 
@@ -678,15 +678,23 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
 
 
 def _conditioned_solve(matrix, rhs, cond_max):
-    """matrix x = rhs [B, n] by one LU factorisation, and whether each row's matrix is
-    nonsingular with a 1-norm condition number |K|_1 |K^-1|_1 of at most cond_max (within a
-    factor n of the 2-norm one; the singular values would cost ten times the factorisation)."""
-    lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
-    eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
-    inverse = torch.linalg.lu_solve(lu, pivots, eye)
-    condition = matrix.abs().sum(-2).amax(-1) * inverse.abs().sum(-2).amax(-1)
-    x = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
-    return x, (info == 0) & (condition <= cond_max)
+    """matrix x = rhs [B, n] and whether each row's matrix is nonsingular with a 1-norm
+    condition number |K|_1 |K^-1|_1 of at most cond_max (within a factor n of the 2-norm one;
+    the singular values would cost ten times the factorisation). Up to 3 x 3 by the adjugate
+    (robust_line_fit's 2 x 2, batch 1,024: 0.24 -> 0.09 ms), beyond by one LU factorisation."""
+    if matrix.shape[-1] <= 3:
+        cofactors, determinant = dense.adjugate(matrix)
+        invertible = determinant != 0
+        inverse = cofactors / torch.where(invertible, determinant, torch.ones_like(determinant))[..., None, None]
+        x = dense.matvec(inverse, rhs)
+    else:
+        lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+        eye = torch.eye(matrix.shape[-1], dtype=matrix.dtype, device=matrix.device).expand_as(matrix)
+        inverse = torch.linalg.lu_solve(lu, pivots, eye)
+        x = torch.linalg.lu_solve(lu, pivots, rhs.unsqueeze(-1)).squeeze(-1)
+        invertible = info == 0
+    condition = dense.norm1(matrix) * dense.norm1(inverse)
+    return x, invertible & (condition <= cond_max)
 
 
 class _ImplicitFunction(torch.autograd.Function):

@@ -2,6 +2,8 @@
 matrix), LAPACK beyond; the Gram solve of the least-squares IFT backward."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import parallel
@@ -19,6 +21,23 @@ def adjugate(m):
     c0 = torch.linalg.cross(r1, r2)
     columns = torch.stack([c0, torch.linalg.cross(r2, r0), torch.linalg.cross(r0, r1)], -1)
     return columns, (r0 * c0).sum(-1)
+
+
+def norm1(m):
+    """The 1-norm (largest absolute column sum) of [..., n, n]. Up to 3 x 3 by slices: a
+    reduction over a dimension of 2 or 3 costs more than the arithmetic (batch 1,024, 2 x 2:
+    51 -> 12 us)."""
+    if m.shape[-1] > 3:
+        return m.abs().sum(-2).amax(-1)
+    columns = functools.reduce(torch.add, m.abs().unbind(-2))
+    return functools.reduce(torch.maximum, columns.unbind(-1))
+
+
+def matvec(m, v):
+    """m v for [..., n, n], [..., n]; up to 3 x 3 by slices (see `norm1`)."""
+    if m.shape[-1] > 3:
+        return (m @ v.unsqueeze(-1)).squeeze(-1)
+    return functools.reduce(torch.add, (m * v.unsqueeze(-2)).unbind(-1))
 
 
 def small_solve(m, rhs):
