@@ -36,6 +36,14 @@ PROJECTIONS = {
         problem = Argmin("entropy_simplex", y, x, -sum(a * b for a, b in zip(x, y)) + sum(v * sp.log(v) for v in y),
                          equalities=[sum(y) - 1], inequalities=[v >= 0 for v in y], init=sp.Rational(1, 5))
     """,
+    # The entropic projection with a temperature: components down to 1e-18 at small tau, where
+    # the final barrier leaves y >= 0 ambiguous and the Hessian entry tau / y reaches 1e17.
+    "entropy_projection": """
+        y = sp.symbols("y0:5"); x = sp.symbols("x0:5"); tau = sp.Symbol("tau")
+        problem = Argmin("entropy_projection", y, [x, tau],
+                         sum((a - b)**2 for a, b in zip(y, x)) / 2 + tau * sum(v * sp.log(v) for v in y),
+                         equalities=[sum(y) - 1], inequalities=[v >= 0 for v in y], init=sp.Rational(1, 5))
+    """,
     # A trust-region subproblem: indefinite Q makes it non-convex.
     "trust_region": """
         y = sp.Matrix(sp.symbols("y0:3")); Q = sp.Matrix(3, 3, sp.symbols("Q0:9")); g = sp.Matrix(sp.symbols("g0:3"))
@@ -605,6 +613,45 @@ def test_entropy_regularised_argmax_is_the_softmax(projections):
     x2 = x.detach().clone().requires_grad_(True)
     (torch.softmax(x2, -1) * w).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, rtol=0, atol=1e-10)
+
+
+def entropy_projection_reference(params):
+    """y_i = tau omega((x_i - nu) / tau - 1 - log tau) (stationarity y - x + tau (log y + 1) + nu
+    = 0 solved by the Wright omega function), nu by bisection on sum(y) = 1, then Newton."""
+    from scipy.optimize import brentq
+    from scipy.special import wrightomega
+
+    out = []
+    for row in params.numpy():
+        x, tau = row[:5], row[5]
+
+        def y_of(nu):
+            return tau * np.real(wrightomega((x - nu) / tau - 1 - np.log(tau)))
+
+        nu = brentq(lambda nu: y_of(nu).sum() - 1, -50, 50, xtol=1e-15, rtol=1e-15)
+        for _ in range(3):  # Newton on sum(y(nu)) = 1: dy/dnu = -y / (y + tau)
+            y = y_of(nu)
+            nu += (y.sum() - 1) / (y / (y + tau)).sum()
+        out.append(y_of(nu))
+    return torch.tensor(np.array(out))
+
+
+def test_entropy_projection_with_components_near_zero(projections):
+    """Small temperatures put components at 1e-9 to 1e-18: every row is ok, matches the Wright
+    omega closed form, and has the finite-difference gradient (the interior point's last barrier
+    leaves the bound y >= 0 looking active there, and the Hessian entry tau / y is up to 1e17)."""
+    model = projections["entropy_projection"]
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 5, dtype=torch.float64, generator=g) * 3
+    tau = 0.05 + 0.3 * torch.rand(200, 1, dtype=torch.float64, generator=g)
+    params = torch.cat([x, tau], -1)
+    y, ok = model(params)
+    reference = entropy_projection_reference(params)
+    assert reference.amin() < 1e-12  # the hard rows are there
+    assert ok.all()
+    assert ((y - reference).abs().amax(-1) <= 1e-8).all()
+    error, scale, ok = finite_difference_check(model, params[:40])
+    assert ok.all() and (error <= 1e-5 * scale).all()
 
 
 def trust_region_instances(count, convex, seed=0):

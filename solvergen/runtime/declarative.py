@@ -30,7 +30,8 @@ inactive: the one-sided derivative of moving into the interior). The KKT matrix 
 [[d2L/dy2, A^T], [A, 0]]; the parameter side is the generated vector-Jacobian product, so no
 d(.)/da matrix is formed. Implicit: J^T w = grad (J (J^T J)^-1 grad when overdetermined).
 Rows that did not converge, or whose matrix is singular or has a 1-norm condition number above
-`cond_max`, get zero gradient; the latter are counted in `ill_conditioned`.
+`cond_max` (also after equilibration, `dense.equilibrate`), get zero gradient; the latter are
+counted in `ill_conditioned`.
 """
 from __future__ import annotations
 
@@ -244,12 +245,31 @@ def _at_vertex(A, active):
 def _second_order_ok(H, A, active):
     """Strict local minimum on the active constraints (second-order sufficient condition): the
     KKT matrix has exactly as many negative eigenvalues as active constraints and no (near) zero
-    one; with A of full row rank this is the reduced Hessian being positive definite."""
-    values, _ = _eigh(_kkt_matrix(H, A, active, symmetric=True))
+    one; with A of full row rank this is the reduced Hessian being positive definite. Rows that
+    fail are counted again on the equilibrated matrix (a congruence: the same inertia), where
+    "near zero" is relative to the entries' own scale: an entropy's Hessian entry tau / y of
+    1e16 does not make the eigenvalues of order 1 zero."""
+    K = _kkt_matrix(H, A, active, symmetric=True)
+    fully, _ = _at_vertex(A, active)  # a vertex: the reduced Hessian is empty
+    ok = _inertia_ok(K, active) | fully
+    if _all(ok):
+        return ok
+    retry = ~ok
+    if parallel.host_sync_is_free(K.device):
+        rows = retry.nonzero().squeeze(-1)
+        scale, _ = dense.equilibrate(K[rows], symmetric=True)
+        return ok.index_put((rows,), _inertia_ok(K[rows] * scale.unsqueeze(-1) * scale.unsqueeze(-2), active[rows]))
+    scale, _ = dense.equilibrate(K, symmetric=True)
+    return ok | (retry & _inertia_ok(K * scale.unsqueeze(-1) * scale.unsqueeze(-2), active))
+
+
+def _inertia_ok(K, active):
+    """K symmetric [B, n, n] has no eigenvalue within 1e-10 of the largest (or of 1) and as
+    many negative ones as active constraints."""
+    values, _ = _eigh(K)
     scale = values.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)
     nonsingular = (values.abs() > 1e-10 * scale).all(dim=-1)
-    fully, _ = _at_vertex(A, active)  # a vertex: the reduced Hessian is empty
-    return (nonsingular & ((values < 0).sum(-1) == active.sum(-1))) | fully
+    return nonsingular & ((values < 0).sum(-1) == active.sum(-1))
 
 
 def _kkt_residual(plan, a, y, m, active):
@@ -388,7 +408,7 @@ def _interior_point(plan, a, y, layer):
     nu = y.new_zeros(y.shape[0], E)
     rho = y.new_ones(y.shape[0])
     tau = torch.full_like(rho, TAU_START).unsqueeze(-1)
-    tau_min = layer.tol / 10
+    tau_min = layer.tol ** 2  # (IPOPT: tol / 10) lower for rows whose polish keeps failing
     N = y.shape[-1]
     done = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     y_out, m_out = y, y.new_zeros(y.shape[0], plan.num_constraints)
@@ -512,9 +532,25 @@ def _polish(plan, a, y, m, s, tol):
     inequalities whose multiplier exceeds their slack) as equalities, from its iterate: -> y, m
     and whether it converged and stayed consistent (inactive inequalities satisfied,
     multipliers >= 0). Where the active set is ambiguous (mu close to s) the guess may be wrong:
-    the interior point then goes on with a smaller barrier."""
+    rows where it fails try again with no inequality active (an interior solution within the
+    barrier's reach of a bound: an entropy's y = 1e-12 next to y >= 0, where the final barrier
+    leaves mu = tau / s of order 1e-2 > s), and those that fail both go on with a smaller
+    barrier."""
     E = plan.num_equalities
     active = torch.cat([torch.ones_like(m[..., :E], dtype=torch.bool), m[..., E:] > s], -1)
+    y_p, m_p, polished = _polish_with(plan, a, y, m, active, tol)
+    if _all(polished) or not plan.num_inequalities:
+        return y_p, m_p, polished
+    interior = torch.zeros_like(active)
+    interior[..., :E] = True
+    y_i, m_i, polished_i = _polish_with(plan, a, y, m, interior, tol)
+    second = (~polished & polished_i).unsqueeze(-1)
+    return torch.where(second, y_i, y_p), torch.where(second, m_i, m_p), polished | polished_i
+
+
+def _polish_with(plan, a, y, m, active, tol):
+    """`_polish` with the given active set."""
+    E = plan.num_equalities
     y_p, m_p, converged = _kkt_newton(plan, a, y, m * active, active, POLISH_STEPS, tol)
     g = plan.constraints(y_p, a)[..., E:]
     consistent = ((g <= tol) | active[..., E:]).all(dim=-1) & (m_p[..., E:] >= 0).all(dim=-1)
@@ -680,7 +716,28 @@ def implicit_gradient(plan: DeclarativePlan, a, y, m, ok, grad, cond_max):
 def _conditioned_solve(matrix, rhs, cond_max):
     """matrix x = rhs [B, n] and whether each row's matrix is nonsingular with a 1-norm
     condition number |K|_1 |K^-1|_1 of at most cond_max (within a factor n of the 2-norm one;
-    the singular values would cost ten times the factorisation). Up to 3 x 3 by the adjugate
+    the singular values would cost ten times the factorisation). Rows that fail are solved
+    again after equilibration (`dense.equilibrate`: x = C z with (R K C) z = R rhs), with the
+    condition number of the equilibrated matrix, which is what bounds the solve's error: an
+    entropy's Hessian entry tau / y of 1e16 next to entries of order 1 is badly scaled, not
+    ill-conditioned. (Equilibrating every row would cost more than the solve.)"""
+    x, conditioned = _plain_conditioned_solve(matrix, rhs, cond_max)
+    if _all(conditioned):
+        return x, conditioned
+    retry = ~conditioned
+    rows = retry.nonzero().squeeze(-1) if parallel.host_sync_is_free(matrix.device) else None
+    sub_matrix, sub_rhs = (matrix, rhs) if rows is None else (matrix[rows], rhs[rows])
+    row_scale, column_scale = dense.equilibrate(sub_matrix)
+    z, sub_conditioned = _plain_conditioned_solve(sub_matrix * row_scale.unsqueeze(-1) * column_scale.unsqueeze(-2),
+                                                  sub_rhs * row_scale, cond_max)
+    sub_x = z * column_scale
+    if rows is None:
+        return torch.where(retry.unsqueeze(-1), sub_x, x), conditioned | sub_conditioned
+    return x.index_put((rows,), sub_x), conditioned.index_put((rows,), sub_conditioned)
+
+
+def _plain_conditioned_solve(matrix, rhs, cond_max):
+    """`_conditioned_solve` without equilibration. Up to 3 x 3 by the adjugate
     (robust_line_fit's 2 x 2, batch 1,024: 0.24 -> 0.09 ms), beyond by one LU factorisation."""
     if matrix.shape[-1] <= 3:
         cofactors, determinant = dense.adjugate(matrix)

@@ -23,6 +23,37 @@ def adjugate(m):
     return columns, (r0 * c0).sum(-1)
 
 
+EQUILIBRATION_SWEEPS = 8  # Ruiz sweeps: each halves the spread (in orders of magnitude) of the rows and columns
+
+
+def equilibrate(m, symmetric=False):
+    """Diagonal scalings r, c [..., n] (powers of two: scaling by them is exact) with which
+    diag(r) m diag(c) has rows and columns whose largest absolute entry is about 1 (Ruiz's
+    iteration). `symmetric`: r = c, a congruence, which keeps the inertia (Sylvester). Zero or
+    non-finite rows and columns keep the scale 1. A KKT matrix with a Hessian entry 1e16 next
+    to entries of order 1 (an entropy's tau / y at y = 1e-16) has eigenvalues spread over 16
+    orders of magnitude; equilibrated, over about one."""
+    rows = torch.ones_like(m[..., 0])
+    columns = torch.ones_like(m[..., 0])
+    magnitude = m.abs()
+    for _ in range(EQUILIBRATION_SWEEPS):
+        scaled = magnitude * rows.unsqueeze(-1) * columns.unsqueeze(-2)
+        row_max, column_max = scaled.amax(-1), scaled.amax(-2)
+        if symmetric:
+            column_max = row_max
+        rows = rows * _power_of_two_rsqrt(row_max)
+        columns = rows if symmetric else columns * _power_of_two_rsqrt(column_max)
+    return rows, columns
+
+
+def _power_of_two_rsqrt(value):
+    """2^round(-log2(value) / 2): about 1/sqrt(value), exactly representable; 1 where value is
+    0 or not finite."""
+    usable = (value > 0) & torch.isfinite(value)
+    exponent = torch.round(-0.5 * torch.log2(torch.where(usable, value, torch.ones_like(value))))
+    return torch.exp2(exponent.clamp(-500, 500))
+
+
 def norm1(m):
     """The 1-norm (largest absolute column sum) of [..., n, n]. Up to 3 x 3 by slices: a
     reduction over a dimension of 2 or 3 costs more than the arithmetic (batch 1,024, 2 x 2:

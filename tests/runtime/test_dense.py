@@ -51,3 +51,36 @@ def test_cholesky_by_entries_equals_lapack():
     assert torch.equal(info == 0, reference_info == 0) and not (info[5] == 0 or info[6] == 0)
     good = info == 0
     torch.testing.assert_close(inverse[good], reference[good], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_norm1_and_matvec_against_torch(n):
+    g = torch.Generator().manual_seed(n)
+    m = torch.randn(50, n, n, dtype=torch.float64, generator=g)
+    v = torch.randn(50, n, dtype=torch.float64, generator=g)
+    torch.testing.assert_close(dense.norm1(m), torch.linalg.matrix_norm(m, ord=1), rtol=1e-15, atol=0)
+    torch.testing.assert_close(dense.matvec(m, v), (m @ v.unsqueeze(-1)).squeeze(-1), rtol=1e-14, atol=1e-14)
+
+
+def test_equilibration_is_exact_and_keeps_the_inertia():
+    """Scales are powers of two; the scaled matrix has rows and columns whose largest entry is
+    within a factor 4 of 1 (entries from 1e-16 to 1e16 before); the symmetric scaling keeps the
+    signs of the eigenvalues; zero and non-finite rows keep the scale 1."""
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(200, 4, 4, dtype=torch.float64, generator=g))
+    values = torch.randn(200, 4, dtype=torch.float64, generator=g)
+    spread = torch.diag_embed(10.0 ** torch.randint(-8, 9, (200, 4), generator=g).to(torch.float64))
+    k = spread @ q @ torch.diag_embed(values) @ q.transpose(-1, -2) @ spread  # congruent: same inertia
+    rows, columns = dense.equilibrate(k)
+    for scale in (rows, columns):
+        assert (torch.frexp(scale).mantissa == 0.5).all()
+    scaled = k * rows.unsqueeze(-1) * columns.unsqueeze(-2)
+    for largest in (scaled.abs().amax(-1), scaled.abs().amax(-2)):
+        assert (largest > 0.25).all() and (largest < 4).all()
+    d, _ = dense.equilibrate(k, symmetric=True)
+    inertia = torch.linalg.eigvalsh(k * d.unsqueeze(-1) * d.unsqueeze(-2)) < 0
+    assert ((inertia.sum(-1)) == (values < 0).sum(-1)).all()
+    zero = torch.zeros(1, 3, 3, dtype=torch.float64)
+    zero[0, 0, 0] = float("inf")
+    for scale in dense.equilibrate(zero):
+        assert (scale == 1).all()
