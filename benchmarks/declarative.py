@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import solvergen  # noqa: E402
-from run import machine_info, saved_bytes_of, version  # noqa: E402
+from run import machine_info, peak_bytes, saved_bytes_of, steady_allocator, version  # noqa: E402
 from solvergen.spec import read_spec  # noqa: E402
 
 PROBLEMS = ("robust_line_fit", "qp_layer", "tanh_fixed_point", "kabsch_quaternion")
@@ -159,11 +159,14 @@ def bench_layer(name: str, batches, repeats: int, budget: float, records: list) 
             record[f"{mode}_backward_ms"] = 1e3 * median_backward_time(loss_of(model), repeats, budget)
             record[f"{mode}_saved_bytes"] = saved_bytes_of(
                 lambda model=model: model(params.clone().requires_grad_(True))[0].sum())
+            loss = loss_of(model)()
+            record[f"{mode}_backward_peak_bytes"] = peak_bytes(loss.backward)
         dense_batch = min(batch, 1024)  # its per-entry passes: cap the batch, time scaled to the full batch
         dense = lambda: dense_ift_gradient(ift, params[:dense_batch], y[:dense_batch], m[:dense_batch],  # noqa: E731
                                            weights[:dense_batch])
         record["dense_ift_backward_ms"] = 1e3 * median_time(dense, repeats, budget) * batch / dense_batch
         record["dense_ift_batch_measured"] = dense_batch
+        record["dense_ift_backward_peak_bytes"] = peak_bytes(dense) if dense_batch == batch else None
         rows = ok[:dense_batch]  # the baseline computes the same gradient: checked on the converged rows
         record["dense_vs_ift_max_abs"] = float((dense() - backward_of(ift)()[:dense_batch])[rows].abs().max())
         if name == "qp_layer":
@@ -218,7 +221,8 @@ def markdown(data: dict) -> str:
         f"`python benchmarks/declarative.py {data['arguments']}`; {machine['date']}; {machine['cpu']}, "
         f"torch threads {machine['torch_threads']}; torch {machine['versions']['torch']}, "
         f"qpth {data['versions']['qpth']}, cvxpylayers {data['versions']['cvxpylayers']}, cvxpy {data['versions']['cvxpy']}; "
-        f"load average at start {machine['load_average_start']}.",
+        f"load average at start {machine['load_average_start']}; malloc settings "
+        f"{machine.get('malloc_settings') or 'glibc defaults'} (benchmarks/run.py `steady_allocator`).",
         "",
         "float64, CPU. Times in ms per call for the whole batch (medians). Backward: `loss.backward()` alone, "
         "after an untimed forward (the JSON also has forward and backward together). dense IFT: the "
@@ -227,15 +231,21 @@ def markdown(data: dict) -> str:
         "at most 1,024 and scaled), differentiating the generated objective and constraints (robust_line_fit's "
         "20 terms evaluated vectorised, as lanes, as a DDN user would write them); its gradient agrees with the "
         f"IFT's to {max(r['dense_vs_ift_max_abs'] for r in data['records']):.0e} (`dense_vs_ift_max_abs` in the "
-        "JSON). Saved: bytes saved for backward.",
+        "JSON). Saved: bytes saved for backward by the forward. Peak: the largest sum of live CPU allocations "
+        "while the backward runs (torch.profiler's memory events; the dense IFT's only where it ran on the "
+        "whole batch).",
         "",
         "| layer | batch | forward | IFT backward | autograd backward | dense IFT backward | dense / IFT | autograd / IFT "
-        "| saved, IFT | saved, autograd | qpth (fwd+bwd) | cvxpylayers (fwd+bwd) | ok % |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| saved, IFT | saved, autograd | peak, IFT | peak, autograd | peak, dense | qpth (fwd+bwd) "
+        "| cvxpylayers (fwd+bwd) | ok % |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def ms(value):
         return "-" if value is None else f"{value:.3g}"
+
+    def mb(value):
+        return "-" if value is None else f"{value / 1e6:.2f} MB"
 
     for r in data["records"]:
         ift = max(r["ift_backward_ms"], 1e-6)
@@ -243,12 +253,15 @@ def markdown(data: dict) -> str:
             f"| {r['layer']} | {r['batch']} | {ms(r['forward_ms'])} | {ms(r['ift_backward_ms'])} | "
             f"{ms(r['autograd_backward_ms'])} | {ms(r['dense_ift_backward_ms'])} | {r['dense_ift_backward_ms'] / ift:.1f}x | "
             f"{r['autograd_backward_ms'] / ift:.1f}x | {r['ift_saved_bytes'] / 1e6:.2f} MB | "
-            f"{r['autograd_saved_bytes'] / 1e6:.2f} MB | {ms(r.get('qpth_forward_backward_ms'))} | "
+            f"{r['autograd_saved_bytes'] / 1e6:.2f} MB | {mb(r.get('ift_backward_peak_bytes'))} | "
+            f"{mb(r.get('autograd_backward_peak_bytes'))} | {mb(r.get('dense_ift_backward_peak_bytes'))} | "
+            f"{ms(r.get('qpth_forward_backward_ms'))} | "
             f"{ms(r.get('cvxpylayers_forward_backward_ms'))} | {r['ok_percent']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
+    steady_allocator()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--batches", default="1,64,1024,10000")

@@ -424,6 +424,21 @@ def bench_forward(case: Case, ours: OursTimer, config: Config, results: Results)
 # ---------------------------------------------------------------------------------------------
 
 
+def peak_bytes(fn) -> int:
+    """Peak of live CPU allocations while fn runs (torch.profiler memory events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        # allocations are counted in the operator that makes them (self, not its children);
+        # frees come as "[memory]" events with negative sizes
+        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return int(peak)
+
+
 def saved_bytes_of(fn) -> int:
     """Bytes of the unique storages saved for backward while `fn` runs."""
     storages: dict[tuple, int] = {}
@@ -906,6 +921,23 @@ def load_average() -> list[float] | None:
         return None
 
 
+# glibc malloc returns freed blocks above 128 KB to the system and maps them anew, page faults
+# and all: torch's CPU operations on [1024, 20] float64 tensors (160 KB) then flip between two
+# speeds up to 4x apart from one process to the next. Kept memory gives steady figures (the
+# PyTorch CPU tuning guide's advice, with glibc's own settings instead of jemalloc/tcmalloc).
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
+
+
+def steady_allocator() -> None:
+    """Run this benchmark again with STEADY_MALLOC in its environment, unless it is there already
+    (or not Linux, or SOLVERGEN_BENCH_SYSTEM_MALLOC=1); `machine_info` records the settings."""
+    if (sys.platform != "linux" or os.environ.get("SOLVERGEN_BENCH_SYSTEM_MALLOC") == "1"
+            or all(k in os.environ for k in STEADY_MALLOC)):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, **STEADY_MALLOC})
+
+
 def machine_info(device: str) -> dict:
     import solvergen
 
@@ -924,6 +956,7 @@ def machine_info(device: str) -> dict:
         "git_dirty": bool(git("status", "--porcelain", "--", "solvergen", "generated", "templates", "problems")),
         "device": device,
         "load_average_start": load_average(),
+        "malloc_settings": {k: os.environ.get(k) for k in STEADY_MALLOC},
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

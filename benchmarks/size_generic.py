@@ -38,7 +38,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import size_generic_references as ref  # noqa: E402
+from run import peak_bytes  # noqa: E402
 
 import solvergen  # noqa: E402
 
@@ -57,21 +59,6 @@ def median_time(fn, repeats: int, budget: float) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
-
-
-def peak_bytes(fn) -> int:
-    """Peak of live CPU allocations while fn runs (torch.profiler memory events)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        # allocations are counted in the operator that makes them (self, not its children);
-        # frees come as "[memory]" events with negative sizes
-        live += e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
-        peak = max(peak, live)
-    return int(peak)
 
 
 class _ClosedFormLayer(torch.autograd.Function):
