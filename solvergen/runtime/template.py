@@ -157,7 +157,11 @@ def eigen_candidates(c, template, tables, method):
     # Action matrix, its eigenvectors, the unknowns.
     scaled = tables["action_scale"].unsqueeze(-1) * reduced.index_select(1, tables["action_reduced"])
     action = tables["action"].expand(batch, n, n).index_add(1, tables["action_rows"], -scaled)
-    ok = torch.isfinite(c).all(dim=-1) & solved & torch.isfinite(action).flatten(1).all(dim=-1)
+    # Entries beyond sqrt(max) / 256 (5e151 in float64) overflow the squares inside LAPACK's
+    # eig: MKL then aborts the process ("double free or corruption", relpose_8pt_radial with a
+    # parameter of 1e300). Such rows, and non-finite ones, have no solutions.
+    limit = torch.finfo(action.dtype).max ** 0.5 / 256
+    ok = torch.isfinite(c).all(dim=-1) & solved & (action.abs() <= limit).flatten(1).all(dim=-1)
     action = torch.where(ok.view(-1, 1, 1), action, tables["fallback"])
     if method == "charpoly":
         eigenvalues, vectors = eig.charpoly(action)
