@@ -601,3 +601,25 @@ def test_the_cuda_forward_does_not_synchronise_with_the_host(name):
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert valid.any(-1).float().mean().item() > 0.9
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("native", marks=needs_compiler)])
+def test_small_eigenvalues_give_no_duplicate_solutions(backend):
+    """Scaling relpose_6pt_shared_focal's third null-space basis vector by 1e-20 (the same
+    problem: x and y scale by 1e-20) makes every action eigenvalue about 1e-20; with an absolute
+    floor in the realness test (|imag| <= imag_tol max(|real|, 1)) complex pairs counted as real
+    and the native kernel returned 13 valid solutions on the first instance, 7 distinct.
+    Scaled, each instance has as many valid solutions as unscaled, and no two alike."""
+    module = generated_module("relpose_6pt_shared_focal")
+    params, _ = instances("relpose_6pt_shared_focal", 30)
+    scaled = params.clone()
+    scaled[:, 18:27] *= 1e-20
+    solver = module.Solver(backend=backend)
+    x, valid = solver(scaled)
+    _, valid_unscaled = solver(params)
+    assert torch.equal(valid.sum(-1), valid_unscaled.sum(-1))
+    units = x * torch.tensor([1e20, 1e20, 1.0], dtype=x.dtype)
+    for row in range(len(x)):
+        points = units[row][valid[row]]
+        distance = torch.cdist(points, points) + torch.eye(len(points), dtype=x.dtype)
+        assert (distance > 1e-6 * points.norm(dim=-1).amax()).all(), row

@@ -265,17 +265,24 @@ def compiled_stage(settings, c):
     return settings.compile and len(c) > 1 and settings.resolved_eig(c.device) == "closed_form"
 
 
+def real_enough(eigenvalues, imag_tol):
+    """Which eigenvalues [B, S] (complex) count as real: |imag| <= imag_tol max(|real|, floor),
+    with floor = min(1, the instance's largest |eigenvalue|): relative for an instance whose
+    eigenvalues are all small (a null-space basis vector scaled by 1e-20 makes them about 1e-20,
+    and an absolute floor of 1 let complex pairs through as real, duplicates after Newton).
+    stage.h's `real_enough` is the same rule."""
+    size = torch.where(torch.isfinite(eigenvalues), eigenvalues.abs(), torch.zeros_like(eigenvalues.real))
+    floor = size.amax(dim=-1, keepdim=True).clamp_max(1.0)
+    return eigenvalues.imag.abs() <= imag_tol * torch.maximum(eigenvalues.real.abs(), floor)
+
+
 def polished_candidates(c, ok, template, tables, system, settings, method=None):
     """The template's real solutions for coefficients c [B, n] (rows where `ok`), polished by
     Newton on `system`: points [B, S, n_unknowns], their relative residual, which are
     candidates (real, finite, from a usable template), and the rows [B] whose template and
     action matrix were usable. `method`: the eigen method (default: the solver's)."""
     z, eigenvalues, found = eigen_candidates(c, template, tables, method or settings.resolved_eig(c.device))
-    candidate = (
-        (ok & found).unsqueeze(-1)
-        & torch.isfinite(z).all(dim=-1)
-        & (eigenvalues.imag.abs() <= settings.imag_tol * eigenvalues.real.abs().clamp_min(1.0))
-    )
+    candidate = (ok & found).unsqueeze(-1) & torch.isfinite(z).all(dim=-1) & real_enough(eigenvalues, settings.imag_tol)
     z = torch.where(candidate.unsqueeze(-1), z, torch.zeros_like(z))
     x, error = newton.polish(c, z, candidate, settings.newton_steps, system)
     if template.even:
