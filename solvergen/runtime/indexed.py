@@ -440,8 +440,7 @@ class IndexedLayer(torch.nn.Module):
                 r[c] = torch.where(active[c], r[c], z_[c])
             return r
 
-        def finite(r_):
-            return torch.isfinite(torch.cat([x.reshape(B, -1) for x in r_], -1)).all(-1)
+        finite = _finite_rows
         r = residual(z)
         for _ in range(steps):
             rhs = [-x for x in r]
