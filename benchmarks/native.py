@@ -141,6 +141,7 @@ def kornia_timings(name, module, params, truth, repeats):
 
 
 def main(argv=None):
+    peers.steady_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
@@ -176,7 +177,8 @@ def main(argv=None):
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                         "compiler": native._compiler_id(native.compiler()), "commit": commit,
-                        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": list(os.getloadavg())},
+                        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average": list(os.getloadavg()),
+                        "malloc_settings": {k: os.environ.get(k) for k in peers.STEADY_MALLOC}},
             "records": records}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,7 +186,8 @@ def main(argv=None):
     lines = ["# Native backend against the torch path", "",
              f"`{data['command']}`; {data['machine']['date']}; {data['machine']['cpu']}, torch threads "
              f"{data['machine']['torch_threads']}; torch {data['machine']['torch']}; {data['machine']['compiler']}; "
-             f"commit {commit or '?'}; load average at start {[round(v, 2) for v in data['machine']['load_average']]}.", "",
+             f"commit {commit or '?'}; load average at start {[round(v, 2) for v in data['machine']['load_average']]}; "
+             f"malloc settings {data['machine']['malloc_settings']} (benchmarks/run.py `steady_allocator`).", "",
              "float64, CPU, µs per instance of the whole forward (median). Truth found: relative error <= 1e-6.", "",
              "| problem | torch b=1 | native b=1 | torch b=100 | native b=100 | torch b=10,000 | native b=10,000 | "
              "speed-up at 10,000 | native b=10,000, all cores | valid/inst. torch / native | truth found torch / native | "
