@@ -40,13 +40,10 @@ FLOAT32_SOLVE_LIMITATIONS = {
 }
 
 
-# compile=True against eager on ill-conditioned instances: compiled code rounds the coefficients
-# differently, and a root whose residual is near the validity tolerance changes sides.
-COMPILED_LIMITATIONS = {
-    "p35pf": "compiled and eager validity differ on 1 of 300 instances (a pair of solutions of an "
-             "ill-conditioned instance of the 97 x 113 template)",
-    **ACCURACY_LIMITATIONS,
-}
+# compile=True against eager. (p35pf's validity differed on 1 of 300 instances, a pair of
+# solutions of an ill-conditioned instance, until the declared equations of natural
+# formulations were checked and polished: forward.declared_polish.)
+COMPILED_LIMITATIONS = dict(ACCURACY_LIMITATIONS)
 
 
 def _cases(names, limitations):
