@@ -254,13 +254,24 @@ def _second_order_ok(H, A, active):
     ok = _inertia_ok(K, active) | fully
     if _all(ok):
         return ok
-    retry = ~ok
-    if parallel.host_sync_is_free(K.device):
-        rows = retry.nonzero().squeeze(-1)
-        scale, _ = dense.equilibrate(K[rows], symmetric=True)
-        return ok.index_put((rows,), _inertia_ok(K[rows] * scale.unsqueeze(-1) * scale.unsqueeze(-2), active[rows]))
-    scale, _ = dense.equilibrate(K, symmetric=True)
-    return ok | (retry & _inertia_ok(K * scale.unsqueeze(-1) * scale.unsqueeze(-2), active))
+
+    def equilibrated(K, active):
+        scale, _ = dense.equilibrate(K, symmetric=True)
+        return (_inertia_ok(K * scale.unsqueeze(-1) * scale.unsqueeze(-2), active),)
+
+    return _redo_rows(~ok, equilibrated, (K, active), (ok,))[0]
+
+
+def _redo_rows(redo, fn, inputs, outputs):
+    """`outputs` (tensors [B, ...]) with the rows in `redo` replaced by fn(*inputs) -> a tuple
+    like `outputs`: on the CPU fn runs on those rows only, elsewhere on every row, masked (no
+    host synchronisation)."""
+    if parallel.host_sync_is_free(redo.device):
+        rows = redo.nonzero().squeeze(-1)
+        again = fn(*(x.index_select(0, rows) for x in inputs))
+        return tuple(out.index_put((rows,), new) for out, new in zip(outputs, again))
+    again = fn(*inputs)
+    return tuple(torch.where(redo.view((-1,) + (1,) * (out.dim() - 1)), new, out) for out, new in zip(outputs, again))
 
 
 def _inertia_ok(K, active):
@@ -724,16 +735,14 @@ def _conditioned_solve(matrix, rhs, cond_max):
     x, conditioned = _plain_conditioned_solve(matrix, rhs, cond_max)
     if _all(conditioned):
         return x, conditioned
-    retry = ~conditioned
-    rows = retry.nonzero().squeeze(-1) if parallel.host_sync_is_free(matrix.device) else None
-    sub_matrix, sub_rhs = (matrix, rhs) if rows is None else (matrix[rows], rhs[rows])
-    row_scale, column_scale = dense.equilibrate(sub_matrix)
-    z, sub_conditioned = _plain_conditioned_solve(sub_matrix * row_scale.unsqueeze(-1) * column_scale.unsqueeze(-2),
-                                                  sub_rhs * row_scale, cond_max)
-    sub_x = z * column_scale
-    if rows is None:
-        return torch.where(retry.unsqueeze(-1), sub_x, x), conditioned | sub_conditioned
-    return x.index_put((rows,), sub_x), conditioned.index_put((rows,), sub_conditioned)
+
+    def equilibrated(matrix, rhs):
+        row_scale, column_scale = dense.equilibrate(matrix)
+        z, ok = _plain_conditioned_solve(matrix * row_scale.unsqueeze(-1) * column_scale.unsqueeze(-2),
+                                         rhs * row_scale, cond_max)
+        return z * column_scale, ok
+
+    return _redo_rows(~conditioned, equilibrated, (matrix, rhs), (x, conditioned))
 
 
 def _plain_conditioned_solve(matrix, rhs, cond_max):
