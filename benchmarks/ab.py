@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import geometry  # noqa: E402
-from run import load_average, machine_info, polynomial_problems  # noqa: E402
+from run import load_average, machine_info, polynomial_problems, steady_allocator  # noqa: E402
 
 from solvergen.generate import import_generated  # noqa: E402
 
@@ -98,6 +98,8 @@ def measure(name, modules, rounds, forward_batch, backward_batch, seed, precisio
 
 
 def main(argv=None) -> int:
+    if argv is None:  # run as a script (a re-run would replace a calling process)
+        steady_allocator()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)

@@ -261,7 +261,8 @@ def markdown(data: dict) -> str:
 
 
 def main(argv=None):
-    steady_allocator()
+    if argv is None:  # run as a script (a re-run would replace a calling process)
+        steady_allocator()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--problems", default=",".join(PROBLEMS))
     parser.add_argument("--batches", default="1,64,1024,10000")

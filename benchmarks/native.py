@@ -141,7 +141,8 @@ def kornia_timings(name, module, params, truth, repeats):
 
 
 def main(argv=None):
-    peers.steady_allocator()
+    if argv is None:  # run as a script (a re-run would replace a calling process)
+        peers.steady_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)

@@ -929,8 +929,10 @@ STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_":
 
 
 def steady_allocator() -> None:
-    """Run this benchmark again with STEADY_MALLOC in its environment, unless it is there already
-    (or not Linux, or SOLVERGEN_BENCH_SYSTEM_MALLOC=1); `machine_info` records the settings."""
+    """Run this benchmark again (the same command line) with STEADY_MALLOC in its environment,
+    unless it is there already (or not Linux, or SOLVERGEN_BENCH_SYSTEM_MALLOC=1);
+    `machine_info` records the settings. Call it first in a script's main, only when run as a
+    script: it replaces the process."""
     if (sys.platform != "linux" or os.environ.get("SOLVERGEN_BENCH_SYSTEM_MALLOC") == "1"
             or all(k in os.environ for k in STEADY_MALLOC)):
         return
@@ -1192,6 +1194,8 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    if argv is None:  # run as a script (a re-run would replace a calling process)
+        steady_allocator()
     args = parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device available to torch")

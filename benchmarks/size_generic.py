@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import size_generic_references as ref  # noqa: E402
-from run import peak_bytes  # noqa: E402
+from run import STEADY_MALLOC, peak_bytes, steady_allocator  # noqa: E402
 
 import solvergen  # noqa: E402
 
@@ -174,7 +174,8 @@ def machine() -> dict:
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "solvergen": solvergen.__version__, "commit": commit,
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": list(os.getloadavg())}
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_average": list(os.getloadavg()),
+            "malloc_settings": {k: os.environ.get(k) for k in STEADY_MALLOC}}
 
 
 def run(sizes: dict, batches, repeats, budget) -> list:
@@ -273,6 +274,8 @@ def plot(data, path):
 
 
 def main(argv=None):
+    if argv is None:  # run as a script (a re-run would replace a calling process)
+        steady_allocator()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n = 64, 256; batch 8; few repeats")
     parser.add_argument("--threads", type=int, default=None)
