@@ -550,9 +550,31 @@ def test_implicit_example_layer_runs_the_global_forward():
     assert model.forward_path == "global"
     solutions, valid = model.solutions(torch.tensor([[0.6]], dtype=torch.float64))
     assert valid.sum() == 2 and torch.allclose(solutions[0, :2, 1].abs(), solutions[0, :2, 1].abs().flip(0))
-    # From a start near the other solution, that one.
-    y, ok = model(torch.tensor([[0.6]], dtype=torch.float64), init=torch.tensor([[1.0, -1.0]], dtype=torch.float64))
-    assert ok.all() and y[0, 1] < 0
+    # From a start near the other solution, that one, as it is: at x = 1.2 its entry of largest
+    # magnitude is y2 < 0, which the Argmin's sign representative used to flip, with y1, into
+    # (-0.83, 1.37), not a solution.
+    for x, start in ((0.6, [1.0, -1.0]), (1.2, [0.8, -1.5])):
+        y, ok = model(torch.tensor([[x]], dtype=torch.float64), init=torch.tensor([start], dtype=torch.float64))
+        assert ok.all() and y[0, 1] < 0
+        torch.testing.assert_close(y[0], torch.tensor([1 / x, -(4 - x**2 - 1 / x**2) ** 0.5], dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-12)
+
+
+def test_attach_on_an_unconstrained_argmin():
+    """attach on robust_line_fit (no constraints, so no multipliers to recover): the forward's y
+    and gradient from the forward's own y, and one refine step from a start 1e-6 off."""
+    model = layer("robust_line_fit")
+    params = robust_line_instances(8)
+    y, ok = model(params)
+    p_forward = params.clone().requires_grad_(True)
+    model(p_forward)[0].sum().backward()
+    for offset in (0.0, 1e-6):
+        p = params.clone().requires_grad_(True)
+        attached = model.attach(p, y.detach() + offset)
+        attached.sum().backward()
+        assert ok.all() and model.multipliers[0].shape == (8, 0)
+        torch.testing.assert_close(attached, y, rtol=0, atol=1e-10)
+        torch.testing.assert_close(p.grad, p_forward.grad, rtol=1e-8, atol=1e-10)
 
 
 # -- qp_layer against qpth and cvxpy --------------------------------------------------------------

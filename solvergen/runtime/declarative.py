@@ -327,6 +327,8 @@ def _kkt_newton(plan, a, y, m, active, iterations, tol):
 
 def _least_squares_multipliers(plan, a, y, active):
     """Multipliers m of the active constraints minimising |df/dy + A^T m|; 0 for the others."""
+    if not plan.num_constraints:
+        return y.new_zeros(y.shape[0], 0)
     A = plan.constraint_jacobian(y, a) * active.unsqueeze(-1).to(y.dtype)
     gram = A @ A.transpose(-1, -2) + torch.diag_embed((~active).to(y.dtype))
     gram = gram + 1e-14 * gram.diagonal(dim1=-2, dim2=-1).abs().amax(-1).clamp_min(1e-300)[:, None, None] * torch.eye(
@@ -658,8 +660,11 @@ def solve_global(layer, a, start):
     """Every solution of the layer's polynomial system (`plan.critical_points`, solved by the
     elimination template), then per row: for an Argmin the real critical point with the smallest
     objective, for an Implicit the real solution nearest `start` (the first one without it).
-    When the system is symmetric under y -> -y (an even template), the representative of +-y is
-    the one whose entry of largest magnitude is positive. -> y, multipliers [B, E], found [B]."""
+    When an Argmin's system is symmetric under y -> -y (an even template in y and m), the
+    representative of +-y is the one whose entry of largest magnitude is positive; an Implicit
+    keeps the solution nearest the start (its mirror image is another solution, and with a
+    linear block, as implicit_example_layer's y1 = 1/x, only the template's unknowns are
+    mirrored). -> y, multipliers [B, E], found [B]."""
     plan = layer.plan
     solutions, valid = layer.critical_points(a)  # [B, S, N (+ E)]
     batch, slots, _ = solutions.shape
@@ -678,7 +683,8 @@ def solve_global(layer, a, start):
     picked = solutions.gather(1, index.view(batch, 1, 1).expand(batch, 1, solutions.shape[-1])).squeeze(1)
     y, m = picked[..., :n], picked[..., n:]
     template = plan.critical_points.template
-    if template is not None and template.even and not template.fixed:
+    if (plan.kind == "argmin" and template is not None and template.even and not template.fixed
+            and plan.critical_points.linear is None):  # (the template's unknowns are y, m)
         with torch.no_grad():
             largest = y.abs().argmax(dim=-1, keepdim=True)
             sign = torch.where(y.gather(-1, largest) < 0, -1.0, 1.0).to(y.dtype)
