@@ -116,8 +116,9 @@ def check(spec_path, n: int = 2000, seed: int = 0, dtype=torch.float64, out_dir=
         raise SpecError(f"--n must be at least 1, got {n}")
     spec = read_spec(Path(spec_path))
     if not isinstance(spec.problem, Problem):
+        tests = "tests/test_size_generic.py" if spec.problem.is_indexed else "tests/test_declarative.py"
         raise SpecError(f"solvergen check measures Problem solvers; {spec.problem.name} is an "
-                        f"{type(spec.problem).__name__} layer (its tests: tests/test_declarative.py)")
+                        f"{type(spec.problem).__name__} layer (the tests of such layers: {tests})")
     solver = load(spec_path, out_dir, **load_options)
     params, truth, source = draw_instances(spec.problem, n, seed)
     a = torch.from_numpy(params).to(dtype)

@@ -10,18 +10,21 @@ from .progress import progress_for
 from .template import DEFAULT_TIME_LIMIT, DEFAULT_WORK
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
 def _add_search_options(parser) -> None:
-    parser.add_argument("--budget", type=_positive, default=DEFAULT_WORK, metavar="WORK",
+    parser.add_argument("--budget", type=positive_number, default=DEFAULT_WORK, metavar="WORK",
                         help="template search work budget, in units of one 1000x1000 elimination "
                              f"(default: {DEFAULT_WORK:g}); the output is deterministic for a given budget")
-    parser.add_argument("--time-limit", type=_positive, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+    parser.add_argument("--time-limit", type=positive_number, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
                         help=f"wall-clock safety limit of the template search (default: {DEFAULT_TIME_LIMIT:g})")
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 import os
 import sys
 import tempfile
@@ -84,6 +85,20 @@ def _write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def check_search_options(budget, time_limit) -> None:
+    """A one-line ValueError unless the template search's budget is a positive finite number and
+    its time limit one too (or None)."""
+    for name, value in (("budget", budget), ("time_limit", time_limit)):
+        if value is None and name == "time_limit":
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):
+            raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
 def generate(spec_path, out_dir=DEFAULT_OUT_DIR, standalone: bool = False, budget: float = DEFAULT_WORK,
              time_limit: float | None = DEFAULT_TIME_LIMIT, progress: Progress | None = None) -> Generated:
     """Compile one spec file into `out_dir/<name>.py`. Raises SpecError for bad specs; nothing is
@@ -96,6 +111,7 @@ def generate(spec_path, out_dir=DEFAULT_OUT_DIR, standalone: bool = False, budge
     deterministic for a given spec and budget. time_limit: its wall-clock safety limit in
     seconds (None: none). progress: told each stage (`progress.progress_for`; silent default)."""
     spec_path = Path(spec_path)
+    check_search_options(budget, time_limit)
     start = time.perf_counter()
     progress = Progress() if progress is None else progress
     spec = read_spec(spec_path)
@@ -248,6 +264,7 @@ def load(spec_path, out_dir=None, standalone: bool = False, budget: float = DEFA
     `Solver(**kwargs)`. `out_dir` defaults to `generated/` in the working directory;
     `standalone` and `budget` as for `generate`."""
     spec_path = Path(spec_path)
+    check_search_options(budget, DEFAULT_TIME_LIMIT)
     try:
         spec = read_spec(spec_path)
     except SpecError as exc:

@@ -123,6 +123,16 @@ BAD_SPECS = {
 }
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("tol", -1.0, "tol must be a finite number above 0"), ("max_iterations", 0, "an integer at least 1"),
+    ("max_iterations", 2.5, "an integer at least 1"), ("refine_steps", -1, "an integer at least 0"),
+    ("cond_max", 0, "cond_max must be a number above 0"), ("backward", "dense", "backward must be"),
+])
+def test_bad_layer_options_are_refused_in_one_line(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        layer("robust_line_fit", **{option: value})
+
+
 @pytest.mark.parametrize("case", BAD_SPECS)
 def test_bad_declarative_spec_is_refused_in_one_line(case, tmp_path):
     body, message = BAD_SPECS[case]

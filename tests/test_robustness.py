@@ -87,6 +87,24 @@ def test_bad_arguments_are_clear_errors():
         solver([0.0] * 18)
     with pytest.raises(ValueError, match="backward must be"):
         module.Solver(backward="finite-differences")
+    # Numeric options out of range: one line naming the option (they used to be accepted, and
+    # then every solution was invalid, or every gradient zero, without a word).
+    for option, value, message in (("newton_steps", -1, "an integer at least 0"), ("newton_steps", 1.5, "integer"),
+                                   ("residual_tol", -1.0, "above 0"), ("imag_tol", -1.0, "at least 0"),
+                                   ("imag_tol", float("inf"), "finite"), ("cond_max", 0, "above 0"),
+                                   ("residual_tol", "tight", "a finite number")):
+        with pytest.raises(ValueError, match=f"{option} must be .*{message}"):
+            module.Solver(**{option: value})
+    assert module.Solver(cond_max=float("inf"), newton_steps=0).cond_max == float("inf")
+    # select: shapes that do not match the solutions
+    params, _ = geometry.INSTANCES["p3p"](4, np.random.default_rng(0))
+    solutions, valid = solver(torch.from_numpy(params))
+    with pytest.raises(ValueError, match=r"reference must be a tensor of shape \[4, 3\]"):
+        module.Solver.select(solutions, valid, reference=torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"score must be callable or a tensor shaped like valid \[4, 8\]"):
+        module.Solver.select(solutions, valid, score=torch.zeros(4, 7, dtype=torch.float64))
+    with pytest.raises(ValueError, match="do not match"):
+        module.Solver.select(solutions, valid[:, :3], score=lambda x: x[..., 0])
 
 
 def test_attributes():

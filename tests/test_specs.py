@@ -146,6 +146,24 @@ def test_load_reports_bad_spec(tmp_path):
         solvergen.load(spec, out_dir=tmp_path)
 
 
+@pytest.mark.parametrize("budget", [-1, 0, float("nan"), float("inf"), "large"])
+def test_a_bad_search_budget_is_refused_before_anything_is_written(budget, tmp_path):
+    """load() and generate() refuse what the command line refuses (`--budget -1` there), in one
+    line, before generating: load(budget=-1) used to regenerate a committed module."""
+    spec = tmp_path / "cubic.py"
+    spec.write_text(HEADER + "x, a = sp.symbols('x a')\nproblem = Problem('cubic', [x], [a], [x**3 - a])\n")
+    from solvergen.generate import generate
+
+    for call in (lambda: solvergen.load(spec, out_dir=tmp_path / "gen", budget=budget),
+                 lambda: generate(spec, tmp_path / "gen", budget=budget)):
+        with pytest.raises(ValueError, match="budget must be a positive number"):
+            call()
+    assert not (tmp_path / "gen").exists()
+    result = subprocess.run([sys.executable, "-m", "solvergen", "generate", "--budget", "abc", str(spec)],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode != 0 and "--budget: must be a positive number, got 'abc'" in result.stderr
+
+
 def test_problem_api_errors():
     import sympy as sp
 

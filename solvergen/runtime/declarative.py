@@ -39,7 +39,7 @@ import torch
 
 from . import dense, eig, parallel
 from .plan import DeclarativePlan
-from .solver import Solver, flat_params
+from .solver import Solver, checked_number, flat_params
 
 BACKWARDS = ("ift", "autograd")
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
@@ -61,13 +61,11 @@ def set_options(layer, backward, max_iterations, tol, refine_steps, precision) -
         raise ValueError(f"backward must be 'ift' or 'autograd', got {backward!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
-    if int(max_iterations) < 1 or int(refine_steps) < 0:
-        raise ValueError("max_iterations must be at least 1 and refine_steps at least 0")
     layer.backward = backward
-    layer.max_iterations = int(max_iterations)
+    layer.max_iterations = checked_number("max_iterations", max_iterations, minimum=1, strict=False, integer=True)
     layer.compute_dtype = PRECISIONS[precision]
-    layer.tol = float(tol) if tol is not None else (1e-10 if precision == "float64" else 1e-5)
-    layer.refine_steps = int(refine_steps)
+    layer.tol = checked_number("tol", tol) if tol is not None else (1e-10 if precision == "float64" else 1e-5)
+    layer.refine_steps = checked_number("refine_steps", refine_steps, strict=False, integer=True)
 
 
 def _solve(matrix, rhs):
@@ -817,7 +815,7 @@ class DeclarativeLayer(torch.nn.Module):
         if getattr(type(self), "plan", None) is None:
             raise TypeError("solvergen.runtime.DeclarativeLayer is a base class: use a generated layer")
         set_options(self, backward, max_iterations, tol, refine_steps, precision)
-        self.cond_max = float(cond_max)
+        self.cond_max = checked_number("cond_max", cond_max, finite=False)
         self.multipliers = None
         self.ill_conditioned = None
         self.critical_points = None

@@ -1,6 +1,8 @@
 """The solver module that every generated solver class derives from."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import forward, ift, native
@@ -20,6 +22,23 @@ def flat_params(params, m: int):
     if params.dim() == 0 or params.shape[-1] != m:
         raise ValueError(f"params must have shape [..., {m}], got {list(params.shape)}")
     return params.reshape(-1, m), params.shape[:-1]
+
+
+def checked_number(name, value, *, minimum=0.0, strict=True, integer=False, finite=True):
+    """value as a float (an int where `integer`), or a one-line ValueError: a number above
+    `minimum` (`strict`) or at least it, finite unless `finite` is False."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    valid = number > minimum if strict else number >= minimum  # (False for NaN)
+    if valid and (finite or integer):
+        valid = math.isfinite(number) and (not integer or number == int(number))
+    if not valid:
+        kind = "an integer" if integer else "a finite number" if finite else "a number"
+        bound = f"above {minimum:g}" if strict else f"at least {minimum:g}"
+        raise ValueError(f"{name} must be {kind} {bound}, got {value!r}")
+    return int(number) if integer else number
 
 
 class Solver(torch.nn.Module):
@@ -98,13 +117,13 @@ class Solver(torch.nn.Module):
         if compile and backward != "ift":
             raise ValueError("compile=True needs backward='ift' (the autograd baseline runs as written)")
         self.backward = backward
-        self.newton_steps = int(newton_steps)
+        self.newton_steps = checked_number("newton_steps", newton_steps, strict=False, integer=True)
         self.compute_dtype = PRECISIONS[precision]
         if residual_tol is None:
             residual_tol = 1e-8 if precision == "float64" else 1e-4
-        self.residual_tol = float(residual_tol)
-        self.imag_tol = float(imag_tol)
-        self.cond_max = float(cond_max)
+        self.residual_tol = checked_number("residual_tol", residual_tol)
+        self.imag_tol = checked_number("imag_tol", imag_tol, strict=False)
+        self.cond_max = checked_number("cond_max", cond_max, finite=False)
         self.eig = eig
         self.compile = compile
         self.ill_conditioned = None
@@ -163,6 +182,20 @@ class Solver(torch.nn.Module):
         """
         if (reference is None) == (score is None):
             raise ValueError("give exactly one of reference= or score=")
+        if solutions.shape[:-1] != valid.shape:
+            raise ValueError(f"solutions [..., S, N] and valid [..., S] do not match: {list(solutions.shape)} and "
+                             f"{list(valid.shape)}")
+        batch, n = solutions.shape[:-2], solutions.shape[-1]
+        if reference is not None:
+            try:
+                reference = reference.expand(*batch, n)
+            except (RuntimeError, AttributeError):
+                shape = list(reference.shape) if isinstance(reference, torch.Tensor) else type(reference).__name__
+                raise ValueError(f"reference must be a tensor of shape {list(batch) + [n]} (or one that broadcasts "
+                                 f"to it), got {shape}") from None
+        if score is not None and not callable(score) and getattr(score, "shape", None) != valid.shape:
+            raise ValueError(f"score must be callable or a tensor shaped like valid {list(valid.shape)}, got "
+                             f"{list(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__}")
         if up_to_sign is None:
             up_to_sign = cls.sign_gauge
         flip = cls.plan.sign_flip or (-1.0,) * solutions.shape[-1]
