@@ -91,11 +91,13 @@ def test_bad_arguments_are_clear_errors():
     # then every solution was invalid, or every gradient zero, without a word).
     for option, value, message in (("newton_steps", -1, "an integer at least 0"), ("newton_steps", 1.5, "integer"),
                                    ("residual_tol", -1.0, "above 0"), ("imag_tol", -1.0, "at least 0"),
-                                   ("imag_tol", float("inf"), "finite"), ("cond_max", 0, "above 0"),
-                                   ("residual_tol", "tight", "a finite number")):
+                                   ("residual_tol", float("nan"), "above 0"), ("cond_max", 0, "above 0"),
+                                   ("residual_tol", "tight", "a number")):
         with pytest.raises(ValueError, match=f"{option} must be .*{message}"):
             module.Solver(**{option: value})
     assert module.Solver(cond_max=float("inf"), newton_steps=0).cond_max == float("inf")
+    every_root = module.Solver(imag_tol=float("inf"), residual_tol=float("inf"))  # every root, as it is
+    assert every_root.imag_tol == every_root.residual_tol == float("inf")
     # select: shapes that do not match the solutions
     params, _ = geometry.INSTANCES["p3p"](4, np.random.default_rng(0))
     solutions, valid = solver(torch.from_numpy(params))

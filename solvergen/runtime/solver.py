@@ -121,8 +121,8 @@ class Solver(torch.nn.Module):
         self.compute_dtype = PRECISIONS[precision]
         if residual_tol is None:
             residual_tol = 1e-8 if precision == "float64" else 1e-4
-        self.residual_tol = checked_number("residual_tol", residual_tol)
-        self.imag_tol = checked_number("imag_tol", imag_tol, strict=False)
+        self.residual_tol = checked_number("residual_tol", residual_tol, finite=False)  # inf: every root
+        self.imag_tol = checked_number("imag_tol", imag_tol, strict=False, finite=False)  # inf: every root
         self.cond_max = checked_number("cond_max", cond_max, finite=False)
         self.eig = eig
         self.compile = compile
