@@ -752,10 +752,8 @@ def _conditioned_solve(matrix, rhs, cond_max):
 def _plain_conditioned_solve(matrix, rhs, cond_max):
     """`_conditioned_solve` without equilibration. Up to 3 x 3 by the adjugate
     (robust_line_fit's 2 x 2, batch 1,024: 0.24 -> 0.09 ms), beyond by one LU factorisation."""
-    if matrix.shape[-1] <= 3:
-        cofactors, determinant = dense.adjugate(matrix)
-        invertible = determinant != 0
-        inverse = cofactors / torch.where(invertible, determinant, torch.ones_like(determinant))[..., None, None]
+    if matrix.shape[-1] <= 3:  # (a singular row's inverse is not finite: x too, and it is not conditioned)
+        inverse, invertible = dense.small_inverse(matrix)
         x = dense.matvec(inverse, rhs)
     else:
         lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
