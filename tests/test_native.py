@@ -213,12 +213,12 @@ def test_unsupported_problems_and_bad_options_are_refused_in_one_line():
 # -- The pieces of the kernel source, each against an independent reference --------------------
 
 
-def _library(tmp_path, text: str, name: str):
+def _library(tmp_path, text: str, name: str, extra_flags=()):
     """Compile C source text into a shared library (the kernels' flags) and load it."""
     cc = native.compiler()
     c_file, so_file = tmp_path / f"{name}.c", tmp_path / f"{name}.so"
     c_file.write_text(text)
-    subprocess.run([cc, *native._flags(cc), str(c_file), "-o", str(so_file), "-lm"], check=True,
+    subprocess.run([cc, *native._flags(cc), *extra_flags, str(c_file), "-o", str(so_file), "-lm"], check=True,
                    capture_output=True, text=True)
     return ctypes.CDLL(str(so_file))
 
@@ -382,6 +382,42 @@ def test_sparse_elimination_in_c_is_the_dense_one(name, tmp_path):
             trusted += 1
             torch.testing.assert_close(sparse, dense, rtol=1e-8, atol=1e-8 * dense.abs().max().item())
     assert trusted >= 195
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["p3p", "relpose_5pt_nullspace", "relpose_6pt_shared_focal_natural"])
+def test_eigenpairs_and_candidates_in_lanes_are_computed_as_one_at_a_time(name, tmp_path):
+    """stage.h takes LANES eigenpairs through inverse iteration and LANES candidates through
+    Newton's polish at once (the lanes vectorised): each lane must compute exactly what a kernel
+    with one lane does, whatever the others do (a last group padded, a lane that fails or stops
+    early). Compiled without contracting multiply-adds into FMAs (the vector and the scalar code
+    may contract differently), the two kernels agree bit for bit, on instances and garbage rows."""
+    plan = generated_module(name).PLAN
+    lanes = native.lanes(plan.template.basis)
+    text = native.source(plan)
+    define = f"#define LANES {lanes}\n"
+    assert lanes > 1 and text.count(define) == 1
+    a, _ = instances(name, 300)
+    garbage = torch.tensor(np.random.default_rng(1).lognormal(0.0, 3.0, (100, a.shape[1]))
+                           * np.random.default_rng(2).choice([-1.0, 1.0], (100, a.shape[1])))
+    a = torch.cat([a, garbage]).contiguous()
+    t = plan.template
+    slots = 2 * t.basis if t.even else t.basis
+    outputs = []
+    for count in (lanes, 1):
+        library = _library(tmp_path, text.replace(define, f"#define LANES {count}\n"), f"{name}_{count}",
+                           ["-ffp-contract=off"])
+        c = torch.zeros(len(a), len(plan.equations.term_equation), dtype=torch.float64)
+        x = torch.zeros(len(a), slots, plan.num_unknowns, dtype=torch.float64)
+        valid = torch.zeros(len(a), slots, dtype=torch.uint8)
+        library.solve_batch_from.restype = None
+        library.solve_batch_from(ctypes.c_int64(len(a)), _pointer(a), ctypes.c_double(1e-6), ctypes.c_int(2),
+                                 ctypes.c_double(1e-6), _pointer(c), _pointer(x), _pointer(valid))
+        outputs.append((x, valid))
+    (x, valid), (x1, valid1) = outputs
+    assert valid[:300].sum() > 300 and valid[300:].sum() > 0
+    assert torch.equal(valid, valid1)
+    assert torch.equal(x, x1)
 
 
 # -- Found by a helper's adversarial inputs (2026-11-30) ----------------------------------------

@@ -90,6 +90,15 @@ def polish_equations(plan: Plan) -> Equations:
     return block.reduced_equations if block is not None else plan.equations
 
 
+def lanes(basis: int) -> int:
+    """How many eigenpairs (and then candidates) the kernel takes together through inverse
+    iteration and Newton's polish (stage.h's LANES, vectorised across them): about the number of
+    real solutions an instance has. Measured on the shipped problems, one core, 2, 4 and 8 lanes:
+    2 is fastest up to a basis of 4 (P3P 1.47 us per instance, 8 lanes 1.97), 4 up to 12 (5-point
+    8.6, 8 lanes 9.0, 2 lanes 10.1), 8 above (6-point 28.0, 4 lanes 28.9; benchmarks/README.md)."""
+    return 2 if basis <= 4 else 4 if basis <= 12 else 8
+
+
 def _slots(t: Template) -> int:
     """Solutions per instance: one per eigenpair, two (x and -x) for an even template (SLOTS)."""
     return 2 * t.basis if t.even else t.basis
@@ -103,8 +112,8 @@ def _array(ctype: str, name: str, values) -> str:
 
 def source(plan: Plan) -> str:
     """The problem's C source: its sizes and tables, native/sturm.h, native/stage.h, then the
-    generated functions (the polish system's `evaluate`, the sparse elimination, the
-    coefficients, a natural formulation's linear block)."""
+    generated functions (the polish system's `residual_lanes` and `jacobian_lanes`, the sparse
+    elimination, the coefficients, a natural formulation's linear block)."""
     t: Template = plan.template
     e = polish_equations(plan)
     coefficients = traced(plan.coefficients, plan.num_parameters, "coefficients")
@@ -113,11 +122,11 @@ def source(plan: Plan) -> str:
     if block is not None and coefficients is not None:
         reduced = traced(block.reduced_coefficients, block.num_reduced_inputs, "reduced_coefficients")
         linear = None if reduced is None else (gauge_source(plan) + reduced
-                                               + evaluate_source(plan.equations, "evaluate_declared", jacobian=False))
+                                               + declared_residual_source(plan.equations))
     native_coefficients = coefficients is not None and (block is None or linear is not None)
     rows, cols = t.shape
-    defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis, NREAD=t.num_read,
-                   ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
+    defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis,
+                   NREAD=t.num_read, ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
                    SLOTS=_slots(t), NCOEF=len(e.term_equation), NPOS=len(t.positions),
                    NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
                    STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
@@ -128,6 +137,10 @@ def source(plan: Plan) -> str:
     text = f"/* solvergen native template stage: {plan.name} (generated from its plan; do not edit) */\n"
     text += PORTABLE.read_text()
     text += "".join(f"#define {key} {value}\n" for key, value in defines.items())
+    # A GPU thread runs one instance on scalar registers: lanes would fill nothing there and
+    # multiply the local memory (16 KB per thread for a basis of 16 in 8 lanes); one lane is the
+    # same computation (tests/test_native.py).
+    text += f"#if defined(__CUDACC_RTC__)\n#define LANES 1\n#else\n#define LANES {lanes(t.basis)}\n#endif\n"
     text += _array("int", "positions", t.positions) + _array("int", "sources", t.sources)
     text += _array("int", "const_row", [r for r, _, _ in t.action_constant])
     text += _array("int", "const_col", [c for _, c, _ in t.action_constant])
@@ -141,7 +154,7 @@ def source(plan: Plan) -> str:
     text += _array("int", "gram_index", [upper.index((min(i, j), max(i, j))) for i in range(n) for j in range(n)])
     if linear is not None:
         text += linear_tables(plan)
-    generated = evaluate_source(e) + sparse_source(t)
+    generated = evaluate_lanes_source(e) + sparse_source(t)
     if native_coefficients:
         generated += coefficients + (linear or "")
     return text + "".join(header.read_text() for header in HEADERS) + generated
@@ -228,38 +241,64 @@ def sparse_source(t: Template) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_source(e: Equations, name: str = "evaluate", jacobian: bool = True) -> str:
-    """A polynomial system's evaluation as straight-line C, `name(c, x, h, scale, jac)`: at x,
-    (if h) h and the size of its terms, (with `jacobian`, if jac) dh/dx [equations x unknowns].
-    The same sums as the torch path's `equations.evaluate`, unrolled with the monomials,
-    coefficients and factors as constants (a loop over the tables is about 1.5x slower: its
-    scattered accumulations serialise). The polish system's is `evaluate`."""
+def _term(coefficient: int, monomial: int, factor: float = 1.0, monomials: str = "m[{}]") -> str:
+    """One term of a generated polynomial: c[coefficient] (times factor) times its monomial."""
+    value = f"c[{coefficient}]" if monomial == 0 else f"c[{coefficient}] * " + monomials.format(monomial)
+    return value if factor == 1.0 else f"{float(factor)!r} * {value}"
+
+
+def declared_residual_source(e: Equations) -> str:
+    """A natural formulation's declared equations at x as straight-line C,
+    `evaluate_declared(c, x, h, scale)`: h and the size of its terms (the same sums as the torch
+    path's `equations.evaluate`, unrolled with the monomials and coefficients as constants: a loop
+    over the tables is about 1.5x slower, its scattered accumulations serialise)."""
     parent, unknown = _monomials(e)
-
-    def term(coefficient, monomial, factor=1.0):
-        value = f"c[{coefficient}]" if monomial == 0 else f"c[{coefficient}] * m[{monomial}]"
-        return value if factor == 1.0 else f"{float(factor)!r} * {value}"
-
-    lines = [f"SG_FN void {name}(const double *c, const double *x, double *h, double *scale"
-             + (", double *jac) {" if jacobian else ") {"), f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
+    lines = ["SG_FN void evaluate_declared(const double *c, const double *x, double *h, double *scale) {",
+             f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
     lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
-    lines += ["    if (h) {", "        double t;"]
+    lines.append("    double t;")
     for k in range(e.equations):
-        lines.append(f"        h[{k}] = 0.0;")
-        lines.append(f"        scale[{k}] = 0.0;")
+        lines.append(f"    h[{k}] = 0.0;")
+        lines.append(f"    scale[{k}] = 0.0;")
         for j, (equation, monomial) in enumerate(zip(e.term_equation, e.term_monomial)):
             if equation == k:
-                lines.append(f"        t = {term(j, monomial)}; h[{k}] += t; scale[{k}] += fabs(t);")
-    lines.append("    }")
-    if not jacobian:
-        return "\n".join(lines + ["}"]) + "\n"
-    lines.append("    if (jac) {")
+                lines.append(f"    t = {_term(j, monomial)}; h[{k}] += t; scale[{k}] += fabs(t);")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def evaluate_lanes_source(e: Equations) -> str:
+    """The polish system's evaluation at LANES points at once (stage.h's `polish_lanes`), as
+    straight-line C in a loop over the lanes that the compiler vectorises (given `restrict`
+    arguments: without them gcc 12 leaves the residual's loop scalar):
+    `residual_lanes(c, x, h, scale)` and `jacobian_lanes(c, x, jac)`, every array lane-minor
+    (x[i LANES + r], h[k LANES + r], jac[(k PN + n) LANES + r]). Each lane's sums are those of
+    the torch path's `equations.evaluate` and `jacobian`, in their order."""
+    parent, unknown = _monomials(e)
+
+    def head(signature):
+        lines = [f"SG_FN void {signature} {{", "    for (int r = 0; r < LANES; r++) {", "        const double m0 = 1.0;"]
+        lines += [f"        const double m{k} = m{parent[k]} * x[{unknown[k]} * LANES + r];" for k in range(1, len(parent))]
+        return lines
+
+    lines = head("residual_lanes(const double *SG_RESTRICT c, const double *SG_RESTRICT x, double *SG_RESTRICT h, "
+                 "double *SG_RESTRICT scale)")
+    lines.append("        double t, value, size;")
+    for k in range(e.equations):
+        lines.append("        value = 0.0;")
+        lines.append("        size = 0.0;")
+        for j, (equation, monomial) in enumerate(zip(e.term_equation, e.term_monomial)):
+            if equation == k:
+                lines.append(f"        t = {_term(j, monomial, monomials='m{}')}; value += t; size += fabs(t);")
+        lines.append(f"        h[{k} * LANES + r] = value;")
+        lines.append(f"        scale[{k} * LANES + r] = size;")
+    lines += ["    }", "}"]
+    lines += head("jacobian_lanes(const double *SG_RESTRICT c, const double *SG_RESTRICT x, double *SG_RESTRICT jac)")
     sums: dict = {}
     for position, coefficient, factor, monomial in zip(e.derivative_position, e.derivative_coefficient,
                                                        e.derivative_factor, e.derivative_monomial):
-        sums.setdefault(position, []).append(term(coefficient, monomial, factor))
+        sums.setdefault(position, []).append(_term(coefficient, monomial, factor, "m{}"))
     for position in range(e.equations * e.unknowns):
-        lines.append(f"        jac[{position}] = {' + '.join(sums.get(position, ['0.0']))};")
+        lines.append(f"        jac[{position} * LANES + r] = {' + '.join(sums.get(position, ['0.0']))};")
     lines += ["    }", "}"]
     return "\n".join(lines) + "\n"
 

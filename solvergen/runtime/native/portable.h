@@ -17,6 +17,7 @@
 #else
 #define SG_EXPORT
 #endif
+#define SG_RESTRICT __restrict__ /* (gcc, clang and NVRTC; C99's restrict is not C++) */
 #if defined(__CUDACC_RTC__)
 #define SG_CUDA 1
 #define SG_FN static __device__
