@@ -95,7 +95,7 @@ def lanes(basis: int) -> int:
     iteration and Newton's polish (stage.h's LANES, vectorised across them): about the number of
     real solutions an instance has. Measured on the shipped problems, one core, 2, 4 and 8 lanes:
     2 is fastest up to a basis of 4 (P3P 1.47 us per instance, 8 lanes 1.97), 4 up to 12 (5-point
-    8.6, 8 lanes 9.0, 2 lanes 10.1), 8 above (6-point 28.0, 4 lanes 28.9; benchmarks/README.md)."""
+    8.6, 8 lanes 9.1, 2 lanes 9.9), 8 above (6-point 27.9, 4 lanes 29.0; benchmarks/README.md)."""
     return 2 if basis <= 4 else 4 if basis <= 12 else 8
 
 

@@ -207,7 +207,7 @@ SG_FN void hessenberg_back(const int *SG_RESTRICT pivot, const double *SG_RESTRI
  * replaced by it (pivot_floor: pivot_floor_of(h, BASIS), computed once per instance by the caller), as
  * `eigenvector` does. y [BASIS x LANES] (lane-minor); ok[r] = 0 where lane r's
  * iterate is not finite. Each lane computes what one eigenvalue at a time would; the lanes are
- * vectorised (the 5-point's eigenvectors: 7,400 -> 2,600 cycles per instance). */
+ * vectorised (the 5-point's eigenvectors with the back-transform: 7,600 -> 4,100 cycles per instance). */
 SG_FN void hessenberg_eigenvectors(const double *SG_RESTRICT h, double pivot_floor, const double *SG_RESTRICT lambda,
                                    double *SG_RESTRICT y, int *SG_RESTRICT ok) {
     double u[BASIS * BASIS * LANES], l[BASIS * LANES];
@@ -489,7 +489,7 @@ SG_FN void relative_errors(const double *h, const double *scale, double *error) 
  * by their size), each kept only where it lowers the point's relative residual (newton.polish):
  * -> each point's relative residual, error [LANES]. A point whose step is not kept stops there
  * (its next step would be the same step from the same x): the same steps as one point at a time,
- * with the evaluations vectorised across the points (the 5-point's candidates: 9,300 -> 4,700
+ * with the evaluations vectorised across the points (the 5-point's candidates: 9,100 -> 3,100
  * cycles per instance; benchmarks/README.md, "Native kernels"). */
 SG_FN void polish_lanes(const double *c, double *x, int steps, double *error) {
     double h[PK * LANES], scale[PK * LANES], jac[PK * PN * LANES], scaled[PK * LANES];
