@@ -475,13 +475,15 @@ SG_FN int sparse_eliminate(const double *c, double *reduced);
 SG_FN void coefficients(const double *a, double *c);
 #endif
 
-/* Each lane's largest |h_k| / size_k (NaN where the last non-finite one is NaN). */
+/* Each lane's largest |h_k| / size_k (NaN where the last non-finite one is NaN); selects, not
+ * branches, so that the loop over the lanes vectorises. */
 SG_FN void relative_errors(const double *h, const double *scale, double *error) {
     for (int r = 0; r < LANES; r++) error[r] = 0.0;
     for (int k = 0; k < PK; k++)
         for (int r = 0; r < LANES; r++) {
-            double e = fabs(h[k * LANES + r]) / max_of(scale[k * LANES + r], DBL_MIN);
-            if (!(e <= error[r])) error[r] = e;
+            const double size = scale[k * LANES + r] >= DBL_MIN ? scale[k * LANES + r] : DBL_MIN; /* max_of(size, DBL_MIN) */
+            const double e = fabs(h[k * LANES + r]) / size;
+            error[r] = e <= error[r] ? error[r] : e;
         }
 }
 
@@ -509,7 +511,7 @@ SG_FN void polish_lanes(const double *c, double *x, int steps, double *error) {
         jacobian_lanes(c, x, jac);
         for (int k = 0; k < PK; k++)
             for (int r = 0; r < LANES; r++) {
-                double row = max_of(scale[k * LANES + r], DBL_MIN);
+                const double row = scale[k * LANES + r] >= DBL_MIN ? scale[k * LANES + r] : DBL_MIN; /* (max_of) */
                 for (int n = 0; n < PN; n++) jac[(k * PN + n) * LANES + r] /= row;
                 scaled[k * LANES + r] = h[k * LANES + r] / row;
             }

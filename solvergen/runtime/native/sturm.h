@@ -61,7 +61,7 @@ SG_FN int sturm_build(const double *p, int n, sturm_t *s) {
         double *r = s->seq + k * w;
         int du = n - k + 2, dv = n - k + 1;
         double lead = v[dv], size = 0.0;
-        for (int i = 0; i <= dv; i++) size = max_of(size, fabs(v[i]));
+        for (int i = 0; i <= dv; i++) size = fabs(v[i]) > size ? fabs(v[i]) : size; /* (max_of, as a select) */
         if (!(fabs(lead) > STURM_LOST * size) || !isfinite(lead)) return 0;
         double a = u[du] / lead;
         double b = (u[du - 1] - a * v[dv - 1]) / lead;
