@@ -245,6 +245,23 @@ def test_traced_coefficients_are_the_generated_functions(name, tmp_path):
     library.run(ctypes.c_long(len(a)), _pointer(a.contiguous()), _pointer(got))
     scale = expected.abs().amax(-1, keepdim=True).clamp_min(1.0)
     assert ((got - expected).abs() / scale).max() <= 1e-14
+    # the CPU batch's form: 4 instances at once, lane-minor (the last group padded)
+    lanes = ctrace.coefficient_source(plan.coefficients, plan.num_parameters, "coefficients_lanes", "L")
+    library = _library(tmp_path, "#define L 4\n" + native.PORTABLE.read_text() + lanes + textwrap.dedent(f"""
+        void run(long batch, const double *a, double *c) {{
+            double al[{plan.num_parameters} * L], cl[{n} * L];
+            for (long first = 0; first < batch; first += L) {{
+                for (int r = 0; r < L; r++)
+                    for (int i = 0; i < {plan.num_parameters}; i++)
+                        al[i * L + r] = a[(first + r < batch ? first + r : batch - 1) * {plan.num_parameters} + i];
+                coefficients_lanes(al, cl);
+                for (int r = 0; r < L && first + r < batch; r++)
+                    for (int k = 0; k < {n}; k++) c[(first + r) * {n} + k] = cl[k * L + r];
+            }}
+        }}"""), name + "_lanes")
+    lanes_got = torch.empty(expected.shape, dtype=torch.float64)
+    library.run(ctypes.c_long(len(a)), _pointer(a.contiguous()), _pointer(lanes_got))
+    assert ((lanes_got - expected).abs() / scale).max() <= 1e-14
 
 
 def test_tracing_refuses_what_it_cannot_write_in_c():

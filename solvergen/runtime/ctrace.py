@@ -112,10 +112,11 @@ class _Value:
 
 
 class _Inputs:
-    """Stands for the input tensor [..., inputs]: unpacked into a[0], a[1], ..."""
+    """Stands for the input tensor [..., inputs]: unpacked into a[0], a[1], ... (names: the
+    format of input i's C expression)."""
 
-    def __init__(self, program: _Program, count: int):
-        self.program, self.count = program, count
+    def __init__(self, program: _Program, count: int, names: str = "a[{}]"):
+        self.program, self.count, self.names = program, count, names
         self.shape = (1, count)  # a batch of one
 
     def movedim(self, source, destination):
@@ -125,7 +126,7 @@ class _Inputs:
         return self
 
     def unbind(self, dim):
-        return tuple(_Value(self.program, f"a[{i}]") for i in range(self.count))
+        return tuple(_Value(self.program, self.names.format(i)) for i in range(self.count))
 
     def new_ones(self, shape):
         return _Value(self.program, "1.0")  # a traced value: torch.stack then sees only traced values
@@ -139,18 +140,25 @@ class _Outputs:
         return self
 
 
-def coefficient_source(function, num_inputs: int, name: str) -> str:
+def coefficient_source(function, num_inputs: int, name: str, lanes: str | None = None) -> str:
     """`SG_FN void name(const double *a, double *c)` (native/portable.h): c = function(a) for one instance, as C.
-    Raises Unsupported where the function has no such form."""
+    With `lanes` (a macro's name, L): for L instances at once, a [inputs x L] and c [outputs x L]
+    lane-minor, each instance's statements those of one instance, in a loop over the lanes that
+    the compiler vectorises. Raises Unsupported where the function has no such form."""
     program = _Program()
     try:
-        outputs = function(_Inputs(program, num_inputs))
+        outputs = function(_Inputs(program, num_inputs, f"a[{{}} * {lanes} + r]" if lanes else "a[{}]"))
     except Unsupported:
         raise
     except Exception as error:  # an operation the tracer does not stand for (a tensor method, ...)
         raise Unsupported(f"{type(error).__name__}: {error}") from None
     if not isinstance(outputs, _Outputs):
         raise Unsupported("the function does not return torch.stack(...).movedim(0, -1)")
-    lines = [f"SG_FN void {name}(const double *a, double *c) {{", *program.lines]
-    lines += [f"    c[{k}] = {program.operand(value)};" for k, value in enumerate(outputs.values)]
-    return "\n".join(lines + ["}"]) + "\n"
+    if lanes is None:
+        lines = [f"SG_FN void {name}(const double *a, double *c) {{", *program.lines]
+        lines += [f"    c[{k}] = {program.operand(value)};" for k, value in enumerate(outputs.values)]
+        return "\n".join(lines + ["}"]) + "\n"
+    lines = [f"SG_FN void {name}(const double *SG_RESTRICT a, double *SG_RESTRICT c) {{",
+             f"    for (int r = 0; r < {lanes}; r++) {{", *("    " + line for line in program.lines)]
+    lines += [f"        c[{k} * {lanes} + r] = {program.operand(value)};" for k, value in enumerate(outputs.values)]
+    return "\n".join(lines + ["    }", "}"]) + "\n"

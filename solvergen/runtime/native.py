@@ -157,14 +157,17 @@ def source(plan: Plan) -> str:
     generated = evaluate_lanes_source(e) + sparse_source(t)
     if native_coefficients:
         generated += coefficients + (linear or "")
+    if native_coefficients and block is None:  # the CPU batch: COEFFICIENT_LANES instances' coefficients at once
+        generated += ("#if !SG_CUDA\n" + traced(plan.coefficients, plan.num_parameters, "coefficients_lanes",
+                                                "COEFFICIENT_LANES") + "#endif\n")
     return text + "".join(header.read_text() for header in HEADERS) + generated
 
 
-def traced(function, num_inputs: int, name: str) -> str | None:
+def traced(function, num_inputs: int, name: str, lanes: str | None = None) -> str | None:
     """A generated coefficient function in C (ctrace.py), or None where it cannot be traced
     (then the torch path computes it, and the kernel starts from the coefficients)."""
     try:
-        return ctrace.coefficient_source(function, num_inputs, name)
+        return ctrace.coefficient_source(function, num_inputs, name, lanes)
     except ctrace.Unsupported:
         return None
 

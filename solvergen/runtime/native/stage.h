@@ -942,11 +942,48 @@ SG_EXPORT __global__ void solve_batch_from_kernel(int batch, const double *a, do
     const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (b < batch) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
 }
-#else
+#elif LINEAR_BLOCK
 SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
                                 double *c, double *x, uint8_t *valid) {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < batch; b++) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
+}
+#else
+/* On the CPU, COEFFICIENT_LANES instances' coefficients at once (generated after this file: the
+ * traced coefficients in a loop over the instances that the compiler vectorises; each
+ * instance's statements those of `coefficients`), then each instance as solve_row_from does
+ * (the 5-point's coefficients: 1,920 -> 470 cycles per instance). A last partial group is
+ * padded with its last instance. */
+#define COEFFICIENT_LANES 4
+SG_FN void coefficients_lanes(const double *SG_RESTRICT a, double *SG_RESTRICT c);
+
+SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, double imag_tol, int newton_steps,
+                            double residual_tol, double *c, double *x, uint8_t *valid) {
+    double al[NPARAM * COEFFICIENT_LANES], cl[NCOEF * COEFFICIENT_LANES], error[SLOTS];
+    int finite[COEFFICIENT_LANES];
+    uint8_t candidate[SLOTS];
+    for (int r = 0; r < COEFFICIENT_LANES; r++) {
+        const double *row = a + (first + r < batch ? first + r : batch - 1) * NPARAM;
+        finite[r] = 1;
+        for (int i = 0; i < NPARAM; i++) finite[r] &= isfinite(row[i]) != 0;
+        for (int i = 0; i < NPARAM; i++) al[i * COEFFICIENT_LANES + r] = finite[r] ? row[i] : 1.0;
+    }
+    coefficients_lanes(al, cl);
+    for (int r = 0; r < COEFFICIENT_LANES && first + r < batch; r++) {
+        const int64_t b = first + r;
+        double *cb = c + b * NCOEF, *xb = x + b * SLOTS * NUNK;
+        for (int k = 0; k < NCOEF; k++) cb[k] = cl[k * COEFFICIENT_LANES + r];
+        solve_one(cb, finite[r], imag_tol, newton_steps, xb, error, candidate);
+        finish_one(xb, error, candidate, residual_tol, valid + b * SLOTS);
+    }
+}
+
+SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
+                                double *c, double *x, uint8_t *valid) {
+    const int64_t groups = (batch + COEFFICIENT_LANES - 1) / COEFFICIENT_LANES;
+#pragma omp parallel for schedule(static)
+    for (int64_t g = 0; g < groups; g++)
+        solve_group_from(g * COEFFICIENT_LANES, batch, a, imag_tol, newton_steps, residual_tol, c, x, valid);
 }
 #endif
 #endif
