@@ -437,6 +437,27 @@ def test_eigenpairs_and_candidates_in_lanes_are_computed_as_one_at_a_time(name, 
     assert torch.equal(x, x1)
 
 
+@needs_compiler
+def test_a_nan_equation_makes_the_relative_residual_nan(tmp_path):
+    """The polish's relative residual is the largest |h_k| / size_k, NaN where any ratio is NaN
+    (an equation that overflowed), as the torch path's amax; a finite ratio after the NaN used
+    to replace it, so that a point with an overflowed equation could be kept (found in review)."""
+    plan = generated_module("relpose_5pt_nullspace").PLAN
+    lanes, k = native.lanes(plan.template.basis), plan.equations.equations
+    library = _library(tmp_path, native.source(plan) + textwrap.dedent("""
+        void errors(const double *h, const double *scale, double *error) { relative_errors(h, scale, error); }
+        """), "relative_errors")
+    h = torch.ones(k, lanes, dtype=torch.float64)
+    h[0, 0] = float("nan")  # lane 0: NaN first, finite after
+    h[3, 1], h[4, 1], h[5, 1] = float("inf"), float("nan"), 1e-20  # lane 1: inf, NaN, then finite
+    h[2, 2] = 3.0  # lane 2: finite: the largest
+    h[1, 3] = float("inf")  # lane 3: inf
+    scale = torch.full((k, lanes), 2.0, dtype=torch.float64)
+    error = torch.zeros(lanes, dtype=torch.float64)
+    library.errors(_pointer(h.contiguous()), _pointer(scale), _pointer(error))
+    assert error[0].isnan() and error[1].isnan() and error[2] == 1.5 and error[3] == float("inf")
+
+
 # -- Found by a helper's adversarial inputs (2026-11-30) ----------------------------------------
 
 

@@ -124,6 +124,9 @@ def source(plan: Plan) -> str:
         linear = None if reduced is None else (gauge_source(plan) + reduced
                                                + declared_residual_source(plan.equations))
     native_coefficients = coefficients is not None and (block is None or linear is not None)
+    grouped = None  # the CPU batch: COEFFICIENT_LANES instances' coefficients at once (stage.h)
+    if native_coefficients and block is None:
+        grouped = traced(plan.coefficients, plan.num_parameters, "coefficients_lanes", "COEFFICIENT_LANES")
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis,
                    NREAD=t.num_read, ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
@@ -132,7 +135,8 @@ def source(plan: Plan) -> str:
                    STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
                    EIG_CLOSED=int(t.basis <= CLOSED_FORM_MAX_BASIS),
                    PN=e.unknowns, PK=e.equations, NATIVE_COEFFICIENTS=int(native_coefficients),
-                   LINEAR_BLOCK=int(linear is not None), SPARSE_LU=int(t.sparse_lu is not None),
+                   LINEAR_BLOCK=int(linear is not None), GROUPED_COEFFICIENTS=int(grouped is not None),
+                   SPARSE_LU=int(t.sparse_lu is not None),
                    NPARAM=plan.num_parameters)
     text = f"/* solvergen native template stage: {plan.name} (generated from its plan; do not edit) */\n"
     text += PORTABLE.read_text()
@@ -157,9 +161,8 @@ def source(plan: Plan) -> str:
     generated = evaluate_lanes_source(e) + sparse_source(t)
     if native_coefficients:
         generated += coefficients + (linear or "")
-    if native_coefficients and block is None:  # the CPU batch: COEFFICIENT_LANES instances' coefficients at once
-        generated += ("#if !SG_CUDA\n" + traced(plan.coefficients, plan.num_parameters, "coefficients_lanes",
-                                                "COEFFICIENT_LANES") + "#endif\n")
+    if grouped is not None:
+        generated += "#if !SG_CUDA\n" + grouped + "#endif\n"
     return text + "".join(header.read_text() for header in HEADERS) + generated
 
 

@@ -11,14 +11,16 @@
  * Newton on each eigenpair), read the unknowns off the eigenvectors, and polish them by Gauss-Newton
  * on the polish system. The eigenvectors and the polish take LANES eigenpairs or candidates at a
  * time, each lane computing what one at a time would, vectorised across the lanes (the per-lane
- * loops `for (r < LANES)`; NVRTC's source has one lane: a GPU thread is scalar). Outputs as `template.polished_candidates` of the torch path: x [S, N], the
- * relative residual [S], candidate [S] (S = BASIS: one solution per eigenpair).
+ * loops `for (r < LANES)`; NVRTC's source has one lane: a GPU thread is scalar). Outputs as
+ * `template.polished_candidates` of the torch path: x [S, N], the relative residual [S],
+ * candidate [S] (S = BASIS: one solution per eigenpair).
  *
  * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, LANES (eigenpairs and candidates processed
  * together: hessenberg_eigenvectors, polish_lanes), NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF, NPOS,
  * NCONST, NACT, NPAIRS, EIG_CLOSED (every eigenvalue by roots.h), EIG_STURM (real eigenvalues by
- * sturm.h rather than QR), SPARSE_LU, NATIVE_COEFFICIENTS, LINEAR_BLOCK, NPARAM; polish system:
- * PN (unknowns), PK (equations). Arrays:
+ * sturm.h rather than QR), SPARSE_LU, NATIVE_COEFFICIENTS, LINEAR_BLOCK, GROUPED_COEFFICIENTS
+ * (the CPU batch computes COEFFICIENT_LANES instances' coefficients at once), NPARAM; polish
+ * system: PN (unknowns), PK (equations). Arrays:
  * see native.py's `source`. Generated after this file (declared below): `residual_lanes`,
  * `jacobian_lanes`, `sparse_eliminate`, `coefficients`, `reduced_coefficients`, `gauge_value`,
  * `evaluate_declared`.
@@ -88,9 +90,6 @@ SG_FN void lu_solve(const double *lu, int n, const int *perm, double *b, int m, 
     lu_solve_from(lu, n, perm, b, m, work, 0);
 }
 
-/* Inverse iteration's pieces (eigenvector, hessenberg_eigenvectors): the pivot floor eps |a|_max
- * (the matrix a - lambda I is singular by construction), the start vector (distinct entries),
- * and v / |v| (0 where |v| is 0 or not finite). */
 /* max |a_i| over count entries, NaN entries skipped: four running maxima, each a compare and
  * select that compiles without branches (max_of's NaN test made this a chain of unpredictable
  * branches: 700 cycles of the 5-point's instance for two 10 x 10 matrices). */
@@ -111,6 +110,9 @@ SG_FN double largest_magnitude(const double *a, int count) {
     return top[2] > top[0] ? top[2] : top[0];
 }
 
+/* Inverse iteration's pieces (eigenvector, hessenberg_eigenvectors): the pivot floor eps |a|_max
+ * (the matrix a - lambda I is singular by construction), the start vector (distinct entries),
+ * and v / |v| (0 where |v| is 0 or not finite; eigenvector's). */
 SG_FN double pivot_floor_of(const double *a, int n) {
     const double norm = largest_magnitude(a, n * n);
     return DBL_EPSILON * (norm > 0 ? norm : 1.0);
@@ -475,15 +477,16 @@ SG_FN int sparse_eliminate(const double *c, double *reduced);
 SG_FN void coefficients(const double *a, double *c);
 #endif
 
-/* Each lane's largest |h_k| / size_k (NaN where the last non-finite one is NaN); selects, not
- * branches, so that the loop over the lanes vectorises. */
+/* Each lane's largest |h_k| / size_k, NaN where any is NaN (an equation that overflowed: as the
+ * torch path's amax; a later finite ratio used to replace it); selects, not branches, so that
+ * the loop over the lanes vectorises. */
 SG_FN void relative_errors(const double *h, const double *scale, double *error) {
     for (int r = 0; r < LANES; r++) error[r] = 0.0;
     for (int k = 0; k < PK; k++)
         for (int r = 0; r < LANES; r++) {
             const double size = scale[k * LANES + r] >= DBL_MIN ? scale[k * LANES + r] : DBL_MIN; /* max_of(size, DBL_MIN) */
             const double e = fabs(h[k * LANES + r]) / size;
-            error[r] = e <= error[r] ? error[r] : e;
+            error[r] = (e > error[r] || e != e) ? e : error[r];
         }
 }
 
@@ -878,8 +881,8 @@ SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int ne
         double h[NDEQ], size[NDEQ];
         evaluate_declared(cd, xs, h, size);
         for (int k = 0; k < NDEQ; k++) {
-            double ratio_k = fabs(h[k]) / max_of(size[k], DBL_MIN);
-            if (!(ratio_k <= error[s])) error[s] = ratio_k;
+            const double ratio_k = fabs(h[k]) / max_of(size[k], DBL_MIN);
+            if (ratio_k > error[s] || ratio_k != ratio_k) error[s] = ratio_k; /* (NaN stays: relative_errors) */
         }
     }
 }
@@ -942,7 +945,7 @@ SG_EXPORT __global__ void solve_batch_from_kernel(int batch, const double *a, do
     const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (b < batch) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
 }
-#elif LINEAR_BLOCK
+#elif LINEAR_BLOCK || !GROUPED_COEFFICIENTS
 SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
                                 double *c, double *x, uint8_t *valid) {
 #pragma omp parallel for schedule(static)
