@@ -113,7 +113,8 @@ def _array(ctype: str, name: str, values) -> str:
 def source(plan: Plan) -> str:
     """The problem's C source: its sizes and tables, native/sturm.h, native/stage.h, then the
     generated functions (the polish system's `residual_lanes` and `jacobian_lanes`, the sparse
-    elimination, the coefficients, a natural formulation's linear block)."""
+    elimination, the coefficients, a natural formulation's linear block, and for the CPU batch
+    the coefficients of COEFFICIENT_LANES instances at once, `coefficients_lanes`)."""
     t: Template = plan.template
     e = polish_equations(plan)
     coefficients = traced(plan.coefficients, plan.num_parameters, "coefficients")
