@@ -114,7 +114,8 @@ def source(plan: Plan) -> str:
     """The problem's C source: its sizes and tables, native/sturm.h, native/stage.h, then the
     generated functions (the polish system's `residual_lanes` and `jacobian_lanes`, the sparse
     elimination, the coefficients, a natural formulation's linear block, and for the CPU batch
-    the coefficients of COEFFICIENT_LANES instances at once, `coefficients_lanes`)."""
+    the coefficients of COEFFICIENT_LANES instances at once, `coefficients_lanes`, and a natural
+    formulation's reduced coefficients, `reduced_coefficients_lanes`)."""
     t: Template = plan.template
     e = polish_equations(plan)
     coefficients = traced(plan.coefficients, plan.num_parameters, "coefficients")
@@ -125,14 +126,18 @@ def source(plan: Plan) -> str:
         linear = None if reduced is None else (gauge_source(plan) + reduced
                                                + declared_residual_source(plan.equations))
     native_coefficients = coefficients is not None and (block is None or linear is not None)
-    grouped = None  # the CPU batch: COEFFICIENT_LANES instances' coefficients at once (stage.h)
-    if native_coefficients and block is None:
+    grouped = None  # the CPU batch: COEFFICIENT_LANES instances' (reduced) coefficients at once (stage.h)
+    if native_coefficients:
         grouped = traced(plan.coefficients, plan.num_parameters, "coefficients_lanes", "COEFFICIENT_LANES")
+        if grouped is not None and linear is not None:
+            reduced_lanes = traced(block.reduced_coefficients, block.num_reduced_inputs, "reduced_coefficients_lanes",
+                                   "COEFFICIENT_LANES")
+            grouped = None if reduced_lanes is None else grouped + reduced_lanes
     rows, cols = t.shape
     defines = dict(ROWS=rows, COLS=cols, SQUARE=t.square, NRED=t.num_reduced, BASIS=t.basis,
                    NREAD=t.num_read, ACTION_READ=t.action_read, NUNK=t.unknowns, EVEN=int(t.even),
-                   SLOTS=_slots(t), NCOEF=len(e.term_equation), NPOS=len(t.positions),
-                   NCONST=len(t.action_constant), NACT=len(t.action_rows), NPAIRS=len(t.read_monomial),
+                   SLOTS=_slots(t), NCOEF=len(e.term_equation),
+                   NCONST=len(t.action_constant), NACT=len(t.action_rows),
                    STURM_MAX_BASIS=STURM_MAX_BASIS, EIG_STURM=int(t.basis <= STURM_MAX_BASIS),
                    EIG_CLOSED=int(t.basis <= CLOSED_FORM_MAX_BASIS),
                    PN=e.unknowns, PK=e.equations, NATIVE_COEFFICIENTS=int(native_coefficients),
@@ -146,14 +151,13 @@ def source(plan: Plan) -> str:
     # multiply the local memory (16 KB per thread for a basis of 16 in 8 lanes); one lane is the
     # same computation (tests/test_native.py).
     text += f"#if defined(__CUDACC_RTC__)\n#define LANES 1\n#else\n#define LANES {lanes(t.basis)}\n#endif\n"
-    text += _array("int", "positions", t.positions) + _array("int", "sources", t.sources)
+    text += dense_tables(t)
     text += _array("int", "const_row", [r for r, _, _ in t.action_constant])
     text += _array("int", "const_col", [c for _, c, _ in t.action_constant])
     text += _array("double", "const_value", [v for _, _, v in t.action_constant])
     text += _array("int", "action_rows", t.action_rows) + _array("int", "action_reduced", t.action_reduced)
     text += _array("double", "action_scale", t.action_scale)
-    text += _array("int", "read_monomial", t.read_monomial) + _array("int", "read_basis", t.read_basis)
-    text += _array("int", "read_value", t.read_value)
+    text += read_tables(t)
     n = t.unknowns  # an even template's read monomials x_i x_j, i <= j: their index per (i, j)
     upper = [(i, j) for i in range(n) for j in range(i, n)]
     text += _array("int", "gram_index", [upper.index((min(i, j), max(i, j))) for i in range(n) for j in range(n)])
@@ -165,6 +169,32 @@ def source(plan: Plan) -> str:
     if grouped is not None:
         generated += "#if !SG_CUDA\n" + grouped + "#endif\n"
     return text + "".join(header.read_text() for header in HEADERS) + generated
+
+
+def read_tables(t: Template) -> str:
+    """The read-off's pairs (basis entry, value) grouped by the monomial they read, in the
+    template's order within each (read_basis, read_value; monomial q's are read_start[q] to
+    read_start[q + 1]), so that the kernel sums each monomial in registers; the action monomial's
+    are left out (it is read from the eigenvalue)."""
+    start, basis, value = [0], [], []
+    for q in range(t.num_read):
+        for monomial, i, j in zip(t.read_monomial, t.read_basis, t.read_value):
+            if monomial == q and q != t.action_read:
+                basis.append(i)
+                value.append(j)
+        start.append(len(basis))
+    return _array("int", "read_start", start) + _array("int", "read_basis", basis) + _array("int", "read_value", value)
+
+
+def dense_tables(t: Template) -> str:
+    """dense_eliminate's fill: the template's entries in its first SQUARE rows (dense_positions,
+    row-major with COLS columns) and the coefficient each takes (dense_sources); the rows past
+    SQUARE are dropped here, not tested per entry in the kernel (the 5-point's fill: 1,380 -> 260
+    cycles per instance)."""
+    rows, cols = t.shape
+    kept = [(p, s) for p, s in zip(t.positions, t.sources) if p // cols < t.square]
+    return (f"#define NDENSE {len(kept)}\n" + _array("int", "dense_positions", [p for p, _ in kept])
+            + _array("int", "dense_sources", [s for _, s in kept]))
 
 
 def traced(function, num_inputs: int, name: str, lanes: str | None = None) -> str | None:
@@ -255,40 +285,26 @@ def _term(coefficient: int, monomial: int, factor: float = 1.0, monomials: str =
 
 
 def declared_residual_source(e: Equations) -> str:
-    """A natural formulation's declared equations at x as straight-line C,
-    `evaluate_declared(c, x, h, scale)`: h and the size of its terms (the same sums as the torch
-    path's `equations.evaluate`, unrolled with the monomials and coefficients as constants: a loop
-    over the tables is about 1.5x slower, its scattered accumulations serialise)."""
+    """A natural formulation's declared equations at LANES points x (lane-minor, x[i LANES + r]) as
+    straight-line C, `evaluate_declared_lanes(c, x, h, scale)`: h and the size of its terms (the
+    same sums as the torch path's `equations.evaluate`, unrolled with the monomials and
+    coefficients as constants: a loop over the tables is about 1.5x slower, its scattered
+    accumulations serialise)."""
+    return _residual_lanes(e, "evaluate_declared_lanes")
+
+
+def _lanes_head(e: Equations, signature: str) -> list[str]:
+    """A lane-form function's opening: the loop over the lanes and the monomials of x."""
     parent, unknown = _monomials(e)
-    lines = ["SG_FN void evaluate_declared(const double *c, const double *x, double *h, double *scale) {",
-             f"    double m[{len(parent)}];", "    m[0] = 1.0;"]
-    lines += [f"    m[{k}] = m[{parent[k]}] * x[{unknown[k]}];" for k in range(1, len(parent))]
-    lines.append("    double t;")
-    for k in range(e.equations):
-        lines.append(f"    h[{k}] = 0.0;")
-        lines.append(f"    scale[{k}] = 0.0;")
-        for j, (equation, monomial) in enumerate(zip(e.term_equation, e.term_monomial)):
-            if equation == k:
-                lines.append(f"    t = {_term(j, monomial)}; h[{k}] += t; scale[{k}] += fabs(t);")
-    return "\n".join(lines + ["}"]) + "\n"
+    lines = [f"SG_FN void {signature} {{", "    for (int r = 0; r < LANES; r++) {", "        const double m0 = 1.0;"]
+    return lines + [f"        const double m{k} = m{parent[k]} * x[{unknown[k]} * LANES + r];" for k in range(1, len(parent))]
 
 
-def evaluate_lanes_source(e: Equations) -> str:
-    """The polish system's evaluation at LANES points at once (stage.h's `polish_lanes`), as
-    straight-line C in a loop over the lanes that the compiler vectorises (given `restrict`
-    arguments: without them gcc 12 leaves the residual's loop scalar):
-    `residual_lanes(c, x, h, scale)` and `jacobian_lanes(c, x, jac)`, every array lane-minor
-    (x[i LANES + r], h[k LANES + r], jac[(k PN + n) LANES + r]). Each lane's sums are those of
-    the torch path's `equations.evaluate` and `jacobian`, in their order."""
-    parent, unknown = _monomials(e)
-
-    def head(signature):
-        lines = [f"SG_FN void {signature} {{", "    for (int r = 0; r < LANES; r++) {", "        const double m0 = 1.0;"]
-        lines += [f"        const double m{k} = m{parent[k]} * x[{unknown[k]} * LANES + r];" for k in range(1, len(parent))]
-        return lines
-
-    lines = head("residual_lanes(const double *SG_RESTRICT c, const double *SG_RESTRICT x, double *SG_RESTRICT h, "
-                 "double *SG_RESTRICT scale)")
+def _residual_lanes(e: Equations, name: str) -> str:
+    """`name(c, x, h, scale)`: e's equations h [equations x LANES] and the size of their terms at
+    LANES points x, lane-minor, each lane's sums in the torch path's order."""
+    lines = _lanes_head(e, f"{name}(const double *SG_RESTRICT c, const double *SG_RESTRICT x, double *SG_RESTRICT h, "
+                           "double *SG_RESTRICT scale)")
     lines.append("        double t, value, size;")
     for k in range(e.equations):
         lines.append("        value = 0.0;")
@@ -298,8 +314,18 @@ def evaluate_lanes_source(e: Equations) -> str:
                 lines.append(f"        t = {_term(j, monomial, monomials='m{}')}; value += t; size += fabs(t);")
         lines.append(f"        h[{k} * LANES + r] = value;")
         lines.append(f"        scale[{k} * LANES + r] = size;")
-    lines += ["    }", "}"]
-    lines += head("jacobian_lanes(const double *SG_RESTRICT c, const double *SG_RESTRICT x, double *SG_RESTRICT jac)")
+    return "\n".join(lines + ["    }", "}"]) + "\n"
+
+
+def evaluate_lanes_source(e: Equations) -> str:
+    """The polish system's evaluation at LANES points at once (stage.h's `polish_lanes`), as
+    straight-line C in a loop over the lanes that the compiler vectorises (given `restrict`
+    arguments: without them gcc 12 leaves the residual's loop scalar):
+    `residual_lanes(c, x, h, scale)` and `jacobian_lanes(c, x, jac)`, every array lane-minor
+    (x[i LANES + r], h[k LANES + r], jac[(k PN + n) LANES + r]). Each lane's sums are those of
+    the torch path's `equations.evaluate` and `jacobian`, in their order."""
+    lines = _lanes_head(e, "jacobian_lanes(const double *SG_RESTRICT c, const double *SG_RESTRICT x, "
+                           "double *SG_RESTRICT jac)")
     sums: dict = {}
     for position, coefficient, factor, monomial in zip(e.derivative_position, e.derivative_coefficient,
                                                        e.derivative_factor, e.derivative_monomial):
@@ -307,7 +333,7 @@ def evaluate_lanes_source(e: Equations) -> str:
     for position in range(e.equations * e.unknowns):
         lines.append(f"        jac[{position} * LANES + r] = {' + '.join(sums.get(position, ['0.0']))};")
     lines += ["    }", "}"]
-    return "\n".join(lines) + "\n"
+    return _residual_lanes(e, "residual_lanes") + "\n".join(lines) + "\n"
 
 
 def _compiler_id(cc: str) -> str:

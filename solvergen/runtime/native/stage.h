@@ -16,14 +16,15 @@
  * candidate [S] (S = BASIS: one solution per eigenpair).
  *
  * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, LANES (eigenpairs and candidates processed
- * together: hessenberg_eigenvectors, polish_lanes), NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF, NPOS,
- * NCONST, NACT, NPAIRS, EIG_CLOSED (every eigenvalue by roots.h), EIG_STURM (real eigenvalues by
+ * together: hessenberg_eigenvectors, polish_lanes), NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF,
+ * NDENSE, NCONST, NACT, EIG_CLOSED (every eigenvalue by roots.h), EIG_STURM (real eigenvalues by
  * sturm.h rather than QR), SPARSE_LU, NATIVE_COEFFICIENTS, LINEAR_BLOCK, GROUPED_COEFFICIENTS
- * (the CPU batch computes COEFFICIENT_LANES instances' coefficients at once), NPARAM; polish
+ * (the CPU batch computes COEFFICIENT_LANES instances' coefficients, and a natural formulation's reduced
+ * coefficients, at once), NPARAM; polish
  * system: PN (unknowns), PK (equations). Arrays:
  * see native.py's `source`. Generated after this file (declared below): `residual_lanes`,
  * `jacobian_lanes`, `sparse_eliminate`, `coefficients`, `reduced_coefficients`, `gauge_value`,
- * `evaluate_declared`.
+ * `evaluate_declared_lanes`.
  */
 
 #define CONVERGED (4.0 * DBL_EPSILON) /* newton.CONVERGED */
@@ -142,6 +143,10 @@ SG_FN void balance(double *a, int n, double *d) {
         for (int i = 0; i < n; i++) {
             double c = 0.0, r = 0.0;
             for (int j = 0; j < n; j++) { c += a[j * n + i] * a[j * n + i]; r += a[i * n + j] * a[i * n + j]; }
+            /* No scaling where r / 2 <= c < 2 r (the loops below would leave f = 1), decided on the squares
+             * with a margin of 1e-10 that the square roots' roundings cannot undo (squares of normal size
+             * only): two square roots saved on most rows (the 5-point: 16 of 23 rows per instance) */
+            if (c > 1e-290 && r > 1e-290 && c >= 0.25 * (1.0 + 1e-10) * r && 0.25 * (1.0 + 1e-10) * c < r) continue;
             c = sqrt(c);
             r = sqrt(r);
             if (c == 0.0 || r == 0.0 || !isfinite(c) || !isfinite(r)) continue;
@@ -152,7 +157,8 @@ SG_FN void balance(double *a, int n, double *d) {
             if (c + r >= 0.95 * s) continue;
             changed = 1;
             d[i] *= f;
-            for (int j = 0; j < n; j++) a[i * n + j] /= f;
+            const double inverse = 1.0 / f; /* (exact: f is a power of 2) */
+            for (int j = 0; j < n; j++) a[i * n + j] *= inverse;
             for (int j = 0; j < n; j++) a[j * n + i] *= f;
         }
     }
@@ -173,15 +179,20 @@ SG_FN void hessenberg(double *a, int n, int *pivot, double *mult) {
             for (int j = m - 1; j < n; j++) { double t = a[i * n + j]; a[i * n + j] = a[m * n + j]; a[m * n + j] = t; }
             for (int j = 0; j < n; j++) { double t = a[j * n + i]; a[j * n + i] = a[j * n + m]; a[j * n + m] = t; }
         }
+        double y[BASIS]; /* the multipliers: every row operation, then the column operations as one dot
+                            product per row (contiguous, where a column is strided; left and right
+                            multiplications commute: the 5-point's reduction, 1,700 -> 1,600 cycles) */
         for (i = m + 1; i < n; i++) {
-            double y = x != 0.0 ? a[i * n + m - 1] : 0.0;
-            if (y != 0.0) {
-                y /= x;
-                for (int j = m; j < n; j++) a[i * n + j] -= y * a[m * n + j];
-                for (int j = 0; j < n; j++) a[j * n + m] += y * a[j * n + i];
-            }
-            mult[i * n + m] = y;
+            y[i] = x != 0.0 ? a[i * n + m - 1] / x : 0.0;
+            if (y[i] != 0.0)
+                for (int j = m; j < n; j++) a[i * n + j] -= y[i] * a[m * n + j];
+            mult[i * n + m] = y[i];
             if (x != 0.0) a[i * n + m - 1] = 0.0;
+        }
+        for (int j = 0; j < n; j++) {
+            double acc = a[j * n + m];
+            for (i = m + 1; i < n; i++) acc += y[i] * a[j * n + i];
+            a[j * n + m] = acc;
         }
     }
 }
@@ -212,7 +223,7 @@ SG_FN void hessenberg_back(const int *SG_RESTRICT pivot, const double *SG_RESTRI
  * vectorised (the 5-point's eigenvectors with the back-transform: 7,600 -> 4,100 cycles per instance). */
 SG_FN void hessenberg_eigenvectors(const double *SG_RESTRICT h, double pivot_floor, const double *SG_RESTRICT lambda,
                                    double *SG_RESTRICT y, int *SG_RESTRICT ok) {
-    double u[BASIS * BASIS * LANES], l[BASIS * LANES];
+    double u[BASIS * BASIS * LANES], l[BASIS * LANES], inverse[BASIS * LANES]; /* (1 / U's diagonal) */
     int64_t swapped[BASIS * LANES]; /* (as wide as a double: gcc vectorises the selects) */
     const int n = BASIS;
     for (int r = 0; r < LANES; r++) ok[r] = 1;
@@ -230,7 +241,8 @@ SG_FN void hessenberg_eigenvectors(const double *SG_RESTRICT h, double pivot_flo
             if (fabs(pivot) < pivot_floor) pivot = pivot_floor;
             uk[k * LANES + r] = pivot;
             swapped[k * LANES + r] = swap;
-            l[k * LANES + r] = (swap ? a : b) / pivot;
+            inverse[k * LANES + r] = 1.0 / pivot;
+            l[k * LANES + r] = (swap ? a : b) * inverse[k * LANES + r];
         }
         for (int j = k + 1; j < n; j++) /* (row k + 1's column k is not read again) */
             for (int r = 0; r < LANES; r++) {
@@ -252,13 +264,17 @@ SG_FN void hessenberg_eigenvectors(const double *SG_RESTRICT h, double pivot_flo
                 y[k * LANES + r] = top;
                 y[(k + 1) * LANES + r] = bottom - l[k * LANES + r] * top;
             }
-        for (int i = n - 1; i >= 0; i--) { /* U^-1 */
+        for (int i = n - 1; i >= 0; i--) { /* U^-1: y_i's sum ends with y_{i+1}, the one just found, so that each
+                                               row waits for one multiply-add (5-point: -600 cycles per instance) */
             double acc[LANES];
             for (int r = 0; r < LANES; r++) acc[r] = y[i * LANES + r];
-            for (int j = i + 1; j < n; j++)
+            for (int j = n - 1; j > i; j--)
                 for (int r = 0; r < LANES; r++) acc[r] -= u[(i * n + j) * LANES + r] * y[j * LANES + r];
-            for (int r = 0; r < LANES; r++) y[i * LANES + r] = acc[r] / u[(i * n + i) * LANES + r];
+            for (int r = 0; r < LANES; r++) y[i * LANES + r] = acc[r] * inverse[i * LANES + r];
         }
+        /* Normalized once, at the end (the 5-point: 2% faster): a solve grows y by about 1 / eps where lambda
+         * is an eigenvalue, and a lane that overflows is not ok (its eigenpair takes `eigenvector`). */
+        if (round + 1 < EIG_ROUNDS) continue;
         double norm[LANES]; /* normalize's */
         for (int r = 0; r < LANES; r++) norm[r] = 0.0;
         for (int i = 0; i < n; i++)
@@ -573,24 +589,54 @@ SG_FN void polish_lanes(const double *c, double *x, int steps, double *error) {
     }
 }
 
-/* The template [eliminated | reduced | basis] and its solve X' = T[:, :SQUARE]^-1 T[:, SQUARE:]
- * by LU with partial pivoting: -> X (X' rows of the reduced monomials, the last NRED: the back
- * substitution computes only those) [NRED x BASIS]; 0 where the square block is singular. */
+/* The template [eliminated | reduced | basis] and its solve X' = T[:, :SQUARE]^-1 T[:, SQUARE:]: Gaussian
+ * elimination with partial pivoting on the rows [square | basis] (COLS = SQUARE + BASIS wide; the rows past
+ * SQUARE are dropped), then back substitution for the reduced monomials' rows, the last NRED, the only ones
+ * read: -> X [NRED x BASIS]; 0 where the square block is singular. The operations, and their order, are
+ * those of lu_factor and lu_solve_from on the two blocks, without the permutation's copies (the 5-point,
+ * with native.dense_tables: 2,860 -> 1,700 cycles per instance). */
 SG_FN int dense_eliminate(const double *c, double *reduced) {
-    double lhs[SQUARE * SQUARE], rhs[SQUARE * BASIS], work[SQUARE * BASIS];
-    int perm[SQUARE];
-    memset(lhs, 0, sizeof(lhs));
-    memset(rhs, 0, sizeof(rhs));
-    for (int k = 0; k < NPOS; k++) { /* T's entry at positions[k] (row-major, ROWS x COLS; the rows past SQUARE are 0) */
-        const int row = positions[k] / COLS, col = positions[k] % COLS;
-        if (row >= SQUARE) continue;
-        if (col < SQUARE) lhs[row * SQUARE + col] = c[sources[k]];
-        else rhs[row * BASIS + col - SQUARE] = c[sources[k]];
+    double t[SQUARE * COLS];
+    memset(t, 0, sizeof(t));
+    for (int k = 0; k < NDENSE; k++) t[dense_positions[k]] = c[dense_sources[k]]; /* (native.dense_tables) */
+    for (int k = 0; k < SQUARE; k++) {
+        int p = k;
+        double best = fabs(t[k * COLS + k]);
+        for (int i = k + 1; i < SQUARE; i++) {
+            const double v = fabs(t[i * COLS + k]);
+            if (v > best) { best = v; p = i; }
+        }
+        if (!isfinite(best) || !(best > 0.0)) return 0;
+        if (p != k)
+            for (int j = k; j < COLS; j++) { const double s = t[k * COLS + j]; t[k * COLS + j] = t[p * COLS + j]; t[p * COLS + j] = s; }
+        const double inv = 1.0 / t[k * COLS + k];
+        for (int i = k + 1; i < SQUARE; i++) {
+            const double f = t[i * COLS + k] * inv;
+            if (f != 0.0)
+                for (int j = k + 1; j < COLS; j++) t[i * COLS + j] -= f * t[k * COLS + j];
+        }
     }
-    if (!lu_factor(lhs, SQUARE, perm, 0.0)) return 0;
-    lu_solve_from(lhs, SQUARE, perm, rhs, BASIS, work, SQUARE - NRED);
-    memcpy(reduced, rhs + (SQUARE - NRED) * BASIS, sizeof(double) * NRED * BASIS);
+    for (int i = SQUARE - 1; i >= SQUARE - NRED; i--) {
+        double *row = t + i * COLS + SQUARE;
+        for (int k = i + 1; k < SQUARE; k++) {
+            const double f = t[i * COLS + k];
+            if (f != 0.0)
+                for (int j = 0; j < BASIS; j++) row[j] -= f * t[k * COLS + SQUARE + j];
+        }
+        const double inv = 1.0 / t[i * COLS + i];
+        for (int j = 0; j < BASIS; j++) row[j] *= inv;
+        memcpy(reduced + (i - (SQUARE - NRED)) * BASIS, row, sizeof(double) * BASIS);
+    }
     return 1;
+}
+
+/* LANES points, lane-minor (xl [width x LANES]), from the rows slots[first ...] of x [S x width]; a last
+ * partial group padded with copies of slots[count - 1]. */
+SG_FN void gather_lanes(const double *x, int width, const int *slots, int first, int count, double *xl) {
+    for (int r = 0; r < LANES; r++) {
+        const double *xs = x + slots[first + r < count ? first + r : count - 1] * width;
+        for (int i = 0; i < width; i++) xl[i * LANES + r] = xs[i];
+    }
 }
 
 /* No solution yet: x [SLOTS x unknowns] zero, error 0, no candidate. */
@@ -608,8 +654,9 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
                       double *x, double *error, uint8_t *candidate) {
     clear_outputs(x, NUNK, error, candidate);
     if (!usable) return;
-    for (int j = 0; j < NCOEF; j++)
-        if (!isfinite(c[j])) return;
+    int finite = 1; /* (no early exit: a loop that vectorises) */
+    for (int j = 0; j < NCOEF; j++) finite &= isfinite(c[j]) != 0;
+    if (!finite) return;
     double reduced[NRED * BASIS]; /* X [NRED x BASIS]: the reduced monomials' rows of the solve */
     if (!(SPARSE_LU && sparse_eliminate(c, reduced)) && !dense_eliminate(c, reduced)) return;
     /* The action matrix. */
@@ -642,8 +689,9 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
         }
     }
     double floor = 0.0; /* real_enough: |imag| <= imag_tol max(|real|, min(1, largest |eigenvalue|)) */
-    for (int s = 0; s < BASIS; s++) {
-        double size = hypot(wr[s], wi[s]);
+    for (int s = 0; s < BASIS; s++) { /* (hypot, a libm call, only for a complex pair: 400 cycles on the 5-point) */
+        if (wi[s] != wi[s]) continue; /* (not found by the Sturm path: its size would be NaN) */
+        const double size = wi[s] == 0.0 ? fabs(wr[s]) : hypot(wr[s], wi[s]);
         if (isfinite(size) && size > floor) floor = size;
     }
     floor = floor < 1.0 ? floor : 1.0;
@@ -687,15 +735,16 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
             for (int j = 0; j < BASIS; j++) acc += reduced[r * BASIS + j] * v[j];
             values[BASIS + r] = -acc;
         }
-        double num[NREAD], den[NREAD];
-        for (int q = 0; q < NREAD; q++) num[q] = den[q] = 0.0;
-        for (int k = 0; k < NPAIRS; k++) {
-            double vi = v[read_basis[k]];
-            num[read_monomial[k]] += vi * values[read_value[k]];
-            den[read_monomial[k]] += vi * vi;
+        double q[NREAD]; /* (native.read_tables: each monomial's pairs in a row) */
+        for (int k = 0; k < NREAD; k++) {
+            double num = 0.0, den = 0.0;
+            for (int pair = read_start[k]; pair < read_start[k + 1]; pair++) {
+                const double vi = v[read_basis[pair]];
+                num += vi * values[read_value[pair]];
+                den += vi * vi;
+            }
+            q[k] = k == ACTION_READ ? lambda : num / den;
         }
-        double q[NREAD];
-        for (int k = 0; k < NREAD; k++) q[k] = k == ACTION_READ ? lambda : num[k] / den[k];
         double *xs = x + s * NUNK;
 #if EVEN
         /* The read monomials are x_i x_j (i <= j): with G = x x^T, x = G[:, k] / sqrt(G_kk) for the
@@ -724,10 +773,7 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
     const int steps = newton_steps > 0 ? newton_steps + EXTRA_STEPS : 0;
     for (int first = 0; first < count; first += LANES) {
         double xl[PN * LANES], el[LANES];
-        for (int r = 0; r < LANES; r++) {
-            const double *xs = x + found[first + r < count ? first + r : count - 1] * NUNK;
-            for (int i = 0; i < NUNK; i++) xl[i * LANES + r] = xs[i];
-        }
+        gather_lanes(x, NUNK, found, first, count, xl);
         polish_lanes(c, xl, steps, el);
         for (int r = 0; r < LANES && first + r < count; r++) {
             const int s = found[first + r];
@@ -775,49 +821,65 @@ SG_EXPORT void solve_batch(int64_t batch, const double *c, const uint8_t *usable
  * coefficients), NDUNK (declared unknowns), NDEQ (declared equations), NFREE, NUSED, NMAT and NRHS (entries of L and b),
  * GAUGE, GDEG, GCONST; arrays: see native.py's `linear_source`. */
 SG_FN void reduced_coefficients(const double *a, double *c); /* generated after this file */
-/* The declared equations at the declared unknowns x: h [NDEQ] and the size of their terms; generated. */
-SG_FN void evaluate_declared(const double *c, const double *x, double *h, double *scale);
+/* The declared equations at LANES points x [NDUNK x LANES] (lane-minor): h [NDEQ x LANES] and the size of
+ * their terms; generated (native.declared_residual_source). */
+SG_FN void evaluate_declared_lanes(const double *SG_RESTRICT c, const double *SG_RESTRICT x, double *SG_RESTRICT h,
+                                   double *SG_RESTRICT scale);
 #if GAUGE
 SG_FN double gauge_value(const double *c, const double *x); /* q(x) from the declared c: generated */
 #endif
 
-/* QR of s (n x n, row-major) by Householder reflections: s <- R, q <- Q (n x n). */
-SG_FN void householder_qr(double *s, double *q, int n) {
-    for (int i = 0; i < n; i++)
-        for (int j = 0; j < n; j++) q[i * n + j] = i == j ? 1.0 : 0.0;
+/* QR of s (LN x LN, row-major) by Householder reflections: s <- R, and Q's columns from `first` on,
+ * q [LN x (LN - first)] (row-major), by applying the reflections to those columns of the identity,
+ * the last first (as LAPACK's dorgqr; accumulating all of Q took 40% longer on the natural 5-point). */
+SG_FN void householder_qr(double *s, double *q, int first) {
+    const int n = LN, width = LN - first;
+    double v[LN * LN], beta[LN]; /* reflection k: I - beta_k v_k v_k^T, v_k[i] = v[k n + i] (i >= k) */
     for (int k = 0; k < n - 1; k++) {
-        double norm = 0.0, v[LN];
+        double norm = 0.0, *vk = v + k * n;
+        beta[k] = 0.0;
         for (int i = k; i < n; i++) norm += s[i * n + k] * s[i * n + k];
         norm = sqrt(norm);
         if (norm == 0.0) continue;
         double alpha = s[k * n + k] >= 0.0 ? -norm : norm; /* LAPACK's sign, also at 0: the torch path's basis */
-        for (int i = k; i < n; i++) v[i] = s[i * n + k];
-        v[k] -= alpha;
+        for (int i = k; i < n; i++) vk[i] = s[i * n + k];
+        vk[k] -= alpha;
         double vv = 0.0;
-        for (int i = k; i < n; i++) vv += v[i] * v[i];
+        for (int i = k; i < n; i++) vv += vk[i] * vk[i];
         if (!(vv > 0.0)) continue;
-        for (int j = k; j < n; j++) {
-            double d = 0.0;
-            for (int i = k; i < n; i++) d += v[i] * s[i * n + j];
-            double f = 2.0 * d / vv;
-            for (int i = k; i < n; i++) s[i * n + j] -= f * v[i];
-        }
-        for (int r = 0; r < n; r++) {
-            double d = 0.0;
-            for (int i = k; i < n; i++) d += q[r * n + i] * v[i];
-            double f = 2.0 * d / vv;
-            for (int i = k; i < n; i++) q[r * n + i] -= f * v[i];
-        }
+        beta[k] = 2.0 / vv;
+        double d[LN]; /* (each column's sum in the order of i, the columns side by side: rows are contiguous) */
+        for (int j = k; j < n; j++) d[j] = 0.0;
+        for (int i = k; i < n; i++)
+            for (int j = k; j < n; j++) d[j] += vk[i] * s[i * n + j];
+        for (int j = k; j < n; j++) d[j] *= beta[k];
+        for (int i = k; i < n; i++)
+            for (int j = k; j < n; j++) s[i * n + j] -= d[j] * vk[i];
+    }
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < width; c++) q[i * width + c] = i == first + c ? 1.0 : 0.0;
+    for (int k = n - 2; k >= 0; k--) {
+        if (beta[k] == 0.0) continue;
+        const double *vk = v + k * n;
+        double d[LN];
+        for (int c = 0; c < width; c++) d[c] = 0.0;
+        for (int i = k; i < n; i++)
+            for (int c = 0; c < width; c++) d[c] += vk[i] * q[i * width + c];
+        for (int c = 0; c < width; c++) d[c] *= beta[k];
+        for (int i = k; i < n; i++)
+            for (int c = 0; c < width; c++) q[i * width + c] -= d[c] * vk[i];
     }
 }
 
-SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int newton_steps, double *cd,
-                             double *x, double *error, uint8_t *candidate) {
-    coefficients(a, cd);
-    clear_outputs(x, NDUNK, error, candidate);
-    if (!usable) return;
-    for (int j = 0; j < NDECL; j++)
-        if (!isfinite(cd[j])) return;
+/* The linear block of one instance, from its declared coefficients cd [NDECL] and parameters a: the
+ * null space of L x = b (QR of [L^T | null_mix]) and its particular solution, packed as
+ * reduced_coefficients' inputs [NLINPUT]; particular [LN]. 0 where a coefficient is not finite or
+ * the block is rank deficient. */
+#define NLINPUT (LN * LK + LN + NUSED + 1)
+SG_FN int linear_block(const double *a, const double *cd, double *inputs, double *particular) {
+    int finite = 1; /* (no early exit: a loop that vectorises) */
+    for (int j = 0; j < NDECL; j++) finite &= isfinite(cd[j]) != 0;
+    if (!finite) return 0;
     double L[LRANK * LN], rhs[LRANK], square[LN * LN], q[LN * LN];
     memset(L, 0, sizeof(L));
     memset(rhs, 0, sizeof(rhs));
@@ -827,18 +889,18 @@ SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int ne
         for (int j = 0; j < LRANK; j++) square[i * LN + j] = L[j * LN + i];
         for (int j = 0; j < LK; j++) square[i * LN + LRANK + j] = null_mix[i * LK + j];
     }
-    householder_qr(square, q, LN);
+    householder_qr(square, q, LHOMOG ? LRANK : 0); /* (the particular solution needs Q's first LRANK columns) */
+    const int qw = LHOMOG ? LK : LN, q0 = LHOMOG ? 0 : LRANK; /* q's width, the null space's first column in it */
     double largest = 0.0, smallest = INFINITY;
     for (int k = 0; k < LRANK; k++) {
         double p = fabs(square[k * LN + k]);
-        if (!isfinite(p)) return;
+        if (!isfinite(p)) return 0;
         largest = max_of(largest, p);
         smallest = min_of(smallest, p);
     }
-    if (!(smallest > 1e-10 * largest)) return; /* rank deficient (linear._full_rank) */
-    double inputs[LN * LK + LN + NUSED + 1], particular[LN];
+    if (!(smallest > 1e-10 * largest)) return 0; /* rank deficient (linear._full_rank) */
     for (int i = 0; i < LN; i++)
-        for (int j = 0; j < LK; j++) inputs[i * LK + j] = q[i * LN + LRANK + j];
+        for (int j = 0; j < LK; j++) inputs[i * LK + j] = q[i * qw + q0 + j];
     for (int i = 0; i < LN; i++) particular[i] = 0.0;
 #if !LHOMOG
     { /* L^T = Q1 R1: x_p = Q1 R1^-T b, R1^T y = b forward */
@@ -849,16 +911,25 @@ SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int ne
             y[i] = acc / square[i * LN + i];
         }
         for (int i = 0; i < LN; i++)
-            for (int j = 0; j < LRANK; j++) particular[i] += q[i * LN + j] * y[j];
+            for (int j = 0; j < LRANK; j++) particular[i] += q[i * qw + j] * y[j];
         for (int i = 0; i < LN; i++) inputs[LN * LK + i] = particular[i];
     }
 #endif
     for (int k = 0; k < NUSED; k++) inputs[LN * LK + (LHOMOG ? 0 : LN) + k] = a[used_parameters[k]];
-    double c[NCOEF], z[SLOTS * NUNK];
-    reduced_coefficients(inputs, c);
+    return 1;
+}
+
+/* The reduced problem of one instance solved from its coefficients c [NCOEF] (solve_one), and each
+ * solution mapped back to the declared unknowns (linear_block's inputs and particular): x [SLOTS x
+ * NDUNK], the relative residual of the declared equations [SLOTS], candidate [SLOTS]. */
+SG_FN void linear_solutions(const double *cd, const double *inputs, const double *particular, const double *c,
+                            double imag_tol, int newton_steps, double *x, double *error, uint8_t *candidate) {
+    double z[SLOTS * NUNK];
+    int mapped[SLOTS], count = 0; /* the candidates mapped back: their slots */
     solve_one(c, 1, imag_tol, newton_steps, z, error, candidate);
     for (int s = 0; s < SLOTS; s++) {
         if (!candidate[s]) continue;
+        mapped[count++] = s;
         const double *zs = z + s * NUNK;
         double chart[LK + 1], block[LN + NFREE + 1]; /* (+ 1: no zero-length array where LK = 0) */
         for (int j = 0; j < NUNK - NFREE; j++) chart[j] = zs[j];
@@ -872,7 +943,11 @@ SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int ne
         double ratio = -cd[GCONST] / gauge_value(cd, block), scale;
 #if GDEG % 2 == 0
         int scalable = ratio > 0.0;
+#if GDEG == 2
+        scale = sqrt(max_of(ratio, DBL_MIN)); /* (pow, a libm call: 1.5% of the natural 5-point's time) */
+#else
         scale = pow(max_of(ratio, DBL_MIN), 1.0 / GDEG);
+#endif
 #else
         int scalable = isfinite(ratio);
         scale = (ratio < 0.0 ? -1.0 : 1.0) * pow(fabs(ratio), 1.0 / GDEG);
@@ -883,15 +958,31 @@ SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int ne
         for (int i = 0; i < NFREE; i++) block[LN + i] = zs[NUNK - NFREE + i];
         double *xs = x + s * NDUNK;
         for (int i = 0; i < NDUNK; i++) xs[i] = block[assemble[i]];
-        /* every declared equation at the declared unknowns: a degenerate block (collinear points)
-         * can leave the reduced equations satisfied and the declared ones not (the torch path
-         * checks the reduced equations and the linear block only) */
-        double h[NDEQ], size[NDEQ];
-        evaluate_declared(cd, xs, h, size);
-        for (int k = 0; k < NDEQ; k++) {
-            error[s] = worse_ratio(error[s], fabs(h[k]) / divisor_size(size[k]));
+    }
+    /* Every declared equation at the declared unknowns, LANES points at a time (a last partial group
+     * padded with its last point): a degenerate block (collinear points) can leave the reduced
+     * equations satisfied and the declared ones not (the torch path checks the reduced equations
+     * and the linear block only). */
+    for (int first = 0; first < count; first += LANES) {
+        double xl[NDUNK * LANES], h[NDEQ * LANES], size[NDEQ * LANES];
+        gather_lanes(x, NDUNK, mapped, first, count, xl);
+        evaluate_declared_lanes(cd, xl, h, size);
+        for (int r = 0; r < LANES && first + r < count; r++) {
+            const int s = mapped[first + r];
+            for (int k = 0; k < NDEQ; k++)
+                error[s] = worse_ratio(error[s], fabs(h[k * LANES + r]) / divisor_size(size[k * LANES + r]));
         }
     }
+}
+
+SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int newton_steps, double *cd,
+                             double *x, double *error, uint8_t *candidate) {
+    coefficients(a, cd);
+    clear_outputs(x, NDUNK, error, candidate);
+    double inputs[NLINPUT], particular[LN], c[NCOEF];
+    if (!usable || !linear_block(a, cd, inputs, particular)) return;
+    reduced_coefficients(inputs, c);
+    linear_solutions(cd, inputs, particular, c, imag_tol, newton_steps, x, error, candidate);
 }
 
 #endif
@@ -952,7 +1043,7 @@ SG_EXPORT __global__ void solve_batch_from_kernel(int batch, const double *a, do
     const int64_t b = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (b < batch) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
 }
-#elif LINEAR_BLOCK || !GROUPED_COEFFICIENTS
+#elif !GROUPED_COEFFICIENTS
 SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
                                 double *c, double *x, uint8_t *valid) {
 #pragma omp parallel for schedule(static)
@@ -962,14 +1053,19 @@ SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol,
 /* On the CPU, COEFFICIENT_LANES instances' coefficients at once (generated after this file: the
  * traced coefficients in a loop over the instances that the compiler vectorises; each
  * instance's statements those of `coefficients`), then each instance as solve_row_from does
- * (the 5-point's coefficients: 1,920 -> 470 cycles per instance). A last partial group is
- * padded with its last instance. */
+ * (the 5-point's coefficients: 1,920 -> 470 cycles per instance); for a natural formulation, the
+ * reduced coefficients of the group's linear blocks at once too (reduced_coefficients_lanes: the
+ * natural 5-point's, 1,840 -> 400 cycles per instance). A last partial group is padded with its last
+ * instance. */
 #define COEFFICIENT_LANES 4
 SG_FN void coefficients_lanes(const double *SG_RESTRICT a, double *SG_RESTRICT c);
+#if LINEAR_BLOCK
+SG_FN void reduced_coefficients_lanes(const double *SG_RESTRICT inputs, double *SG_RESTRICT c);
+#endif
 
 SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, double imag_tol, int newton_steps,
                             double residual_tol, double *c, double *x, uint8_t *valid) {
-    double al[NPARAM * COEFFICIENT_LANES], cl[NCOEF * COEFFICIENT_LANES], error[SLOTS];
+    double al[NPARAM * COEFFICIENT_LANES], cl[XCOEF * COEFFICIENT_LANES], error[SLOTS];
     int finite[COEFFICIENT_LANES];
     uint8_t candidate[SLOTS];
     for (int r = 0; r < COEFFICIENT_LANES; r++) {
@@ -980,10 +1076,32 @@ SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, doubl
     }
     coefficients_lanes(al, cl);
     for (int r = 0; r < COEFFICIENT_LANES && first + r < batch; r++) {
+        double *cb = c + (first + r) * XCOEF;
+        for (int k = 0; k < XCOEF; k++) cb[k] = cl[k * COEFFICIENT_LANES + r];
+    }
+#if LINEAR_BLOCK
+    double inputs[COEFFICIENT_LANES][NLINPUT], particular[COEFFICIENT_LANES][LN];
+    double lanes_in[NLINPUT * COEFFICIENT_LANES], reduced[NCOEF * COEFFICIENT_LANES], rc[NCOEF];
+    int blocked[COEFFICIENT_LANES];
+    for (int r = 0; r < COEFFICIENT_LANES; r++) {
+        const int64_t b = first + r < batch ? first + r : batch - 1;
+        blocked[r] = finite[r] && linear_block(a + b * NPARAM, c + b * XCOEF, inputs[r], particular[r]);
+        for (int i = 0; i < NLINPUT; i++) lanes_in[i * COEFFICIENT_LANES + r] = blocked[r] ? inputs[r][i] : 1.0;
+    }
+    reduced_coefficients_lanes(lanes_in, reduced);
+#endif
+    for (int r = 0; r < COEFFICIENT_LANES && first + r < batch; r++) {
         const int64_t b = first + r;
-        double *cb = c + b * NCOEF, *xb = x + b * SLOTS * NUNK;
-        for (int k = 0; k < NCOEF; k++) cb[k] = cl[k * COEFFICIENT_LANES + r];
+        double *cb = c + b * XCOEF, *xb = x + b * SLOTS * XUNK;
+#if LINEAR_BLOCK
+        clear_outputs(xb, NDUNK, error, candidate);
+        if (blocked[r]) {
+            for (int k = 0; k < NCOEF; k++) rc[k] = reduced[k * COEFFICIENT_LANES + r];
+            linear_solutions(cb, inputs[r], particular[r], rc, imag_tol, newton_steps, xb, error, candidate);
+        }
+#else
         solve_one(cb, finite[r], imag_tol, newton_steps, xb, error, candidate);
+#endif
         finish_one(xb, error, candidate, residual_tol, valid + b * SLOTS);
     }
 }
