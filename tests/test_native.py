@@ -404,15 +404,15 @@ def test_sparse_elimination_in_c_is_the_dense_one(name, tmp_path):
 @needs_compiler
 @pytest.mark.parametrize("name", ["p3p", "relpose_5pt_nullspace", "relpose_6pt_shared_focal_natural"])
 def test_eigenpairs_and_candidates_in_lanes_are_computed_as_one_at_a_time(name, tmp_path):
-    """stage.h takes LANES eigenpairs through inverse iteration and LANES candidates through
+    """stage.h takes EIG_LANES eigenpairs through inverse iteration and LANES candidates through
     Newton's polish at once (the lanes vectorised): each lane must compute exactly what a kernel
     with one lane does, whatever the others do (a last group padded, a lane that fails or stops
     early). Compiled without contracting multiply-adds into FMAs (the vector and the scalar code
     may contract differently), the two kernels agree bit for bit, on instances and garbage rows."""
     plan = generated_module(name).PLAN
-    lanes = native.lanes(plan.template.basis)
+    lanes, eigenvector_lanes = native.lanes(plan.template.basis), native.eigenvector_lanes(plan.template.basis)
     text = native.source(plan)
-    define = f"#define LANES {lanes}\n"
+    define = f"#define EIG_LANES {eigenvector_lanes}\n#define LANES {lanes}\n"
     assert lanes > 1 and text.count(define) == 1
     a, _ = instances(name, 300)
     garbage = torch.tensor(np.random.default_rng(1).lognormal(0.0, 3.0, (100, a.shape[1]))
@@ -422,7 +422,8 @@ def test_eigenpairs_and_candidates_in_lanes_are_computed_as_one_at_a_time(name, 
     slots = 2 * t.basis if t.even else t.basis
     outputs = []
     for count in (lanes, 1):
-        library = _library(tmp_path, text.replace(define, f"#define LANES {count}\n"), f"{name}_{count}",
+        library = _library(tmp_path, text.replace(define, f"#define EIG_LANES {count}\n#define LANES {count}\n"),
+                           f"{name}_{count}",
                            ["-ffp-contract=off"])
         c = torch.zeros(len(a), len(plan.equations.term_equation), dtype=torch.float64)
         x = torch.zeros(len(a), slots, plan.num_unknowns, dtype=torch.float64)

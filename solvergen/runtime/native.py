@@ -99,6 +99,14 @@ def lanes(basis: int) -> int:
     return 2 if basis <= 4 else 4 if basis <= 12 else 8
 
 
+def eigenvector_lanes(basis: int) -> int:
+    """How many eigenpairs the kernel takes together through inverse iteration (stage.h's EIG_LANES):
+    as `lanes` but 8 from a basis of 10. Measured, one core, against 4: the 5-point (basis 10) 6.12
+    against 6.27 us per instance (its 4.7 real eigenvalues on average often fill two groups of 4),
+    gP3P (basis 8) 3.35 against 3.25 (benchmarks/README.md, "Native kernels")."""
+    return 2 if basis <= 4 else 4 if basis <= 9 else 8
+
+
 def _slots(t: Template) -> int:
     """Solutions per instance: one per eigenpair, two (x and -x) for an even template (SLOTS)."""
     return 2 * t.basis if t.even else t.basis
@@ -150,7 +158,8 @@ def source(plan: Plan) -> str:
     # A GPU thread runs one instance on scalar registers: lanes would fill nothing there and
     # multiply the local memory (16 KB per thread for a basis of 16 in 8 lanes); one lane is the
     # same computation (tests/test_native.py).
-    text += f"#if defined(__CUDACC_RTC__)\n#define LANES 1\n#else\n#define LANES {lanes(t.basis)}\n#endif\n"
+    text += (f"#if defined(__CUDACC_RTC__)\n#define EIG_LANES 1\n#define LANES 1\n#else\n"
+             f"#define EIG_LANES {eigenvector_lanes(t.basis)}\n#define LANES {lanes(t.basis)}\n#endif\n")
     text += dense_tables(t)
     text += _array("int", "const_row", [r for r, _, _ in t.action_constant])
     text += _array("int", "const_col", [c for _, c, _ in t.action_constant])

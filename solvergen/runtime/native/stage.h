@@ -9,14 +9,14 @@
  * form up to 4 x 4 (roots.h), the real ones by a Sturm sequence for small bases (sturm.h), else
  * by Francis double-shift QR; inverse iteration on the Hessenberg form for the eigenvectors, and
  * Newton on each eigenpair), read the unknowns off the eigenvectors, and polish them by Gauss-Newton
- * on the polish system. The eigenvectors and the polish take LANES eigenpairs or candidates at a
- * time, each lane computing what one at a time would, vectorised across the lanes (the per-lane
+ * on the polish system. The eigenvectors and the polish take EIG_LANES eigenpairs or LANES candidates
+ * at a time, each lane computing what one at a time would, vectorised across the lanes (the per-lane
  * loops `for (r < LANES)`; NVRTC's source has one lane: a GPU thread is scalar). Outputs as
  * `template.polished_candidates` of the torch path: x [S, N], the relative residual [S],
  * candidate [S] (S = BASIS: one solution per eigenpair).
  *
- * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, LANES (eigenpairs and candidates processed
- * together: hessenberg_eigenvectors, polish_lanes), NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF,
+ * Per-problem macros: ROWS, COLS, SQUARE, NRED, BASIS, EIG_LANES (eigenpairs processed together:
+ * hessenberg_eigenvectors), LANES (candidates: polish_lanes, the declared check), NREAD, ACTION_READ, NUNK, EVEN, SLOTS, NCOEF,
  * NDENSE, NCONST, NACT, EIG_CLOSED (every eigenvalue by roots.h), EIG_STURM (real eigenvalues by
  * sturm.h rather than QR), SPARSE_LU, NATIVE_COEFFICIENTS, LINEAR_BLOCK, GROUPED_COEFFICIENTS
  * (the CPU batch computes COEFFICIENT_LANES instances' coefficients, and a natural formulation's reduced
@@ -197,89 +197,89 @@ SG_FN void hessenberg(double *a, int n, int *pivot, double *mult) {
     }
 }
 
-/* LANES eigenvectors y [BASIS x LANES] (lane-minor) of the Hessenberg form -> the matrix's, v = M y
+/* EIG_LANES eigenvectors y [BASIS x EIG_LANES] (lane-minor) of the Hessenberg form -> the matrix's, v = M y
  * with M = P_1 L_1 ... P_k L_k (hessenberg's transformations, the last one first): O(n^2). */
 SG_FN void hessenberg_back(const int *SG_RESTRICT pivot, const double *SG_RESTRICT mult, double *SG_RESTRICT y) {
     const int n = BASIS;
     for (int m = n - 2; m >= 1; m--) {
         for (int i = m + 1; i < n; i++)
-            for (int r = 0; r < LANES; r++) y[i * LANES + r] += mult[i * n + m] * y[m * LANES + r];
+            for (int r = 0; r < EIG_LANES; r++) y[i * EIG_LANES + r] += mult[i * n + m] * y[m * EIG_LANES + r];
         const int i = pivot[m];
         if (i != m)
-            for (int r = 0; r < LANES; r++) {
-                const double t = y[i * LANES + r];
-                y[i * LANES + r] = y[m * LANES + r];
-                y[m * LANES + r] = t;
+            for (int r = 0; r < EIG_LANES; r++) {
+                const double t = y[i * EIG_LANES + r];
+                y[i * EIG_LANES + r] = y[m * EIG_LANES + r];
+                y[m * EIG_LANES + r] = t;
             }
     }
 }
 
-/* Inverse iteration on the upper Hessenberg h (BASIS x BASIS) for LANES eigenvalues at once:
+/* Inverse iteration on the upper Hessenberg h (BASIS x BASIS) for EIG_LANES eigenvalues at once:
  * (h - lambda_r I) y_r = y_r,previous, EIG_ROUNDS solves, by LU with partial pivoting (between
  * neighbouring rows only: O(n^2), where a full matrix's LU is O(n^3)); pivots below eps |h|
  * replaced by it (pivot_floor: pivot_floor_of(h, BASIS), computed once per instance by the caller), as
- * `eigenvector` does. y [BASIS x LANES] (lane-minor); ok[r] = 0 where lane r's
+ * `eigenvector` does. y [BASIS x EIG_LANES] (lane-minor); ok[r] = 0 where lane r's
  * iterate is not finite. Each lane computes what one eigenvalue at a time would; the lanes are
  * vectorised (the 5-point's eigenvectors with the back-transform: 7,600 -> 4,100 cycles per instance). */
 SG_FN void hessenberg_eigenvectors(const double *SG_RESTRICT h, double pivot_floor, const double *SG_RESTRICT lambda,
                                    double *SG_RESTRICT y, int *SG_RESTRICT ok) {
-    double u[BASIS * BASIS * LANES], l[BASIS * LANES], inverse[BASIS * LANES]; /* (1 / U's diagonal) */
-    int64_t swapped[BASIS * LANES]; /* (as wide as a double: gcc vectorises the selects) */
+    double u[BASIS * BASIS * EIG_LANES], l[BASIS * EIG_LANES], inverse[BASIS * EIG_LANES]; /* (1 / U's diagonal) */
+    int64_t swapped[BASIS * EIG_LANES]; /* (as wide as a double: gcc vectorises the selects) */
     const int n = BASIS;
-    for (int r = 0; r < LANES; r++) ok[r] = 1;
+    for (int r = 0; r < EIG_LANES; r++) ok[r] = 1;
     for (int i = 0; i < n; i++) /* (the entries left of the subdiagonal are never read) */
         for (int j = i > 0 ? i - 1 : 0; j < n; j++)
-            for (int r = 0; r < LANES; r++) u[(i * n + j) * LANES + r] = i == j ? h[i * n + j] - lambda[r] : h[i * n + j];
+            for (int r = 0; r < EIG_LANES; r++) u[(i * n + j) * EIG_LANES + r] = i == j ? h[i * n + j] - lambda[r] : h[i * n + j];
     for (int k = 0; k < n; k++) { /* step k: rows k and k + 1 swapped where that pivots, then row k + 1 -= l_k row k */
-        double *uk = u + k * n * LANES, *next = u + (k + 1) * n * LANES;
+        double *uk = u + k * n * EIG_LANES, *next = u + (k + 1) * n * EIG_LANES;
         const int last = k + 1 == n;
-        for (int r = 0; r < LANES; r++) {
-            const double a = uk[k * LANES + r], b = last ? 0.0 : next[k * LANES + r];
+        for (int r = 0; r < EIG_LANES; r++) {
+            const double a = uk[k * EIG_LANES + r], b = last ? 0.0 : next[k * EIG_LANES + r];
             const int64_t swap = !last && fabs(b) > fabs(a);
             double pivot = swap ? b : a;
             if (!isfinite(pivot)) ok[r] = 0;
             if (fabs(pivot) < pivot_floor) pivot = pivot_floor;
-            uk[k * LANES + r] = pivot;
-            swapped[k * LANES + r] = swap;
-            inverse[k * LANES + r] = 1.0 / pivot;
-            l[k * LANES + r] = (swap ? a : b) * inverse[k * LANES + r];
+            uk[k * EIG_LANES + r] = pivot;
+            swapped[k * EIG_LANES + r] = swap;
+            inverse[k * EIG_LANES + r] = 1.0 / pivot;
+            l[k * EIG_LANES + r] = (swap ? a : b) * inverse[k * EIG_LANES + r];
         }
         for (int j = k + 1; j < n; j++) /* (row k + 1's column k is not read again) */
-            for (int r = 0; r < LANES; r++) {
-                const double a = uk[j * LANES + r], b = next[j * LANES + r];
-                const double top = swapped[k * LANES + r] ? b : a, bottom = swapped[k * LANES + r] ? a : b;
-                uk[j * LANES + r] = top;
-                next[j * LANES + r] = bottom - l[k * LANES + r] * top;
+            for (int r = 0; r < EIG_LANES; r++) {
+                const double a = uk[j * EIG_LANES + r], b = next[j * EIG_LANES + r];
+                const double top = swapped[k * EIG_LANES + r] ? b : a, bottom = swapped[k * EIG_LANES + r] ? a : b;
+                uk[j * EIG_LANES + r] = top;
+                next[j * EIG_LANES + r] = bottom - l[k * EIG_LANES + r] * top;
             }
     }
     double start[BASIS];
     iteration_start(start, n);
     for (int i = 0; i < n; i++)
-        for (int r = 0; r < LANES; r++) y[i * LANES + r] = start[i];
+        for (int r = 0; r < EIG_LANES; r++) y[i * EIG_LANES + r] = start[i];
     for (int round = 0; round < EIG_ROUNDS; round++) {
         for (int k = 0; k + 1 < n; k++) /* L^-1 P */
-            for (int r = 0; r < LANES; r++) {
-                const double a = y[k * LANES + r], b = y[(k + 1) * LANES + r];
-                const double top = swapped[k * LANES + r] ? b : a, bottom = swapped[k * LANES + r] ? a : b;
-                y[k * LANES + r] = top;
-                y[(k + 1) * LANES + r] = bottom - l[k * LANES + r] * top;
+            for (int r = 0; r < EIG_LANES; r++) {
+                const double a = y[k * EIG_LANES + r], b = y[(k + 1) * EIG_LANES + r];
+                const double top = swapped[k * EIG_LANES + r] ? b : a, bottom = swapped[k * EIG_LANES + r] ? a : b;
+                y[k * EIG_LANES + r] = top;
+                y[(k + 1) * EIG_LANES + r] = bottom - l[k * EIG_LANES + r] * top;
             }
         for (int i = n - 1; i >= 0; i--) { /* U^-1: y_i's sum ends with y_{i+1}, the one just found, so that each
                                                row waits for one multiply-add (5-point: -600 cycles per instance) */
-            double acc[LANES];
-            for (int r = 0; r < LANES; r++) acc[r] = y[i * LANES + r];
+            double acc[EIG_LANES];
+            for (int r = 0; r < EIG_LANES; r++) acc[r] = y[i * EIG_LANES + r];
             for (int j = n - 1; j > i; j--)
-                for (int r = 0; r < LANES; r++) acc[r] -= u[(i * n + j) * LANES + r] * y[j * LANES + r];
-            for (int r = 0; r < LANES; r++) y[i * LANES + r] = acc[r] * inverse[i * LANES + r];
+                for (int r = 0; r < EIG_LANES; r++) acc[r] -= u[(i * n + j) * EIG_LANES + r] * y[j * EIG_LANES + r];
+            for (int r = 0; r < EIG_LANES; r++) y[i * EIG_LANES + r] = acc[r] * inverse[i * EIG_LANES + r];
         }
         /* Normalized once, at the end (the 5-point: 2% faster): a solve grows y by about 1 / eps where lambda
          * is an eigenvalue, and a lane that overflows is not ok (its eigenpair takes `eigenvector`). */
         if (round + 1 < EIG_ROUNDS) continue;
-        double norm[LANES]; /* normalize's */
-        for (int r = 0; r < LANES; r++) norm[r] = 0.0;
+        double norm[EIG_LANES]; /* normalize's */
+        for (int r = 0; r < EIG_LANES; r++) norm[r] = 0.0;
         for (int i = 0; i < n; i++)
-            for (int r = 0; r < LANES; r++) norm[r] += y[i * LANES + r] * y[i * LANES + r];
-        for (int r = 0; r < LANES; r++) {
+            for (int r = 0; r < EIG_LANES; r++) norm[r] += y[i * EIG_LANES + r] * y[i * EIG_LANES + r];
+        for (int r = 0; r < EIG_LANES; r++) {
             norm[r] = sqrt(norm[r]);
             if (!(norm[r] > 0.0) || !isfinite(norm[r])) {
                 ok[r] = 0;
@@ -287,7 +287,7 @@ SG_FN void hessenberg_eigenvectors(const double *SG_RESTRICT h, double pivot_flo
             }
         }
         for (int i = 0; i < n; i++)
-            for (int r = 0; r < LANES; r++) y[i * LANES + r] /= norm[r];
+            for (int r = 0; r < EIG_LANES; r++) y[i * EIG_LANES + r] /= norm[r];
     }
 }
 
@@ -698,21 +698,21 @@ SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_st
     int real[BASIS], nreal = 0; /* the real eigenvalues' slots */
     for (int s = 0; s < BASIS; s++)
         if (fabs(wi[s]) <= imag_tol * max_of(fabs(wr[s]), floor)) real[nreal++] = s;
-    /* Their eigenvectors on the Hessenberg form, O(n^2), LANES at a time (a last partial group
+    /* Their eigenvectors on the Hessenberg form, O(n^2), EIG_LANES at a time (a last partial group
      * padded with copies of its last eigenvalue), then back; the full matrix's, O(n^3), where
      * that fails. */
     double vectors[BASIS * BASIS];
     int on_hessenberg[BASIS];
     const double largest = nreal ? largest_magnitude(balanced, BASIS * BASIS) : 0.0; /* (refine_eigenpair's) */
     const double pivot_floor = nreal ? pivot_floor_of(h, BASIS) : 0.0;
-    for (int first = 0; first < nreal; first += LANES) {
-        double lambda[LANES], y[BASIS * LANES];
-        int ok[LANES];
-        for (int r = 0; r < LANES; r++) lambda[r] = wr[real[first + r < nreal ? first + r : nreal - 1]];
+    for (int first = 0; first < nreal; first += EIG_LANES) {
+        double lambda[EIG_LANES], y[BASIS * EIG_LANES];
+        int ok[EIG_LANES];
+        for (int r = 0; r < EIG_LANES; r++) lambda[r] = wr[real[first + r < nreal ? first + r : nreal - 1]];
         hessenberg_eigenvectors(h, pivot_floor, lambda, y, ok);
         hessenberg_back(hpivot, hmult, y);
-        for (int r = 0; r < LANES && first + r < nreal; r++) {
-            for (int i = 0; i < BASIS; i++) vectors[(first + r) * BASIS + i] = y[i * LANES + r];
+        for (int r = 0; r < EIG_LANES && first + r < nreal; r++) {
+            for (int i = 0; i < BASIS; i++) vectors[(first + r) * BASIS + i] = y[i * EIG_LANES + r];
             on_hessenberg[first + r] = ok[r];
         }
     }
