@@ -610,10 +610,12 @@ SG_FN int dense_eliminate(const double *c, double *reduced) {
         if (p != k)
             for (int j = k; j < COLS; j++) { const double s = t[k * COLS + j]; t[k * COLS + j] = t[p * COLS + j]; t[p * COLS + j] = s; }
         const double inv = 1.0 / t[k * COLS + k];
+        const int from = (k + 1) & ~3; /* (from a multiple of 4: whole vectors; the entries left of k + 1 are
+                                          not read again) */
         for (int i = k + 1; i < SQUARE; i++) {
             const double f = t[i * COLS + k] * inv;
             if (f != 0.0)
-                for (int j = k + 1; j < COLS; j++) t[i * COLS + j] -= f * t[k * COLS + j];
+                for (int j = from; j < COLS; j++) t[i * COLS + j] -= f * t[k * COLS + j];
         }
     }
     for (int i = SQUARE - 1; i >= SQUARE - NRED; i--) {
