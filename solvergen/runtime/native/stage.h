@@ -850,13 +850,16 @@ SG_FN void householder_qr(double *s, double *q, int first) {
         for (int i = k; i < n; i++) vv += vk[i] * vk[i];
         if (!(vv > 0.0)) continue;
         beta[k] = 2.0 / vv;
-        double d[LN]; /* (each column's sum in the order of i, the columns side by side: rows are contiguous) */
-        for (int j = k; j < n; j++) d[j] = 0.0;
+        /* each column's sum in the order of i, the columns side by side (rows are contiguous), from a multiple
+         * of 4 (whole vectors: the columns left of k change only below the diagonal, which is not read) */
+        const int from = k & ~3;
+        double d[LN];
+        for (int j = from; j < n; j++) d[j] = 0.0;
         for (int i = k; i < n; i++)
-            for (int j = k; j < n; j++) d[j] += vk[i] * s[i * n + j];
-        for (int j = k; j < n; j++) d[j] *= beta[k];
+            for (int j = from; j < n; j++) d[j] += vk[i] * s[i * n + j];
+        for (int j = from; j < n; j++) d[j] *= beta[k];
         for (int i = k; i < n; i++)
-            for (int j = k; j < n; j++) s[i * n + j] -= d[j] * vk[i];
+            for (int j = from; j < n; j++) s[i * n + j] -= d[j] * vk[i];
     }
     for (int i = 0; i < n; i++)
         for (int c = 0; c < width; c++) q[i * width + c] = i == first + c ? 1.0 : 0.0;
