@@ -64,10 +64,8 @@ SG_FN int lu_factor(double *a, int n, int *perm, double pivot_floor) {
     return 1;
 }
 
-/* Solve with lu_factor's factors: b (n x m, row-major, the original row order) -> x in place;
- * only x's rows from `first` on (the back substitution stops there; the rows above are left
- * undefined). */
-SG_FN void lu_solve_from(const double *lu, int n, const int *perm, double *b, int m, double *work, int first) {
+/* Solve with lu_factor's factors: b (n x m, row-major, the original row order) -> x in place. */
+SG_FN void lu_solve(const double *lu, int n, const int *perm, double *b, int m, double *work) {
     for (int i = 0; i < n; i++) memcpy(work + i * m, b + perm[i] * m, sizeof(double) * m);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < i; k++) {
@@ -75,7 +73,7 @@ SG_FN void lu_solve_from(const double *lu, int n, const int *perm, double *b, in
             if (f != 0.0)
                 for (int j = 0; j < m; j++) work[i * m + j] -= f * work[k * m + j];
         }
-    for (int i = n - 1; i >= first; i--) {
+    for (int i = n - 1; i >= 0; i--) {
         for (int k = i + 1; k < n; k++) {
             double f = lu[i * n + k];
             if (f != 0.0)
@@ -85,10 +83,6 @@ SG_FN void lu_solve_from(const double *lu, int n, const int *perm, double *b, in
         for (int j = 0; j < m; j++) work[i * m + j] *= inv;
     }
     memcpy(b, work, sizeof(double) * n * m);
-}
-
-SG_FN void lu_solve(const double *lu, int n, const int *perm, double *b, int m, double *work) { /* every row */
-    lu_solve_from(lu, n, perm, b, m, work, 0);
 }
 
 /* max |a_i| over count entries, NaN entries skipped: four running maxima, each a compare and
@@ -593,7 +587,7 @@ SG_FN void polish_lanes(const double *c, double *x, int steps, double *error) {
  * elimination with partial pivoting on the rows [square | basis] (COLS = SQUARE + BASIS wide; the rows past
  * SQUARE are dropped), then back substitution for the reduced monomials' rows, the last NRED, the only ones
  * read: -> X [NRED x BASIS]; 0 where the square block is singular. The operations, and their order, are
- * those of lu_factor and lu_solve_from on the two blocks, without the permutation's copies (the 5-point,
+ * those of lu_factor and lu_solve on the two blocks, without the permutation's copies (the 5-point,
  * with native.dense_tables: 2,860 -> 1,700 cycles per instance). */
 SG_FN int dense_eliminate(const double *c, double *reduced) {
     double t[SQUARE * COLS];
@@ -1088,9 +1082,9 @@ SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, doubl
     double inputs[COEFFICIENT_LANES][NLINPUT], particular[COEFFICIENT_LANES][LN];
     double lanes_in[NLINPUT * COEFFICIENT_LANES], reduced[NCOEF * COEFFICIENT_LANES], rc[NCOEF];
     int blocked[COEFFICIENT_LANES];
-    for (int r = 0; r < COEFFICIENT_LANES; r++) {
-        const int64_t b = first + r < batch ? first + r : batch - 1;
-        blocked[r] = finite[r] && linear_block(a + b * NPARAM, c + b * XCOEF, inputs[r], particular[r]);
+    for (int r = 0; r < COEFFICIENT_LANES; r++) { /* (a padded lane: ones) */
+        const int64_t b = first + r;
+        blocked[r] = b < batch && finite[r] && linear_block(a + b * NPARAM, c + b * XCOEF, inputs[r], particular[r]);
         for (int i = 0; i < NLINPUT; i++) lanes_in[i * COEFFICIENT_LANES + r] = blocked[r] ? inputs[r][i] : 1.0;
     }
     reduced_coefficients_lanes(lanes_in, reduced);
