@@ -635,6 +635,13 @@ SG_FN void gather_lanes(const double *x, int width, const int *slots, int first,
     }
 }
 
+/* Whether every one of the count values is finite (no early exit: a loop that vectorises). */
+SG_FN int all_finite(const double *v, int count) {
+    int finite = 1;
+    for (int i = 0; i < count; i++) finite &= isfinite(v[i]) != 0;
+    return finite;
+}
+
 /* No solution yet: x [SLOTS x unknowns] zero, error 0, no candidate. */
 SG_FN void clear_outputs(double *x, int unknowns, double *error, uint8_t *candidate) {
     memset(x, 0, sizeof(double) * SLOTS * unknowns);
@@ -649,10 +656,7 @@ SG_FN void clear_outputs(double *x, int unknowns, double *error, uint8_t *candid
 SG_FN void solve_one(const double *c, int usable, double imag_tol, int newton_steps,
                       double *x, double *error, uint8_t *candidate) {
     clear_outputs(x, NUNK, error, candidate);
-    if (!usable) return;
-    int finite = 1; /* (no early exit: a loop that vectorises) */
-    for (int j = 0; j < NCOEF; j++) finite &= isfinite(c[j]) != 0;
-    if (!finite) return;
+    if (!usable || !all_finite(c, NCOEF)) return;
     double reduced[NRED * BASIS]; /* X [NRED x BASIS]: the reduced monomials' rows of the solve */
     if (!(SPARSE_LU && sparse_eliminate(c, reduced)) && !dense_eliminate(c, reduced)) return;
     /* The action matrix. */
@@ -876,9 +880,7 @@ SG_FN void householder_qr(double *s, double *q, int first) {
  * the block is rank deficient. */
 #define NLINPUT (LN * LK + LN + NUSED + 1)
 SG_FN int linear_block(const double *a, const double *cd, double *inputs, double *particular) {
-    int finite = 1; /* (no early exit: a loop that vectorises) */
-    for (int j = 0; j < NDECL; j++) finite &= isfinite(cd[j]) != 0;
-    if (!finite) return 0;
+    if (!all_finite(cd, NDECL)) return 0;
     double L[LRANK * LN], rhs[LRANK], square[LN * LN], q[LN * LN];
     memset(L, 0, sizeof(L));
     memset(rhs, 0, sizeof(rhs));
@@ -1019,8 +1021,7 @@ SG_FN void solve_row_from(int64_t b, const double *a, double imag_tol, int newto
     const double *row = a + b * NPARAM;
     double ones[NPARAM], error[SLOTS];
     uint8_t candidate[SLOTS];
-    int finite = 1;
-    for (int i = 0; i < NPARAM; i++) finite &= isfinite(row[i]) != 0;
+    const int finite = all_finite(row, NPARAM);
     if (!finite) {
         for (int i = 0; i < NPARAM; i++) ones[i] = 1.0;
         row = ones;
@@ -1069,8 +1070,7 @@ SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, doubl
     uint8_t candidate[SLOTS];
     for (int r = 0; r < COEFFICIENT_LANES; r++) {
         const double *row = a + (first + r < batch ? first + r : batch - 1) * NPARAM;
-        finite[r] = 1;
-        for (int i = 0; i < NPARAM; i++) finite[r] &= isfinite(row[i]) != 0;
+        finite[r] = all_finite(row, NPARAM);
         for (int i = 0; i < NPARAM; i++) al[i * COEFFICIENT_LANES + r] = finite[r] ? row[i] : 1.0;
     }
     coefficients_lanes(al, cl);
