@@ -601,13 +601,15 @@ def test_cuda_kernels_emulated_on_the_cpu_are_the_cpu_kernels(name, tmp_path):
     """The CUDA kernels (one instance per thread: portable.h, stage.h), compiled as C++ and
     launched over every (block, thread) in turn, give the CPU kernels' outputs bit for bit, both
     built without fused multiply-adds (_without_contraction): a batch that is not a multiple of
-    the block, a row with a NaN, both entry points. (The default builds agree to rounding, and so
+    the block, a row with a NaN and a row of zeros (a degenerate linear block amid the CPU's groups of
+    instances), both entry points. (The default builds agree to rounding, and so
     can order two solutions differently; the GPU's own fusing differs anyway.)"""
     module = generated_module(name)
     plan, solver = module.PLAN, module.Solver(backend="native")
     cpu, library = _without_contraction(plan, tmp_path)
     a, _ = instances(name, 300)
     a[7, 0] = float("nan")
+    a[13] = 0.0
     slots, unknowns = native._slots(plan.template), plan.num_unknowns
     x = torch.full((len(a), slots, unknowns), 7.0, dtype=torch.float64)
     c = torch.full((len(a), len(plan.equations.term_equation)), 7.0, dtype=torch.float64)

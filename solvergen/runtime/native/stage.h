@@ -27,6 +27,13 @@
  * `evaluate_declared_lanes`.
  */
 
+#define COEFFICIENT_LANES 4 /* the CPU batch's instances at once (GROUPED_COEFFICIENTS) */
+/* The CPU batch's instances per OpenMP chunk, handed to whichever thread is free (schedule(dynamic)):
+ * instances differ in cost (real solutions, fallbacks) and cores in speed (a shared or hybrid machine);
+ * with static halves the batch waited for the slower one (5-point on both cores, 3.11 -> 3.08 us per
+ * instance on a quiet machine). About 0.2 ms of work per chunk on the 5-point: the hand-off is noise. */
+#define SG_CHUNK 32
+
 #define CONVERGED (4.0 * DBL_EPSILON) /* newton.CONVERGED */
 #define EIG_ROUNDS 2  /* inverse iteration solves per eigenvector (1: a few instances lose a solution) */
 #define EIG_NEWTON 3  /* Newton steps on each real eigenpair (refine_eigenpair) */
@@ -802,7 +809,7 @@ SG_EXPORT __global__ void solve_batch_kernel(int batch, const double *c, const u
 #else
 SG_EXPORT void solve_batch(int64_t batch, const double *c, const uint8_t *usable, double imag_tol, int newton_steps,
                            double *x, double *error, uint8_t *candidate) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, SG_CHUNK)
     for (int64_t b = 0; b < batch; b++)
         solve_one(c + b * NCOEF, usable[b], imag_tol, newton_steps, x + b * SLOTS * NUNK, error + b * SLOTS,
                   candidate + b * SLOTS);
@@ -829,95 +836,130 @@ SG_FN void evaluate_declared_lanes(const double *SG_RESTRICT c, const double *SG
 SG_FN double gauge_value(const double *c, const double *x); /* q(x) from the declared c: generated */
 #endif
 
-/* QR of s (LN x LN, row-major) by Householder reflections: s <- R, and Q's columns from `first` on,
- * q [LN x (LN - first)] (row-major), by applying the reflections to those columns of the identity,
- * the last first (as LAPACK's dorgqr; accumulating all of Q took 40% longer on the natural 5-point). */
-SG_FN void householder_qr(double *s, double *q, int first) {
+/* The linear block of BLOCK_LANES instances at once, every array lane-minor (s[(i LN + j) BLOCK_LANES + r]):
+ * on the CPU the grouped batch's COEFFICIENT_LANES (the natural 5-point's block: 2,180 -> 1,100 cycles per
+ * instance; the 7-point 1.48 -> 1.10 us per instance), on CUDA one (a thread is scalar). Each lane
+ * computes what one instance alone would, bit for bit without FMA contraction. */
+#if SG_CUDA || !GROUPED_COEFFICIENTS
+#define BLOCK_LANES 1
+#else
+#define BLOCK_LANES COEFFICIENT_LANES
+#endif
+#define BL BLOCK_LANES
+
+/* QR of s (LN x LN, row-major, per lane) by Householder reflections: s <- R, and Q's columns from
+ * `first` on, q [LN x (LN - first)] (row-major, per lane), by applying the reflections to those columns
+ * of the identity, the last first (as LAPACK's dorgqr; accumulating all of Q took 40% longer on the
+ * natural 5-point). A reflection of a zero column is the identity (beta 0). */
+SG_FN void householder_qr(double *SG_RESTRICT s, double *SG_RESTRICT q, int first) {
     const int n = LN, width = LN - first;
-    double v[LN * LN], beta[LN]; /* reflection k: I - beta_k v_k v_k^T, v_k[i] = v[k n + i] (i >= k) */
+    double v[LN * LN * BL], beta[LN * BL]; /* reflection k: I - beta_k v_k v_k^T, v_k[i] = v[(k n + i) BL + r] (i >= k) */
     for (int k = 0; k < n - 1; k++) {
-        double norm = 0.0, *vk = v + k * n;
-        beta[k] = 0.0;
-        for (int i = k; i < n; i++) norm += s[i * n + k] * s[i * n + k];
-        norm = sqrt(norm);
-        if (norm == 0.0) continue;
-        double alpha = s[k * n + k] >= 0.0 ? -norm : norm; /* LAPACK's sign, also at 0: the torch path's basis */
-        for (int i = k; i < n; i++) vk[i] = s[i * n + k];
-        vk[k] -= alpha;
-        double vv = 0.0;
-        for (int i = k; i < n; i++) vv += vk[i] * vk[i];
-        if (!(vv > 0.0)) continue;
-        beta[k] = 2.0 / vv;
-        /* each column's sum in the order of i, the columns side by side (rows are contiguous), from a multiple
-         * of 4 (whole vectors: the columns left of k change only below the diagonal, which is not read) */
-        const int from = k & ~3;
-        double d[LN];
-        for (int j = from; j < n; j++) d[j] = 0.0;
+        double norm[BL], vv[BL], d[LN * BL], *vk = v + k * n * BL;
+        for (int r = 0; r < BL; r++) norm[r] = 0.0;
         for (int i = k; i < n; i++)
-            for (int j = from; j < n; j++) d[j] += vk[i] * s[i * n + j];
-        for (int j = from; j < n; j++) d[j] *= beta[k];
+            for (int r = 0; r < BL; r++) norm[r] += s[(i * n + k) * BL + r] * s[(i * n + k) * BL + r];
         for (int i = k; i < n; i++)
-            for (int j = from; j < n; j++) s[i * n + j] -= d[j] * vk[i];
+            for (int r = 0; r < BL; r++) vk[i * BL + r] = s[(i * n + k) * BL + r];
+        for (int r = 0; r < BL; r++) { /* LAPACK's sign, also at 0: the torch path's basis */
+            norm[r] = sqrt(norm[r]);
+            vk[k * BL + r] -= s[(k * n + k) * BL + r] >= 0.0 ? -norm[r] : norm[r];
+            vv[r] = 0.0;
+        }
+        for (int i = k; i < n; i++)
+            for (int r = 0; r < BL; r++) vv[r] += vk[i * BL + r] * vk[i * BL + r];
+        for (int r = 0; r < BL; r++) beta[k * BL + r] = norm[r] != 0.0 && vv[r] > 0.0 ? 2.0 / vv[r] : 0.0;
+        /* each column's sum in the order of i, the columns side by side (rows are contiguous); the columns
+         * left of k change only below the diagonal, which is not read */
+        for (int j = k; j < n; j++)
+            for (int r = 0; r < BL; r++) d[j * BL + r] = 0.0;
+        for (int i = k; i < n; i++)
+            for (int j = k; j < n; j++)
+                for (int r = 0; r < BL; r++) d[j * BL + r] += vk[i * BL + r] * s[(i * n + j) * BL + r];
+        for (int j = k; j < n; j++)
+            for (int r = 0; r < BL; r++) d[j * BL + r] = beta[k * BL + r] != 0.0 ? d[j * BL + r] * beta[k * BL + r] : 0.0;
+        for (int i = k; i < n; i++)
+            for (int j = k; j < n; j++)
+                for (int r = 0; r < BL; r++) s[(i * n + j) * BL + r] -= d[j * BL + r] * vk[i * BL + r];
     }
     for (int i = 0; i < n; i++)
-        for (int c = 0; c < width; c++) q[i * width + c] = i == first + c ? 1.0 : 0.0;
+        for (int c = 0; c < width; c++)
+            for (int r = 0; r < BL; r++) q[(i * width + c) * BL + r] = i == first + c ? 1.0 : 0.0;
     for (int k = n - 2; k >= 0; k--) {
-        if (beta[k] == 0.0) continue;
-        const double *vk = v + k * n;
-        double d[LN];
-        for (int c = 0; c < width; c++) d[c] = 0.0;
+        const double *vk = v + k * n * BL;
+        double d[LN * BL];
+        for (int c = 0; c < width; c++)
+            for (int r = 0; r < BL; r++) d[c * BL + r] = 0.0;
         for (int i = k; i < n; i++)
-            for (int c = 0; c < width; c++) d[c] += vk[i] * q[i * width + c];
-        for (int c = 0; c < width; c++) d[c] *= beta[k];
+            for (int c = 0; c < width; c++)
+                for (int r = 0; r < BL; r++) d[c * BL + r] += vk[i * BL + r] * q[(i * width + c) * BL + r];
+        for (int c = 0; c < width; c++)
+            for (int r = 0; r < BL; r++) d[c * BL + r] = beta[k * BL + r] != 0.0 ? d[c * BL + r] * beta[k * BL + r] : 0.0;
         for (int i = k; i < n; i++)
-            for (int c = 0; c < width; c++) q[i * width + c] -= d[c] * vk[i];
+            for (int c = 0; c < width; c++)
+                for (int r = 0; r < BL; r++) q[(i * width + c) * BL + r] -= d[c * BL + r] * vk[i * BL + r];
     }
 }
 
-/* The linear block of one instance, from its declared coefficients cd [NDECL] and parameters a: the
- * null space of L x = b (QR of [L^T | null_mix]) and its particular solution, packed as
- * reduced_coefficients' inputs [NLINPUT]; particular [LN]. 0 where a coefficient is not finite or
- * the block is rank deficient. */
+/* The linear blocks of BL instances, from their declared coefficients cd [NDECL x BL] and parameters
+ * a [NPARAM x BL]: the null space of L x = b (QR of [L^T | null_mix]) and its particular solution,
+ * packed as reduced_coefficients' inputs [NLINPUT x BL]; particular [LN x BL]; ok[r] 0 where a
+ * coefficient is not finite or the block is rank deficient (its inputs are then ones). */
 #define NLINPUT (LN * LK + LN + NUSED + 1)
-SG_FN int linear_block(const double *a, const double *cd, double *inputs, double *particular) {
-    if (!all_finite(cd, NDECL)) return 0;
-    double L[LRANK * LN], rhs[LRANK], square[LN * LN], q[LN * LN];
-    memset(L, 0, sizeof(L));
+SG_FN void linear_block(const double *SG_RESTRICT a, const double *SG_RESTRICT cd, double *SG_RESTRICT inputs,
+                        double *SG_RESTRICT particular, int *SG_RESTRICT ok) {
+    double square[LN * LN * BL], q[LN * LN * BL], rhs[LRANK * BL + 1]; /* (+ 1: LRANK * BL may be 0) */
+    memset(square, 0, sizeof(square));
     memset(rhs, 0, sizeof(rhs));
-    for (int k = 0; k < NMAT; k++) L[matrix_positions[k]] = cd[matrix_sources[k]];
-    for (int k = 0; k < NRHS; k++) rhs[rhs_positions[k]] = -cd[rhs_sources[k]];
-    for (int i = 0; i < LN; i++) {
-        for (int j = 0; j < LRANK; j++) square[i * LN + j] = L[j * LN + i];
-        for (int j = 0; j < LK; j++) square[i * LN + LRANK + j] = null_mix[i * LK + j];
+    memset(inputs, 0, sizeof(double) * NLINPUT * BL);
+    for (int r = 0; r < BL; r++) ok[r] = 1;
+    for (int k = 0; k < NDECL; k++)
+        for (int r = 0; r < BL; r++) ok[r] &= isfinite(cd[k * BL + r]) != 0;
+    for (int i = 0; i < LN; i++)
+        for (int j = 0; j < LK; j++)
+            for (int r = 0; r < BL; r++) square[(i * LN + LRANK + j) * BL + r] = null_mix[i * LK + j];
+    for (int k = 0; k < NMAT; k++) { /* L [LRANK x LN] transposed into square's first LRANK columns */
+        const int row = matrix_positions[k] / LN, column = matrix_positions[k] % LN;
+        for (int r = 0; r < BL; r++) square[(column * LN + row) * BL + r] = cd[matrix_sources[k] * BL + r];
     }
+    for (int k = 0; k < NRHS; k++)
+        for (int r = 0; r < BL; r++) rhs[rhs_positions[k] * BL + r] = -cd[rhs_sources[k] * BL + r];
     householder_qr(square, q, LHOMOG ? LRANK : 0); /* (the particular solution needs Q's first LRANK columns) */
     const int qw = LHOMOG ? LK : LN, q0 = LHOMOG ? 0 : LRANK; /* q's width, the null space's first column in it */
-    double largest = 0.0, smallest = INFINITY;
-    for (int k = 0; k < LRANK; k++) {
-        double p = fabs(square[k * LN + k]);
-        if (!isfinite(p)) return 0;
-        largest = max_of(largest, p);
-        smallest = min_of(smallest, p);
+    for (int r = 0; r < BL; r++) {
+        double largest = 0.0, smallest = INFINITY;
+        for (int k = 0; k < LRANK; k++) {
+            const double p = fabs(square[(k * LN + k) * BL + r]);
+            if (!isfinite(p)) ok[r] = 0;
+            largest = max_of(largest, p);
+            smallest = min_of(smallest, p);
+        }
+        if (!(smallest > 1e-10 * largest)) ok[r] = 0; /* rank deficient (linear._full_rank) */
     }
-    if (!(smallest > 1e-10 * largest)) return 0; /* rank deficient (linear._full_rank) */
     for (int i = 0; i < LN; i++)
-        for (int j = 0; j < LK; j++) inputs[i * LK + j] = q[i * qw + q0 + j];
-    for (int i = 0; i < LN; i++) particular[i] = 0.0;
+        for (int j = 0; j < LK; j++)
+            for (int r = 0; r < BL; r++) inputs[(i * LK + j) * BL + r] = q[(i * qw + q0 + j) * BL + r];
+    for (int i = 0; i < LN * BL; i++) particular[i] = 0.0;
 #if !LHOMOG
-    { /* L^T = Q1 R1: x_p = Q1 R1^-T b, R1^T y = b forward */
+    for (int r = 0; r < BL; r++) { /* L^T = Q1 R1: x_p = Q1 R1^-T b, R1^T y = b forward */
         double y[LRANK];
         for (int i = 0; i < LRANK; i++) {
-            double acc = rhs[i];
-            for (int j = 0; j < i; j++) acc -= square[j * LN + i] * y[j];
-            y[i] = acc / square[i * LN + i];
+            double acc = rhs[i * BL + r];
+            for (int j = 0; j < i; j++) acc -= square[(j * LN + i) * BL + r] * y[j];
+            y[i] = acc / square[(i * LN + i) * BL + r];
         }
-        for (int i = 0; i < LN; i++)
-            for (int j = 0; j < LRANK; j++) particular[i] += q[i * qw + j] * y[j];
-        for (int i = 0; i < LN; i++) inputs[LN * LK + i] = particular[i];
+        for (int i = 0; i < LN; i++) {
+            double acc = 0.0;
+            for (int j = 0; j < LRANK; j++) acc += q[(i * qw + j) * BL + r] * y[j];
+            particular[i * BL + r] = acc;
+            inputs[(LN * LK + i) * BL + r] = acc;
+        }
     }
 #endif
-    for (int k = 0; k < NUSED; k++) inputs[LN * LK + (LHOMOG ? 0 : LN) + k] = a[used_parameters[k]];
-    return 1;
+    for (int k = 0; k < NUSED; k++)
+        for (int r = 0; r < BL; r++) inputs[(LN * LK + (LHOMOG ? 0 : LN) + k) * BL + r] = a[used_parameters[k] * BL + r];
+    for (int i = 0; i < NLINPUT; i++) /* (a lane without a block: ones, finite reduced coefficients) */
+        for (int r = 0; r < BL; r++) inputs[i * BL + r] = ok[r] ? inputs[i * BL + r] : 1.0;
 }
 
 /* The reduced problem of one instance solved from its coefficients c [NCOEF] (solve_one), and each
@@ -981,7 +1023,10 @@ SG_FN void solve_linear_one(const double *a, int usable, double imag_tol, int ne
     coefficients(a, cd);
     clear_outputs(x, NDUNK, error, candidate);
     double inputs[NLINPUT], particular[LN], c[NCOEF];
-    if (!usable || !linear_block(a, cd, inputs, particular)) return;
+    int ok;
+    if (!usable) return;
+    linear_block(a, cd, inputs, particular, &ok); /* (one lane: BLOCK_LANES is 1 here) */
+    if (!ok) return;
     reduced_coefficients(inputs, c);
     linear_solutions(cd, inputs, particular, c, imag_tol, newton_steps, x, error, candidate);
 }
@@ -1046,7 +1091,7 @@ SG_EXPORT __global__ void solve_batch_from_kernel(int batch, const double *a, do
 #elif !GROUPED_COEFFICIENTS
 SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
                                 double *c, double *x, uint8_t *valid) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, SG_CHUNK)
     for (int64_t b = 0; b < batch; b++) solve_row_from(b, a, imag_tol, newton_steps, residual_tol, c, x, valid);
 }
 #else
@@ -1057,7 +1102,6 @@ SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol,
  * reduced coefficients of the group's linear blocks at once too (reduced_coefficients_lanes: the
  * natural 5-point's, 1,840 -> 400 cycles per instance). A last partial group is padded with its last
  * instance. */
-#define COEFFICIENT_LANES 4
 SG_FN void coefficients_lanes(const double *SG_RESTRICT a, double *SG_RESTRICT c);
 #if LINEAR_BLOCK
 SG_FN void reduced_coefficients_lanes(const double *SG_RESTRICT inputs, double *SG_RESTRICT c);
@@ -1079,14 +1123,11 @@ SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, doubl
         for (int k = 0; k < XCOEF; k++) cb[k] = cl[k * COEFFICIENT_LANES + r];
     }
 #if LINEAR_BLOCK
-    double inputs[COEFFICIENT_LANES][NLINPUT], particular[COEFFICIENT_LANES][LN];
-    double lanes_in[NLINPUT * COEFFICIENT_LANES], reduced[NCOEF * COEFFICIENT_LANES], rc[NCOEF];
-    int blocked[COEFFICIENT_LANES];
-    for (int r = 0; r < COEFFICIENT_LANES; r++) { /* (a padded lane: ones) */
-        const int64_t b = first + r;
-        blocked[r] = b < batch && finite[r] && linear_block(a + b * NPARAM, c + b * XCOEF, inputs[r], particular[r]);
-        for (int i = 0; i < NLINPUT; i++) lanes_in[i * COEFFICIENT_LANES + r] = blocked[r] ? inputs[r][i] : 1.0;
-    }
+    double lanes_in[NLINPUT * BL], particular[LN * BL], reduced[NCOEF * BL], rc[NCOEF];
+    double inputs[NLINPUT], xp[LN];
+    int blocked[BL];
+    linear_block(al, cl, lanes_in, particular, blocked); /* (a padded lane is its group's last instance) */
+    for (int r = 0; r < BL; r++) blocked[r] &= finite[r];
     reduced_coefficients_lanes(lanes_in, reduced);
 #endif
     for (int r = 0; r < COEFFICIENT_LANES && first + r < batch; r++) {
@@ -1095,8 +1136,10 @@ SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, doubl
 #if LINEAR_BLOCK
         clear_outputs(xb, NDUNK, error, candidate);
         if (blocked[r]) {
-            for (int k = 0; k < NCOEF; k++) rc[k] = reduced[k * COEFFICIENT_LANES + r];
-            linear_solutions(cb, inputs[r], particular[r], rc, imag_tol, newton_steps, xb, error, candidate);
+            for (int k = 0; k < NCOEF; k++) rc[k] = reduced[k * BL + r];
+            for (int i = 0; i < NLINPUT; i++) inputs[i] = lanes_in[i * BL + r];
+            for (int i = 0; i < LN; i++) xp[i] = particular[i * BL + r];
+            linear_solutions(cb, inputs, xp, rc, imag_tol, newton_steps, xb, error, candidate);
         }
 #else
         solve_one(cb, finite[r], imag_tol, newton_steps, xb, error, candidate);
@@ -1108,7 +1151,7 @@ SG_FN void solve_group_from(int64_t first, int64_t batch, const double *a, doubl
 SG_EXPORT void solve_batch_from(int64_t batch, const double *a, double imag_tol, int newton_steps, double residual_tol,
                                 double *c, double *x, uint8_t *valid) {
     const int64_t groups = (batch + COEFFICIENT_LANES - 1) / COEFFICIENT_LANES;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, SG_CHUNK / COEFFICIENT_LANES)
     for (int64_t g = 0; g < groups; g++)
         solve_group_from(g * COEFFICIENT_LANES, batch, a, imag_tol, newton_steps, residual_tol, c, x, valid);
 }
