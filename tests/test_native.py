@@ -292,11 +292,14 @@ def _random_hessenberg(rng, largest):
 
 
 @needs_compiler
-def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path):
+@pytest.mark.parametrize("isolation", ["", "#define STURM_POINTS 1\n#define STURM_CUTS 64\n"], ids=["cpu", "cuda"])
+def test_sturm_sequence_finds_the_real_eigenvalues(tmp_path, isolation):
     """sturm.h's real eigenvalues of upper Hessenberg matrices against numpy's eigvals: the same
     real ones (where numpy's are separated and clearly real or complex); a double root is found
-    once or twice, or refused (-1: the kernel uses QR)."""
-    library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + native.PORTABLE.read_text() + native.HEADERS[0].read_text()
+    once or twice, or refused (-1: the kernel uses QR). Both isolations: the CPU's multisection (8
+    points at once) and CUDA's bisection."""
+    library = _library(tmp_path, "#define STURM_MAX_BASIS 12\n" + isolation + native.PORTABLE.read_text()
+                       + native.HEADERS[0].read_text()
                        + textwrap.dedent("""
         int real_eigenvalues(const double *h, int n, double *wr) { return sturm_real_eigenvalues(h, n, wr); }
         """), "sturm")
@@ -583,9 +586,10 @@ _ROWS = [ctypes.c_int, ctypes.c_int, ctypes.c_int]  # grid, block, batch
 def _without_contraction(plan, tmp_path):
     """The plan's CPU kernel and its emulated CUDA kernels, both compiled without fused multiply-adds
     (-ffp-contract=off; each build otherwise fuses as its compiler chooses, and the CPU batch's
-    coefficients in vector lanes fuse differently from the scalar ones)."""
+    coefficients in vector lanes fuse differently from the scalar ones), the CPU's with CUDA's root
+    isolation (bisection: sturm.h's STURM_POINTS 1, where the CPU cuts intervals at 8 points at once)."""
     text = native.source(plan)
-    cpu = _library(tmp_path, text, "cpu", ["-ffp-contract=off"])
+    cpu = _library(tmp_path, text, "cpu", ["-ffp-contract=off", "-DSTURM_POINTS=1", "-DSTURM_CUTS=64"])
     cxx = native.cxx_compiler()
     c_file, so_file = tmp_path / "emulated.cpp", tmp_path / "emulated.so"
     c_file.write_text(text)
