@@ -30,7 +30,7 @@
 #define COEFFICIENT_LANES 4 /* the CPU batch's instances at once (GROUPED_COEFFICIENTS) */
 /* The CPU batch's instances per OpenMP chunk, handed to whichever thread is free (schedule(dynamic)):
  * instances differ in cost (real solutions, fallbacks) and cores in speed (a shared or hybrid machine);
- * with static halves the batch waited for the slower one (5-point on both cores, 3.11 -> 3.08 us per
+ * with static halves the batch waited for the slower one (5-point on both cores, 3.09 -> 3.07 us per
  * instance on a quiet machine). About 0.2 ms of work per chunk on the 5-point: the hand-off is noise. */
 #define SG_CHUNK 32
 

@@ -132,6 +132,7 @@ SG_FN void sturm_changes(const sturm_t *s, const double *x, double *changes) {
 SG_FN inline sturm_points sturm_select(sturm_mask m, sturm_points a, sturm_points b) {
     return (sturm_points)(((sturm_mask)a & m) | ((sturm_mask)b & ~m));
 }
+SG_FN inline sturm_points sturm_abs(sturm_points v) { return sturm_select(v < 0.0, -v, v); }
 
 /* The roots of p in STURM_POINTS brackets at once, [lo[r], hi[r]] (p changes sign there), each a lane of one
  * vector: Newton where it lands inside the bracket and shrinks it fast enough, else bisection (Numerical
@@ -149,7 +150,7 @@ SG_FN void sturm_refine_lanes(const double *p, int n, const double *lo_in, const
     hi = sturm_select(swap, lo, hi);
     lo = low;
     sturm_points x = 0.5 * (lo + hi), dx = hi - lo, df = zero;
-    dx = sturm_select(dx < 0.0, -dx, dx);
+    dx = sturm_abs(dx);
     sturm_points dx_old = dx;
     f = zero + p[n];
     for (int i = n - 1; i >= 0; i--) { df = df * x + f; f = f * x + p[i]; }
@@ -158,13 +159,13 @@ SG_FN void sturm_refine_lanes(const double *p, int n, const double *lo_in, const
         for (int r = 0; r < STURM_POINTS; r++) all &= done[r] != 0;
         if (all) break;
         const sturm_points a = (x - hi) * df - f, b = (x - lo) * df - f, twice = 2.0 * f, slope = dx_old * df;
-        const sturm_mask bisect = (a * b > 0.0) | (sturm_select(twice < 0.0, -twice, twice) > sturm_select(slope < 0.0, -slope, slope));
+        const sturm_mask bisect = (a * b > 0.0) | (sturm_abs(twice) > sturm_abs(slope));
         const sturm_points half = 0.5 * (hi - lo), newton = f / df;
         dx_old = sturm_select(done, dx_old, dx);
         dx = sturm_select(done, dx, sturm_select(bisect, half, newton));
         x = sturm_select(done, x, sturm_select(bisect, lo + dx, x - dx));
         root = sturm_select(done, root, x);
-        const sturm_points size = sturm_select(x < 0.0, -x, x), step = sturm_select(dx < 0.0, -dx, dx);
+        const sturm_points size = sturm_abs(x), step = sturm_abs(dx);
         done |= step <= STURM_ROOT_TOL * size;
         sturm_points g = zero + p[n], dg = zero;
         for (int i = n - 1; i >= 0; i--) { dg = dg * x + g; g = g * x + p[i]; }
@@ -302,7 +303,7 @@ SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
     while (top > 0) {
         const sturm_interval v = stack[--top];
         if (found == n) return -1; /* (more roots than the degree: the counts are not monotone) */
-        if (v.clo - v.chi == 1.0) { /* refined below, two at a time */
+        if (v.clo - v.chi == 1.0) { /* refined below (STURM_POINTS at a time on the CPU, two on CUDA) */
             isolated_lo[isolated] = v.lo;
             isolated_hi[isolated] = v.hi;
             slot[isolated++] = found++;
