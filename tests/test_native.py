@@ -600,16 +600,20 @@ def _without_contraction(plan, tmp_path):
 
 @needs_compiler
 @needs_cxx
-@pytest.mark.parametrize("name", ["p3p", "implicit_example", "relpose_5pt", "relpose_6pt_shared_focal_natural", "gp3p"])
+@pytest.mark.parametrize("name", ["p3p", "implicit_example", "relpose_5pt_nullspace", "relpose_5pt", "relpose_6pt_shared_focal_natural",
+                                  "gp3p"])
 def test_cuda_kernels_emulated_on_the_cpu_are_the_cpu_kernels(name, tmp_path):
     """The CUDA kernels (one instance per thread: portable.h, stage.h), compiled as C++ and
     launched over every (block, thread) in turn, give the CPU kernels' outputs bit for bit, both
     built without fused multiply-adds (_without_contraction): a batch that is not a multiple of
-    the block, a row with a NaN and a row of zeros (a degenerate linear block amid the CPU's groups of
-    instances), both entry points. (The default builds agree to rounding, and so
-    can order two solutions differently; the GPU's own fusing differs anyway.)"""
+    the block, a row with a NaN and a row of zeros (a degenerate linear block, or a singular
+    template, amid the CPU's groups of instances, whose eigenproblems the CPU takes four at once:
+    dense and sparse templates, with and without a linear block), both entry points. (The default
+    builds agree to rounding, and so can order two solutions differently; the GPU's own fusing
+    differs anyway.)"""
     module = generated_module(name)
     plan, solver = module.PLAN, module.Solver(backend="native")
+    assert "#define GROUP_EIGENPROBLEMS 1" in native.source(plan)  # (the CPU's group functions are compared)
     cpu, library = _without_contraction(plan, tmp_path)
     a, _ = instances(name, 300)
     a[7, 0] = float("nan")
