@@ -881,6 +881,13 @@ SG_FN void clear_outputs(double *x, int unknowns, double *error, uint8_t *candid
 
 /* One instance's eigenproblem up to the Hessenberg form (eigenproblem_of; on the CPU four at once,
  * eigenproblems_lanes). */
+/* The CPU group's eigenproblems also carry the Sturm path's start (sturm_prepare_lanes) where the eigenvalues
+ * take that path. */
+#if !SG_CUDA && GROUPED_COEFFICIENTS && GROUP_EIGENPROBLEMS && EIG_STURM && !EIG_CLOSED
+#define GROUP_STURM 1
+#else
+#define GROUP_STURM 0
+#endif
 typedef struct {
     double reduced[NRED * BASIS];  /* X [NRED x BASIS]: the reduced monomials' rows of the template's solve */
     double balanced[BASIS * BASIS]; /* the action matrix A balanced: D^-1 A D */
@@ -888,6 +895,10 @@ typedef struct {
     double h[BASIS * BASIS];        /* the Hessenberg form of `balanced`, and its transforms (hessenberg) */
     double hmult[BASIS * BASIS];
     int hpivot[BASIS];
+#if GROUP_STURM
+    int sturm_ready; /* sturm_prepare's result for h (1, or 0: QR), or -1 where not prepared (solve_one prepares it) */
+    sturm_start sturm;
+#endif
 } eigenproblem;
 
 /* The action matrix [BASIS x BASIS] from the template's X; 0 where an entry is not finite. */
@@ -909,6 +920,9 @@ SG_FN int eigenproblem_of(const double *c, eigenproblem *e) {
                                            every solution where one null-space basis vector is scaled by 1e-20) */
     memcpy(e->h, e->balanced, sizeof(e->h));
     hessenberg(e->h, BASIS, e->hpivot, e->hmult);
+#if GROUP_STURM
+    e->sturm_ready = -1;
+#endif
     return 1;
 }
 
@@ -1019,14 +1033,81 @@ SG_FN void hessenberg_lanes(group_lanes *SG_RESTRICT a, group_mask *SG_RESTRICT 
     }
 }
 
+#if GROUP_STURM
+/* sturm_prepare for COEFFICIENT_LANES Hessenberg matrices at once (h [BASIS x BASIS] lane-minor): -> e[r].sturm and
+ * e[r].sturm_ready, each lane bit for bit sturm_prepare's without FMA contraction (hessenberg_charpoly and
+ * sturm_build in the lanes of one vector; a lane that fails goes on, and is not ready). */
+SG_FN void sturm_prepare_lanes(const group_lanes *SG_RESTRICT h, eigenproblem *SG_RESTRICT e) {
+    const int n = BASIS, w = BASIS + 1;
+    const group_lanes zero = {0.0}, one = zero + 1.0;
+    group_lanes q[(BASIS + 1) * (BASIS + 1)], seq[(BASIS + 1) * (BASIS + 1)]; /* hessenberg_charpoly's, sturm_build's */
+    for (int i = 0; i < w * w; i++) q[i] = zero;
+    q[0] = one;
+    for (int k = 1; k <= n; k++) {
+        group_lanes *qk = q + k * w;
+        const group_lanes *prev = q + (k - 1) * w, diag = h[(k - 1) * n + (k - 1)];
+        for (int i = 0; i <= k; i++) qk[i] = (i > 0 ? prev[i - 1] : zero) - (i < k ? diag * prev[i] : zero);
+        group_lanes product = one;
+        for (int i = k - 1; i >= 1; i--) {
+            product *= h[i * n + (i - 1)];
+            const group_lanes t = h[(i - 1) * n + (k - 1)] * product;
+            const group_mask update = t != 0.0;
+            if (!group_any(update)) continue;
+            const group_lanes *qi = q + (i - 1) * w;
+            for (int j = 0; j < i; j++) qk[j] = group_select(update, qk[j] - t * qi[j], qk[j]);
+        }
+    }
+    group_lanes *p = q + n * w; /* (ascending, monic) */
+    group_mask finite = (p[0] - p[0]) == 0.0;
+    for (int i = 1; i <= n; i++) finite &= (p[i] - p[i]) == 0.0;
+    group_lanes bound = zero;
+    for (int i = 0; i < n; i++) {
+        group_lanes row = zero;
+        for (int j = (i > 0 ? i - 1 : 0); j < n; j++) row += group_abs(h[i * n + j]);
+        bound = group_select((bound >= row) | (row != row), bound, row); /* (max_of) */
+    }
+    const group_mask bound_finite = (bound - bound) == 0.0, scaled = (bound > 0.0) & bound_finite;
+    bound *= 1.01;
+    group_lanes power = one;
+    for (int i = n - 1; i >= 0; i--) {
+        power *= bound;
+        p[i] /= power;
+    }
+    group_mask built = scaled; /* sturm_build's */
+    for (int i = 0; i <= n; i++) seq[i] = p[i];
+    for (int i = 0; i < n; i++) seq[w + i] = (i + 1) * p[i + 1];
+    for (int k = 2; k <= n; k++) {
+        const group_lanes *u = seq + (k - 2) * w, *v = seq + (k - 1) * w;
+        group_lanes *r = seq + k * w;
+        const int du = n - k + 2, dv = n - k + 1;
+        const group_lanes lead = v[dv];
+        group_lanes size = zero;
+        for (int i = 0; i <= dv; i++) size = group_select(group_abs(v[i]) > size, group_abs(v[i]), size);
+        built &= (group_abs(lead) > STURM_LOST * size) & ((lead - lead) == 0.0);
+        const group_lanes a = u[du] / lead, b = (u[du - 1] - a * v[dv - 1]) / lead;
+        for (int i = 0; i <= du - 2; i++) r[i] = -(u[i] - b * v[i] - (i > 0 ? a * v[i - 1] : zero));
+    }
+    built &= (group_abs(seq[n * w]) > 0.0) & ((seq[n * w] - seq[n * w]) == 0.0);
+    for (int r = 0; r < COEFFICIENT_LANES; r++) {
+        sturm_start *start = &e[r].sturm;
+        start->s.n = n;
+        start->bound = scaled[r] ? bound[r] : 0.0;
+        for (int i = 0; i <= n; i++) start->p[i] = p[i][r];
+        for (int i = 0; i < w * w; i++) start->s.seq[i] = seq[i][r];
+        e[r].sturm_ready = finite[r] && (scaled[r] ? built[r] != 0 : bound_finite[r] && n == 1);
+    }
+}
+#endif
+
 /* eigenproblem_of for the CPU batch's COEFFICIENT_LANES instances at once: c [NCOEF x COEFFICIENT_LANES]
  * (lane-minor) -> e[r], ok[r] (0 where lane r's elimination fails or its action matrix is not finite; e[r]
  * is then not to be read). The elimination (a dense template; a sparse one's per instance), the action
- * matrix, the balancing and the Hessenberg reduction in the lanes of one vector, each lane bit for bit
- * eigenproblem_of's without FMA contraction: a scalar instance waits on its pivot searches, divisions,
- * square roots and swaps in turn, four in lanes wait once (one core, standalone kernel: the natural
- * 5-point 5.61 -> 5.22 us per instance, after the elimination's lanes took it 5.69 -> 5.56; gP3P 2.59
- * -> 2.27, the 6-point 20.5 -> 19.1). Templates up to GROUP_TEMPLATE_MAX entries (native.py). */
+ * matrix, the balancing, the Hessenberg reduction and (GROUP_STURM) the Sturm path's start in the lanes
+ * of one vector, each lane bit for bit eigenproblem_of's and sturm_prepare's without FMA contraction: a
+ * scalar instance waits on its pivot searches, divisions, square roots and swaps in turn, four in lanes
+ * wait once (one core, standalone kernel: the natural 5-point 5.61 -> 5.22 us per instance, after the
+ * elimination's lanes took it 5.69 -> 5.56, and the Sturm start 5.26 -> 5.04; gP3P 2.59 -> 2.09, the
+ * 6-point 20.5 -> 19.1). Templates up to GROUP_TEMPLATE_MAX entries (native.py). */
 SG_FN void eigenproblems_lanes(const double *SG_RESTRICT c, eigenproblem *SG_RESTRICT e, int *SG_RESTRICT ok) {
     const int n = BASIS;
     group_lanes x[NRED * BASIS], a[BASIS * BASIS], d[BASIS], mult[BASIS * BASIS];
@@ -1065,6 +1146,9 @@ SG_FN void eigenproblems_lanes(const double *SG_RESTRICT c, eigenproblem *SG_RES
         }
         for (int m = 1; m < n - 1; m++) e[r].hpivot[m] = (int)pivot[m][r];
     }
+#if GROUP_STURM
+    sturm_prepare_lanes(a, e);
+#endif
 }
 #endif
 
@@ -1087,7 +1171,13 @@ SG_FN void solve_one(const double *c, int usable, const eigenproblem *given, dou
     const int *hpivot = e->hpivot;
     double wr[BASIS], wi[BASIS];
     if (!(EIG_CLOSED && closed_form_eigenvalues(h, BASIS, wr, wi))) { /* every one in closed form (roots.h), or */
-        int real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1; /* -1: degenerate, use QR */
+        int real; /* -1: degenerate, use QR */
+#if GROUP_STURM
+        if (e->sturm_ready >= 0) /* (the CPU group's) */
+            real = e->sturm_ready ? sturm_roots(&e->sturm, BASIS, wr) : -1;
+        else
+#endif
+            real = EIG_STURM ? sturm_real_eigenvalues(h, BASIS, wr) : -1;
         if (real >= 0) {
             for (int s = 0; s < BASIS; s++) wi[s] = s < real ? 0.0 : NAN; /* (NaN: skipped whatever imag_tol) */
         } else {

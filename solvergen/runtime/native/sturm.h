@@ -8,7 +8,8 @@
  * characteristic polynomial lose accuracy as the size grows, so native.py uses it only up to
  * STURM_MAX_BASIS (chosen by measurement: benchmarks/README.md, "Native kernels"). Where the sequence is
  * degenerate (a multiple root, a leading coefficient lost to cancellation) it returns -1 and the
- * caller uses QR.
+ * caller uses QR. sturm_prepare (the polynomial and its sequence) and sturm_roots (isolation and
+ * refinement) are apart: the CPU batch prepares four instances' at once (stage.h's sturm_prepare_lanes).
  */
 /* fmax and fmin (a NaN argument gives the other), inline: libm's are calls. */
 SG_FN inline double max_of(double a, double b) { return (a >= b || b != b) ? a : b; }
@@ -248,36 +249,51 @@ SG_FN int sturm_push(sturm_interval *stack, int *top, double lo, double hi, doub
     return 1;
 }
 
-/* The distinct real eigenvalues of the upper Hessenberg h (n x n): -> how many (in wr), or -1
- * where the Sturm sequence is degenerate (the caller uses hqr). */
-SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
-    double p[STURM_MAX_BASIS + 1];
+/* The Sturm path's start for h (n x n, upper Hessenberg): its characteristic polynomial in the variable
+ * y = lambda / bound (bound: Gershgorin's, with a margin; the roots then lie in (-1, 1) and the
+ * coefficients are of one scale, so that a remainder's lost degree is a relative test) and that
+ * polynomial's Sturm sequence. -> 1 where ready (bound 0: h = 0 with n = 1, the root 0), 0 where the
+ * caller uses QR (degenerate, not finite, or n > STURM_MAX_BASIS). */
+typedef struct {
+    double p[STURM_MAX_BASIS + 1]; /* ascending, in y */
+    double bound;
     sturm_t s;
-    if (n > STURM_MAX_BASIS) return -1;
+} sturm_start;
+
+SG_FN int sturm_prepare(const double *h, int n, sturm_start *start) {
+    double *p = start->p;
+    if (n > STURM_MAX_BASIS) return 0;
     hessenberg_charpoly(h, n, p);
     for (int i = 0; i <= n; i++)
-        if (!isfinite(p[i])) return -1;
+        if (!isfinite(p[i])) return 0;
     double bound = 0.0; /* Gershgorin: |lambda| <= the largest absolute row sum of h */
     for (int i = 0; i < n; i++) {
         double row = 0.0;
         for (int j = (i > 0 ? i - 1 : 0); j < n; j++) row += fabs(h[i * n + j]);
         bound = max_of(bound, row);
     }
-    if (!(bound > 0.0) || !isfinite(bound)) { /* h = 0: the root 0 (n-fold for n > 1) */
-        if (!isfinite(bound)) return -1;
-        if (n > 1) return -1;
-        wr[0] = 0.0;
-        return 1;
-    }
+    start->bound = 0.0;
+    if (!(bound > 0.0) || !isfinite(bound)) /* h = 0: the root 0 (n-fold for n > 1) */
+        return isfinite(bound) && n == 1;
     bound *= 1.01; /* (margin: the polynomial's roots are the eigenvalues up to its rounding) */
-    /* In the variable y = lambda / bound the roots lie in (-1, 1) and the coefficients are of
-     * one scale (a remainder's lost degree is then a relative test); back to lambda at the end. */
     double power = 1.0;
     for (int i = n - 1; i >= 0; i--) {
         power *= bound;
         p[i] /= power;
     }
-    if (!sturm_build(p, n, &s)) return -1;
+    start->bound = bound;
+    return sturm_build(p, n, &start->s);
+}
+
+/* The distinct real eigenvalues from sturm_prepare's start: their number (wr [0, found)), or -1 where
+ * the isolation fails (the caller uses QR). */
+SG_FN int sturm_roots(const sturm_start *start, int n, double *wr) {
+    const double *p = start->p, bound = start->bound;
+    const sturm_t *s = &start->s;
+    if (bound == 0.0) {
+        wr[0] = 0.0;
+        return 1;
+    }
     const double end = 1.0 + 4.0 * DBL_EPSILON; /* strictly outside: no root at an end */
     /* Isolation by multisection: an interval with two or more roots is cut into STURM_POINTS + 1 pieces at
      * STURM_POINTS points whose sign changes are counted at once (on the CPU, 9 pieces: the 5-point's
@@ -289,13 +305,13 @@ SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
     double x[STURM_POINTS], changes[STURM_POINTS], ends[2];
     if (STURM_POINTS > 1) { /* the first cut: [-end, end] at STURM_POINTS points, its ends among them */
         for (int r = 0; r < STURM_POINTS; r++) x[r] = r == STURM_POINTS - 1 ? end : -end + r * (2.0 * end / (STURM_POINTS - 1));
-        sturm_changes(&s, x, changes);
+        sturm_changes(s, x, changes);
         for (int r = 0; r + 1 < STURM_POINTS; r++) /* (left to right: the rightmost is cut first) */
             if (!sturm_push(stack, &top, x[r], x[r + 1], changes[r], changes[r + 1], 1)) return -1;
     } else {
         for (int e = 0; e < 2; e++) {
             x[0] = e ? end : -end;
-            sturm_changes(&s, x, changes);
+            sturm_changes(s, x, changes);
             ends[e] = changes[0];
         }
         sturm_push(stack, &top, -end, end, ends[0], ends[1], 0);
@@ -315,7 +331,7 @@ SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
         }
         const double step = (v.hi - v.lo) / (STURM_POINTS + 1);
         for (int r = 0; r < STURM_POINTS; r++) x[r] = v.lo + (r + 1) * step;
-        sturm_changes(&s, x, changes);
+        sturm_changes(s, x, changes);
         for (int r = 0; r <= STURM_POINTS; r++)
             if (!sturm_push(stack, &top, r > 0 ? x[r - 1] : v.lo, r < STURM_POINTS ? x[r] : v.hi,
                             r > 0 ? changes[r - 1] : v.clo, r < STURM_POINTS ? changes[r] : v.chi, v.cuts + 1))
@@ -343,4 +359,11 @@ SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
     }
 #endif
     return found;
+}
+
+/* The distinct real eigenvalues of the upper Hessenberg h (n x n): their number (wr [0, found)), or -1
+ * where the Sturm sequence is degenerate (the caller uses QR). */
+SG_FN int sturm_real_eigenvalues(const double *h, int n, double *wr) {
+    sturm_start start;
+    return sturm_prepare(h, n, &start) ? sturm_roots(&start, n, wr) : -1;
 }
